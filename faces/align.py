@@ -1,0 +1,161 @@
+"""Alignment by similarity transform to 5-point templates, and paste-back into the frame.
+
+Templates are stored in their native crop size and scaled to the requested one. The ArcFace
+template follows insightface's convention for other sizes: sizes that are multiples of 112 are
+scaled by size/112; otherwise by size/128 with an 8*ratio px x-shift (so 128 is the inswapper
+crop). Keypoint order everywhere: image-left eye centre, image-right eye centre, nose tip,
+image-left mouth corner, image-right mouth corner (see `Face.keypoints`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+def _arcface(size: int) -> np.ndarray:
+    if size % 112 == 0:
+        return ARCFACE_112 * (size / 112.0)
+    ratio = size / 128.0
+    return (ARCFACE_112 + np.array([8.0, 0.0], dtype=np.float32)) * ratio
+
+
+def _dlib(size: int) -> np.ndarray:
+    from pocketswap.faces.dlib_resnet import DLIB_CHIP_TEMPLATE_150
+
+    return np.asarray(DLIB_CHIP_TEMPLATE_150, dtype=np.float32) * (size / 150.0)
+
+
+# name -> function(size) giving the (5, 2) template in crop pixels.
+TEMPLATES = {"arcface": _arcface, "dlib": _dlib}
+
+
+def template_points(size: int, template: str = "arcface") -> np.ndarray:
+    """The (5, 2) float32 template for a square crop of `size` pixels."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown alignment template '{template}'; choose one of {sorted(TEMPLATES)}")
+    if size < 16:
+        raise ValueError(f"crop size must be at least 16 px, got {size}")
+    return TEMPLATES[template](size).astype(np.float32)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst (Umeyama).
+
+    Returns a 2x3 float32 matrix."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    scale = (sigma * d).sum() / src_c.var(0).sum()
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine matrix to (N, 2+) points (extra columns are dropped)."""
+    pts = np.asarray(points, dtype=np.float32)[:, :2]
+    return pts @ matrix[:, :2].T + matrix[:, 2]
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(matrix.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """An aligned square crop and the 2x3 matrix that maps image pixels to crop pixels."""
+
+    crop: np.ndarray
+    matrix: np.ndarray
+    size: int
+    template: str
+
+
+def align_face(image: np.ndarray, keypoints: np.ndarray, size: int = 224, template: str = "arcface") -> AlignedFace:
+    """Warp the face with these 5 keypoints onto the template, giving a `size` x `size` crop."""
+    matrix = similarity_transform(keypoints, template_points(size, template))
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return AlignedFace(crop=crop, matrix=matrix, size=size, template=template)
+
+
+def hull_mask(points: np.ndarray, size: int, feather: float = 0.06) -> np.ndarray:
+    """Feathered convex-hull mask (size x size float32 in [0,1]) of crop-space points.
+
+    `feather` is the blur width as a fraction of the crop; the hull is eroded by the same amount
+    so the feathered edge stays inside the face."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    hull = cv2.convexHull(np.round(points[:, :2]).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 255)
+    radius = max(1, int(round(feather * size)))
+    if radius > 1:
+        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (radius, radius)))
+        mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=radius / 2.0)
+    return mask.astype(np.float32) / 255.0
+
+
+def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Match the LAB mean/std of `source` to `target` inside `mask` (all HxW, uint8 RGB in/out)."""
+    weights = (mask > 0.5).reshape(-1)
+    if weights.sum() < 16:
+        return source
+    src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
+    dst_lab = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
+    src_px, dst_px = src_lab.reshape(-1, 3)[weights], dst_lab.reshape(-1, 3)[weights]
+    scale = (dst_px.std(0) + 1e-3) / (src_px.std(0) + 1e-3)
+    out = (src_lab - src_px.mean(0)) * scale + dst_px.mean(0)
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def paste_back(
+    frame: np.ndarray,
+    crop: np.ndarray,
+    matrix: np.ndarray,
+    mask: np.ndarray | None = None,
+    landmarks: np.ndarray | None = None,
+    feather: float = 0.06,
+    match_color: bool = False,
+) -> np.ndarray:
+    """Blend an aligned crop back into `frame` (returns a new frame; the input is not modified).
+
+    The blending mask is `mask` (crop-space HxW float in [0,1], e.g. a student's mask head) or
+    else the feathered hull of `landmarks` given in image pixels. Only the face's bounding
+    rectangle in the frame is warped and blended."""
+    size = crop.shape[0]
+    if mask is None:
+        if landmarks is None:
+            raise ValueError("paste_back needs a mask or landmarks")
+        mask = hull_mask(transform_points(landmarks, matrix), size, feather)
+    inverse = invert_affine(matrix)
+    corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float32), inverse)
+    height, width = frame.shape[:2]
+    x0, y0 = np.floor(corners.min(0)).astype(int).clip(0, [width, height])
+    x1, y1 = np.ceil(corners.max(0)).astype(int).clip(0, [width, height])
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    roi_inverse = inverse.copy()
+    roi_inverse[:, 2] -= (x0, y0)
+    roi_size = (int(x1 - x0), int(y1 - y0))
+    region = out[y0:y1, x0:x1]
+    if match_color:
+        frame_crop = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        crop = color_transfer(crop, frame_crop, mask)
+    warped = cv2.warpAffine(crop, roi_inverse, roi_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask.astype(np.float32), roi_inverse, roi_size, flags=cv2.INTER_LINEAR)[..., None]
+    blended = region.astype(np.float32) * (1.0 - alpha) + warped.astype(np.float32) * alpha
+    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out

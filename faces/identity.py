@@ -1,0 +1,46 @@
+"""Identity embeddings of whole images: detect, align to the encoder's template, embed.
+
+Encoders: the built-in dlib ResNet (128-d, offline, differentiable) or a user's ArcFace ONNX
+(112x112 in, 512-d out). Embeddings are L2-normalised float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pocketswap.faces.align import align_face
+from pocketswap.faces.types import Face
+
+
+class IdentityEncoder(Protocol):
+    embedding_dim: int
+    chip_size: int
+    template: str
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray: ...
+
+
+def load_encoder(spec: str | Path = "dlib") -> IdentityEncoder:
+    """`"dlib"` for the built-in encoder, or a path to an ArcFace-style `.onnx` file."""
+    if str(spec) == "dlib":
+        from pocketswap.faces.dlib_resnet import DlibEncoder
+
+        return DlibEncoder()
+    from pocketswap.faces.arcface_onnx import ArcFaceOnnxEncoder
+
+    return ArcFaceOnnxEncoder(spec)
+
+
+def embed_faces(image: np.ndarray, faces: list[Face], encoder: IdentityEncoder) -> np.ndarray:
+    """(N, D) L2-normalised embeddings of `faces` found in `image`."""
+    chips = np.stack([align_face(image, face.keypoints, encoder.chip_size, encoder.template).crop for face in faces])
+    return encoder.embed_chips(chips)
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """1 - cosine similarity of two embeddings."""
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))

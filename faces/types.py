@@ -1,0 +1,62 @@
+"""The `Face` result shared by every detection backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# FaceMesh (468-point) indices. "Right"/"left" are the subject's; in an unmirrored photo the
+# subject's right eye is on the image's left, which is the ArcFace template's first point.
+RIGHT_EYE_RING = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+LEFT_EYE_RING = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+NOSE_TIP = 1
+MOUTH_RIGHT_CORNER = 61
+MOUTH_LEFT_CORNER = 291
+NUM_LANDMARKS = 468
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image pixel coordinates.
+
+    box: (4,) float32 x0, y0, x1, y1. score: detection confidence in [0, 1].
+    landmarks: (468, 3) float32 FaceMesh points, x and y in pixels, z in pixels relative to the
+    face centre (smaller is closer to the camera).
+    """
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.landmarks.shape != (NUM_LANDMARKS, 3):
+            raise ValueError(f"landmarks must be ({NUM_LANDMARKS}, 3), got {self.landmarks.shape}")
+
+    @property
+    def keypoints(self) -> np.ndarray:
+        """(5, 2) float32 in ArcFace order: image-left eye centre, image-right eye centre, nose tip,
+        image-left mouth corner, image-right mouth corner."""
+        xy = self.landmarks[:, :2]
+        return np.stack(
+            [
+                xy[list(RIGHT_EYE_RING)].mean(axis=0),
+                xy[list(LEFT_EYE_RING)].mean(axis=0),
+                xy[NOSE_TIP],
+                xy[MOUTH_RIGHT_CORNER],
+                xy[MOUTH_LEFT_CORNER],
+            ]
+        ).astype(np.float32)
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "keypoints": np.round(self.keypoints, 2).tolist(),
+            "landmarks": np.round(self.landmarks, 2).tolist(),
+        }

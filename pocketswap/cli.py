@@ -1,0 +1,70 @@
+"""The `pocketswap` command line. Each stage registers its subcommands from its own `cli.py`,
+which stays a thin layer over the stage's library API (heavy imports happen inside handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pocketswap import __version__
+from pocketswap.errors import PocketswapError
+
+# Stage modules that expose `register(subparsers)`; order is the order shown in --help.
+STAGE_CLIS = (
+    "pocketswap.faces.cli",
+    "pocketswap.teacher.cli",
+    "pocketswap.student.cli",
+    "pocketswap.distill.cli",
+    "pocketswap.export.cli",
+    "pocketswap.benchmarks.cli",
+    "pocketswap.demo.cli",
+    "pocketswap.quickstart",
+)
+
+log = logging.getLogger("pocketswap")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pocketswap",
+        description="Distil real-time face-swap students and export them to CoreML, TFLite and ONNX.",
+    )
+    parser.add_argument("--version", action="version", version=f"pocketswap {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in STAGE_CLIS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # stage not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 1
+    try:
+        result = args.handler(args)
+    except PocketswapError as exc:
+        print(f"pocketswap: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pocketswap: interrupted; finished work is kept", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
