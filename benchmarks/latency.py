@@ -1,0 +1,163 @@
+"""Latency of artifacts the way a phone app runs them, one fresh process per measurement.
+
+- ``.tflite``: LiteRT's own benchmark tool (`ai_edge_litert.tools.benchmark_litert_model`) on
+  the CPU accelerator (XNNPACK); it also says whether XNNPACK took every op.
+- ``.onnx``: ONNX Runtime's CPU provider with `intra_op_num_threads`.
+- PyTorch eager: a checkpoint (identity baked) or a reference network, timed in-process.
+
+Every measurement runs in its own child process, so init time is a cold start and peak memory
+(the child's max RSS from `wait4`) is attributable to that artifact alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocketswap.errors import PocketswapError
+
+
+@dataclass
+class LatencyRecord:
+    """One (artifact, runtime, threads) measurement. Times in milliseconds."""
+
+    artifact: str
+    runtime: str
+    threads: int
+    runs: int
+    median_ms: float
+    p5_ms: float
+    p95_ms: float
+    init_ms: float
+    size_mb: float
+    peak_memory_mb: float
+    fully_delegated: bool | None = None
+    precision: str | None = None
+    preset: str | None = None
+    device: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_name() -> str:
+    """A short description of this CPU (model name and core count)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def _artifact_metadata(path: Path) -> dict:
+    """Precision and preset from the artifact's manifest (``<artifact>.json``), when present."""
+    for candidate in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
+        if candidate.is_file():
+            try:
+                manifest = json.loads(candidate.read_text())
+            except json.JSONDecodeError:
+                continue
+            return {"precision": manifest.get("precision"), "preset": manifest.get("preset")}
+    return {}
+
+
+def bench_tflite(path: Path, threads: int, runs: int) -> LatencyRecord:
+    with tempfile.TemporaryDirectory() as tmp:
+        result_json = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable, "-m", "pocketswap.benchmarks.worker", "tflite", str(path),
+            "--threads", str(threads), "--runs", str(runs), "--result-json", str(result_json),
+        ]  # fmt: skip
+        stdout = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if stdout.returncode != 0 or not result_json.exists():
+            tail = (stdout.stderr or stdout.stdout).strip().splitlines()[-3:]
+            raise PocketswapError(f"LiteRT benchmark of {path} failed: {' | '.join(tail)}")
+        result = json.loads(result_json.read_text())
+    latency = result["latency"]
+    return LatencyRecord(
+        artifact=str(path),
+        runtime="litert-xnnpack",
+        threads=threads,
+        runs=latency["num_runs"],
+        median_ms=latency["median_ms"],
+        p5_ms=latency["p5_ms"],
+        p95_ms=latency["p95_ms"],
+        init_ms=latency["init_ms"],
+        size_mb=round(path.stat().st_size / 2**20, 3),
+        peak_memory_mb=result["peak_memory_mb"],
+        fully_delegated=bool(result.get("fully_accelerated")),
+        device=device_name(),
+        **_artifact_metadata(path),
+    )
+
+
+def bench_in_worker(kind: str, target: str, threads: int, runs: int, runtime: str) -> LatencyRecord:
+    """Time an ONNX model, a checkpoint or a reference network in a fresh worker process."""
+    cmd = [
+        sys.executable, "-m", "pocketswap.benchmarks.worker", kind, target,
+        "--threads", str(threads), "--runs", str(runs),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise PocketswapError(f"{runtime} benchmark of {target} failed: {' | '.join(tail)}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    path = Path(target)
+    metadata = _artifact_metadata(path) if path.exists() else {}
+    return LatencyRecord(
+        artifact=target,
+        runtime=runtime,
+        threads=threads,
+        runs=runs,
+        device=device_name(),
+        **{**metadata, **result},
+    )
+
+
+def bench_artifact(path: str | Path, threads: int, runs: int = 100) -> LatencyRecord:
+    """Benchmark one artifact (or reference name such as ``ref:simswap``) on `threads` threads."""
+    target = str(path)
+    if target.startswith("ref:"):
+        return bench_in_worker("reference", target[4:], threads, runs, "torch-eager")
+    path = Path(path)
+    if not path.exists():
+        raise PocketswapError(f"{path}: no such artifact")
+    if path.suffix == ".tflite":
+        return bench_tflite(path, threads, runs)
+    if path.suffix == ".onnx":
+        return bench_in_worker("onnx", target, threads, runs, "onnxruntime")
+    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+        return bench_in_worker("checkpoint", target, threads, runs, "torch-eager")
+    raise PocketswapError(f"{path}: unsupported artifact type (expected .tflite, .onnx or a checkpoint)")
+
+
+def summarise(times_ms: np.ndarray) -> dict:
+    return {
+        "median_ms": round(float(np.median(times_ms)), 4),
+        "p5_ms": round(float(np.percentile(times_ms, 5)), 4),
+        "p95_ms": round(float(np.percentile(times_ms, 95)), 4),
+    }
+
+
+def time_callable(fn, runs: int, warmup: int = 5) -> np.ndarray:
+    """Per-call wall time in ms of `fn()` over `runs` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - start) * 1e3
+    return times

@@ -1,0 +1,47 @@
+"""A short synthetic test clip made from a bundled face: it moves, scales, and leaves the frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def synthetic_frames(
+    sample: str = "astronaut", frames: int = 48, width: int = 640, height: int = 480, empty_every: int = 12
+):
+    """Yield RGB frames: the face drifts and zooms across a textured background; every
+    `empty_every`-th frame (and the one after it) shows background only, as when a face leaves the frame."""
+    from pocketswap.faces import samples
+
+    face = samples.load(sample)
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(60, 200, (height, width, 3), dtype=np.uint8), (0, 0), 6)
+    for i in range(frames):
+        frame = background.copy()
+        if empty_every and i % empty_every in (empty_every - 2, empty_every - 1):
+            yield frame
+            continue
+        phase = 2 * np.pi * i / max(frames, 1)
+        side = int(height * (0.62 + 0.12 * np.sin(phase)))
+        scaled = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        x = int((width - side) / 2 + 0.2 * (width - side) * np.sin(phase))
+        y = int((height - side) / 2 + 0.15 * (height - side) * np.cos(phase))
+        frame[y : y + side, x : x + side] = scaled
+        yield frame
+
+
+def write_clip(path: str | Path, fps: float = 24.0, **kwargs) -> Path:
+    """Write `synthetic_frames(**kwargs)` as an .mp4 (mp4v) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for frame in synthetic_frames(**kwargs):
+        if writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            writer = cv2.VideoWriter(str(path), fourcc, fps, (frame.shape[1], frame.shape[0]))
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    if writer is not None:
+        writer.release()
+    return path

@@ -1,0 +1,124 @@
+"""Frame sources for the demo: a webcam (threaded, stale frames dropped), a video file, an image."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pocketswap.errors import ImageReadError, PocketswapError
+from pocketswap.imageio import read_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class CameraError(PocketswapError):
+    """A camera could not be opened or stopped delivering frames."""
+
+
+class CameraSource:
+    """Reads a camera on a background thread and keeps only the newest frame, so a slow model
+    never builds up a queue of old frames (latency stays one frame, frames are dropped instead)."""
+
+    def __init__(self, index: int, width: int = 640, height: int = 480) -> None:
+        self.capture = cv2.VideoCapture(index)
+        if not self.capture.isOpened():
+            raise CameraError(
+                f"cannot open camera {index} (/dev/video{index}); check it is connected and not in use, "
+                "or run on a file with --source video.mp4"
+            )
+        self.capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        self.capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 30.0
+        self._frame: np.ndarray | None = None
+        self._serial = 0
+        self._lock = threading.Condition()
+        self._running = True
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._reader, name="camera", daemon=True)
+        self._thread.start()
+
+    def _reader(self) -> None:
+        while self._running:
+            ok, frame = self.capture.read()
+            if not ok:
+                time.sleep(0.005)
+                continue
+            with self._lock:
+                if self._frame is not None:
+                    self.dropped += 1
+                self._frame = frame
+                self._serial += 1
+                self._lock.notify()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        last = 0
+        while self._running:
+            with self._lock:
+                if not self._lock.wait_for(lambda seen=last: self._serial != seen, timeout=2.0):
+                    raise CameraError("the camera stopped delivering frames")
+                frame, last, self._frame = self._frame, self._serial, None
+            if frame is not None:
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(timeout=1.0)
+        self.capture.release()
+
+
+class VideoSource:
+    """Every frame of a video file, in order."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise ImageReadError(f"{path}: no such file")
+        self.capture = cv2.VideoCapture(str(path))
+        ok, first = self.capture.read()
+        if not self.capture.isOpened() or not ok:
+            raise ImageReadError(f"{path}: not a video OpenCV can decode")
+        self._first: np.ndarray | None = first
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._first is not None:
+            yield cv2.cvtColor(self._first, cv2.COLOR_BGR2RGB)
+            self._first = None
+        while True:
+            ok, frame = self.capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class ImageSource:
+    """A single still image."""
+
+    def __init__(self, path: Path) -> None:
+        self.image = read_image(path)
+        self.fps = 1.0
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield self.image
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(spec: str) -> CameraSource | VideoSource | ImageSource:
+    """``0``/``1``... for a camera, an image path, or a video path."""
+    if spec.isdigit():
+        return CameraSource(int(spec))
+    path = Path(spec)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSource(path)
+    return VideoSource(path)
