@@ -33,15 +33,10 @@ def synthetic_frames(
 
 
 def write_clip(path: str | Path, fps: float = 24.0, **kwargs) -> Path:
-    """Write `synthetic_frames(**kwargs)` as an .mp4 (mp4v) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = None
-    for frame in synthetic_frames(**kwargs):
-        if writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            writer = cv2.VideoWriter(str(path), fourcc, fps, (frame.shape[1], frame.shape[0]))
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    if writer is not None:
-        writer.release()
-    return path
+    """Write `synthetic_frames(**kwargs)` as an H.264 .mp4 and return the path."""
+    from pocketswap.demo.video import VideoWriter
+
+    with VideoWriter(path, fps, notice=None) as writer:
+        for frame in synthetic_frames(**kwargs):
+            writer.write(frame)
+    return Path(path)

@@ -1,0 +1,53 @@
+"""`pocketswap demo`: live face swap from a webcam, a video file or an image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pocketswap.demo.app import DemoOptions, run_demo
+    from pocketswap.demo.pipeline import PipelineConfig
+    from pocketswap.files import atomic_write_json
+
+    options = DemoOptions(
+        model=Path(args.model),
+        identity=Path(args.identity) if args.identity else None,
+        source=args.source,
+        output=Path(args.output) if args.output else None,
+        headless=args.headless,
+        label=not args.no_label,
+        threads=args.threads,
+        max_frames=args.max_frames,
+        pipeline=PipelineConfig(
+            detect_every=args.detect_every, all_faces=args.all_faces, color_transfer=not args.no_color_transfer
+        ),
+    )
+    summary = run_demo(options)
+    for line in summary.lines():
+        print(line)
+    if args.json:
+        atomic_write_json(args.json, summary.to_dict())
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="live face swap from a webcam, video file or image",
+        description="Keys: q quit, space pause, s snapshot, m show mask, n next identity, d toggle swap.",
+    )
+    p.add_argument("--model", required=True, help=".tflite, .onnx, checkpoint (or .mlpackage on macOS)")
+    p.add_argument("--identity", help="identity face image, .npy embedding, or a folder of them (n cycles)")
+    p.add_argument("--source", default="0", help="camera index (0), video file or image")
+    p.add_argument("--output", help="write the result (video for video/camera sources, image for images)")
+    p.add_argument("--headless", action="store_true", help="no window; print a summary")
+    p.add_argument("--all-faces", action="store_true", help="swap every face, not only the largest")
+    p.add_argument("--detect-every", type=int, default=5, help="run the detector every N frames, track between")
+    p.add_argument("--no-color-transfer", action="store_true", help="skip LAB colour matching at paste-back")
+    p.add_argument("--no-label", action="store_true", help="hide the 'SYNTHETIC' label (e.g. for recording)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--json", help="write the summary as JSON")
+    p.set_defaults(handler=_demo)

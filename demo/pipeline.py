@@ -1,0 +1,105 @@
+"""The live swap pipeline, per frame: detect (every N frames) or track -> smooth -> align -> swap -> paste back.
+
+`LiveSwapper.process(frame, t)` is all the demo, the video writer and the pipeline benchmark call.
+It keeps per-stage timings so the overlay and the headless summary show where time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pocketswap.demo.smoothing import OneEuroFilter
+from pocketswap.faces.align import align_face, paste_back
+from pocketswap.faces.analyzer import FaceAnalyzer
+from pocketswap.faces.types import Face
+from pocketswap.runtime import SwapModel
+
+STAGES = ("detect", "track", "align", "swap", "paste")
+
+
+@dataclass
+class PipelineConfig:
+    """detect_every: run the detector every N frames and track landmarks in between (1 = always detect).
+    min_cutoff/beta: One-Euro landmark smoothing (Hz, speed coefficient). color_transfer: LAB colour
+    matching at paste-back. all_faces: swap every face, not only the largest."""
+
+    detect_every: int = 5
+    min_cutoff: float = 1.5
+    beta: float = 0.02
+    color_transfer: bool = True
+    all_faces: bool = False
+    swap: bool = True
+
+
+@dataclass
+class FrameResult:
+    frame: np.ndarray
+    faces: list[Face]
+    timings_ms: dict[str, float]
+    crops: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (swapped crop, mask) per face
+
+
+class LiveSwapper:
+    """Stateful per-frame face swapper (keeps the tracked faces and their smoothing filters)."""
+
+    def __init__(self, model: SwapModel, analyzer: FaceAnalyzer, config: PipelineConfig | None = None) -> None:
+        self.model, self.analyzer = model, analyzer
+        self.config = config or PipelineConfig()
+        self.frame_index = 0
+        self.faces: list[Face] = []
+        self.filters: list[OneEuroFilter] = []
+        self.totals_ms: dict[str, float] = defaultdict(float)
+        self.frames = 0
+
+    def set_model(self, model: SwapModel) -> None:
+        """Switch identity (a model baked for another face) without losing tracking."""
+        self.model = model
+
+    def _locate(self, frame: np.ndarray, timings: dict[str, float]) -> list[Face]:
+        start = time.perf_counter()
+        due = self.frame_index % max(1, self.config.detect_every) == 0
+        tracked = [] if due else [self.analyzer.track(frame, face) for face in self.faces]
+        if due or not tracked or any(face is None for face in tracked):
+            faces = self.analyzer.detect(frame, all_faces=self.config.all_faces)
+            timings["detect"] = (time.perf_counter() - start) * 1e3
+            if len(faces) != len(self.filters):
+                self.filters = [self._new_filter() for _ in faces]
+        else:
+            faces = [face for face in tracked if face is not None]
+            timings["track"] = (time.perf_counter() - start) * 1e3
+        return faces
+
+    def _new_filter(self) -> OneEuroFilter:
+        return OneEuroFilter(self.config.min_cutoff, self.config.beta)
+
+    def process(self, frame: np.ndarray, t: float | None = None) -> FrameResult:
+        """Swap the face(s) in one RGB frame; frames without a face pass through unchanged."""
+        t = time.perf_counter() if t is None else t
+        timings: dict[str, float] = {}
+        raw_faces = self._locate(frame, timings)
+        self.faces = raw_faces
+        smoothed = [
+            Face(box=face.box, score=face.score, landmarks=flt(face.landmarks, t))
+            for face, flt in zip(raw_faces, self.filters, strict=False)
+        ]
+        out, crops = frame, []
+        for face in smoothed if self.config.swap else []:
+            start = time.perf_counter()
+            aligned = align_face(frame, face.keypoints, self.model.size, self.model.template)
+            t1 = time.perf_counter()
+            swapped, mask = self.model(aligned.crop)
+            t2 = time.perf_counter()
+            out = paste_back(out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer)
+            t3 = time.perf_counter()
+            for stage, ms in (("align", t1 - start), ("swap", t2 - t1), ("paste", t3 - t2)):
+                timings[stage] = timings.get(stage, 0.0) + ms * 1e3
+            crops.append((swapped, mask))
+        self.frame_index += 1
+        self.frames += 1
+        for stage, ms in timings.items():
+            self.totals_ms[stage] += ms
+        return FrameResult(frame=out, faces=smoothed, timings_ms=timings, crops=crops)

@@ -1,0 +1,69 @@
+"""Writing videos (H.264 in .mp4 via PyAV) with the synthetic-media notice in the container metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
+
+
+class VideoWriter:
+    """Write RGB frames to a video file. The file is assembled under a temporary name and renamed
+    on `close()`, so an interrupted run never leaves a truncated video under the final name."""
+
+    def __init__(self, path: str | Path, fps: float, notice: str | None = SYNTHETIC_MEDIA_NOTICE) -> None:
+        import av
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._container = av.open(str(self._tmp), "w")
+        if notice:
+            self._container.metadata["comment"] = notice
+            self._container.metadata["description"] = notice
+        self._fps = max(1, round(fps))
+        self._stream = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=self._fps)
+            self._stream.width, self._stream.height = frame.shape[1] // 2 * 2, frame.shape[0] // 2 * 2
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": "18", "preset": "veryfast"}
+        frame = frame[: self._stream.height, : self._stream.width]
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> Path:
+        if self._stream is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+        self._tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._container.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    import av
+
+    with av.open(str(path)) as container:
+        return dict(container.metadata)
