@@ -63,6 +63,80 @@ def _gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identity_embedding(spec: str | None):
+    """An embedding from an .npy file or a face image (None when not given)."""
+    if not spec:
+        return None
+    import numpy as np
+
+    if spec.endswith(".npy"):
+        return np.load(spec).astype(np.float32).reshape(-1)
+    from pocketswap.faces.analyzer import FaceAnalyzer
+    from pocketswap.faces.identity import embed_faces, load_encoder
+    from pocketswap.faces.samples import load_image_or_sample
+
+    image = load_image_or_sample(spec)
+    face = FaceAnalyzer(detector="auto").detect_one(image, source=spec)
+    return embed_faces(image, [face], load_encoder("dlib"))[0]
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.pipeline import benchmark_pipeline
+    from pocketswap.files import atomic_write_json
+
+    embedding = _identity_embedding(args.identity)
+    records = []
+    for model in args.models:
+        for threads in args.threads:
+            r = benchmark_pipeline(model, embedding, threads, args.runs)
+            records.append(r)
+            print(
+                f"{r.model} ({threads} thr): detect {r.detect_ms:.2f} + landmarks {r.landmarks_ms:.2f} "
+                f"(track {r.track_ms:.2f}) + align {r.align_ms:.2f} + swap {r.swap_ms:.2f} + paste {r.paste_ms:.2f} "
+                f"= {r.total_ms:.2f} ms ({r.fps_detecting:.0f} FPS; {r.fps_tracking:.0f} FPS when tracking)"
+            )
+    if args.json:
+        atomic_write_json(args.json, {"kind": "pipeline", "records": [r.to_dict() for r in records]})
+    return 0
+
+
+def _roofline(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.roofline import estimate_presets
+    from pocketswap.files import atomic_write_json
+
+    estimates = estimate_presets(args.presets, args.precisions)
+    print("ESTIMATES (roofline lower bounds from counted MACs and bytes, one big core; not measurements)")
+    print(f"{'phone':<24} {'preset':<6} {'prec':<5} {'GMAC':>7} {'MB moved':>9} {'est. ms':>8}")
+    for e in estimates:
+        print(
+            f"{e.phone:<24} {e.preset:<6} {e.precision:<5} {e.gmac:>7.4f} {e.mbytes_moved:>9.2f} {e.estimate_ms:>8.3f}"
+        )
+    if args.json:
+        atomic_write_json(args.json, {"kind": "roofline", "records": [e.to_dict() for e in estimates]})
+    return 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pocketswap.benchmarks.ondevice import android_benchmark, coreml_benchmark
+    from pocketswap.files import atomic_write_json
+
+    records = []
+    for artifact in map(Path, args.artifacts):
+        if artifact.suffix == ".tflite":
+            binary = Path(args.android_benchmark_binary) if args.android_benchmark_binary else None
+            records.append(android_benchmark(artifact, binary, args.threads))
+        elif artifact.suffix == ".mlpackage":
+            records.append(coreml_benchmark(artifact))
+    for r in records:
+        detail = f"{r.latency_ms} ms ({r.statistic}) on {r.device}" if r.status == "measured" else r.reason
+        print(f"{r.target:<8} {Path(r.artifact).name:<40} {r.status}: {detail}")
+    if args.json:
+        atomic_write_json(args.json, {"kind": "device", "records": [r.to_dict() for r in records]})
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="latency and quality benchmarks, CI latency gate, HTML report")
     commands = bench.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
@@ -77,6 +151,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--json", help="write the records as JSON")
     p.set_defaults(handler=_latency)
+
+    p = commands.add_parser("pipeline", help="per-stage latency of the live pipeline on a 640x480 frame")
+    p.add_argument("models", nargs="+", help="baked .tflite/.onnx, or a checkpoint (needs --identity)")
+    p.add_argument("--identity", help="identity image or .npy embedding (for checkpoints)")
+    p.add_argument("--threads", type=_threads, default=[1], help="comma list, e.g. 1,2")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--json", help="write the records as JSON")
+    p.set_defaults(handler=_pipeline)
+
+    p = commands.add_parser("roofline", help="phone latency ESTIMATES from counted MACs and bytes (phones.yaml)")
+    p.add_argument("--presets", nargs="+", default=["nano", "base"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"])
+    p.add_argument("--json", help="write the estimates as JSON")
+    p.set_defaults(handler=_roofline)
+
+    p = commands.add_parser("device", help="real on-device runs (Android via adb, CoreML on a Mac) or a skip reason")
+    p.add_argument("artifacts", nargs="+", help=".tflite (Android) or .mlpackage (macOS)")
+    p.add_argument("--android-benchmark-binary", help="LiteRT's benchmark_model built for the phone's ABI")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the records as JSON")
+    p.set_defaults(handler=_device)
 
     p = commands.add_parser("gate", help="fail when latency regressed against a baseline (machine-normalised)")
     p.add_argument("targets", nargs="*", help="targets to check (default: all in the baseline)")

@@ -85,7 +85,7 @@ def _checkpoint(target: str, threads: int, runs: int) -> dict:
 
     start = time.perf_counter()
     model, config, _ = load_checkpoint(target)
-    embedding = torch.nn.functional.normalize(torch.randn(1, config.embedding_dim), dim=1)
+    embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
     baked = model.bake(embedding).eval()
     image = torch.rand(1, 3, config.size, config.size) * 2 - 1
     init_ms = (time.perf_counter() - start) * 1e3

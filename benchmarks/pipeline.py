@@ -1,0 +1,82 @@
+"""Per-stage latency of the live pipeline on a 640x480 frame: detect, landmarks, align, swap, paste-back.
+
+Stages are timed separately on the same frame (median over many runs, after warm-up), with the
+thread count applied to LiteRT, OpenCV and the swap model alike. `total` is the sum of stage
+medians for a frame on which the detector runs; `total_tracking` replaces detection + landmarks
+by landmark tracking, which is what the demo does on most frames (`--detect-every`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from pocketswap.benchmarks.latency import device_name, time_callable
+
+
+@dataclass
+class PipelineRecord:
+    model: str
+    threads: int
+    runs: int
+    detect_ms: float
+    landmarks_ms: float
+    track_ms: float
+    align_ms: float
+    swap_ms: float
+    paste_ms: float
+    total_ms: float
+    total_tracking_ms: float
+    fps_detecting: float
+    fps_tracking: float
+    device: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, threads: int = 1, runs: int = 200):
+    """Time each live-pipeline stage for `model_path` (a baked artifact or checkpoint + embedding)."""
+    from pocketswap.faces.align import align_face, paste_back
+    from pocketswap.faces.bench import sample_frame
+    from pocketswap.faces.blazeface import BlazeFace
+    from pocketswap.faces.facemesh import FaceMesh
+    from pocketswap.faces.types import Face
+    from pocketswap.runtime import load_swap_model
+
+    cv2.setNumThreads(threads)
+    frame = sample_frame()
+    detector, mesh = BlazeFace("short", num_threads=threads), FaceMesh(num_threads=threads)
+    model = load_swap_model(model_path, embedding, threads)
+    detection = detector(frame)[0]
+    landmarks = mesh.from_detection(frame, detection).landmarks
+    face = Face(box=detection.box, score=detection.score, landmarks=landmarks)
+    aligned = align_face(frame, face.keypoints, model.size, model.template)
+    swapped, mask = model(aligned.crop)
+    medians = {
+        name: float(np.median(time_callable(fn, runs)))
+        for name, fn in (
+            ("detect", lambda: detector(frame)),
+            ("landmarks", lambda: mesh.from_detection(frame, detection)),
+            ("track", lambda: mesh.track(frame, landmarks)),
+            ("align", lambda: align_face(frame, face.keypoints, model.size, model.template)),
+            ("swap", lambda: model(aligned.crop)),
+            ("paste", lambda: paste_back(frame, swapped, aligned.matrix, mask=mask, match_color=True)),
+        )
+    }
+    tail = medians["align"] + medians["swap"] + medians["paste"]
+    total = medians["detect"] + medians["landmarks"] + tail
+    total_tracking = medians["track"] + tail
+    return PipelineRecord(
+        model=model.name,
+        threads=threads,
+        runs=runs,
+        **{f"{k}_ms": round(v, 3) for k, v in medians.items()},
+        total_ms=round(total, 3),
+        total_tracking_ms=round(total_tracking, 3),
+        fps_detecting=round(1e3 / total, 1),
+        fps_tracking=round(1e3 / total_tracking, 1),
+        device=device_name(),
+    )
