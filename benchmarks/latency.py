@@ -127,10 +127,15 @@ def bench_in_worker(kind: str, target: str, threads: int, runs: int, runtime: st
 
 
 def bench_artifact(path: str | Path, threads: int, runs: int = 100) -> LatencyRecord:
-    """Benchmark one artifact (or reference name such as ``ref:simswap``) on `threads` threads."""
+    """Benchmark one artifact on `threads` threads. Besides files: ``ref:simswap`` / ``ref:mobilefaceswap``
+    (reference networks) and ``preset:nano`` / ``preset:nano:onnx`` (random-weight baked students)."""
     target = str(path)
-    if target.startswith("ref:"):
-        return bench_in_worker("reference", target[4:], threads, runs, "torch-eager")
+    if target.startswith(("ref:", "preset:")):
+        kind, _, name = target.partition(":")
+        runtime = "onnxruntime" if target.endswith(":onnx") else "torch-eager"
+        record = bench_in_worker({"ref": "reference", "preset": "preset"}[kind], name, threads, runs, runtime)
+        record.artifact = target
+        return record
     path = Path(path)
     if not path.exists():
         raise PocketswapError(f"{path}: no such artifact")

@@ -92,6 +92,31 @@ def _checkpoint(target: str, threads: int, runs: int) -> dict:
     return _torch(baked, (image,), init_ms, threads, runs, {"preset": config.name, "precision": "fp32"})
 
 
+def _preset(target: str, threads: int, runs: int) -> dict:
+    """A random-weight student of a preset (seed 0), identity baked: ``nano`` (PyTorch) or ``nano:onnx``."""
+    import tempfile
+
+    import torch
+
+    from pocketswap.student import StudentNet, get_preset
+
+    name, _, runtime = target.partition(":")
+    start = time.perf_counter()
+    config = get_preset(name)
+    torch.manual_seed(0)
+    embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
+    baked = StudentNet(config).eval().bake(embedding).eval()
+    image = torch.rand(1, 3, config.size, config.size) * 2 - 1
+    extra = {"preset": name, "precision": "fp32"}
+    if runtime == "onnx":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/{name}.onnx"
+            torch.onnx.export(baked, (image,), path, input_names=["image"], dynamo=False)
+            return {**_onnx(path, threads, runs), **extra}
+    init_ms = (time.perf_counter() - start) * 1e3
+    return _torch(baked, (image,), init_ms, threads, runs, extra)
+
+
 def _reference(target: str, threads: int, runs: int) -> dict:
     from pocketswap.benchmarks import references
 
@@ -106,7 +131,7 @@ def _reference(target: str, threads: int, runs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["tflite", "onnx", "checkpoint", "reference"])
+    parser.add_argument("kind", choices=["tflite", "onnx", "checkpoint", "reference", "preset"])
     parser.add_argument("target")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=100)
@@ -115,7 +140,7 @@ def main() -> None:
     if args.kind == "tflite":
         _tflite(args.target, args.threads, args.runs, args.result_json)
         return
-    run = {"onnx": _onnx, "checkpoint": _checkpoint, "reference": _reference}[args.kind]
+    run = {"onnx": _onnx, "checkpoint": _checkpoint, "reference": _reference, "preset": _preset}[args.kind]
     result = run(args.target, args.threads, args.runs)
     result["peak_memory_mb"] = _peak_rss_mb()
     print(json.dumps(result))

@@ -1,0 +1,81 @@
+"""Latency harness, CI gate (passes on an unchanged model, fails on a slowed one), roofline, references."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pocketswap.benchmarks.gate import load_baseline, run_gate, update_baseline
+from pocketswap.benchmarks.latency import bench_artifact
+from pocketswap.benchmarks.references import count_params_and_macs, mobilefaceswap_student, simswap_size_generator
+from pocketswap.benchmarks.roofline import estimate_presets, load_profiles
+from pocketswap.cli import main
+from pocketswap.errors import ConfigError
+
+
+def _export_convnet(path, width: int) -> None:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Conv2d(width, 3, 1)).eval()
+    torch.onnx.export(model, (torch.zeros(1, 3, 96, 96),), str(path), input_names=["image"], dynamo=False)
+
+
+@pytest.mark.slow
+def test_gate_passes_unchanged_and_fails_slowed_model(tmp_path, capsys):
+    model = tmp_path / "model.onnx"
+    _export_convnet(model, 16)
+    baseline = tmp_path / "baseline.json"
+    update_baseline(baseline, [str(model)], runs=30, rounds=2)
+    assert set(load_baseline(baseline)["targets"]) == {str(model)}
+
+    rows, _ = run_gate(baseline, runs=30, rounds=2)
+    assert not rows[0].regressed(1.5), rows[0]
+
+    _export_convnet(model, 48)  # same name, ~9x the MACs
+    code = main(["bench", "gate", "--baseline", str(baseline), "--max-ratio", "1.2", "--runs", "30", "--rounds", "2"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "REGRESSED" in captured.out and "latency gate FAILED" in captured.err
+
+
+def test_gate_without_baseline_says_how_to_make_one(tmp_path):
+    with pytest.raises(ConfigError, match="--update"):
+        load_baseline(tmp_path / "missing.json")
+
+
+def test_latency_records_for_onnx_and_json(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    _export_convnet(model, 8)
+    record = bench_artifact(model, threads=1, runs=10)
+    assert record.runtime == "onnxruntime" and 0 < record.p5_ms <= record.median_ms <= record.p95_ms
+    assert record.size_mb > 0 and record.peak_memory_mb > 10
+    out = tmp_path / "lat.json"
+    assert main(["bench", "latency", str(model), "--threads", "1,2", "--runs", "5", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["threads"] for r in records] == [1, 2]
+
+
+def test_reference_networks_have_their_published_scale():
+    params, gmac = count_params_and_macs(*_unpack(simswap_size_generator()))
+    assert 40e6 < params < 120e6 and 40 < gmac < 60  # AdaIN ResNet generator at 224
+    params, gmac = count_params_and_macs(*_unpack(mobilefaceswap_student()))
+    assert 0.4e6 < params < 0.6e6 and 0.2 < gmac < 0.35  # MobileFaceSwap: 0.50 M, 0.306 GMAC
+
+
+def _unpack(pair):
+    model, inputs = pair
+    return (model, *inputs)
+
+
+def test_roofline_estimates_are_labelled_and_ordered():
+    assert all(p["sources"] for p in load_profiles())
+    estimates = {(e.phone, e.preset, e.precision): e for e in estimate_presets(["nano", "base"], ["fp32", "fp16"])}
+    nano = estimates[("galaxy-s24-snapdragon", "nano", "fp32")]
+    base = estimates[("galaxy-s24-snapdragon", "base", "fp32")]
+    assert "estimate" in nano.label
+    assert base.estimate_ms > nano.estimate_ms > 0
+    assert estimates[("galaxy-s24-snapdragon", "base", "fp16")].estimate_ms < base.estimate_ms
+    assert estimates[("budget-snapdragon-680", "base", "fp32")].estimate_ms > base.estimate_ms
