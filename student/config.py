@@ -1,0 +1,188 @@
+"""Student configuration: a validated dataclass, a registry of presets, dict/YAML round-trips.
+
+Every field is plain data so a config can live in a checkpoint's JSON or a YAML file. Invalid
+values raise :class:`pocketswap.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pocketswap.errors import ConfigError
+
+NORMS = ("bn", "none")
+ACTIVATIONS = ("relu", "relu6")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Shape of a student UNet and its identity hypernetwork.
+
+    The encoder has ``len(enc_channels)`` stride-2 blocks (depthwise 4x4 + pointwise), so ``size``
+    must be divisible by ``2 ** len(enc_channels)``. The decoder has one block per skip connection
+    (``len(enc_channels) - 1``), each doubling the resolution; the heads run at full resolution.
+    """
+
+    name: str = "custom"
+    size: int = 224  # square crop side, pixels
+    embed_dim: int = 128  # identity embedding length (dlib 128, ArcFace 512)
+    enc_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    dec_channels: tuple[int, ...] = (256, 128, 64, 32)
+    head_image_skip: bool = True  # concatenate the input crop before the heads
+    hyper_hidden: int = 256  # hypernetwork MLP width
+    hyper_layers: int = 2  # hypernetwork MLP depth (>= 1)
+    normalize_embedding: bool = True  # L2-normalise the embedding inside the hypernetwork
+    norm: str = "bn"  # "bn" (folded at bake time) or "none"
+    act: str = "relu"  # "relu" or "relu6"
+    template: str = "arcface"  # name of the alignment template the crops are made with
+    demod_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name in ("enc_channels", "dec_channels"):  # accept lists (from JSON/YAML)
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        _check_type("name", self.name, str)
+        if not self.name:
+            raise ConfigError("config field 'name' must be a non-empty string")
+        for name in ("size", "embed_dim", "hyper_hidden", "hyper_layers"):
+            _check_positive_int(name, getattr(self, name))
+        for name in ("enc_channels", "dec_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not value:
+                raise ConfigError(f"config field '{name}' must be a non-empty list of ints, got {value!r}")
+            for v in value:
+                _check_positive_int(name, v)
+        if len(self.enc_channels) < 2:
+            raise ConfigError("config field 'enc_channels' needs at least 2 stages")
+        if len(self.dec_channels) != len(self.enc_channels) - 1:
+            raise ConfigError(
+                f"config field 'dec_channels' must have len(enc_channels) - 1 = {len(self.enc_channels) - 1} "
+                f"entries (one per skip connection), got {len(self.dec_channels)}"
+            )
+        stride = 2 ** len(self.enc_channels)
+        if self.size % stride:
+            raise ConfigError(f"config field 'size' ({self.size}) must be divisible by 2**len(enc_channels) = {stride}")
+        for name in ("head_image_skip", "normalize_embedding"):
+            _check_type(name, getattr(self, name), bool)
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("act", self.act, ACTIVATIONS)
+        _check_type("template", self.template, str)
+        if not self.template:
+            raise ConfigError("config field 'template' must be a non-empty string")
+        if isinstance(self.demod_eps, bool) or not isinstance(self.demod_eps, (int, float)) or self.demod_eps <= 0:
+            raise ConfigError(f"config field 'demod_eps' must be a positive float, got {self.demod_eps!r}")
+
+    @property
+    def bottleneck(self) -> int:
+        """Spatial side of the deepest encoder feature map."""
+        return self.size // 2 ** len(self.enc_channels)
+
+    def decoder_in_channels(self) -> list[int]:
+        """Input channels of each decoder block (upsampled features + skip)."""
+        prev = [self.enc_channels[-1], *self.dec_channels[:-1]]
+        skips = list(reversed(self.enc_channels[:-1]))
+        return [p + s for p, s in zip(prev, skips, strict=True)]
+
+    def replace(self, **changes: Any) -> StudentConfig:
+        """A validated copy with some fields changed (e.g. ``embed_dim=512`` for ArcFace)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field '{sorted(unknown)[0]}'")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-friendly dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
+        """Build from a dict; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"student config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """YAML text; also written to ``path`` when given."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> StudentConfig:
+        """Load a YAML file. A top-level ``preset: NAME`` key starts from that preset."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read student config {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"student config {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"student config {path} must be a YAML mapping")
+        if "preset" in data:
+            return get_preset(data.pop("preset"), **data)
+        return cls.from_dict(data)
+
+
+def _check_type(name: str, value: Any, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ConfigError(f"config field '{name}' must be {kind.__name__}, got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"config field '{name}' must be a positive int, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config field '{name}' must be one of {', '.join(choices)}; got {value!r}")
+
+
+PRESETS: dict[str, StudentConfig] = {
+    # MobileFaceSwap-sized: 224 px, channels 3->32->...->512 (budget <= 0.55M params, <= 0.35 GMAC).
+    "base": StudentConfig(name="base", size=224),
+    # Live demo on a laptop CPU: 128 px, quarter width (budget <= 0.05 GMAC).
+    "nano": StudentConfig(
+        name="nano",
+        size=128,
+        enc_channels=(16, 32, 64, 128, 256),
+        dec_channels=(128, 64, 32, 16),
+        hyper_hidden=128,
+    ),
+    # 256 px, 1.5x width (FaceShifter-resolution teachers).
+    "large": StudentConfig(
+        name="large",
+        size=256,
+        enc_channels=(48, 96, 192, 384, 768),
+        dec_channels=(384, 192, 96, 48),
+        hyper_hidden=384,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> StudentConfig:
+    """A preset by name, optionally with fields changed (``get_preset("base", embed_dim=512)``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"config field 'preset': unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = PRESETS[name]
+    return config.replace(**overrides) if overrides else config
+
+
+__all__ = ["PRESETS", "StudentConfig", "get_preset"]

@@ -1,0 +1,362 @@
+"""The student UNet in three forms that compute the same function for a given identity.
+
+- :class:`StudentNet` (training): image + identity embedding -> (image, mask). Holds the encoder,
+  the identity-conditioned decoder, the heads and the :class:`HyperNet`.
+- :class:`BakedStudent` (``StudentNet.bake(emb)``): image -> (image, mask); plain Conv2d/ReLU/bilinear
+  with BN, the depthwise kernels and modulation x demodulation folded into constant weights.
+- :class:`DynamicIdentityStudent` (``StudentNet.dynamic()``): (image, params[1,P]) -> (image, mask);
+  the identity enters as one flat vector from ``StudentNet.identity_params(emb)`` whose layout is
+  ``StudentNet.param_layout()``.
+
+Identity-dependent part of decoder block ``i`` (input C_in channels, output C_out), after
+``x = cat(up2x(x), skip)``::
+
+    x = act(bn(depthwise3x3(x, k_i)))                          # k_i from the hypernetwork
+    x = act(bn(d_i * conv1x1(x * s_i, W_i)))                   # s_i from the hypernetwork
+    d_i[o] = rsqrt(sum_c (W_i[o, c] * s_i[c])^2 + eps)         # StyleGAN2 demodulation
+
+Flat params layout (``param_layout()``, float32, batch dim first), per block in order:
+
+- ``decoder.{i}.dw.weight`` shape (3, 3, C_in), tap-major: element ``(ky*3 + kx)*C_in + c`` is the
+  BN-scaled depthwise weight ``W[c, 0, ky, kx]`` (``.permute(2, 0, 1)`` gives the Conv2d layout).
+- ``decoder.{i}.pw.in_scale`` shape (C_in,): the modulation ``s_i``.
+- ``decoder.{i}.pw.out_scale`` shape (C_out,): demodulation times the BN scale.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pocketswap.errors import ConfigError
+from pocketswap.student.config import StudentConfig
+from pocketswap.student.hypernet import HyperNet
+from pocketswap.student.layers import (
+    SeparableDown,
+    Upsample2x,
+    bn_affine,
+    conv_from,
+    demodulation,
+    depthwise,
+    depthwise3x3_per_sample,
+    depthwise3x3_shifted,
+    fold_conv_norm,
+    make_act,
+    make_norm,
+    pointwise,
+)
+
+log = logging.getLogger(__name__)
+
+Identity = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: (kernels [B,C,3,3], style [B,C])
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """One tensor inside the flat identity vector: ``params[:, offset : offset + numel].view(shape)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class IdentityDecoderBlock(nn.Module):
+    """Upsample, concat skip, identity depthwise 3x3, modulated/demodulated pointwise."""
+
+    def __init__(self, cin: int, cout: int, config: StudentConfig) -> None:
+        super().__init__()
+        self.eps = config.demod_eps
+        self.up = Upsample2x()
+        self.dw_bias = nn.Parameter(torch.zeros(cin)) if config.norm == "none" else None
+        self.dw_norm = make_norm(config.norm, cin)
+        self.dw_act = make_act(config.act)
+        self.pw = pointwise(cin, cout, bias=config.norm == "none")
+        self.pw_norm = make_norm(config.norm, cout)
+        self.pw_act = make_act(config.act)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, kernels: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.up(x), skip], dim=1)
+        b = x.shape[0]
+        x = depthwise3x3_per_sample(x, kernels.expand(b, -1, -1, -1))
+        if self.dw_bias is not None:
+            x = x + self.dw_bias.view(1, -1, 1, 1)
+        x = self.dw_act(self.dw_norm(x))
+        style = style.expand(b, -1)
+        weight = self.pw.weight
+        demod = demodulation(weight.flatten(1), style, self.eps)
+        x = F.conv2d(x * style[:, :, None, None], weight) * demod[:, :, None, None]
+        if self.pw.bias is not None:
+            x = x + self.pw.bias.view(1, -1, 1, 1)
+        return self.pw_act(self.pw_norm(x))
+
+
+class Head(nn.Module):
+    """Full-resolution head: upsample, optional concat of the input crop, depthwise 3x3, then two 1x1 heads."""
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        cin = config.dec_channels[-1] + (3 if config.head_image_skip else 0)
+        self.image_skip = config.head_image_skip
+        self.up = Upsample2x()
+        self.dw = depthwise(cin, 3, bias=config.norm == "none")
+        self.norm = make_norm(config.norm, cin)
+        self.act = make_act(config.act)
+        self.image = pointwise(cin, 3, bias=True)
+        self.mask = pointwise(cin, 1, bias=True)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.up(x)
+        if self.image_skip:
+            x = torch.cat([x, image], dim=1)
+        x = self.act(self.norm(self.dw(x)))
+        return torch.tanh(self.image(x)), torch.sigmoid(self.mask(x))
+
+
+class StudentNet(nn.Module):
+    """Training-time student: ``forward(image [B,3,S,S] in [-1,1], embedding [B or 1, D]) -> (image, mask)``."""
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        chans = (3, *config.enc_channels)
+        self.encoder = nn.ModuleList(SeparableDown(a, b, config.norm, config.act) for a, b in itertools.pairwise(chans))
+        self.decoder = nn.ModuleList(
+            IdentityDecoderBlock(cin, cout, config)
+            for cin, cout in zip(config.decoder_in_channels(), config.dec_channels, strict=True)
+        )
+        self.head = Head(config)
+        self.hypernet = HyperNet(config)
+
+    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.run(image, self.identity(embedding))
+
+    def identity(self, embedding: torch.Tensor) -> Identity:
+        """Hypernetwork outputs for an embedding [B,D] or [D] (cache them to reuse one identity)."""
+        if embedding.shape[-1] != self.config.embed_dim:
+            raise ConfigError(
+                f"embedding has {embedding.shape[-1]} dims but config field 'embed_dim' is {self.config.embed_dim}"
+            )
+        return self.hypernet(embedding)
+
+    def run(self, image: torch.Tensor, identity: Identity) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward with precomputed :meth:`identity` outputs."""
+        size = self.config.size
+        if image.ndim != 4 or image.shape[1:] != (3, size, size):
+            raise ConfigError(
+                f"image must be [B,3,{size},{size}] for config field 'size' = {size}, got {list(image.shape)}"
+            )
+        feats = []
+        x = image
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        x = feats.pop()
+        for block, (kernels, style) in zip(self.decoder, identity, strict=True):
+            x = block(x, feats.pop(), kernels, style)
+        return self.head(x, image)
+
+    # -- identity export -------------------------------------------------------------------------
+
+    def param_layout(self) -> list[ParamSlot]:
+        """Names, shapes and offsets of the tensors in :meth:`identity_params`' flat vector."""
+        slots, offset = [], 0
+        for i, (cin, cout) in enumerate(zip(self.config.decoder_in_channels(), self.config.dec_channels, strict=True)):
+            for name, shape in ((f"decoder.{i}.dw.weight", (3, 3, cin)), (f"decoder.{i}.pw.in_scale", (cin,))):
+                slots.append(ParamSlot(name, shape, offset))
+                offset += slots[-1].numel
+            slots.append(ParamSlot(f"decoder.{i}.pw.out_scale", (cout,), offset))
+            offset += cout
+        return slots
+
+    @property
+    def num_identity_params(self) -> int:
+        """P: floats per identity in the flat vector."""
+        last = self.param_layout()[-1]
+        return last.offset + last.numel
+
+    @torch.no_grad()
+    def folded_identity(self, embedding: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Per decoder block, the identity folded with BN (eval statistics) into constants.
+
+        Keys: ``dw_weight`` [C,3,3], ``dw_bias`` [C], ``in_scale`` [C], ``out_scale`` [O], ``pw_bias`` [O].
+        """
+        if embedding.ndim == 2 and embedding.shape[0] != 1:
+            raise ConfigError(f"bake one identity at a time: embedding batch is {embedding.shape[0]}, expected 1")
+        if self.training:
+            log.debug("folding BatchNorm with running statistics; the result matches eval mode")
+        out = []
+        for block, (kernels, style) in zip(self.decoder, self.identity(embedding.reshape(1, -1)), strict=True):
+            cin, cout = block.pw.in_channels, block.pw.out_channels
+            dw_scale, dw_shift = bn_affine(block.dw_norm, cin, kernels)
+            dw_bias = block.dw_bias if block.dw_bias is not None else torch.zeros(cin)
+            pw_scale, pw_shift = bn_affine(block.pw_norm, cout, kernels)
+            pw_bias = block.pw.bias if block.pw.bias is not None else torch.zeros(cout)
+            demod = demodulation(block.pw.weight.flatten(1), style, block.eps)[0]
+            out.append(
+                {
+                    "dw_weight": kernels[0] * dw_scale.view(-1, 1, 1),
+                    "dw_bias": dw_bias * dw_scale + dw_shift,
+                    "in_scale": style[0],
+                    "out_scale": demod * pw_scale,
+                    "pw_bias": pw_bias * pw_scale + pw_shift,
+                }
+            )
+        return out
+
+    @torch.no_grad()
+    def identity_params(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Flat [1, P] identity vector for :class:`DynamicIdentityStudent` (layout: :meth:`param_layout`)."""
+        parts = []
+        for f in self.folded_identity(embedding):
+            parts += [f["dw_weight"].permute(1, 2, 0).reshape(-1), f["in_scale"], f["out_scale"]]
+        return torch.cat(parts).unsqueeze(0).contiguous()
+
+    @torch.no_grad()
+    def bake(self, embedding: torch.Tensor) -> BakedStudent:
+        """A static image-only network for one identity (matches eval-mode :meth:`forward`)."""
+        return BakedStudent(self, self.folded_identity(embedding))
+
+    @torch.no_grad()
+    def dynamic(self) -> DynamicIdentityStudent:
+        """The identity-as-input network (matches eval-mode :meth:`forward` given :meth:`identity_params`)."""
+        return DynamicIdentityStudent(self)
+
+
+class _FoldedUNet(nn.Module):
+    """Identity-free parts of a student with BN folded: encoder and heads (shared by baked/dynamic)."""
+
+    def __init__(self, net: StudentNet) -> None:
+        super().__init__()
+        act = net.config.act
+        self.config = net.config
+        self.encoder = nn.ModuleList(
+            nn.Sequential(
+                fold_conv_norm(b.dw, b.dw_norm), make_act(act), fold_conv_norm(b.pw, b.pw_norm), make_act(act)
+            )
+            for b in net.encoder
+        )
+        self.up = Upsample2x()
+        self.image_skip = net.config.head_image_skip
+        self.head_dw = nn.Sequential(fold_conv_norm(net.head.dw, net.head.norm), make_act(act))
+        self.image_head = conv_from(net.head.image.weight, net.head.image.bias, net.head.image)
+        self.mask_head = conv_from(net.head.mask.weight, net.head.mask.bias, net.head.mask)
+
+    def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward(self, image: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Written as one flat function so eager PyTorch frees each activation as soon as it is consumed.
+        feats, x = [], image
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        x = feats.pop()
+        for index in range(len(feats)):
+            x = self._decode(index, torch.cat([self.up(x), feats.pop()], dim=1), params)
+        x = self.up(x)
+        if self.image_skip:
+            x = torch.cat([x, image], dim=1)
+        x = self.head_dw(x)
+        return torch.tanh(self.image_head(x)), torch.sigmoid(self.mask_head(x))
+
+
+class BakedStudent(_FoldedUNet):
+    """Static student for one identity: ``forward(image) -> (image, mask)``; only Conv2d, ReLU, bilinear, cat."""
+
+    def __init__(self, net: StudentNet, folded: list[dict[str, torch.Tensor]]) -> None:
+        super().__init__(net)
+        act = net.config.act
+        self.decoder = nn.ModuleList()
+        for block, f in zip(net.decoder, folded, strict=True):
+            cin = block.pw.in_channels
+            dw = conv_from(f["dw_weight"].unsqueeze(1), f["dw_bias"], depthwise(cin, 3))
+            weight = f["out_scale"].view(-1, 1, 1, 1) * block.pw.weight * f["in_scale"].view(1, -1, 1, 1)
+            pw = conv_from(weight, f["pw_bias"], block.pw)
+            self.decoder.append(nn.Sequential(dw, make_act(act), pw, make_act(act)))
+        self.eval().requires_grad_(False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(image)
+
+    def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder[index](x)
+
+
+class DynamicDecoderBlock(nn.Module):
+    """Decoder block whose identity arrives at run time: 9-shift depthwise + constant 1x1 between two scales."""
+
+    def __init__(
+        self, block: IdentityDecoderBlock, hw: int, dw_bias: torch.Tensor, pw_bias: torch.Tensor, act: str
+    ) -> None:
+        super().__init__()
+        self.channels = block.pw.in_channels
+        self.hw = (hw, hw)  # static input size: traced graphs get constant slices
+        self.pw = nn.Conv2d(block.pw.in_channels, block.pw.out_channels, 1, bias=False)
+        self.pw.weight.data.copy_(block.pw.weight.detach())
+        self.register_buffer("dw_bias", dw_bias.detach().view(1, -1, 1, 1).clone())
+        self.register_buffer("pw_bias", pw_bias.detach().view(1, -1, 1, 1).clone())
+        self.dw_act = make_act(act)
+        self.pw_act = make_act(act)
+
+    def forward(
+        self, x: torch.Tensor, taps: list[torch.Tensor], in_scale: torch.Tensor, out_scale: torch.Tensor
+    ) -> torch.Tensor:
+        x = self.dw_act(depthwise3x3_shifted(x, taps, self.hw) + self.dw_bias)
+        return self.pw_act(self.pw(x * in_scale) * out_scale + self.pw_bias)
+
+
+class DynamicIdentityStudent(_FoldedUNet):
+    """Student with the identity as input: ``forward(image [1,3,S,S], params [1,P]) -> (image, mask)``.
+
+    ``params`` comes from :meth:`StudentNet.identity_params`; ``layout`` lists its (name, shape, offset).
+    Only static slices of ``params`` are taken (no gather), each reshaped to [1,C,1,1].
+    """
+
+    def __init__(self, net: StudentNet) -> None:
+        super().__init__(net)
+        act = net.config.act
+        self.layout = net.param_layout()
+        self.num_params = net.num_identity_params
+        self.decoder = nn.ModuleList()
+        for i, block in enumerate(net.decoder):
+            hw = net.config.size // 2 ** (len(net.config.enc_channels) - 1 - i)
+            cin, cout = block.pw.in_channels, block.pw.out_channels
+            dw_scale, dw_shift = bn_affine(block.dw_norm, cin, block.pw.weight)
+            dw_bias = block.dw_bias if block.dw_bias is not None else torch.zeros(cin)
+            pw_scale, pw_shift = bn_affine(block.pw_norm, cout, block.pw.weight)
+            pw_bias = block.pw.bias if block.pw.bias is not None else torch.zeros(cout)
+            self.decoder.append(
+                DynamicDecoderBlock(block, hw, dw_bias * dw_scale + dw_shift, pw_bias * pw_scale + pw_shift, act)
+            )
+        self.eval().requires_grad_(False)
+
+    def forward(self, image: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.jit.is_tracing() and params.shape[-1] != self.num_params:
+            raise ConfigError(f"params must be [1, {self.num_params}] for this config, got {list(params.shape)}")
+        return self._forward(image, params)
+
+    def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+        block = self.decoder[index]
+        dw_slot, in_slot, out_slot = self.layout[3 * index : 3 * index + 3]
+        c = block.channels
+        taps = [_vector(params, dw_slot.offset + t * c, c) for t in range(9)]
+        in_scale = _vector(params, in_slot.offset, c)
+        out_scale = _vector(params, out_slot.offset, out_slot.numel)
+        return block(x, taps, in_scale, out_scale)
+
+
+def _vector(params: torch.Tensor, offset: int, n: int) -> torch.Tensor:
+    """``params[:, offset:offset+n]`` as a per-channel [B,n,1,1] broadcast tensor."""
+    return params[:, offset : offset + n].reshape(-1, n, 1, 1)
