@@ -137,6 +137,14 @@ def _device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.report import write_report
+
+    path = write_report(args.results, args.out, title=args.title)
+    print(f"report -> {path}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="latency and quality benchmarks, CI latency gate, HTML report")
     commands = bench.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
@@ -172,6 +180,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the records as JSON")
     p.set_defaults(handler=_device)
+
+    p = commands.add_parser("report", help="one self-contained HTML page from result files")
+    p.add_argument("results", nargs="+", help="JSON results, metrics.jsonl, manifests, PNG/JPEG images")
+    p.add_argument("--out", required=True, help="output .html")
+    p.add_argument("--title", default="pocketswap report")
+    p.set_defaults(handler=_report)
 
     p = commands.add_parser("gate", help="fail when latency regressed against a baseline (machine-normalised)")
     p.add_argument("targets", nargs="*", help="targets to check (default: all in the baseline)")

@@ -1,0 +1,292 @@
+"""`pocketswap bench report`: one self-contained HTML page from result files (no server, images inlined).
+
+Inputs are classified by content: PNG/JPEG images (dataset previews, sample swaps), JSON results
+with a ``kind`` (latency, pipeline, roofline, device, eval/quality), artifact manifests, dataset
+manifests, demo summaries, and training logs (``metrics.jsonl``). Plots are drawn with matplotlib
+and embedded as base64 PNGs, so the page opens from disk in any browser.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from pocketswap import __version__
+from pocketswap.errors import PocketswapError
+from pocketswap.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+NOTICE = "Face swaps on this page are synthetic media, made from public-domain sample photos."
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{display:block;overflow-x:auto;border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem} td,th{border:1px solid #ccc;padding:.25rem .5rem}
+th{background:#f3f3f3;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;border:1px solid #ddd} figure{margin:1rem 0} figcaption{color:#555;font-size:.85rem}
+.notice{background:#fff4e5;border:1px solid #f0c36d;padding:.5rem .8rem;border-radius:4px}
+.muted{color:#666;font-size:.85rem}
+"""
+
+
+def _data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(png).decode()}"
+
+
+def _figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _img(png: bytes, caption: str, mime: str = "image/png") -> str:
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="{_data_uri(png, mime)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "–"
+    return html.escape(str(value))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p class=muted>(no rows)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if isinstance(r.get(c), int | float) else ""}">{_fmt(r.get(c))}</td>' for c in columns
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# -- sections ---------------------------------------------------------------------------------------
+def latency_section(records: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["artifact", "runtime", "precision", "preset", "threads", "median_ms", "p5_ms", "p95_ms", "init_ms",
+               "size_mb", "peak_memory_mb", "fully_delegated"]  # fmt: skip
+    for r in records:
+        r["artifact"] = Path(r["artifact"]).name if "/" in r["artifact"] else r["artifact"]
+    parts = [table(records, columns)]
+    by_artifact = defaultdict(list)
+    for r in records:
+        by_artifact[(r["artifact"], r["runtime"])].append(r)
+    if any(len(v) > 1 for v in by_artifact.values()):
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for (name, runtime), rows in by_artifact.items():
+            rows = sorted(rows, key=lambda r: r["threads"])
+            ax.plot(
+                [r["threads"] for r in rows], [r["median_ms"] for r in rows], marker="o", label=f"{name} ({runtime})"
+            )
+        ax.set_xlabel("threads"), ax.set_ylabel("median latency (ms)"), ax.set_yscale("log")
+        ax.set_title("Latency vs threads"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
+        parts.append(_img(_figure_png(fig), "Median latency against thread count (log scale)."))
+    single = [r for r in records if r["threads"] == min(x["threads"] for x in records)]
+    labelled = [r for r in single if r.get("precision") or r.get("preset")]
+    if len(labelled) > 1:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        labels = [f"{r.get('preset') or ''} {r.get('precision') or ''}\n{r['runtime']}" for r in labelled]
+        ax.bar(range(len(labelled)), [r["median_ms"] for r in labelled], color="#4c78a8")
+        ax.set_xticks(range(len(labelled)), labels, fontsize=7, rotation=30, ha="right")
+        (
+            ax.set_ylabel("median latency (ms)"),
+            ax.set_title(f"Latency by preset / precision / runtime ({single[0]['threads']} thread)"),
+        )
+        ax.grid(axis="y", alpha=0.3)
+        parts.append(_img(_figure_png(fig), "Median latency per artifact at the lowest thread count."))
+    return "".join(parts)
+
+
+def pipeline_section(records: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = ["detect_ms", "landmarks_ms", "align_ms", "swap_ms", "paste_ms"]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(records)))
+    left = [0.0] * len(records)
+    for stage in stages:
+        values = [r[stage] for r in records]
+        ax.barh(range(len(records)), values, left=left, label=stage.removesuffix("_ms"))
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_yticks(range(len(records)), [f"{r['model']} ({r['threads']} thr)" for r in records], fontsize=8)
+    ax.set_xlabel("ms per 640x480 frame"), ax.legend(fontsize=7, ncol=5), ax.grid(axis="x", alpha=0.3)
+    columns = ["model", "threads", *stages, "track_ms", "total_ms", "fps_detecting", "fps_tracking"]
+    return table(records, columns) + _img(
+        _figure_png(fig), "Live pipeline time per stage (frames where the detector runs)."
+    )
+
+
+def roofline_section(records: list[dict]) -> str:
+    """Pivot: one row per (preset, precision), one column of estimated ms per phone."""
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["preset"], r["precision"])
+        row = rows.setdefault(key, {"preset": r["preset"], "precision": r["precision"], "GMAC": r["gmac"],
+                                    "MB moved": r["mbytes_moved"]})  # fmt: skip
+        row[f"{r['phone']} (ms)"] = r["estimate_ms"]
+    note = (
+        "<p class=muted>Estimates (roofline lower bounds, one big core) from counted MACs and bytes moved; "
+        "phone figures and their sources are in benchmarks/phones.yaml. Not measurements.</p>"
+    )
+    return note + table(list(rows.values()))
+
+
+def quality_section(result: dict) -> str:
+    rows = []
+    for system, metrics in result.get("systems", {}).items():
+        rows.append({"system": system, **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}})
+    note = f"<p class=muted>{html.escape(result.get('note', ''))}</p>" if result.get("note") else ""
+    return table(rows) + note
+
+
+def curves_section(path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return "<p class=muted>(no training rows)</p>"
+    keys = [k for k in train[-1] if k.startswith("loss")][:6]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in train if key in r]
+        ax.plot(*zip(*points, strict=True), label=key, lw=1.2)
+    val = [r for r in rows if "val_loss" in r]
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val_loss")
+    (
+        ax.set_xlabel("step"),
+        ax.set_yscale("log"),
+        ax.grid(alpha=0.3),
+        ax.legend(fontsize=7),
+        ax.set_title("Training curves"),
+    )
+    return _img(_figure_png(fig), f"Training losses from {path.name}.")
+
+
+def manifest_rows(manifests: list[dict]) -> str:
+    rows = []
+    for m in manifests:
+        parity = m.get("parity") or {}
+        worst = max((c.get("max_abs", 0.0) for c in parity.get("cases", [])), default=None)
+        psnr = min((c.get("psnr_db", float("inf")) for c in parity.get("cases", [])), default=None)
+        rows.append({
+            "artifact": m.get("artifact"), "kind": m.get("kind"), "runtime": m.get("runtime"),
+            "precision": m.get("precision"), "identity": m.get("identity_mode"), "preset": m.get("preset"),
+            "size_kb": round(m.get("file_size_bytes", 0) / 1024, 1), "parity_max_abs": worst, "parity_min_psnr_db": psnr,
+            "parity_passed": parity.get("passed"),
+            "inputs": ", ".join(f"{t['name']}{t['shape']}" for t in m.get("inputs", [])),
+        })  # fmt: skip
+    return table(rows)
+
+
+def _classify(path: Path) -> tuple[str, object]:
+    if not path.exists():
+        raise PocketswapError(f"{path}: no such result file")
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return "image", path.read_bytes()
+    if path.name.endswith(".jsonl"):
+        return "curves", path
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PocketswapError(f"{path}: not a JSON result file ({exc})") from exc
+    if not isinstance(data, dict):
+        return "json", data
+    if data.get("format") == "pocketswap-artifact":
+        return "manifest", data
+    if data.get("format") == "pocketswap-paired-faces":
+        return "dataset", data
+    if "mean_fps" in data and "stage_ms" in data:
+        return "demo", data
+    return data.get("kind", "json"), data
+
+
+def build_report(
+    paths: list[str | Path], title: str = "pocketswap report", captions: dict[str, str] | None = None
+) -> str:
+    """The HTML text of a report over `paths` (see module docstring for what is understood)."""
+    captions = captions or {}
+    sections: list[tuple[str, str]] = []
+    manifests: list[dict] = []
+    latency: list[dict] = []
+    for raw in paths:
+        path = Path(raw)
+        kind, data = _classify(path)
+        caption = captions.get(path.name, path.name)
+        if kind == "image":
+            mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+            sections.append((caption, _img(data, caption, mime)))
+        elif kind == "curves":
+            sections.append(("Training", curves_section(data)))
+        elif kind == "manifest":
+            manifests.append(data)
+        elif kind == "latency":
+            latency.extend(data["records"])
+        elif kind == "pipeline":
+            sections.append(("Live pipeline per stage", pipeline_section(data["records"])))
+        elif kind == "roofline":
+            sections.append(("Phone latency estimates (roofline)", roofline_section(data["records"])))
+        elif kind == "device":
+            sections.append(("On-device runs", table(data["records"])))
+        elif kind in ("eval", "quality"):
+            sections.append((f"Quality ({caption})", quality_section(data)))
+        elif kind == "dataset":
+            summary = {k: data.get(k) for k in ("num_samples", "size", "seed", "version") if k in data}
+            summary["teacher"] = (
+                (data.get("teacher") or {}).get("name")
+                if isinstance(data.get("teacher"), dict)
+                else data.get("teacher")
+            )
+            summary["shards"] = len(data.get("shards", []))
+            sections.append(("Dataset", table([summary])))
+        elif kind == "demo":
+            row = {k: v for k, v in data.items() if not isinstance(v, dict)}
+            row.update({f"{k} ms": v for k, v in data["stage_ms"].items()})
+            sections.append(("Demo (headless run)", table([row])))
+        else:
+            sections.append((caption, f"<details><summary>{html.escape(caption)}</summary><pre>"
+                                      f"{html.escape(json.dumps(data, indent=2)[:20000])}</pre></details>"))  # fmt: skip
+    if latency:
+        sections.append(("Latency", latency_section(latency)))
+    if manifests:
+        sections.append(("Artifacts", manifest_rows(manifests)))
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class=muted>pocketswap {__version__} · {created}</p><p class=notice>{NOTICE}</p>{body}</body></html>"
+    )
+
+
+def write_report(paths: list[str | Path], out: str | Path, title: str = "pocketswap report", **kwargs) -> Path:
+    return atomic_write_bytes(out, build_report(paths, title, **kwargs).encode())
