@@ -1,80 +1,187 @@
-"""`pocketswap quickstart`: the main job on the bundled sample faces (what `make demo` runs).
+"""`pocketswap quickstart`: the whole pipeline on the bundled sample faces (what `make demo` runs).
 
-Each step writes its outputs under one folder and a `.done` marker last, so re-running skips
-finished steps and an interrupted step is redone from scratch.
+faces -> teacher generate -> distill train -> distill eval -> export -> bench (latency, pipeline,
+quality, roofline) -> demo on a synthetic clip (headless) -> bench report. Every step writes into
+one output folder and a `.done` marker last, so a re-run skips finished steps and an interrupted
+step is redone (the stages themselves resume: dataset shards and training checkpoints survive).
+Each step runs the same command a user would type, so the log doubles as a tutorial.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pocketswap.errors import PocketswapError
+
 log = logging.getLogger(__name__)
 
 PORTRAITS = ("astronaut", "grace_hopper", "camera")
+IDENTITY = "sample:grace_hopper"
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Sizes that keep the whole run under 30 minutes on a 2-core CPU; `tiny()` for tests."""
+
+    pairs: int = 2048
+    size: int = 128
+    preset: str = "nano"
+    steps: int = 1500
+    batch_size: int = 16
+    precisions: str = "fp32,fp16,int8"
+    formats: str = "all"
+    bench_runs: int = 100
+    clip_frames: int = 96
+    workers: int = 2
+
+    @classmethod
+    def tiny(cls) -> QuickstartConfig:
+        return cls(pairs=48, steps=6, batch_size=4, precisions="fp32,fp16", formats="onnx,tflite", bench_runs=10,
+                   clip_frames=12)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    run: Callable[[Path], None]
+    title: str
+    run: Callable[[Path, QuickstartConfig], None]
 
 
-def analyse_sample_faces(out: Path) -> None:
-    """Detect faces and landmarks on the sample portraits; write annotated images, crops and JSON."""
-    from pocketswap.faces import samples
-    from pocketswap.faces.align import align_face
-    from pocketswap.faces.analyzer import FaceAnalyzer
-    from pocketswap.faces.draw import annotate
-    from pocketswap.files import atomic_write_json
-    from pocketswap.imageio import write_image
+def pocketswap(*argv: object) -> None:
+    """Run one `pocketswap ...` command in-process, logging it; a failure stops the quickstart."""
+    from pocketswap.cli import main
 
-    analyzer = FaceAnalyzer(detector="auto")
-    results = {}
+    args = [str(a) for a in argv]
+    log.info("$ pocketswap %s", shlex.join(args))
+    code = main(args)
+    if code != 0:
+        raise PocketswapError(f"step failed: pocketswap {shlex.join(args)} (exit {code})")
+
+
+def step_faces(out: Path, cfg: QuickstartConfig) -> None:
     for name in PORTRAITS:
-        image = samples.load(name)
-        faces = analyzer.detect(image, all_faces=True)
-        write_image(out / f"{name}_annotated.png", annotate(image, faces))
-        if faces:
-            write_image(out / f"{name}_aligned224.png", align_face(image, faces[0].keypoints, 224).crop)
-        results[name] = [face.to_dict() for face in faces]
-        log.info("%s: %d face(s)", name, len(faces))
-    atomic_write_json(out / "faces.json", results)
+        pocketswap("faces", "detect", f"sample:{name}", "--out", out / f"{name}.png", "--json", out / f"{name}.json")
 
 
-STEPS = (Step("faces", analyse_sample_faces),)
+def step_dataset(out: Path, cfg: QuickstartConfig) -> None:
+    pocketswap("teacher", "generate", "--faces", "samples", "--out", out, "--pairs", cfg.pairs, "--size", cfg.size,
+               "--seed", 0, "--workers", cfg.workers)  # fmt: skip
+    pocketswap("teacher", "preview", out, "--out", out / "preview.png")
 
 
-def run_quickstart(out: str | Path, force: bool = False) -> Path:
+def step_train(out: Path, cfg: QuickstartConfig) -> None:
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    pocketswap("distill", "train", "--data", out.parent / "dataset", "--preset", cfg.preset, "--steps", cfg.steps,
+               "--batch-size", cfg.batch_size, "--out", out, *resume)  # fmt: skip
+
+
+def step_eval(out: Path, cfg: QuickstartConfig) -> None:
+    pocketswap("distill", "eval", out.parent / "run", "--data", out.parent / "dataset", "--json", out / "eval.json")
+
+
+def step_export(out: Path, cfg: QuickstartConfig) -> None:
+    pocketswap("export", out.parent / "run", "--identity", IDENTITY, "--format", cfg.formats,
+               "--precision", cfg.precisions, "--calibration", out.parent / "dataset", "--out", out)  # fmt: skip
+
+
+def _students(root: Path, suffix: str) -> list[Path]:
+    """Baked student artifacts with the given suffix (their manifests say kind=student)."""
+    found = []
+    for manifest in sorted(root.glob(f"*{suffix}.json")):
+        data = json.loads(manifest.read_text())
+        if data.get("kind") == "student" and data.get("identity_mode") == "baked":
+            found.append(manifest.with_name(manifest.name.removesuffix(".json")))
+    return found
+
+
+def step_bench(out: Path, cfg: QuickstartConfig) -> None:
+    artifacts = out.parent / "artifacts"
+    models = _students(artifacts, ".tflite") + _students(artifacts, ".onnx")
+    pocketswap("bench", "latency", *models, "--threads", "1,2", "--runs", cfg.bench_runs,
+               "--references", "mobilefaceswap", "simswap", "--json", out / "latency.json")  # fmt: skip
+    fp32 = [m for m in _students(artifacts, ".tflite") if "fp32" in m.name][:1]
+    pocketswap("bench", "pipeline", *fp32, "--runs", cfg.bench_runs, "--json", out / "pipeline.json")
+    pocketswap("bench", "roofline", "--presets", cfg.preset, "--json", out / "roofline.json")
+
+
+def step_demo(out: Path, cfg: QuickstartConfig) -> None:
+    from pocketswap.demo.clip import write_clip
+
+    clip = write_clip(out / "clip.mp4", frames=cfg.clip_frames)
+    model = [m for m in _students(out.parent / "artifacts", ".tflite") if "fp32" in m.name][0]
+    pocketswap("demo", "--model", model, "--source", clip, "--headless", "--output", out / "swapped.mp4",
+               "--json", out / "summary.json")  # fmt: skip
+    pocketswap("demo", "--model", model, "--source", out.parent / "faces" / "astronaut.png", "--headless",
+               "--output", out / "astronaut_swapped.png")  # fmt: skip
+
+
+def step_report(out: Path, cfg: QuickstartConfig) -> None:
+    root = out.parent
+    results = [
+        root / "dataset" / "preview.png",
+        root / "run" / "metrics.jsonl",
+        root / "eval" / "eval.json",
+        *sorted((root / "run").glob("samples*.png")),
+        root / "bench" / "latency.json",
+        root / "bench" / "pipeline.json",
+        root / "bench" / "roofline.json",
+        root / "demo" / "summary.json",
+        root / "demo" / "astronaut_swapped.png",
+        root / "dataset" / "manifest.json",
+        *sorted((root / "artifacts").glob("*.json")),
+    ]
+    pocketswap("bench", "report", *[p for p in results if p.exists()], "--out", out / "report.html",
+               "--title", "pocketswap quickstart")  # fmt: skip
+
+
+STEPS = (
+    Step("faces", "face analysis on the sample portraits", step_faces),
+    Step("dataset", "teacher: paired dataset from the bundled faces", step_dataset),
+    Step("run", "distill: train the student", step_train),
+    Step("eval", "distill: evaluate student vs teacher on held-out identities", step_eval),
+    Step("artifacts", "export: ONNX, TFLite, CoreML with parity checks", step_export),
+    Step("bench", "benchmarks: latency, live pipeline, phone estimates", step_bench),
+    Step("demo", "demo: headless swap of a synthetic clip", step_demo),
+    Step("report", "report.html", step_report),
+)
+
+
+def run_quickstart(out: str | Path, cfg: QuickstartConfig | None = None, force: bool = False) -> Path:
     """Run every step into `out`, skipping steps whose `.done` marker exists (unless `force`)."""
-    out = Path(out)
+    out, cfg = Path(out), cfg or QuickstartConfig()
+    total = time.perf_counter()
     for index, step in enumerate(STEPS, start=1):
         step_dir = out / step.name
         marker = step_dir / ".done"
         if marker.exists() and not force:
-            log.info("[%d/%d] %s: already done, skipping (%s)", index, len(STEPS), step.name, step_dir)
+            log.info("[%d/%d] %s: done earlier, skipping (%s)", index, len(STEPS), step.title, step_dir)
             continue
-        log.info("[%d/%d] %s ...", index, len(STEPS), step.name)
+        log.info("[%d/%d] %s ...", index, len(STEPS), step.title)
         start = time.perf_counter()
         step_dir.mkdir(parents=True, exist_ok=True)
-        step.run(step_dir)
+        step.run(step_dir, cfg)
         marker.write_text(f"{time.perf_counter() - start:.1f} s\n")
-        log.info("[%d/%d] %s done in %.1f s", index, len(STEPS), step.name, time.perf_counter() - start)
-    log.info("all outputs in %s", out)
+        log.info("[%d/%d] %s: done in %.1f s", index, len(STEPS), step.title, time.perf_counter() - start)
+    log.info("quickstart finished in %.1f s; open %s", time.perf_counter() - total, out / "report" / "report.html")
     return out
 
 
 def _handler(args: argparse.Namespace) -> int:
-    run_quickstart(args.out, force=args.force)
+    cfg = QuickstartConfig.tiny() if args.tiny else QuickstartConfig()
+    run_quickstart(args.out, cfg, force=args.force)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("quickstart", help="run the main job on the bundled sample faces (make demo)")
+    p = subparsers.add_parser("quickstart", help="the whole pipeline on the bundled sample faces (make demo)")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--force", action="store_true", help="redo finished steps")
+    p.add_argument("--tiny", action="store_true", help="a miniature run (tiny dataset, few steps) for smoke tests")
     p.set_defaults(handler=_handler)

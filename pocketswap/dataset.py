@@ -1,0 +1,411 @@
+"""The paired-face dataset format shared by the teacher (writer) and distill (reader) stages.
+
+A dataset is a folder with WebDataset-style tar shards and a ``manifest.json``::
+
+    DATASET/manifest.json
+    DATASET/shard-000000.tar   # KEY.id.png KEY.attr.png KEY.out.png KEY.mask.png
+    DATASET/shard-000001.tar   # KEY.id_emb.npy KEY.attr_lmk.npy KEY.json   (one sample per KEY)
+
+- ``id.png``: identity crop; ``attr.png``: attribute crop (the student's input); ``out.png``: the
+  teacher's swap (the student's target); ``mask.png``: 8-bit blend mask; all SxS, RGB/grey.
+- ``id_emb.npy``: (D,) float32 L2-normalised identity embedding (encoder named in the manifest).
+- ``attr_lmk.npy``: (468, 3) float32 FaceMesh landmarks of the attribute crop, crop pixels.
+- ``KEY.json``: per-sample metadata (teacher name and config hash, pair type, source names, ...).
+
+Shards are written to a temporary file and renamed when complete, with fixed tar metadata
+(mtime 0, uid/gid 0, sorted member order), so the same samples always give identical bytes.
+`DatasetReader` streams samples shard by shard without loading the dataset into memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pocketswap.errors import PocketswapError
+from pocketswap.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pocketswap-paired-faces"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+# Member suffixes in the order they are written.
+MEMBERS = ("id.png", "attr.png", "out.png", "mask.png", "id_emb.npy", "attr_lmk.npy", "json")
+
+
+class DatasetError(PocketswapError):
+    """A dataset folder, manifest or shard is missing, incomplete or malformed."""
+
+
+@dataclass
+class Sample:
+    """One training pair. Images are SxSx3 uint8 RGB; mask SxS float32 in [0, 1]."""
+
+    key: str
+    identity: np.ndarray
+    attribute: np.ndarray
+    output: np.ndarray
+    mask: np.ndarray
+    id_embedding: np.ndarray
+    attr_landmarks: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index)
+
+
+# -- encoding ------------------------------------------------------------------------------------
+def _png(image: np.ndarray) -> bytes:
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise DatasetError("cannot encode a PNG")
+    return data.tobytes()
+
+
+def _unpng(data: bytes, color: bool, where: str) -> np.ndarray:
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None:
+        raise DatasetError(f"{where}: corrupt PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color else image
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _unnpy(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise DatasetError(f"{where}: corrupt .npy ({exc})") from exc
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(mask, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
+    """Tar members (name, bytes) of one sample, in `MEMBERS` order."""
+    if not sample.key or "." in sample.key or "/" in sample.key:
+        raise ValueError(f"sample key must be non-empty without '.' or '/', got {sample.key!r}")
+    payload = {
+        "id.png": _png(sample.identity),
+        "attr.png": _png(sample.attribute),
+        "out.png": _png(sample.output),
+        "mask.png": _png(mask_to_uint8(sample.mask)),
+        "id_emb.npy": _npy(np.asarray(sample.id_embedding, np.float32)),
+        "attr_lmk.npy": _npy(np.asarray(sample.attr_landmarks, np.float32)),
+        "json": json.dumps(sample.meta, sort_keys=True, separators=(",", ":")).encode(),
+    }
+    return [(f"{sample.key}.{suffix}", payload[suffix]) for suffix in MEMBERS]
+
+
+def decode_sample(key: str, members: dict[str, bytes], where: str = "") -> Sample:
+    """Build a `Sample` from its members (suffix -> bytes); DatasetError names what is missing."""
+    where = f"{where}:{key}" if where else key
+    missing = [s for s in MEMBERS if s not in members]
+    if missing:
+        raise DatasetError(f"{where}: sample is missing {', '.join(missing)}")
+    try:
+        meta = json.loads(members["json"])
+    except ValueError as exc:
+        raise DatasetError(f"{where}: corrupt metadata JSON ({exc})") from exc
+    return Sample(
+        key=key,
+        identity=_unpng(members["id.png"], True, f"{where}.id.png"),
+        attribute=_unpng(members["attr.png"], True, f"{where}.attr.png"),
+        output=_unpng(members["out.png"], True, f"{where}.out.png"),
+        mask=_unpng(members["mask.png"], False, f"{where}.mask.png").astype(np.float32) / 255.0,
+        id_embedding=_unnpy(members["id_emb.npy"], f"{where}.id_emb.npy").astype(np.float32),
+        attr_landmarks=_unnpy(members["attr_lmk.npy"], f"{where}.attr_lmk.npy").astype(np.float32),
+        meta=meta,
+    )
+
+
+# -- writing -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardInfo:
+    """A finished shard as listed in the manifest."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Writes one tar shard to a temporary file; `close()` renames it into place atomically.
+
+    Tar headers are fixed (mtime 0, uid/gid 0, mode 0644, no user names) so output is byte-for-byte
+    reproducible. Use as a context manager: an exception aborts and removes the temporary file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed by close()/abort()
+        self.count = 0
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def write(self, sample: Sample) -> None:
+        self.write_encoded(encode_sample(sample))
+
+    def write_encoded(self, members: Iterable[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            self.add_bytes(name, data)
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        self._tar.close()
+        with open(self.tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        size = self.tmp.stat().st_size
+        digest = file_sha256(self.tmp)
+        os.replace(self.tmp, self.path)
+        return ShardInfo(self.path.name, self.count, size, digest)
+
+    def abort(self) -> None:
+        self._tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+# -- reading -------------------------------------------------------------------------------------
+def iter_shard_members(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream (key, {suffix: bytes}) groups from a shard without reading it whole."""
+    path = Path(path)
+    key, members = None, {}
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                base = info.name.rsplit("/", 1)[-1]
+                this_key, _, suffix = base.partition(".")
+                if this_key != key:
+                    if key is not None:
+                        yield key, members
+                    key, members = this_key, {}
+                handle = tar.extractfile(info)
+                members[suffix] = handle.read() if handle else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DatasetError(f"{path}: unreadable or truncated shard ({exc})") from exc
+    if key is not None:
+        yield key, members
+
+
+def iter_shard(path: str | Path) -> Iterator[Sample]:
+    """Stream decoded samples from one shard."""
+    for key, members in iter_shard_members(path):
+        yield decode_sample(key, members, where=Path(path).name)
+
+
+def shard_keys(path: str | Path) -> list[str]:
+    """Keys of the complete samples in a shard (reads headers and data; DatasetError if truncated)."""
+    keys = []
+    for key, members in iter_shard_members(path):
+        if all(s in members for s in MEMBERS):
+            keys.append(key)
+    return keys
+
+
+# -- manifest ------------------------------------------------------------------------------------
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "size": int,
+    "num_samples": int,
+    "shards": list,
+    "teacher": dict,
+    "embedding": dict,
+    "seed": int,
+    "counts": dict,
+    "identities": list,
+    "skipped": list,
+}
+
+
+def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
+    """Check a manifest's structure; DatasetError names the first bad field."""
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{where}: expected a JSON object")
+    for name, kind in _MANIFEST_FIELDS.items():
+        if name not in manifest:
+            raise DatasetError(f"{where}: missing field '{name}'")
+        if not isinstance(manifest[name], kind) or isinstance(manifest[name], bool):
+            raise DatasetError(f"{where}: field '{name}' has the wrong type ({type(manifest[name]).__name__})")
+    if manifest["format"] != FORMAT:
+        raise DatasetError(f"{where}: field 'format' is {manifest['format']!r}, expected {FORMAT!r}")
+    if manifest["format_version"] > FORMAT_VERSION:
+        raise DatasetError(
+            f"{where}: field 'format_version' is {manifest['format_version']}, this pocketswap reads <= {FORMAT_VERSION}"
+        )
+    total = 0
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not {"name", "samples", "bytes", "sha256"} <= set(shard):
+            raise DatasetError(f"{where}: field 'shards[{i}]' needs name, samples, bytes and sha256")
+        total += int(shard["samples"])
+    if total != manifest["num_samples"]:
+        raise DatasetError(f"{where}: field 'num_samples' is {manifest['num_samples']} but the shards hold {total}")
+    if "dim" not in manifest["embedding"]:
+        raise DatasetError(f"{where}: field 'embedding.dim' is missing")
+    return manifest
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{root}: not a dataset (no {MANIFEST}; is generation finished?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+    return validate_manifest(manifest, str(path))
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
+    validate_manifest(manifest)
+    return atomic_write_json(Path(root) / MANIFEST, manifest)
+
+
+class DatasetReader:
+    """Streams samples from a dataset folder.
+
+    >>> reader = DatasetReader("data/pairs")
+    >>> reader.size, reader.embedding_dim, len(reader)
+    >>> for sample in reader.iter_samples(shuffle=True, seed=epoch, rank=r, world_size=n):
+    ...     sample.attribute, sample.id_embedding, sample.output, sample.mask
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.shards = [self.root / s["name"] for s in self.manifest["shards"]]
+        missing = [p.name for p in self.shards if not p.is_file()]
+        if missing:
+            raise DatasetError(f"{self.root}: manifest lists missing shard(s): {', '.join(missing[:5])}")
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding"]["dim"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_samples"])
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self.iter_samples()
+
+    def shard_subset(self, rank: int = 0, world_size: int = 1) -> list[Path]:
+        """Shards of part `rank` of `world_size` (round-robin), e.g. one DDP rank x DataLoader worker."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        return self.shards[rank::world_size]
+
+    def iter_samples(
+        self,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 256,
+    ) -> Iterator[Sample]:
+        """Stream decoded samples. With `shuffle`, shard order is permuted (by `seed`) and samples
+        pass through a `shuffle_buffer`-sized reservoir; `rank`/`world_size` select a shard subset
+        (every rank must pass the same `seed` so the subsets stay disjoint). Memory stays bounded
+        by one shuffle buffer."""
+        rng = np.random.default_rng(seed)
+        shards = list(self.shards)
+        if shuffle:
+            shards = [shards[i] for i in rng.permutation(len(shards))]
+        shards = shards[rank::world_size] if world_size > 1 else shards
+        stream = (sample for path in shards for sample in iter_shard(path))
+        if not shuffle or shuffle_buffer <= 1:
+            yield from stream
+            return
+        buffer: list[Sample] = []
+        for sample in stream:
+            if len(buffer) < shuffle_buffer:
+                buffer.append(sample)
+                continue
+            index = int(rng.integers(len(buffer)))
+            buffer[index], sample = sample, buffer[index]
+            yield sample
+        order = rng.permutation(len(buffer))
+        for index in order:
+            yield buffer[index]
+
+    def verify(self, deep: bool = False) -> dict[str, Any]:
+        """Check shard sizes and hashes (and with `deep`, decode every sample and check shapes).
+        Returns a report; raises DatasetError on the first problem."""
+        size = self.size
+        checked = 0
+        for info, path in zip(self.manifest["shards"], self.shards, strict=True):
+            if path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
+                raise DatasetError(f"{path}: size or sha256 differs from the manifest (corrupt or modified)")
+            if not deep:
+                checked += info["samples"]
+                continue
+            count = 0
+            for sample in iter_shard(path):
+                for name in ("identity", "attribute", "output"):
+                    if getattr(sample, name).shape != (size, size, 3):
+                        raise DatasetError(f"{path.name}:{sample.key}: {name} is {getattr(sample, name).shape}")
+                if sample.mask.shape != (size, size):
+                    raise DatasetError(f"{path.name}:{sample.key}: mask is {sample.mask.shape}")
+                if sample.id_embedding.shape != (self.embedding_dim,):
+                    raise DatasetError(f"{path.name}:{sample.key}: id_emb is {sample.id_embedding.shape}")
+                if sample.attr_landmarks.shape != (468, 3):
+                    raise DatasetError(f"{path.name}:{sample.key}: attr_lmk is {sample.attr_landmarks.shape}")
+                count += 1
+            if count != info["samples"]:
+                raise DatasetError(f"{path.name}: holds {count} samples, manifest says {info['samples']}")
+            checked += count
+        return {"shards": len(self.shards), "samples": checked, "deep": deep}

@@ -1,0 +1,416 @@
+"""Augmentations for paired-data generation (face datasets lack expressions and occlusions).
+
+Everything takes an explicit `numpy.random.Generator`, so a pair is a pure function of its seed.
+
+- flips with FaceMesh's mirror map (`teacher.mesh.FLIP_MAP`);
+- pose jitter (roll/scale/shift of the aligned crop) and landmark-driven expression warps (jaw
+  drop, smile, eyebrow raise/frown) rendered with the piecewise-affine mesh warp;
+- colour and lighting jitter (brightness, contrast, saturation, hue, gamma, a directional light);
+- synthetic occluders (textured rectangles, ellipses, hand-like blobs, sunglasses) that the
+  generator pastes on the attribute and re-composites on top of the teacher output;
+- pseudo-identities: two real faces warped to their blended geometry and cross-dissolved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pocketswap.errors import ConfigError
+from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
+from pocketswap.teacher.base import AlignedRecord, face_mask
+from pocketswap.teacher.config import check_range, from_dict
+from pocketswap.teacher.mesh import (
+    CHIN,
+    LEFT_EYEBROW,
+    LOWER_INNER_LIP_CENTRE,
+    MOUTH_CORNERS,
+    RIGHT_EYEBROW,
+    UPPER_INNER_LIP_CENTRE,
+    flip_landmarks,
+)
+from pocketswap.teacher.warp import MeshWarp, border_anchors
+
+OCCLUDER_KINDS = ("rectangle", "ellipse", "hand", "sunglasses")
+
+
+# -- configuration -------------------------------------------------------------------------------
+def _prob(name: str, value: float) -> None:
+    check_range(name, value, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class FlipConfig:
+    attribute: float = 0.5  # probability of mirroring the attribute
+    identity: float = 0.5  # probability of mirroring the identity
+
+    def __post_init__(self) -> None:
+        _prob("attribute", self.attribute)
+        _prob("identity", self.identity)
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    prob: float = 0.5
+    roll_degrees: float = 8.0  # max in-plane rotation
+    scale: float = 0.06  # max relative zoom in/out
+    shift: float = 0.04  # max translation, fraction of the crop
+
+    def __post_init__(self) -> None:
+        _prob("prob", self.prob)
+        check_range("roll_degrees", self.roll_degrees, 0.0, 45.0)
+        check_range("scale", self.scale, 0.0, 0.5)
+        check_range("shift", self.shift, 0.0, 0.3)
+
+
+@dataclass(frozen=True)
+class ExpressionConfig:
+    prob: float = 0.5
+    jaw_open: float = 0.25  # max jaw drop, fraction of the inter-ocular distance
+    smile: float = 0.15  # max mouth-corner pull (outwards and up), fraction of inter-ocular distance
+    brow: float = 0.12  # max eyebrow raise (or frown when negative), fraction of inter-ocular distance
+
+    def __post_init__(self) -> None:
+        _prob("prob", self.prob)
+        for name in ("jaw_open", "smile", "brow"):
+            check_range(name, getattr(self, name), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ColorConfig:
+    prob: float = 0.8  # probability of jittering the attribute
+    identity_prob: float = 0.3  # probability of (milder) jitter on the identity
+    brightness: float = 0.15
+    contrast: float = 0.2
+    saturation: float = 0.25
+    hue_degrees: float = 6.0
+    gamma: float = 0.2
+    light: float = 0.25  # strength of a directional lighting gradient
+
+    def __post_init__(self) -> None:
+        _prob("prob", self.prob)
+        _prob("identity_prob", self.identity_prob)
+        for name in ("brightness", "contrast", "saturation", "gamma", "light"):
+            check_range(name, getattr(self, name), 0.0, 1.0)
+        check_range("hue_degrees", self.hue_degrees, 0.0, 90.0)
+
+
+@dataclass(frozen=True)
+class OccluderConfig:
+    prob: float = 0.3  # probability that a pair gets occluders
+    max_count: int = 2
+    kinds: tuple[str, ...] = OCCLUDER_KINDS
+    max_cover: float = 0.35  # max fraction of the face hull one occluder may cover
+
+    def __post_init__(self) -> None:
+        _prob("prob", self.prob)
+        check_range("max_count", self.max_count, 1, 8)
+        if not self.kinds or any(k not in OCCLUDER_KINDS for k in self.kinds):
+            raise ConfigError(f"config field 'kinds' must be a non-empty list of {', '.join(OCCLUDER_KINDS)}")
+        check_range("max_cover", self.max_cover, 0.01, 1.0)
+
+
+@dataclass(frozen=True)
+class PseudoIdentityConfig:
+    share: float = 0.3  # fraction of cross-identity pairs whose identity is a morph of two real faces
+    count: int = 200  # size of the pseudo-identity pool (each a fixed function of the seed)
+    alpha: tuple[float, float] = (0.35, 0.65)  # mixing weight range of the second face
+
+    def __post_init__(self) -> None:
+        _prob("share", self.share)
+        check_range("count", self.count, 1, 10_000_000)
+        low, high = self.alpha
+        if not 0.0 <= low <= high <= 1.0:
+            raise ConfigError(f"config field 'alpha' must satisfy 0 <= low <= high <= 1, got {[low, high]}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """All augmentation knobs; `enabled: false` turns every augmentation off."""
+
+    enabled: bool = True
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    expression: ExpressionConfig = field(default_factory=ExpressionConfig)
+    color: ColorConfig = field(default_factory=ColorConfig)
+    occluder: OccluderConfig = field(default_factory=OccluderConfig)
+    pseudo_identity: PseudoIdentityConfig = field(default_factory=PseudoIdentityConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> AugmentConfig:
+        return from_dict(cls, data)
+
+
+# -- geometry helpers ----------------------------------------------------------------------------
+def inter_ocular(landmarks: np.ndarray) -> float:
+    xy = landmarks[:, :2]
+    return float(np.linalg.norm(xy[list(RIGHT_EYE_RING)].mean(0) - xy[list(LEFT_EYE_RING)].mean(0)))
+
+
+def _with_xy(record: AlignedRecord, image: np.ndarray, landmarks: np.ndarray) -> AlignedRecord:
+    return AlignedRecord(image, landmarks.astype(np.float32), record.embedding, record.name, dict(record.extra))
+
+
+def flip_record(record: AlignedRecord) -> AlignedRecord:
+    """Mirror the crop and its landmarks (indices swapped with the mesh's mirror map)."""
+    image = np.ascontiguousarray(record.image[:, ::-1])
+    return _with_xy(record, image, flip_landmarks(record.landmarks, record.image.shape[1]))
+
+
+def pose_jitter(record: AlignedRecord, rng: np.random.Generator, cfg: PoseConfig) -> AlignedRecord:
+    """Random roll/zoom/shift of the crop about its centre (landmarks follow; z scales with zoom)."""
+    size = record.size
+    angle = rng.uniform(-cfg.roll_degrees, cfg.roll_degrees)
+    scale = 1.0 + rng.uniform(-cfg.scale, cfg.scale)
+    shift = rng.uniform(-cfg.shift, cfg.shift, size=2) * size
+    centre = ((size - 1) / 2.0, (size - 1) / 2.0)
+    matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+    matrix[:, 2] += shift
+    image = cv2.warpAffine(record.image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    landmarks = record.landmarks.copy()
+    landmarks[:, :2] = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    if landmarks.shape[1] > 2:
+        landmarks[:, 2] *= scale
+    return _with_xy(record, image, landmarks)
+
+
+def _gaussian_pull(points: np.ndarray, centre: np.ndarray, vector: np.ndarray, radius: float) -> np.ndarray:
+    weight = np.exp(-np.sum((points - centre) ** 2, axis=1) / (2.0 * radius**2))
+    return weight[:, None] * vector[None, :]
+
+
+def expression_displacement(landmarks: np.ndarray, jaw: float, smile: float, brow: float) -> np.ndarray:
+    """(468, 2) landmark displacements for a jaw drop, a smile and a brow raise, each given as a
+    fraction of the inter-ocular distance (negative brow = frown, negative smile = mouth corners down)."""
+    xy = landmarks[:, :2].astype(np.float64)
+    iod = max(inter_ocular(landmarks), 1.0)
+    out = np.zeros_like(xy)
+    # Face axes: "down" from the eyes' midpoint towards the chin, "right" along the eye line.
+    eye_r, eye_l = xy[list(RIGHT_EYE_RING)].mean(0), xy[list(LEFT_EYE_RING)].mean(0)
+    across = (eye_l - eye_r) / max(np.linalg.norm(eye_l - eye_r), 1e-6)
+    down = np.array([-across[1], across[0]])
+    if np.dot(xy[CHIN] - (eye_r + eye_l) / 2.0, down) < 0:
+        down = -down
+    if jaw:
+        # Everything below the mouth opening moves down, fading out sideways and towards the lips.
+        mouth = (xy[UPPER_INNER_LIP_CENTRE] + xy[LOWER_INNER_LIP_CENTRE]) / 2.0
+        rel = xy - mouth
+        below = np.clip(rel @ down / (0.15 * iod) + 0.5, 0.0, 1.0)
+        below[UPPER_INNER_LIP_CENTRE] = 0.0
+        sideways = np.clip(1.0 - np.abs(rel @ across) / (1.6 * iod), 0.0, 1.0) ** 0.7
+        out += (jaw * iod) * (below * sideways)[:, None] * down[None, :]
+    if smile:
+        for index, sign in zip(MOUTH_CORNERS, (-1.0, 1.0), strict=True):
+            vector = smile * iod * (sign * across * 0.6 - down * 0.8)
+            out += _gaussian_pull(xy, xy[index], vector, 0.25 * iod)
+    if brow:
+        for ring in (RIGHT_EYEBROW, LEFT_EYEBROW):
+            centre = xy[list(ring)].mean(0)
+            out += _gaussian_pull(xy, centre, -down * brow * iod, 0.35 * iod)
+    return out.astype(np.float32)
+
+
+def warp_to_landmarks(record: AlignedRecord, new_xy: np.ndarray) -> AlignedRecord:
+    """Re-render the crop so its landmarks move to `new_xy` (border fixed; piecewise-affine)."""
+    size = record.size
+    anchors = border_anchors(size, size, 4)
+    dst = np.concatenate([new_xy[:, :2], anchors])
+    src = np.concatenate([record.landmarks[:, :2], anchors])
+    image = MeshWarp(dst, (size, size)).warp(record.image, src)
+    landmarks = record.landmarks.copy()
+    landmarks[:, :2] = new_xy[:, :2]
+    return _with_xy(record, image, landmarks)
+
+
+def expression_warp(record: AlignedRecord, rng: np.random.Generator, cfg: ExpressionConfig) -> AlignedRecord:
+    """A random expression change rendered by warping the crop along its landmarks."""
+    jaw = rng.uniform(0.0, cfg.jaw_open) if rng.random() < 0.5 else 0.0
+    smile = rng.uniform(-0.4 * cfg.smile, cfg.smile) if rng.random() < 0.5 else 0.0
+    brow = rng.uniform(-0.5 * cfg.brow, cfg.brow) if rng.random() < 0.5 else 0.0
+    if not (jaw or smile or brow):
+        jaw = rng.uniform(0.0, cfg.jaw_open)
+    moved = record.landmarks[:, :2] + expression_displacement(record.landmarks, jaw, smile, brow)
+    return warp_to_landmarks(record, moved)
+
+
+# -- colour ----
+@lru_cache(maxsize=8)
+def unit_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x and y coordinates scaled to [-0.5, 0.5) (cached, read-only)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    xs, ys = xs / width - 0.5, ys / height - 0.5
+    xs.setflags(write=False)
+    ys.setflags(write=False)
+    return xs, ys
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, cfg: ColorConfig, strength: float = 1.0) -> np.ndarray:
+    """Random brightness/contrast/saturation/hue/gamma and a directional light, on uint8 RGB."""
+    x = image.astype(np.float32) / 255.0
+    s = strength
+    gamma = float(np.exp(rng.uniform(-cfg.gamma, cfg.gamma) * s))
+    x = np.power(x, gamma)
+    mean = x.mean()
+    x = (x - mean) * (1.0 + rng.uniform(-cfg.contrast, cfg.contrast) * s) + mean
+    x = x + rng.uniform(-cfg.brightness, cfg.brightness) * s
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * (1.0 + rng.uniform(-cfg.saturation, cfg.saturation) * s)
+    if cfg.light > 0:
+        theta = rng.uniform(0.0, 2.0 * np.pi)
+        xs, ys = unit_grid(*x.shape[:2])
+        ramp = (np.cos(theta) * xs + np.sin(theta) * ys) * 2.0
+        x = x * (1.0 + rng.uniform(0.0, cfg.light) * s * ramp)[..., None]
+    out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    hue = rng.uniform(-cfg.hue_degrees, cfg.hue_degrees) * s
+    if abs(hue) > 0.25:
+        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(hue / 2.0))) % 180).astype(np.uint8)
+        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return out
+
+
+# -- occluders -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Occluder:
+    """An occluder layer: rgb (SxSx3 float32 0..255) and alpha (SxS float32 in [0, 1])."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray
+    kind: str
+
+    def over(self, image: np.ndarray) -> np.ndarray:
+        a = self.alpha[..., None]
+        return np.clip(self.rgb * a + image.astype(np.float32) * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _texture(
+    rng: np.random.Generator, size: int, base: np.ndarray, textures: list[np.ndarray], plain: bool = False
+) -> np.ndarray:
+    """Occluder texture: a flat colour with noise and a gradient, stripes, or a patch of a real image."""
+    choice = 0 if plain else (rng.integers(3) if textures else rng.integers(2))
+    if choice == 2:
+        source = textures[int(rng.integers(len(textures)))]
+        patch = cv2.resize(source, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        return np.ascontiguousarray(np.rot90(patch, int(rng.integers(4))))
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    shade = 1.0 + 0.35 * (rng.uniform(-1, 1) * (xs - 0.5) + rng.uniform(-1, 1) * (ys - 0.5))
+    tex = base[None, None, :] * shade[..., None]
+    if choice == 1:  # stripes
+        period = rng.uniform(0.04, 0.15)
+        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * rng.uniform(-1, 1) + ys) / period)
+        other = rng.uniform(0, 255, size=3).astype(np.float32)
+        tex = tex * stripes[..., None] + other * (1.0 - stripes[..., None])
+    noise = cv2.GaussianBlur(rng.normal(0.0, 12.0, size=(size, size)).astype(np.float32), (0, 0), 1.0)
+    return np.clip(tex + noise[..., None], 0, 255).astype(np.float32)
+
+
+def _shape_mask(
+    rng: np.random.Generator, kind: str, size: int, centre: np.ndarray, scale: float, landmarks: np.ndarray
+) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    angle = rng.uniform(0, 180)
+    c = tuple(int(round(v)) for v in centre)
+    if kind == "rectangle":
+        w, h = scale * rng.uniform(0.3, 1.0), scale * rng.uniform(0.3, 1.0)
+        box = cv2.boxPoints(((float(centre[0]), float(centre[1])), (w, h), angle))
+        cv2.fillConvexPoly(mask, np.round(box).astype(np.int32), 255)
+    elif kind == "ellipse":
+        axes = (int(scale * rng.uniform(0.15, 0.5)), int(scale * rng.uniform(0.15, 0.5)))
+        cv2.ellipse(mask, c, axes, angle, 0, 360, 255, -1)
+    elif kind == "hand":
+        # Palm ellipse plus four fingers and a thumb (thick lines with round caps), rotated.
+        palm = scale * 0.34
+        cv2.ellipse(mask, c, (int(palm), int(palm * 1.2)), angle, 0, 360, 255, -1)
+        direction = np.deg2rad(angle - 90)
+        for k, offset in enumerate(np.linspace(-0.6, 0.6, 4)):
+            a = direction + offset * 0.35
+            base = centre + palm * np.array([np.cos(a), np.sin(a)])
+            length = palm * rng.uniform(0.9, 1.5) * (1.0 - 0.15 * abs(k - 1.5))
+            tip = base + length * np.array([np.cos(a), np.sin(a)])
+            cv2.line(
+                mask, tuple(np.round(base).astype(int)), tuple(np.round(tip).astype(int)), 255, max(2, int(palm * 0.32))
+            )
+        a = direction + (np.pi / 2 if rng.random() < 0.5 else -np.pi / 2)
+        base = centre + palm * 0.8 * np.array([np.cos(a), np.sin(a)])
+        tip = base + palm * 0.9 * np.array([np.cos(a - 0.5), np.sin(a - 0.5)])
+        cv2.line(
+            mask, tuple(np.round(base).astype(int)), tuple(np.round(tip).astype(int)), 255, max(2, int(palm * 0.36))
+        )
+    else:  # sunglasses: two lenses over the eyes plus a bridge
+        eyes = [landmarks[list(ring), :2].mean(0) for ring in (RIGHT_EYE_RING, LEFT_EYE_RING)]
+        iod = max(float(np.linalg.norm(eyes[1] - eyes[0])), 4.0)
+        tilt = float(np.degrees(np.arctan2(eyes[1][1] - eyes[0][1], eyes[1][0] - eyes[0][0])))
+        lens = (int(iod * rng.uniform(0.38, 0.5)), int(iod * rng.uniform(0.28, 0.38)))
+        for eye in eyes:
+            cv2.ellipse(mask, tuple(np.round(eye).astype(int)), lens, tilt, 0, 360, 255, -1)
+        cv2.line(
+            mask,
+            tuple(np.round(eyes[0]).astype(int)),
+            tuple(np.round(eyes[1]).astype(int)),
+            255,
+            max(2, int(iod * 0.08)),
+        )
+    return mask
+
+
+def make_occluder(
+    rng: np.random.Generator,
+    landmarks: np.ndarray,
+    size: int,
+    cfg: OccluderConfig,
+    textures: list[np.ndarray] | None = None,
+    skin_tones: list[np.ndarray] | None = None,
+) -> Occluder:
+    """A random occluder over part of the face described by `landmarks` (crop pixels)."""
+    textures = textures or []
+    kind = cfg.kinds[int(rng.integers(len(cfg.kinds)))]
+    hull = face_mask(landmarks, size, 0.0) > 0.5
+    hull_area = max(float(hull.sum()), 1.0)
+    iod = max(inter_ocular(landmarks), 4.0)
+    xy = landmarks[:, :2]
+    mask = np.zeros((size, size), np.uint8)
+    scale = iod * rng.uniform(1.0, 2.2)
+    for _ in range(4):  # shrink until it covers at most max_cover of the face
+        centre = xy[int(rng.integers(len(xy)))] + rng.normal(0.0, 0.3 * iod, size=2)
+        mask = _shape_mask(rng, kind, size, centre, scale, landmarks)
+        if (mask[hull] > 0).sum() / hull_area <= cfg.max_cover:
+            break
+        scale *= 0.7
+    if kind == "hand" and skin_tones:
+        base = skin_tones[int(rng.integers(len(skin_tones)))].astype(np.float32)
+    elif kind == "sunglasses":
+        base = rng.uniform(5, 60, size=3).astype(np.float32)
+    else:
+        base = rng.uniform(0, 255, size=3).astype(np.float32)
+    rgb = _texture(rng, size, base, textures, plain=kind in ("hand", "sunglasses"))
+    if kind == "hand":  # soft shading so it is not a flat cut-out
+        rgb = rgb * (0.85 + 0.15 * cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), iod * 0.2)[..., None])
+    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), 0.8)
+    return Occluder(np.clip(rgb, 0, 255).astype(np.float32), alpha.astype(np.float32), kind)
+
+
+def skin_tone(record: AlignedRecord) -> np.ndarray:
+    """Median RGB of the cheeks/nose area (inside the hull, away from eyes and mouth)."""
+    xy = record.landmarks[:, :2]
+    points = xy[[50, 280, 4, 101, 330]]  # cheeks and nose
+    cols = np.clip(np.round(points).astype(int), 0, record.size - 1)
+    return np.median(record.image[cols[:, 1], cols[:, 0]].astype(np.float32), axis=0)
+
+
+# -- pseudo-identities ---------------------------------------------------------------------------
+def morph_records(a: AlignedRecord, b: AlignedRecord, alpha: float, feather: float = 0.06) -> AlignedRecord:
+    """A pseudo-identity: both faces warped to the blended geometry (1-alpha)*a + alpha*b, then
+    cross-dissolved inside the face (outside it the first face's warped crop is kept)."""
+    size = a.size
+    geometry = (1.0 - alpha) * a.landmarks + alpha * b.landmarks
+    anchors = border_anchors(size, size, 4)
+    warp = MeshWarp(np.concatenate([geometry[:, :2], anchors]), (size, size))
+    warped_a = warp.warp(a.image, np.concatenate([a.landmarks[:, :2], anchors])).astype(np.float32)
+    warped_b = warp.warp(b.image, np.concatenate([b.landmarks[:, :2], anchors])).astype(np.float32)
+    inside = face_mask(geometry, size, feather)[..., None] * alpha
+    image = np.clip(warped_a * (1.0 - inside) + warped_b * inside + 0.5, 0, 255).astype(np.uint8)
+    return AlignedRecord(image, geometry.astype(np.float32), None, f"morph({a.name},{b.name},{alpha:.3f})")

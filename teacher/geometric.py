@@ -1,0 +1,225 @@
+"""The built-in, training-free geometric teacher.
+
+The identity's texture is warped onto the attribute's 468-point geometry (piecewise-affine over
+a Delaunay triangulation of the attribute's mesh), its colour matched to the attribute's skin
+in LAB, the attribute's mouth interior kept (teeth, tongue, open mouths), and the result blended
+into the attribute crop with Poisson (or Laplacian-pyramid) blending inside a feathered hull.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pocketswap.errors import ConfigError
+from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
+from pocketswap.teacher.config import check_range, from_dict, to_dict
+from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, OUTER_LIP, RIGHT_EYEBROW
+from pocketswap.teacher.warp import MeshWarp
+
+BLENDS = ("membrane", "poisson", "laplacian", "alpha")
+
+
+@dataclass(frozen=True)
+class GeometricConfig:
+    """Knobs of the geometric teacher (fractions are of the crop side)."""
+
+    feather: float = 0.05  # width of the mask's soft edge
+    color_transfer: bool = True  # match LAB mean/std of the identity's skin to the attribute's
+    color_std_range: tuple[float, float] = (0.7, 1.4)  # clamp on the per-channel std ratio
+    keep_mouth: bool = True  # keep the attribute's mouth interior (inner-lip polygon)
+    mouth_dilate: float = 0.008  # grow the inner-lip polygon by this much before feathering
+    # "membrane": Poisson-style seamless blend with outliers on the boundary clamped (no colour bleed
+    # from hats or hair); "poisson": cv2.seamlessClone; "laplacian": pyramid blend; "alpha": feathered.
+    blend: str = "membrane"
+    membrane_clamp: float = 2.5  # clamp boundary differences to median +- this many MADs
+    pyramid_levels: int = 4  # levels of the Laplacian pyramid blend
+    shape_transfer: float = 0.0  # 0: attribute geometry; 1: identity's inner-feature shape
+
+    def __post_init__(self) -> None:
+        check_range("feather", self.feather, 0.0, 0.3)
+        low, high = self.color_std_range
+        if not 0.0 < low <= 1.0 <= high:
+            raise ConfigError(f"config field 'color_std_range' must satisfy 0 < low <= 1 <= high, got {[low, high]}")
+        check_range("mouth_dilate", self.mouth_dilate, 0.0, 0.1)
+        if self.blend not in BLENDS:
+            raise ConfigError(f"config field 'blend' must be one of {', '.join(BLENDS)}, got {self.blend!r}")
+        if not 1 <= self.pyramid_levels <= 8:
+            raise ConfigError(f"config field 'pyramid_levels' must be in [1, 8], got {self.pyramid_levels!r}")
+        check_range("shape_transfer", self.shape_transfer, 0.0, 1.0)
+        check_range("membrane_clamp", self.membrane_clamp, 0.5, 100.0)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GeometricConfig:
+        return from_dict(cls, data)
+
+
+def _polygon_mask(size: int, polygons: list[np.ndarray]) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32) for p in polygons], 255, lineType=cv2.LINE_8, shift=4)
+    return mask
+
+
+def match_lab(source: np.ndarray, target: np.ndarray, region: np.ndarray, std_range: tuple[float, float]) -> np.ndarray:
+    """Shift/scale `source`'s LAB channels so their mean/std inside `region` (bool HxW) match `target`'s."""
+    if region.sum() < 32:
+        return source
+    src = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
+    dst = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
+    src_px, dst_px = src[region], dst[region]
+    scale = (dst_px.std(0) + 1.0) / (src_px.std(0) + 1.0)
+    scale[0] = np.clip(scale[0], *std_range)  # lightness contrast: bounded
+    scale[1:] = np.clip(scale[1:], 0.0, std_range[1])  # chroma: may drop to grey for grey attributes
+    out = (src - src_px.mean(0)) * scale + dst_px.mean(0)
+    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def laplacian_blend(foreground: np.ndarray, background: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """Blend two uint8 images with a float mask, band by band over a Laplacian pyramid."""
+    fg, bg = foreground.astype(np.float32), background.astype(np.float32)
+    weights = mask.astype(np.float32)[..., None]
+    fg_pyr, bg_pyr, w_pyr = [fg], [bg], [weights]
+    for _ in range(levels):
+        fg_pyr.append(cv2.pyrDown(fg_pyr[-1]))
+        bg_pyr.append(cv2.pyrDown(bg_pyr[-1]))
+        w_pyr.append(cv2.pyrDown(w_pyr[-1])[..., None] if w_pyr[-1].ndim == 3 else cv2.pyrDown(w_pyr[-1]))
+    out = fg_pyr[-1] * w_pyr[-1] + bg_pyr[-1] * (1.0 - w_pyr[-1])
+    for level in range(levels - 1, -1, -1):
+        size = (fg_pyr[level].shape[1], fg_pyr[level].shape[0])
+        fg_band = fg_pyr[level] - cv2.pyrUp(fg_pyr[level + 1], dstsize=size)
+        bg_band = bg_pyr[level] - cv2.pyrUp(bg_pyr[level + 1], dstsize=size)
+        w = w_pyr[level]
+        out = cv2.pyrUp(out, dstsize=size) + fg_band * w + bg_band * (1.0 - w)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def membrane_blend(source: np.ndarray, target: np.ndarray, region: np.ndarray, clamp: float) -> np.ndarray:
+    """Seamless blend: `source` plus a smooth membrane that matches `target` on the border of `region`.
+
+    The membrane interpolates the target - source differences found on the region's border (a
+    Poisson/harmonic-style fill computed by pyramid pull-push). Border differences far from their
+    median (e.g. a hat brim or hair crossing the border) are clamped first, so they do not bleed
+    into the face as they do with plain Poisson cloning."""
+    inside = region > 0
+    ring = cv2.dilate(region, np.ones((3, 3), np.uint8)) > 0
+    ring &= ~inside
+    if ring.sum() < 8:
+        return source
+    diff = target.astype(np.float32) - source.astype(np.float32)
+    values = diff[ring]
+    median = np.median(values, axis=0)
+    spread = np.median(np.abs(values - median), axis=0) * 1.4826 + 2.0
+    diff = np.clip(diff, median - clamp * spread, median + clamp * spread)
+    weight = ring.astype(np.float32)
+    # Pull: average the known differences down a pyramid; push: fill unknown pixels from coarser levels.
+    values_pyr, weight_pyr = [diff * weight[..., None]], [weight]
+    while min(weight_pyr[-1].shape) > 4:
+        values_pyr.append(cv2.pyrDown(values_pyr[-1]))
+        weight_pyr.append(cv2.pyrDown(weight_pyr[-1]))
+    filled = values_pyr[-1] / np.maximum(weight_pyr[-1], 1e-6)[..., None]
+    for level in range(len(values_pyr) - 2, -1, -1):
+        size = (values_pyr[level].shape[1], values_pyr[level].shape[0])
+        coarse = cv2.pyrUp(filled, dstsize=size)
+        w = weight_pyr[level]
+        known = values_pyr[level] / np.maximum(w, 1e-6)[..., None]
+        alpha = np.clip(w * 4.0, 0.0, 1.0)[..., None]
+        filled = known * alpha + coarse * (1.0 - alpha)
+    out = source.astype(np.float32) + filled
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -> np.ndarray:
+    """Attribute landmarks with their inner features moved `amount` of the way to the identity's shape
+    (identity similarity-aligned to the attribute first; the face outline is left in place)."""
+    from pocketswap.faces.align import similarity_transform, transform_points
+
+    matrix = similarity_transform(identity[:, :2], attribute[:, :2])
+    moved = transform_points(identity, matrix)
+    hull = cv2.convexHull(attribute[:, :2].astype(np.float32), returnPoints=False).ravel()
+    weights = np.full(len(attribute), amount, np.float32)
+    weights[hull] = 0.0
+    out = attribute[:, :2].copy()
+    out += weights[:, None] * (moved - out)
+    return out
+
+
+class GeometricTeacher(Teacher):
+    """Training-free teacher: mesh warp + LAB colour match + mouth keep + Poisson/pyramid blend."""
+
+    name = "geometric"
+
+    def __init__(self, size: int = 224, config: GeometricConfig | None = None) -> None:
+        super().__init__(size)
+        self.cfg = config or GeometricConfig()
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, **to_dict(self.cfg)}
+
+    def swap(self, identity: AlignedRecord, attribute: AlignedRecord) -> TeacherOutput:
+        self.check_record(identity, "identity")
+        self.check_record(attribute, "attribute")
+        cfg, size = self.cfg, self.size
+        dst = attribute.landmarks[:, :2].astype(np.float32)
+        if cfg.shape_transfer > 0:
+            dst = _transfer_shape(identity.landmarks, attribute.landmarks, cfg.shape_transfer)
+        warp = MeshWarp(dst, (size, size))
+        warped = warp.warp(identity.image, identity.landmarks)
+        core, mask = self._region(dst)
+        if cfg.color_transfer:
+            features = [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS]
+            features += [attribute.landmarks[list(OUTER_LIP), :2]]
+            features += [attribute.landmarks[list(b), :2] for b in (RIGHT_EYEBROW, LEFT_EYEBROW)]
+            skin = (core > 0) & (_polygon_mask(size, features) == 0)
+            warped = match_lab(warped, attribute.image, skin, cfg.color_std_range)
+
+        if cfg.blend == "membrane":
+            blended = membrane_blend(warped, attribute.image, core, cfg.membrane_clamp)
+        elif cfg.blend == "poisson":
+            blended = self._poisson(warped, attribute.image, core)
+        elif cfg.blend == "laplacian":
+            blended = laplacian_blend(warped, attribute.image, mask, cfg.pyramid_levels)
+        else:
+            blended = warped
+        alpha = mask[..., None]
+        out = blended.astype(np.float32) * alpha + attribute.image.astype(np.float32) * (1.0 - alpha)
+
+        if cfg.keep_mouth:
+            mouth = _polygon_mask(size, [attribute.landmarks[list(INNER_LIP), :2]])
+            grow = int(round(cfg.mouth_dilate * size))
+            if grow > 0:
+                mouth = cv2.dilate(mouth, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+            mouth_alpha = cv2.GaussianBlur(mouth.astype(np.float32) / 255.0, (0, 0), sigmaX=max(0.8, grow))[..., None]
+            out = out * (1.0 - mouth_alpha) + attribute.image.astype(np.float32) * mouth_alpha
+        return TeacherOutput(image=np.clip(out + 0.5, 0, 255).astype(np.uint8), mask=mask)
+
+    def _region(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(core, mask): the mesh's convex hull (= its Delaunay region) eroded by the feather width
+        (uint8), and that core blurred into a soft mask that stays inside the face (float32)."""
+        size = self.size
+        inside = np.zeros((size, size), np.uint8)
+        hull = cv2.convexHull(np.round(points[:, :2] * 16).astype(np.int32))
+        cv2.fillConvexPoly(inside, hull, 255, lineType=cv2.LINE_8, shift=4)
+        radius = max(1, int(round(self.cfg.feather * size)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        core = cv2.erode(inside, kernel)
+        mask = core.astype(np.float32) / 255.0
+        if radius > 1:
+            mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=radius / 2.0)
+        return core, np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+    def mask(self, attribute: AlignedRecord) -> np.ndarray:
+        return self._region(attribute.landmarks[:, :2])[1]
+
+    @staticmethod
+    def _poisson(source: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """cv2.seamlessClone of `source` into `target` over `region` (uint8 HxW), position-preserving."""
+        region = region.copy()
+        region[:2], region[-2:], region[:, :2], region[:, -2:] = 0, 0, 0, 0  # seamlessClone needs a margin
+        x, y, w, h = cv2.boundingRect(region)
+        if w < 4 or h < 4:
+            return source
+        centre = (x + w // 2, y + h // 2)
+        return cv2.seamlessClone(source, target, region, centre, cv2.NORMAL_CLONE)

@@ -1,0 +1,348 @@
+"""Teacher stage: mesh topology, warps, the geometric teacher (honesty checks on real faces),
+ONNX adapters (conventions and signature errors on tiny in-test graphs), augmentations, configs."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.teacher import augment as aug
+from pocketswap.teacher.base import AlignedRecord, load_teacher
+from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
+from pocketswap.teacher.mesh import FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
+from pocketswap.teacher.warp import MeshWarp, border_anchors, warp_with_anchors
+
+SIZE = 224
+NAMES = ("astronaut", "grace_hopper", "lfw_01", "lfw_12")
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    from pocketswap.teacher.generate import FaceAnalysis, GenerateConfig
+
+    return FaceAnalysis(GenerateConfig(size=SIZE))
+
+
+@pytest.fixture(scope="module")
+def records(analysis) -> dict[str, AlignedRecord]:
+    from pocketswap.teacher.generate import Source
+
+    out = {}
+    for name in NAMES:
+        result = analysis(Source(name))
+        assert result["status"] == "ok", (name, result["reason"])
+        out[name] = AlignedRecord(result["crop"], result["landmarks"], result["embedding"], name)
+    return out
+
+
+def _redetect(analysis, crop: np.ndarray):
+    """(embedding, landmarks in crop pixels) of the face re-detected in a crop (padded for the detector)."""
+    from pocketswap.faces.identity import embed_faces
+
+    pad = SIZE // 4
+    padded = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT)
+    face = analysis.analyzer.detect_one(padded)
+    embedding = embed_faces(padded, [face], analysis.encoder)[0]
+    return embedding, face.landmarks[:, :2] - pad
+
+
+# -- mesh topology and warps ---------------------------------------------------------------------
+def test_flip_map_is_a_mirror_involution():
+    assert sorted(FLIP_MAP.tolist()) == list(range(468))
+    assert (FLIP_MAP[FLIP_MAP] == np.arange(468)).all()
+    assert sorted(np.flatnonzero(np.arange(468) == FLIP_MAP).tolist()) == sorted(MIDLINE)
+    for right, left in [(33, 263), (61, 291), (234, 454), (78, 308), (70, 300), (133, 362)]:
+        assert FLIP_MAP[right] == left
+
+
+def test_flip_map_matches_a_redetected_mirror_and_rederivation(analysis, records):
+    record = records["astronaut"]
+    flipped = aug.flip_record(record)
+    _, detected = _redetect(analysis, flipped.image)
+    iod = aug.inter_ocular(record.landmarks)
+    error = np.linalg.norm(detected - flipped.landmarks[:, :2], axis=1) / iod
+    assert error.mean() < 0.05, error.mean()
+    # Re-deriving the map from a symmetric geometry (a face averaged with its own mirror) gives FLIP_MAP.
+    symmetric = (record.landmarks[:, :2] + flip_landmarks(record.landmarks, SIZE)[:, :2]) / 2.0
+    assert (derive_flip_map(symmetric) == FLIP_MAP).mean() > 0.98
+
+
+def test_mesh_warp_identity_and_translation(records):
+    image = records["astronaut"].image
+    points = records["astronaut"].landmarks[:, :2]
+    warp = MeshWarp(points, (SIZE, SIZE))
+    same = warp.warp(image, points)
+    assert np.abs(same.astype(int) - image.astype(int))[warp.inside].max() <= 1
+    shifted = warp.warp(image, points + np.array([3.0, 2.0]))  # sample 3 px right, 2 px down
+    inner = cv2.erode(warp.inside.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    inner[SIZE - 4 :], inner[:, SIZE - 4 :] = False, False  # np.roll wraps where remap reflects
+    expected = np.roll(image, shift=(-2, -3), axis=(0, 1))
+    assert np.abs(shifted.astype(int) - expected.astype(int))[inner].max() <= 1
+    # With border anchors the whole image is covered and the border stays fixed.
+    anchors = border_anchors(SIZE, SIZE)
+    assert MeshWarp(np.concatenate([points, anchors]), (SIZE, SIZE)).inside.all()
+    moved = warp_with_anchors(image, points, points + 2.0)
+    assert np.array_equal(moved[0], image[0])
+
+
+# -- geometric teacher ---------------------------------------------------------------------------
+def test_geometric_teacher_is_honest(analysis, records):
+    """The output is closer to the identity than the attribute is (dlib cosine distance) and keeps
+    the attribute's geometry (re-detected landmarks, error normalised by inter-ocular distance)."""
+    teacher = GeometricTeacher(SIZE)
+    closer, errors = [], []
+    for id_name in NAMES:
+        for attr_name in NAMES:
+            if id_name == attr_name:
+                continue
+            identity, attribute = records[id_name], records[attr_name]
+            out = teacher.swap(identity, attribute)
+            e_id, _ = _redetect(analysis, identity.image)
+            e_attr, l_attr = _redetect(analysis, attribute.image)
+            e_out, l_out = _redetect(analysis, out.image)
+            d_out = 1.0 - float(e_out @ e_id)
+            d_attr = 1.0 - float(e_attr @ e_id)
+            closer.append(d_out < d_attr)
+            errors.append(np.linalg.norm(l_out - l_attr, axis=1).mean() / aug.inter_ocular(attribute.landmarks))
+            if id_name in ("astronaut", "grace_hopper") and attr_name in ("astronaut", "grace_hopper"):
+                assert d_out < 0.5 * d_attr, (id_name, attr_name, d_out, d_attr)
+    assert all(closer), closer
+    assert np.mean(errors) < 0.06 and np.max(errors) < 0.1, errors
+
+
+def test_geometric_teacher_keeps_mouth_and_background(records):
+    teacher = GeometricTeacher(SIZE)
+    identity, attribute = records["grace_hopper"], records["astronaut"]  # astronaut smiles with teeth
+    out = teacher.swap(identity, attribute)
+    assert out.image.shape == (SIZE, SIZE, 3) and out.image.dtype == np.uint8
+    assert out.mask.shape == (SIZE, SIZE) and out.mask.dtype == np.float32
+    assert out.mask.min() >= 0.0 and out.mask.max() <= 1.0
+    outside = out.mask == 0
+    assert np.array_equal(out.image[outside], attribute.image[outside])
+    mouth = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.fillPoly(mouth, [np.round(attribute.landmarks[list(INNER_LIP), :2]).astype(np.int32)], 1)
+    mouth = cv2.erode(mouth, np.ones((3, 3), np.uint8)) > 0
+    assert mouth.sum() > 100  # the astronaut's mouth is open
+    assert np.abs(out.image[mouth].astype(int) - attribute.image[mouth].astype(int)).mean() < 2.0
+    # The face region changed (it is a swap, not a copy).
+    face = out.mask > 0.9
+    assert np.abs(out.image[face].astype(int) - attribute.image[face].astype(int)).mean() > 10
+
+
+@pytest.mark.parametrize("blend", ["membrane", "poisson", "laplacian", "alpha"])
+def test_geometric_blends_run(records, blend):
+    out = GeometricTeacher(SIZE, GeometricConfig(blend=blend, shape_transfer=0.3)).swap(
+        records["lfw_01"], records["grace_hopper"]
+    )
+    assert out.image.shape == (SIZE, SIZE, 3)
+    face = out.mask > 0.9
+    assert np.abs(out.image[face].astype(int) - records["grace_hopper"].image[face].astype(int)).mean() > 5
+
+
+def test_geometric_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="'blend'"):
+        GeometricConfig.from_dict({"blend": "magic"})
+    with pytest.raises(ConfigError, match="'feathr'"):
+        GeometricConfig.from_dict({"feathr": 0.1})
+    with pytest.raises(ConfigError, match="'keep_mouth'"):
+        GeometricConfig.from_dict({"keep_mouth": "yes"})
+    with pytest.raises(ConfigError, match="'color_std_range'"):
+        GeometricConfig.from_dict({"color_std_range": [1.5, 2.0]})
+    teacher = load_teacher("geometric", 224, config={"blend": "laplacian"})
+    assert isinstance(teacher, GeometricTeacher) and teacher.cfg.blend == "laplacian"
+    assert teacher.config_hash() != load_teacher("geometric", 224).config_hash()
+    with pytest.raises(ConfigError, match="geometric"):
+        load_teacher("nonsense")
+
+
+# -- ONNX adapters -------------------------------------------------------------------------------
+class FakeArcFace:
+    """Stands in for ArcFaceOnnxEncoder: 512-d embeddings derived from the chip's pixels."""
+
+    chip_size = 112
+    template = "arcface"
+
+    def __init__(self, dim: int = 512) -> None:
+        self.dim = dim
+        self.chips: list[np.ndarray] = []
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        assert chips.shape[1:] == (112, 112, 3) and chips.dtype == np.uint8
+        self.chips.append(chips)
+        rng = np.random.default_rng(0)
+        proj = rng.normal(size=(16 * 16 * 3, self.dim)).astype(np.float32)
+        small = np.stack([cv2.resize(c, (16, 16), interpolation=cv2.INTER_AREA) for c in chips]).reshape(len(chips), -1)
+        e = (small.astype(np.float32) / 255.0 - 0.5) @ proj * 3.0  # deliberately not unit norm
+        return e.astype(np.float32)
+
+
+def _swap_graph(path, image_name, embed_name, size, embed_dim=512, op="identity", emap=None, batch=1):
+    """A tiny face-swap-shaped graph: output = f(image) + 0 * mean(embedding)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dim0 = batch if batch else "N"
+    image = helper.make_tensor_value_info(image_name, TensorProto.FLOAT, [dim0, 3, size, size])
+    embed = helper.make_tensor_value_info(embed_name, TensorProto.FLOAT, [dim0, embed_dim])
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [dim0, 3, size, size])
+    inits = [
+        numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "zero"),
+        numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", [embed_name], ["emb_mean"], axes=[1], keepdims=1),
+        helper.make_node("Reshape", ["emb_mean", "shape4"], ["emb4"]),
+        helper.make_node("Mul", ["emb4", "zero"], ["emb_zero"]),
+    ]
+    if op == "imagenet_to_unit":  # undo ImageNet normalisation: x * std + mean
+        std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+        mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+        inits += [numpy_helper.from_array(std, "std"), numpy_helper.from_array(mean, "mean")]
+        nodes += [
+            helper.make_node("Mul", [image_name, "std"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "mean"], ["img_out"]),
+        ]
+    else:
+        nodes += [helper.make_node("Identity", [image_name], ["img_out"])]
+    nodes += [helper.make_node("Add", ["img_out", "emb_zero"], ["output"])]
+    if emap is not None:
+        inits.append(numpy_helper.from_array(emap.astype(np.float32), "emap"))  # last initializer
+    graph = helper.make_graph(nodes, "tiny_swap", [image, embed], [output], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _roundtrip_error(out, attribute) -> float:
+    face = cv2.erode((out.mask > 0.5).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert face.sum() > 5000
+    return float(np.abs(out.image[face].astype(int) - attribute.image[face].astype(int)).mean())
+
+
+def test_inswapper_adapter_convention(tmp_path, records):
+    from pocketswap.teacher.onnx_teachers import OnnxTeacher, normalize
+
+    emap = np.random.default_rng(1).normal(size=(512, 512)).astype(np.float32)
+    path = _swap_graph(tmp_path / "inswapper.onnx", "target", "source", 128, emap=emap)
+    encoder = FakeArcFace()
+    teacher = load_teacher(path, SIZE, identity_encoder=encoder)
+    assert isinstance(teacher, OnnxTeacher) and teacher.style == "inswapper" and teacher.model_size == 128
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    feed, _ = teacher.prepare_inputs([identity], [attribute])
+    e = encoder.embed_chips(encoder.chips[-1])
+    expected = normalize(normalize(e) @ emap)
+    np.testing.assert_allclose(feed["source"], expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(np.linalg.norm(feed["source"], axis=1) - 1.0).max() < 1e-5
+    target = feed["target"]
+    assert target.shape == (1, 3, 128, 128) and target.min() >= 0.0 and target.max() <= 1.0
+    # The identity graph returns its input: the swap must land back on the attribute's face.
+    assert _roundtrip_error(teacher.swap(identity, attribute), attribute) < 8.0
+
+
+def test_simswap_and_ghost_adapter_conventions(tmp_path, records):
+    from pocketswap.teacher.onnx_teachers import normalize
+
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    simswap = load_teacher(
+        _swap_graph(tmp_path / "s.onnx", "img", "latent", 224, op="imagenet_to_unit"),
+        SIZE,
+        identity_encoder=FakeArcFace(),
+    )
+    assert simswap.style == "simswap"
+    feed, _ = simswap.prepare_inputs([identity], [attribute])
+    assert abs(float(feed["img"].mean())) < 1.5 and feed["img"].min() < -0.5  # ImageNet-normalised
+    np.testing.assert_allclose(np.linalg.norm(feed["latent"], axis=1), 1.0, rtol=1e-5)
+    assert _roundtrip_error(simswap.swap(identity, attribute), attribute) < 8.0
+
+    ghost = load_teacher(
+        "ghost:" + str(_swap_graph(tmp_path / "g.onnx", "target", "source_embed", 256, batch=0)),
+        SIZE,
+        identity_encoder=FakeArcFace(),
+    )
+    assert ghost.style == "ghost" and ghost.batched
+    feed, _ = ghost.prepare_inputs([identity], [attribute])
+    assert feed["target"].min() < -0.5 and feed["target"].max() <= 1.0  # [-1, 1]
+    np.testing.assert_allclose(feed["source_embed"], normalize(feed["source_embed"]), rtol=1e-5)
+    outs = ghost.swap_batch([identity, attribute], [attribute, identity])
+    assert _roundtrip_error(outs[0], attribute) < 8.0 and _roundtrip_error(outs[1], identity) < 8.0
+
+
+def test_onnx_signature_errors(tmp_path):
+    from pocketswap.teacher.onnx_teachers import OnnxTeacher
+
+    encoder = FakeArcFace()
+    emap = np.eye(512, dtype=np.float32)
+    bad_dim = _swap_graph(tmp_path / "bad_dim.onnx", "target", "source", 128, embed_dim=256, emap=emap)
+    with pytest.raises(
+        ModelSignatureError, match=r"(?s)not a inswapper-style.*512.*Expected.*Found.*source: \[1, 256\]"
+    ):
+        OnnxTeacher(bad_dim, "inswapper", identity_encoder=encoder)
+    no_emap = _swap_graph(tmp_path / "no_emap.onnx", "target", "source", 128)
+    with pytest.raises(ModelSignatureError, match="emap"):
+        OnnxTeacher(no_emap, "inswapper", identity_encoder=encoder)
+    with pytest.raises(ModelSignatureError, match="not a known face-swap model"):
+        load_teacher(bad_dim, identity_encoder=encoder)
+    ambiguous = _swap_graph(tmp_path / "amb.onnx", "x", "y", 256)
+    with pytest.raises(ModelSignatureError, match="several styles"):
+        load_teacher(ambiguous, identity_encoder=encoder)
+    with pytest.raises(ModelSignatureError, match="not a ghost-style"):
+        load_teacher("ghost:" + str(_swap_graph(tmp_path / "s224.onnx", "x", "y", 224)), identity_encoder=encoder)
+    with pytest.raises(ConfigError, match="ArcFace"):
+        load_teacher(ambiguous, style="ghost")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ModelSignatureError, match="not a readable ONNX model"):
+        load_teacher(garbage, identity_encoder=encoder)
+    teacher = load_teacher("ghost:" + str(ambiguous), identity_encoder=FakeArcFace(dim=128))
+    record = AlignedRecord(
+        np.zeros((224, 224, 3), np.uint8), np.random.default_rng(0).uniform(60, 160, (468, 3)).astype(np.float32)
+    )
+    with pytest.raises(ModelSignatureError, match="128-d"):
+        teacher.swap(record, record)
+
+
+# -- augmentations -------------------------------------------------------------------------------
+def test_augmentations_are_deterministic_and_consistent(records):
+    record = records["astronaut"]
+    cfg = aug.AugmentConfig()
+    for fn, sub in ((aug.pose_jitter, cfg.pose), (aug.expression_warp, cfg.expression)):
+        a = fn(record, np.random.default_rng(5), sub)
+        b = fn(record, np.random.default_rng(5), sub)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.landmarks, b.landmarks)
+        assert not np.array_equal(a.image, record.image)
+    jaw = aug.expression_displacement(record.landmarks, 0.3, 0.0, 0.0)
+    iod = aug.inter_ocular(record.landmarks)
+    assert (
+        jaw[152, 1] > 0.25 * iod and abs(jaw[13, 1]) < 0.05 * iod and abs(jaw[10, 1]) < 1e-3
+    )  # chin drops, forehead stays
+    a = aug.color_jitter(record.image, np.random.default_rng(3), cfg.color)
+    assert np.array_equal(a, aug.color_jitter(record.image, np.random.default_rng(3), cfg.color))
+    flipped = aug.flip_record(aug.flip_record(record))
+    assert np.array_equal(flipped.image, record.image)
+    np.testing.assert_allclose(flipped.landmarks, record.landmarks, atol=1e-4)
+
+
+def test_occluders_and_morphs(records):
+    record = records["astronaut"]
+    cfg = aug.OccluderConfig(max_cover=0.3)
+    hull = aug.face_mask(record.landmarks, SIZE, 0.0) > 0.5
+    for seed in range(12):
+        occ = aug.make_occluder(
+            np.random.default_rng(seed), record.landmarks, SIZE, cfg, [record.image], [aug.skin_tone(record)]
+        )
+        assert occ.kind in aug.OCCLUDER_KINDS
+        assert occ.alpha.max() > 0.9
+        assert (occ.alpha[hull] > 0.5).sum() / hull.sum() <= 0.35
+    morph = aug.morph_records(records["astronaut"], records["grace_hopper"], 0.5)
+    np.testing.assert_allclose(
+        morph.landmarks, (records["astronaut"].landmarks + records["grace_hopper"].landmarks) / 2, atol=1e-4
+    )
+    assert morph.image.shape == (SIZE, SIZE, 3)
+    with pytest.raises(ConfigError, match="'flip.attribute'"):
+        aug.AugmentConfig.from_dict({"flip": {"attribute": 2.0}})
+    with pytest.raises(ConfigError, match="'occluder.kinds'"):
+        aug.AugmentConfig.from_dict({"occluder": {"kinds": ["piano"]}})
