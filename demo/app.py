@@ -131,15 +131,21 @@ class IdentityModels:
         return self.current()
 
 
-def draw_overlay(frame: np.ndarray, fps: float, timings: dict[str, float], label: bool, swapping: bool) -> np.ndarray:
+def draw_stats(frame: np.ndarray, fps: float, timings: dict[str, float]) -> np.ndarray:
+    """FPS and per-stage milliseconds (window only; recordings stay clean)."""
     out = frame.copy()
     text = f"{fps:5.1f} FPS  " + " ".join(f"{k} {v:.1f}" for k, v in timings.items()) + " ms"
     cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(out, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    if label and swapping:
-        h = out.shape[0]
-        cv2.putText(out, LABEL, (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(out, LABEL, (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 80, 80), 2, cv2.LINE_AA)
+    return out
+
+
+def draw_label(frame: np.ndarray) -> np.ndarray:
+    """The visible 'SYNTHETIC' label, bottom left (on by default, in the window and in recordings)."""
+    out = frame.copy()
+    h = out.shape[0]
+    cv2.putText(out, LABEL, (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(out, LABEL, (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 80, 80), 2, cv2.LINE_AA)
     return out
 
 
@@ -226,17 +232,16 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             frames += 1
             with_face += bool(result.faces)
             meter.add(frame, result, swapper.model)
-            shown = mask_view(frame, result, swapper.model.size, swapper.model.template) if show_mask else result.frame
-            fps = 0.9 * fps + 0.1 * (1.0 / max(time.perf_counter() - frame_start, 1e-6)) if frames > 1 else 0.0
-            shown = draw_overlay(
-                shown, fps, result.timings_ms, options.label, swapper.config.swap and bool(result.faces)
-            )
+            swapping = swapper.config.swap and bool(result.faces)
+            recorded = draw_label(result.frame) if options.label and swapping else result.frame
             if writer is not None:
-                writer.write(shown)
+                writer.write(recorded)
             if still and options.output is not None:
-                write_image(options.output, shown)
+                write_image(options.output, recorded)
             if not options.headless:
-                cv2.imshow("pocketswap", cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+                fps = 0.9 * fps + 0.1 / max(time.perf_counter() - frame_start, 1e-6) if frames > 1 else 0.0
+                shown = mask_view(frame, result, swapper.model.size, swapper.model.template) if show_mask else recorded
+                cv2.imshow("pocketswap", cv2.cvtColor(draw_stats(shown, fps, result.timings_ms), cv2.COLOR_RGB2BGR))
                 key = cv2.waitKey(0 if still else 1) & 0xFF
                 if key == ord("q"):
                     break
@@ -244,7 +249,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
                     paused = not paused
                 elif key == ord("s"):
                     snapshot_index += 1
-                    path = write_image(f"snapshot-{snapshot_index:03d}.png", shown)
+                    path = write_image(f"snapshot-{snapshot_index:03d}.png", recorded)
                     log.info("snapshot -> %s", path)
                 elif key == ord("m"):
                     show_mask = not show_mask

@@ -14,8 +14,14 @@ def synthetic_frames(
     """Yield RGB frames: the face drifts and zooms across a textured background; every
     `empty_every`-th frame (and the one after it) shows background only, as when a face leaves the frame."""
     from pocketswap.faces import samples
+    from pocketswap.faces.analyzer import FaceAnalyzer
 
-    face = samples.load(sample)
+    image = samples.load(sample)
+    x0, y0, x1, y1 = FaceAnalyzer(detector="auto").detect_one(image, source=sample).box
+    crop = int(2.4 * max(x1 - x0, y1 - y0))  # head and shoulders, like a webcam framing
+    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    padded = cv2.copyMakeBorder(image, crop, crop, crop, crop, cv2.BORDER_REFLECT)
+    face = padded[cy + crop // 2 : cy + crop + crop // 2, cx + crop // 2 : cx + crop + crop // 2]
     rng = np.random.default_rng(0)
     background = cv2.GaussianBlur(rng.integers(60, 200, (height, width, 3), dtype=np.uint8), (0, 0), 6)
     for i in range(frames):
@@ -24,7 +30,7 @@ def synthetic_frames(
             yield frame
             continue
         phase = 2 * np.pi * i / max(frames, 1)
-        side = int(height * (0.62 + 0.12 * np.sin(phase)))
+        side = int(height * (0.7 + 0.15 * np.sin(phase)))
         scaled = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
         x = int((width - side) / 2 + 0.2 * (width - side) * np.sin(phase))
         y = int((height - side) / 2 + 0.15 * (height - side) * np.cos(phase))

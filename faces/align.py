@@ -10,6 +10,7 @@ image-left mouth corner, image-right mouth corner (see `Face.keypoints`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -107,6 +108,15 @@ def hull_mask(points: np.ndarray, size: int, feather: float = 0.06) -> np.ndarra
     return mask.astype(np.float32) / 255.0
 
 
+@lru_cache(maxsize=8)
+def border_ramp(size: int, width: float = 0.06) -> np.ndarray:
+    """size x size float32 weights falling linearly to 0 over `width` of the crop at its edges, so a
+    mask that reaches the crop border never leaves a hard seam in the frame."""
+    ramp = np.clip((np.arange(size, dtype=np.float32) + 0.5) / max(width * size, 1.0), 0.0, 1.0)
+    ramp = np.minimum(ramp, ramp[::-1])
+    return np.minimum.outer(ramp, ramp)
+
+
 def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Match the LAB mean/std of `source` to `target` inside `mask` (all HxW, uint8 RGB in/out)."""
     weights = (mask > 0.5).reshape(-1)
@@ -139,6 +149,7 @@ def paste_back(
         if landmarks is None:
             raise ValueError("paste_back needs a mask or landmarks")
         mask = hull_mask(transform_points(landmarks, matrix), size, feather)
+    mask = mask * border_ramp(size)
     inverse = invert_affine(matrix)
     corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float32), inverse)
     height, width = frame.shape[:2]

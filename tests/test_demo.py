@@ -1,0 +1,116 @@
+"""The demo, headless, on a synthesised clip: frame count, changes confined to faces, summary, metadata."""
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pocketswap.checkpoint import save_checkpoint
+from pocketswap.cli import main
+from pocketswap.demo.clip import synthetic_frames, write_clip
+from pocketswap.demo.smoothing import OneEuroFilter
+from pocketswap.demo.source import CameraError, open_source
+from pocketswap.demo.video import read_metadata
+from pocketswap.faces.align import align_face, invert_affine, transform_points
+from pocketswap.faces.analyzer import FaceAnalyzer
+from pocketswap.faces.identity import embed_faces, load_encoder
+from pocketswap.faces.samples import load
+from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
+from pocketswap.student import StudentNet, get_preset
+
+FRAMES = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "nano", StudentNet(get_preset("nano")).eval())
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    image = load("grace_hopper")
+    face = FaceAnalyzer().detect_one(image)
+    path = tmp_path_factory.mktemp("id") / "grace.npy"
+    np.save(path, embed_faces(image, [face], load_encoder("dlib"))[0])
+    return path
+
+
+def _frames(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_headless_video_swaps_faces_only(tmp_path, capsys, checkpoint, identity):
+    clip = write_clip(tmp_path / "clip.mp4", frames=FRAMES, empty_every=8)
+    out = tmp_path / "out.mp4"
+    code = main(["demo", "--model", str(checkpoint), "--identity", str(identity), "--source", str(clip),
+                 "--output", str(out), "--headless", "--no-label", "--detect-every", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert f"frames: {FRAMES}" in printed and "mean FPS" in printed and "temporal stability" in printed
+    inputs, outputs = _frames(clip), _frames(out)
+    assert len(outputs) == len(inputs) == FRAMES
+    analyzer = FaceAnalyzer(detector="auto")
+    swapped_frames = 0
+    for frame_in, frame_out in zip(inputs, outputs, strict=True):
+        diff = np.abs(frame_in.astype(np.float32) - frame_out.astype(np.float32)).mean(-1)
+        faces = analyzer.detect(frame_in)
+        if not faces:  # no face: the frame passes through (up to video compression)
+            assert diff.mean() < 3, diff.mean()
+            continue
+        # The face region: where the aligned crop is pasted back (plus a margin for smoothing).
+        matrix = align_face(frame_in, faces[0].keypoints, 128).matrix
+        corners = transform_points(
+            np.array([[0, 0], [128, 0], [128, 128], [0, 128]], np.float32), invert_affine(matrix)
+        )
+        region = np.zeros(diff.shape, np.uint8)
+        cv2.fillConvexPoly(region, np.round(corners).astype(np.int32), 1)
+        region = cv2.dilate(region, np.ones((15, 15), np.uint8)).astype(bool)
+        assert diff[~region].mean() < 3, "pixels outside the face changed"
+        assert diff[region].mean() > 3 * max(diff[~region].mean(), 1.0), "the face did not change"
+        swapped_frames += 1
+    assert swapped_frames >= FRAMES // 2
+    assert read_metadata(out)["comment"] == SYNTHETIC_MEDIA_NOTICE
+
+
+def test_image_source_writes_labelled_image(tmp_path, capsys, checkpoint, identity):
+    from pocketswap.imageio import read_image, write_image
+
+    source = write_image(tmp_path / "astronaut.png", load("astronaut"))
+    out = tmp_path / "swapped.png"
+    code = main(["demo", "--model", str(checkpoint), "--identity", str(identity), "--source", str(source),
+                 "--output", str(out), "--headless"])  # fmt: skip
+    assert code == 0 and "frames: 1 (1 with a face" in capsys.readouterr().out
+    result, original = read_image(out), load("astronaut")
+    corner = np.s_[-40:, :170]  # where the SYNTHETIC label is drawn
+    assert (result[corner] != original[corner]).any()
+
+
+def test_missing_camera_names_device_and_suggests_a_file():
+    with pytest.raises(CameraError, match=r"camera 7 .*--source video.mp4"):
+        open_source("7")
+
+
+def test_checkpoint_without_identity_is_a_clear_error(capsys, checkpoint, tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", frames=2)
+    assert main(["demo", "--model", str(checkpoint), "--source", str(clip), "--headless"]) == 2
+    assert "needs --identity" in capsys.readouterr().err
+
+
+def test_one_euro_filter_smooths_jitter_and_follows_motion():
+    rng = np.random.default_rng(0)
+    flt = OneEuroFilter(min_cutoff=1.0, beta=0.05)
+    noisy = 100.0 + rng.normal(0, 2, (60, 1))
+    still = [flt(x, i / 30) for i, x in enumerate(noisy)]
+    assert np.std(still[10:]) < 0.6 * np.std(noisy[10:])
+    moving = [flt(np.array([100.0 + 10 * i]), 2 + i / 30) for i in range(30)]
+    assert abs(moving[-1][0] - (100 + 290)) < 15  # keeps up with a fast move
+
+
+def test_synthetic_clip_has_faceless_frames():
+    frames = list(synthetic_frames(frames=12, empty_every=6))
+    analyzer = FaceAnalyzer(detector="auto")
+    found = [bool(analyzer.detect(f)) for f in frames]
+    assert found.count(False) >= 2 and found.count(True) >= 8
