@@ -119,15 +119,15 @@ def border_ramp(size: int, width: float = 0.06) -> np.ndarray:
 
 def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Match the LAB mean/std of `source` to `target` inside `mask` (all HxW, uint8 RGB in/out)."""
-    weights = (mask > 0.5).reshape(-1)
-    if weights.sum() < 16:
+    region = (mask > 0.5).astype(np.uint8)
+    if cv2.countNonZero(region) < 16:
         return source
-    src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
-    dst_lab = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
-    src_px, dst_px = src_lab.reshape(-1, 3)[weights], dst_lab.reshape(-1, 3)[weights]
-    scale = (dst_px.std(0) + 1e-3) / (src_px.std(0) + 1e-3)
-    out = (src_lab - src_px.mean(0)) * scale + dst_px.mean(0)
-    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB)
+    src_mean, src_std = cv2.meanStdDev(src_lab, mask=region)
+    dst_mean, dst_std = cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_RGB2LAB), mask=region)
+    scale = ((dst_std + 1e-3) / (src_std + 1e-3)).ravel()
+    affine = np.hstack([np.diag(scale), dst_mean - scale[:, None] * src_mean])
+    return cv2.cvtColor(cv2.transform(src_lab, affine), cv2.COLOR_LAB2RGB)  # saturates to uint8
 
 
 def paste_back(
