@@ -145,6 +145,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.quality import bench_quality
+    from pocketswap.distill.evaluate import format_table
+
+    report = bench_quality(args.target, args.faces, args.out, pairs=args.pairs, seed=args.seed, teacher=args.teacher)
+    print(format_table(report))
+    print(f"results -> {args.out}/quality.json")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="latency and quality benchmarks, CI latency gate, HTML report")
     commands = bench.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
@@ -180,6 +190,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the records as JSON")
     p.set_defaults(handler=_device)
+
+    p = commands.add_parser("quality", help="student vs teacher quality metrics on your own folder of faces")
+    p.add_argument("target", help="run directory, checkpoint, or an exported artifact (scores its source checkpoint)")
+    p.add_argument("--faces", required=True, help="folder of face photos (recursive), or 'samples'")
+    p.add_argument("--out", required=True, help="output folder (pairs made by the teacher + quality.json)")
+    p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", default="geometric", help="teacher that makes the reference swaps")
+    p.set_defaults(handler=_quality)
 
     p = commands.add_parser("report", help="one self-contained HTML page from result files")
     p.add_argument("results", nargs="+", help="JSON results, metrics.jsonl, manifests, PNG/JPEG images")

@@ -157,11 +157,15 @@ def roofline_section(records: list[dict]) -> str:
 
 
 def quality_section(result: dict) -> str:
-    rows = []
-    for system, metrics in result.get("systems", {}).items():
-        rows.append({"system": system, **{k: v for k, v in metrics.items() if not isinstance(v, dict | list)}})
-    note = f"<p class=muted>{html.escape(result.get('note', ''))}</p>" if result.get("note") else ""
-    return table(rows) + note
+    """Student / teacher / unchanged-input columns of `distill eval` or `bench quality`."""
+    rows = [{"system": name, **metrics} for name, metrics in result["metrics"].items()]
+    facts = (
+        f"{result.get('num_samples')} pairs, {result.get('num_identities')} identities, split '{result.get('split')}'"
+    )
+    notes = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in result.get("notes", {}).items()
+    )
+    return f"<p class=muted>{html.escape(facts)}</p>" + table(rows) + (f"<ul class=muted>{notes}</ul>" if notes else "")
 
 
 def curves_section(path: Path) -> str:
@@ -227,6 +231,8 @@ def _classify(path: Path) -> tuple[str, object]:
         return "dataset", data
     if "mean_fps" in data and "stage_ms" in data:
         return "demo", data
+    if isinstance(data.get("metrics"), dict) and "student" in data["metrics"]:
+        return data.get("kind", "eval"), data
     return data.get("kind", "json"), data
 
 

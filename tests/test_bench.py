@@ -79,3 +79,27 @@ def test_roofline_estimates_are_labelled_and_ordered():
     assert base.estimate_ms > nano.estimate_ms > 0
     assert estimates[("galaxy-s24-snapdragon", "base", "fp16")].estimate_ms < base.estimate_ms
     assert estimates[("budget-snapdragon-680", "base", "fp32")].estimate_ms > base.estimate_ms
+
+
+@pytest.mark.slow
+def test_quality_on_a_user_folder_scores_student_and_teacher(tmp_path):
+    from pocketswap.benchmarks.quality import bench_quality
+    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.faces import samples
+    from pocketswap.imageio import write_image
+    from pocketswap.student import StudentNet, get_preset
+
+    faces = tmp_path / "faces"
+    for name in ("astronaut", "grace_hopper", "lfw_01"):
+        write_image(faces / f"{name}.png", samples.load(name))
+    (faces / "broken.jpg").write_bytes(b"not a jpeg")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", StudentNet(get_preset("nano")).eval())
+    report = bench_quality(checkpoint, faces, tmp_path / "q", pairs=6)
+    assert report["kind"] == "quality" and report["num_samples"] == 6
+    student, teacher = report["metrics"]["student"], report["metrics"]["teacher"]
+    for metric in ("id_cosine", "id_retrieval_top1", "expression_error", "pose_error_deg"):
+        assert student[metric] is not None and teacher[metric] is not None
+    assert student["psnr_face"] is not None and teacher["psnr_face"] is None  # the teacher is the reference
+    assert teacher["id_cosine"] > report["metrics"]["attribute"]["id_cosine"]  # the teacher moves identity
+    assert json.loads((tmp_path / "q" / "quality.json").read_text())["kind"] == "quality"
