@@ -17,6 +17,8 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from pocketswap import __version__
 from pocketswap.errors import PocketswapError
 from pocketswap.files import atomic_write_bytes
@@ -169,31 +171,38 @@ def quality_section(result: dict) -> str:
 
 
 def curves_section(path: Path) -> str:
+    """Training losses (rows with kind "train") and validation loss and face PSNR (kind "val")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "loss" in r]
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
     if not train:
         return "<p class=muted>(no training rows)</p>"
-    keys = [k for k in train[-1] if k.startswith("loss")][:6]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for key in keys:
+    fig, (ax, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("total", "l1", "ssim", "id", "mask", "rec"):
         points = [(r["step"], r[key]) for r in train if key in r]
-        ax.plot(*zip(*points, strict=True), label=key, lw=1.2)
-    val = [r for r in rows if "val_loss" in r]
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val_loss")
+        if points:
+            ax.plot(*zip(*points, strict=True), label=key, lw=1.0)
     (
         ax.set_xlabel("step"),
         ax.set_yscale("log"),
         ax.grid(alpha=0.3),
         ax.legend(fontsize=7),
-        ax.set_title("Training curves"),
+        ax.set_title("Training losses"),
     )
-    return _img(_figure_png(fig), f"Training losses from {path.name}.")
+    if val:
+        ax_val.plot([r["step"] for r in val], [r["psnr_face"] for r in val], "o-", label="val face PSNR (dB)")
+        ax_val.set_xlabel("step"), ax_val.set_ylabel("dB"), ax_val.grid(alpha=0.3), ax_val.legend(fontsize=7)
+        ax_val.set_title("Held-out identities")
+    else:
+        ax_val.axis("off")
+    speed = [r["samples_per_s"] for r in train if "samples_per_s" in r]
+    facts = f"{train[-1]['step']} steps" + (f", {np.median(speed):.1f} samples/s (median)" if speed else "")
+    return _img(_figure_png(fig), f"Training curves from {path.name}: {facts}.")
 
 
 def manifest_rows(manifests: list[dict]) -> str:

@@ -28,7 +28,8 @@ def results(tmp_path):
         ],
     }  # fmt: skip
     (tmp_path / "latency.json").write_text(json.dumps(latency))
-    steps = [{"step": s, "loss": 1.0 / (s + 1), "loss_l1": 0.5 / (s + 1)} for s in range(0, 100, 10)]
+    steps = [{"step": s, "kind": "train", "total": 1.0 / (s + 1), "l1": 0.5 / (s + 1)} for s in range(0, 100, 10)]
+    steps.append({"step": 100, "kind": "val", "loss": 0.2, "psnr_face": 21.5})
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in steps))
     write_image(tmp_path / "swap.png", samples.load("astronaut")[:256, :256])
     return tmp_path
