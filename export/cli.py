@@ -1,0 +1,149 @@
+"""`pocketswap export ...`: student checkpoints -> ONNX / TFLite / CoreML artifacts, and `export patch`.
+
+Both forms share one parser: the first positional is a checkpoint / run folder, or the word ``patch``
+followed by the model to patch (write ``./patch`` for a checkpoint folder literally named "patch").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+USAGE = """
+  pocketswap export RUN_DIR|CHECKPOINT --identity FACE.jpg|sample:NAME|EMB.npy [--format tflite|coreml|onnx|all]
+                    [--precision fp32|fp16|int8|all] [--identity-mode baked|dynamic] [--calibration DATASET|DIR|samples]
+                    [--image-input] [--compress none|int8|palettize6|palettize4] [--enroll] [--benchmark] --out DIR
+  pocketswap export patch MODEL.tflite|MODEL.mlpackage --identity FACE.jpg|EMB.npy --checkpoint CKPT --out NEW"""
+
+EPILOG = """examples:
+  pocketswap export runs/nano --identity face.jpg --format all --precision fp32,fp16,int8 --calibration data/pairs --out exports/
+  pocketswap export runs/nano --identity-mode dynamic --format tflite --out exports/ --enroll
+  pocketswap export patch exports/nano_baked_fp16.tflite --identity other.jpg --checkpoint runs/nano --out other.tflite
+
+Every artifact gets NAME.json next to it (tensor names, layout, normalisation, parity, sizes, op list).
+int8 TFLite/ONNX are calibrated on real aligned crops: a dataset folder, a folder of photos, an .npy of
+uint8 NxSxSx3 crops, or 'samples' (bundled faces). Benchmark a result with LiteRT's tool:
+  python -m ai_edge_litert.tools.benchmark_litert_model --model exports/nano_baked_fp32.tflite --num_threads 1 --result_json r.json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a student to TFLite / CoreML / ONNX (or `export patch` to switch identity)",
+        description="Export a trained student to mobile formats with parity checks and a manifest per artifact, "
+        "or (`export patch`) rewrite a baked model's identity weights without re-conversion.",
+        usage=USAGE,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "source", metavar="RUN_DIR|CHECKPOINT|patch", help="checkpoint folder or run folder; or 'patch'"
+    )
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="(patch only) the baked .tflite/.mlpackage to patch")
+    parser.add_argument("--identity", help="face photo, sample:NAME or .npy embedding of the identity")
+    parser.add_argument("--out", required=True, help="output folder (export) or output file (patch)")
+    parser.add_argument("--encoder", default=None, help="identity encoder for photos: dlib (default) or ARCFACE.onnx")
+    parser.add_argument("--no-parity-check", action="store_true", help="record parity but do not fail on it")
+    group = parser.add_argument_group("export options")
+    group.add_argument("--format", default="tflite", help="tflite, coreml, onnx, a comma list, or all (default tflite)")
+    group.add_argument("--precision", default="fp32", help="fp32, fp16, int8, a comma list, or all (default fp32)")
+    group.add_argument("--identity-mode", default="baked", choices=["baked", "dynamic"], help="default baked")
+    group.add_argument(
+        "--calibration", default=None, help="int8 calibration: DATASET folder, image DIR, crops .npy or 'samples'"
+    )
+    group.add_argument(
+        "--image-input", action="store_true", help="CoreML: 'image' is an RGB image input (CVPixelBuffer)"
+    )
+    group.add_argument(
+        "--compress",
+        default="none",
+        choices=["none", "int8", "palettize6", "palettize4"],
+        help="CoreML weight compression",
+    )
+    group.add_argument("--enroll", action="store_true", help="also export the identity encoder and hypernetwork")
+    group.add_argument("--benchmark", action="store_true", help="run LiteRT's benchmark (1 thread) on each .tflite")
+    group.add_argument("--name", default=None, help="artifact name stem (default PRESET_MODE)")
+    patch_group = parser.add_argument_group("patch options")
+    patch_group.add_argument("--checkpoint", help="(patch) the checkpoint the model was exported from")
+    parser.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from pocketswap.errors import ConfigError
+
+    if args.source == "patch":
+        missing = [
+            flag
+            for flag, value in (("MODEL", args.model), ("--identity", args.identity), ("--checkpoint", args.checkpoint))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"export patch needs {', '.join(missing)}")
+        return _patch(args)
+    if args.model:
+        raise ConfigError(f"unexpected argument {args.model!r} (only `export patch` takes a MODEL)")
+    if args.checkpoint:
+        raise ConfigError("--checkpoint belongs to `export patch`; pass the checkpoint as the first argument")
+    return _export(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pocketswap.export.pipeline import export_model
+    from pocketswap.export.tflite import benchmark_command
+
+    artifacts = export_model(
+        args.source,
+        args.out,
+        identity=args.identity,
+        formats=args.format,
+        precisions=args.precision,
+        identity_mode=args.identity_mode,
+        calibration=args.calibration,
+        image_input=args.image_input,
+        compress=args.compress,
+        encoder=args.encoder,
+        enroll=args.enroll,
+        check_parity=not args.no_parity_check,
+        benchmark=args.benchmark,
+        name=args.name,
+    )
+    for a in artifacts:
+        m = a.manifest
+        p = m.parity
+        figures = f"max abs {p.get('max_abs', float('nan')):.2g}, PSNR {p.get('min_psnr_db', float('nan')):.1f} dB"
+        figures += f" (faces {p.get('min_psnr_db_real_faces', float('nan')):.1f} dB)"
+        notes = []
+        if m.delegation is not None:
+            notes.append("fully delegated" if m.delegation.get("fully_accelerated") else "NOT fully delegated")
+        if m.patch:
+            notes.append("patchable")
+        bench = m.extra.get("benchmark_host")
+        if bench:
+            notes.append(f"median {bench.get('median_ms')} ms (1 thread, this machine)")
+        print(f"{a.path}  {m.file_size_bytes / 1024:.0f} KB  {figures}  {'; '.join(notes)}")
+    first = next((a for a in artifacts if a.path.suffix == ".tflite"), None)
+    if first is not None:
+        print("benchmark: " + " ".join(benchmark_command(first.path, 1, "r.json")))
+    return 0
+
+
+def _patch(args: argparse.Namespace) -> int:
+    from pocketswap.export.pipeline import patch_model
+
+    result = patch_model(
+        args.model,
+        args.identity,
+        args.checkpoint,
+        args.out,
+        encoder=args.encoder,
+        check_parity=not args.no_parity_check,
+    )
+    figures = ""
+    if "max_abs" in result.parity:
+        figures = f", parity vs PyTorch: max abs {result.parity['max_abs']:.2g}"
+    n = len(result.manifest.patch["tensors"]) if result.manifest.patch else 0
+    print(f"{result.path}: {n} identity tensors rewritten in {result.rewrite_seconds * 1e3:.1f} ms{figures}")
+    return 0

@@ -1,0 +1,102 @@
+"""Names, errors and small helpers shared by the exporters."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from pocketswap.errors import PocketswapError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "tflite", "coreml")
+PRECISIONS = ("fp32", "fp16", "int8")
+IDENTITY_MODES = ("baked", "dynamic")
+COMPRESSIONS = ("none", "int8", "palettize6", "palettize4")
+
+# Tensor names every student artifact uses (ONNX, TFLite signature + tensor names, CoreML features).
+IMAGE_INPUT = "image"
+IDENTITY_INPUT = "identity"
+IMAGE_OUTPUT = "swapped"
+MASK_OUTPUT = "mask"
+STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
+
+
+class ExportError(PocketswapError):
+    """A conversion failed or produced an artifact that is not usable."""
+
+
+class UnsupportedError(ExportError):
+    """A layer, op, precision or option cannot be exported to the requested format (the message says which and why)."""
+
+
+class ParityError(ExportError):
+    """An artifact's outputs differ from PyTorch by more than the precision's tolerance."""
+
+
+class CalibrationError(PocketswapError):
+    """int8 calibration data is missing, unreadable or contains no usable face crops."""
+
+
+def parse_list(value: str | list[str] | tuple[str, ...], choices: tuple[str, ...], what: str) -> list[str]:
+    """``"fp32,fp16"`` / ``["fp32"]`` / ``"all"`` -> validated list in ``choices`` order."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [v.strip().lower() for v in items if v and v.strip()]
+    if "all" in items:
+        return list(choices)
+    unknown = [v for v in items if v not in choices]
+    if unknown:
+        raise UnsupportedError(f"{what} '{unknown[0]}' is not supported; choose from {', '.join(choices)} (or all)")
+    if not items:
+        raise UnsupportedError(f"no {what} given; choose from {', '.join(choices)}")
+    return [c for c in choices if c in items]
+
+
+@contextlib.contextmanager
+def captured_output(what: str, failure_level: int = logging.ERROR) -> Iterator[io.StringIO]:
+    """Silence a chatty converter (Python-level stdout/stderr and the C-level fds); log it at DEBUG.
+
+    On an exception the last lines are logged at ``failure_level`` so the failing layer stays visible.
+    """
+    buffer = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as raw:
+        saved = []
+        for fd in (1, 2):
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush() if fd == 1 else sys.stderr.flush()
+                saved.append((fd, os.dup(fd)))
+                os.dup2(raw.fileno(), fd)
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield buffer
+        except BaseException:
+            _restore(saved)
+            text = _collect(buffer, raw)
+            buffer.seek(0)
+            buffer.truncate()
+            buffer.write(text)  # the caller may inspect the whole output after the exception
+            log.log(failure_level, "%s output (last lines):\n%s", what, "\n".join(text.splitlines()[-25:]))
+            raise
+        _restore(saved)
+        log.debug("%s output:\n%s", what, _collect(buffer, raw))
+
+
+def _restore(saved: list[tuple[int, int]]) -> None:
+    while saved:
+        fd, copy = saved.pop()
+        os.dup2(copy, fd)
+        os.close(copy)
+
+
+def _collect(buffer: io.StringIO, raw) -> str:
+    raw.flush()
+    raw.seek(0)
+    text = raw.read().decode(errors="replace")
+    raw.seek(0)
+    raw.truncate()
+    return buffer.getvalue() + text

@@ -1,0 +1,209 @@
+"""Artifact manifests: the JSON file written next to every exported model (shared by export, benchmarks, demo).
+
+An artifact ``DIR/nano_baked_fp16.tflite`` gets ``DIR/nano_baked_fp16.tflite.json`` (a ``.mlpackage``
+directory gets ``NAME.mlpackage.json`` beside it). The manifest tells app code how to feed the model
+(tensor names, shapes, layout, dtype, normalisation, alignment template and crop size), what it is
+(preset, precision, identity mode, source checkpoint hash, pocketswap version), how good the conversion
+is (parity figures against PyTorch), what it runs on (op list, delegation) and, for baked TFLite/CoreML
+students, where the identity-dependent weights live so that ``pocketswap export patch`` (or an app)
+can switch identity by rewriting bytes.
+
+Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read back):
+
+- ``format`` ("pocketswap-artifact"), ``format_version`` (1), ``artifact`` (file name), ``kind``
+  ("student" | "identity_encoder" | "hypernetwork"), ``runtime`` ("tflite" | "coreml" | "onnx"),
+  ``precision`` ("fp32" | "fp16" | "int8"), ``identity_mode`` ("baked" | "dynamic" | null).
+- ``preset``, ``crop_size``, ``template`` and ``template_points`` (5x2 crop pixels, ArcFace order).
+- ``inputs`` / ``outputs``: lists of ``{name, shape, dtype, layout, range, description}``.
+- ``normalization``: how pixels map to tensors (e.g. ``x / 127.5 - 1`` for RGB uint8 to [-1, 1]).
+- ``parity``: ``{reference, tolerance, passed, cases: [{case, output, max_abs, mean_abs, psnr_db}]}``.
+- ``file_size_bytes``, ``sha256`` (of the file, or of a ``.mlpackage``'s files in sorted order).
+- ``source``: ``{checkpoint, checkpoint_sha256, identity, embedding_sha256}``.
+- ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
+- ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
+- ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pocketswap import __version__
+from pocketswap.errors import PocketswapError
+from pocketswap.files import atomic_write_json
+
+FORMAT = "pocketswap-artifact"
+FORMAT_VERSION = 1
+SUFFIX = ".json"
+KINDS = ("student", "identity_encoder", "hypernetwork")
+RUNTIMES = ("tflite", "coreml", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+IDENTITY_MODES = ("baked", "dynamic")
+SYNTHETIC_MEDIA_NOTICE = (
+    "This model generates synthetic media (face swaps). Disclose that its outputs are synthetic, "
+    "obtain consent from the people whose faces are used, and do not use it to deceive, impersonate or harass."
+)
+
+
+class ManifestError(PocketswapError):
+    """A manifest is missing, unreadable or not a pocketswap artifact manifest."""
+
+
+@dataclass
+class TensorInfo:
+    """One model input or output as app code sees it."""
+
+    name: str
+    shape: list[int]
+    dtype: str  # numpy-style name: float32, float16, int8, uint8, image (CoreML image type)
+    layout: str  # NHWC, NCHW, NC (flat vector) ...
+    range: list[float] | None = None  # value range, e.g. [-1, 1]
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Manifest:
+    """Everything an app or a later stage needs to know about one exported file."""
+
+    artifact: str
+    kind: str
+    runtime: str
+    precision: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    identity_mode: str | None = None
+    preset: str | None = None
+    crop_size: int | None = None
+    template: str | None = None
+    template_points: list[list[float]] | None = None
+    normalization: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    file_size_bytes: int = 0
+    sha256: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    ops: dict[str, int] = field(default_factory=dict)
+    delegation: dict[str, Any] | None = None
+    patch: dict[str, Any] | None = None
+    converters: dict[str, str] = field(default_factory=dict)
+    pocketswap_version: str = __version__
+    created_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    notice: str = SYNTHETIC_MEDIA_NOTICE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ManifestError(f"manifest field 'kind' must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.runtime not in RUNTIMES:
+            raise ManifestError(f"manifest field 'runtime' must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ManifestError(f"manifest field 'precision' must be one of {', '.join(PRECISIONS)}")
+        if self.identity_mode not in (None, *IDENTITY_MODES):
+            raise ManifestError(
+                f"manifest field 'identity_mode' must be baked, dynamic or null, got {self.identity_mode!r}"
+            )
+        self.inputs = [t if isinstance(t, TensorInfo) else TensorInfo(**t) for t in self.inputs]
+        self.outputs = [t if isinstance(t, TensorInfo) else TensorInfo(**t) for t in self.outputs]
+
+    def input(self, name: str) -> TensorInfo:
+        return _by_name(self.inputs, name, "input")
+
+    def output(self, name: str) -> TensorInfo:
+        return _by_name(self.outputs, name, "output")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = [t.to_dict() for t in value] if f.name in ("inputs", "outputs") else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> Manifest:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ManifestError(f"{where} is not a pocketswap artifact manifest (field 'format' != {FORMAT!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(
+                f"{where}: field 'format_version' is {data.get('format_version')!r}; expected {FORMAT_VERSION}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = dict(kwargs.pop("extra", {}) or {})
+        extra.update({k: v for k, v in data.items() if k not in known and k not in ("format", "format_version")})
+        missing = [k for k in ("artifact", "kind", "runtime", "precision", "inputs", "outputs") if k not in kwargs]
+        if missing:
+            raise ManifestError(f"{where} lacks field '{missing[0]}'")
+        return cls(**kwargs, extra=extra)
+
+
+def _by_name(tensors: list[TensorInfo], name: str, what: str) -> TensorInfo:
+    for t in tensors:
+        if t.name == name:
+            return t
+    raise ManifestError(f"no {what} named {name!r}; the model has {', '.join(t.name for t in tensors)}")
+
+
+def manifest_path(artifact: str | Path) -> Path:
+    """``model.tflite`` -> ``model.tflite.json`` (also for ``.mlpackage`` directories); a ``.json`` is returned as is."""
+    artifact = Path(artifact)
+    return artifact if artifact.suffix == SUFFIX else artifact.with_name(artifact.name + SUFFIX)
+
+
+def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
+    """Write the manifest next to ``artifact`` atomically; returns its path."""
+    return atomic_write_json(manifest_path(artifact), manifest.to_dict())
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read the manifest of an artifact (pass the artifact or the ``.json`` itself)."""
+    path = manifest_path(path)
+    if not path.is_file():
+        raise ManifestError(f"no manifest at {path} (every exported artifact has one next to it)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest {path} is unreadable: {exc}") from exc
+    return Manifest.from_dict(data, where=str(path))
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a directory's files (relative path + bytes, sorted) for ``.mlpackage``."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_size(path: str | Path) -> int:
+    """Bytes of a file, or the total of a directory's files."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SYNTHETIC_MEDIA_NOTICE",
+    "Manifest",
+    "ManifestError",
+    "TensorInfo",
+    "artifact_size",
+    "file_sha256",
+    "manifest_path",
+    "read_manifest",
+    "write_manifest",
+]
