@@ -20,13 +20,13 @@ def _latency(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.latency import bench_artifact
     from pocketswap.files import atomic_write_json
 
-    targets = list(args.artifacts) + [f"ref:{name}" for name in args.references]
+    targets = [(a, args.runs) for a in args.artifacts] + [(f"ref:{n}", args.reference_runs) for n in args.references]
     records = []
     header = f"{'artifact':<44} {'runtime':<15} {'thr':>3} {'median':>8} {'p5':>8} {'p95':>8} {'init':>8} {'MB':>7} {'RSS MB':>7} XNNPACK"
     print(header)
-    for target in targets:
+    for target, runs in targets:
         for threads in args.threads:
-            r = bench_artifact(target, threads, args.runs)
+            r = bench_artifact(target, threads, runs)
             records.append(r)
             delegated = {True: "full", False: "PARTIAL", None: "-"}[r.fully_delegated]
             print(
@@ -167,6 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--references", nargs="*", default=[], choices=["simswap", "mobilefaceswap"],
         help="reference networks timed in the same run (random weights)",
     )  # fmt: skip
+    p.add_argument("--reference-runs", type=int, default=10, help="runs for the (slow) reference networks")
     p.add_argument("--json", help="write the records as JSON")
     p.set_defaults(handler=_latency)
 

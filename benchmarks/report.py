@@ -92,7 +92,7 @@ def latency_section(records: list[dict]) -> str:
                "size_mb", "peak_memory_mb", "fully_delegated"]  # fmt: skip
     for r in records:
         r["artifact"] = Path(r["artifact"]).name if "/" in r["artifact"] else r["artifact"]
-    parts = [table(records, columns)]
+    parts = [table(records, columns), speedup_table(records)]
     by_artifact = defaultdict(list)
     for r in records:
         by_artifact[(r["artifact"], r["runtime"])].append(r)
@@ -107,7 +107,7 @@ def latency_section(records: list[dict]) -> str:
         ax.set_title("Latency vs threads"), ax.grid(alpha=0.3), ax.legend(fontsize=7)
         parts.append(_img(_figure_png(fig), "Median latency against thread count (log scale)."))
     single = [r for r in records if r["threads"] == min(x["threads"] for x in records)]
-    labelled = [r for r in single if r.get("precision") or r.get("preset")]
+    labelled = [r for r in single if not r["artifact"].startswith("ref:") and (r.get("precision") or r.get("preset"))]
     if len(labelled) > 1:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         labels = [f"{r.get('preset') or ''} {r.get('precision') or ''}\n{r['runtime']}" for r in labelled]
@@ -120,6 +120,23 @@ def latency_section(records: list[dict]) -> str:
         ax.grid(axis="y", alpha=0.3)
         parts.append(_img(_figure_png(fig), "Median latency per artifact at the lowest thread count."))
     return "".join(parts)
+
+
+def speedup_table(records: list[dict]) -> str:
+    """Reference latency / artifact latency at the same thread count (references were timed in the same run)."""
+    refs = {(r["artifact"], r["threads"]): r["median_ms"] for r in records if r["artifact"].startswith("ref:")}
+    rows = []
+    for r in records:
+        if r["artifact"].startswith("ref:"):
+            continue
+        row = {"artifact": r["artifact"], "runtime": r["runtime"], "threads": r["threads"], "median_ms": r["median_ms"]}
+        for (name, threads), ms in refs.items():
+            if threads == r["threads"]:
+                row[f"speed-up vs {name[4:]}"] = round(ms / r["median_ms"], 1)
+        rows.append(row)
+    if not refs or not rows:
+        return ""
+    return "<p>Speed-up of each artifact over the reference networks (random weights, PyTorch eager):</p>" + table(rows)
 
 
 def pipeline_section(records: list[dict]) -> str:
