@@ -166,7 +166,6 @@ def paste_back(
         frame_crop = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR)
         crop = color_transfer(crop, frame_crop, mask)
     warped = cv2.warpAffine(crop, roi_inverse, roi_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask.astype(np.float32), roi_inverse, roi_size, flags=cv2.INTER_LINEAR)[..., None]
-    blended = region.astype(np.float32) * (1.0 - alpha) + warped.astype(np.float32) * alpha
-    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    alpha = cv2.warpAffine(mask.astype(np.float32), roi_inverse, roi_size, flags=cv2.INTER_LINEAR)
+    region[...] = cv2.blendLinear(warped, region, alpha, 1.0 - alpha)
     return out
