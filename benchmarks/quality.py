@@ -41,9 +41,8 @@ def bench_quality(
     target: str | Path, faces: str | Path, out: str | Path, pairs: int = 64, seed: int = 0, teacher: str = "geometric"
 ) -> dict[str, Any]:
     """Make `pairs` held-out pairs from the photos in `faces` and score student vs teacher on them."""
-    from pocketswap.checkpoint import load_checkpoint
+    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
     from pocketswap.distill.evaluate import evaluate
-    from pocketswap.distill.state import resolve_checkpoint
     from pocketswap.files import atomic_write_json
     from pocketswap.teacher.augment import AugmentConfig
     from pocketswap.teacher.generate import GenerateConfig, generate

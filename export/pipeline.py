@@ -64,31 +64,6 @@ class Artifact:
 # -- inputs --------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(source: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint dir/file or a distill RUN_DIR (best/, else last, else newest)."""
-    from pocketswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, checkpoint_dir
-
-    path = Path(source)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run folder")
-    directory = checkpoint_dir(path)
-    if (directory / CONFIG_NAME).is_file() or (directory / WEIGHTS_NAME).is_file():
-        return directory
-    if path.is_dir():  # a distill RUN_DIR: best/, then last -> checkpoints/step-N, then the newest found
-        for preferred in ("best", "last"):
-            candidate = (path / preferred).resolve()
-            if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
-                return candidate
-        found = [p.parent for p in path.rglob(CONFIG_NAME) if (p.parent / WEIGHTS_NAME).is_file()]
-        if found:
-            return max(found, key=lambda p: (p / WEIGHTS_NAME).stat().st_mtime)
-        if any(path.rglob(WEIGHTS_NAME)):
-            raise CheckpointError(
-                f"{path}: found {WEIGHTS_NAME} but no {CONFIG_NAME} next to it (checkpoint without a config)"
-            )
-    raise CheckpointError(f"{path}: no checkpoint ({WEIGHTS_NAME} + {CONFIG_NAME}) found")
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -99,7 +74,7 @@ def _sha256(path: Path) -> str:
 
 def load_student(source: str | Path):
     """(StudentNet, StudentConfig, extra, checkpoint dir, sha256 of its safetensors)."""
-    from pocketswap.checkpoint import WEIGHTS_NAME, load_checkpoint
+    from pocketswap.checkpoint import WEIGHTS_NAME, load_checkpoint, resolve_checkpoint
 
     directory = resolve_checkpoint(source)
     net, config, extra = load_checkpoint(directory)
@@ -972,4 +947,4 @@ def _torch_runner(module: torch.nn.Module) -> Callable[[dict[str, np.ndarray]], 
     return run
 
 
-__all__ = ["Artifact", "PatchResult", "export_model", "load_student", "patch_model", "resolve_checkpoint"]
+__all__ = ["Artifact", "PatchResult", "export_model", "load_student", "patch_model"]

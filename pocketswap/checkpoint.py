@@ -49,6 +49,32 @@ def checkpoint_dir(path: str | Path) -> Path:
     return path
 
 
+def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
+    """A checkpoint directory from a checkpoint folder or file, or from a distill RUN_DIR.
+
+    In a run directory ``which="best"`` prefers ``best/``, then ``last``, then the newest checkpoint;
+    ``which="last"`` skips ``best/``."""
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run folder")
+    directory = checkpoint_dir(path)
+    if (directory / CONFIG_NAME).is_file() or (directory / WEIGHTS_NAME).is_file():
+        return directory
+    if path.is_dir():
+        for preferred in ("best", "last") if which == "best" else ("last",):
+            candidate = (path / preferred).resolve()
+            if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
+                return candidate
+        found = [p.parent for p in path.rglob(CONFIG_NAME) if (p.parent / WEIGHTS_NAME).is_file()]
+        if found:
+            return max(found, key=lambda p: (p / WEIGHTS_NAME).stat().st_mtime)
+        if any(path.rglob(WEIGHTS_NAME)):
+            raise CheckpointError(
+                f"{path}: found {WEIGHTS_NAME} but no {CONFIG_NAME} next to it (checkpoint without a config)"
+            )
+    raise CheckpointError(f"{path}: no checkpoint ({WEIGHTS_NAME} + {CONFIG_NAME}) found")
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, config: StudentConfig | None = None, extra: dict[str, Any] | None = None
 ) -> Path:
