@@ -16,6 +16,27 @@ MOUTH_LEFT_CORNER = 291
 NUM_LANDMARKS = 468
 
 
+def keypoints_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """(5, 2) float32 ArcFace-order keypoints from (468, 2+) FaceMesh landmarks: image-left eye centre,
+    image-right eye centre, nose tip, image-left mouth corner, image-right mouth corner."""
+    xy = np.asarray(landmarks, dtype=np.float32)[:, :2]
+    return np.stack(
+        [
+            xy[list(RIGHT_EYE_RING)].mean(0),
+            xy[list(LEFT_EYE_RING)].mean(0),
+            xy[NOSE_TIP],
+            xy[MOUTH_RIGHT_CORNER],
+            xy[MOUTH_LEFT_CORNER],
+        ]
+    ).astype(np.float32)
+
+
+def inter_ocular(landmarks: np.ndarray) -> float:
+    """Distance between the two eye centres (means of the FaceMesh eye rings) of (468, 2+) landmarks."""
+    xy = np.asarray(landmarks, np.float64)[:, :2]
+    return float(np.linalg.norm(xy[list(RIGHT_EYE_RING)].mean(0) - xy[list(LEFT_EYE_RING)].mean(0)))
+
+
 @dataclass(frozen=True)
 class Face:
     """One detected face in image pixel coordinates.
@@ -35,18 +56,8 @@ class Face:
 
     @property
     def keypoints(self) -> np.ndarray:
-        """(5, 2) float32 in ArcFace order: image-left eye centre, image-right eye centre, nose tip,
-        image-left mouth corner, image-right mouth corner."""
-        xy = self.landmarks[:, :2]
-        return np.stack(
-            [
-                xy[list(RIGHT_EYE_RING)].mean(axis=0),
-                xy[list(LEFT_EYE_RING)].mean(axis=0),
-                xy[NOSE_TIP],
-                xy[MOUTH_RIGHT_CORNER],
-                xy[MOUTH_LEFT_CORNER],
-            ]
-        ).astype(np.float32)
+        """(5, 2) float32 in ArcFace order (see `keypoints_from_landmarks`)."""
+        return keypoints_from_landmarks(self.landmarks)
 
     @property
     def area(self) -> float:

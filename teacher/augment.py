@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from pocketswap.errors import ConfigError
-from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
+from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
 from pocketswap.teacher.base import AlignedRecord, face_mask
 from pocketswap.teacher.config import check_range, from_dict
 from pocketswap.teacher.mesh import (
@@ -146,11 +146,6 @@ class AugmentConfig:
 
 
 # -- geometry helpers ----------------------------------------------------------------------------
-def inter_ocular(landmarks: np.ndarray) -> float:
-    xy = landmarks[:, :2]
-    return float(np.linalg.norm(xy[list(RIGHT_EYE_RING)].mean(0) - xy[list(LEFT_EYE_RING)].mean(0)))
-
-
 def _with_xy(record: AlignedRecord, image: np.ndarray, landmarks: np.ndarray) -> AlignedRecord:
     return AlignedRecord(image, landmarks.astype(np.float32), record.embedding, record.name, dict(record.extra))
 

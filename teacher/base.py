@@ -19,7 +19,7 @@ import numpy as np
 
 from pocketswap.errors import ConfigError
 from pocketswap.faces.align import hull_mask
-from pocketswap.faces.types import LEFT_EYE_RING, MOUTH_LEFT_CORNER, MOUTH_RIGHT_CORNER, NOSE_TIP, RIGHT_EYE_RING
+from pocketswap.faces.types import keypoints_from_landmarks
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,6 @@ class AlignedRecord:
     def keypoints(self) -> np.ndarray:
         """(5, 2) ArcFace-order keypoints in crop pixels (same definition as `Face.keypoints`)."""
         return keypoints_from_landmarks(self.landmarks)
-
-
-def keypoints_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
-    xy = np.asarray(landmarks, dtype=np.float32)[:, :2]
-    return np.stack(
-        [
-            xy[list(RIGHT_EYE_RING)].mean(0),
-            xy[list(LEFT_EYE_RING)].mean(0),
-            xy[NOSE_TIP],
-            xy[MOUTH_RIGHT_CORNER],
-            xy[MOUTH_LEFT_CORNER],
-        ]
-    ).astype(np.float32)
 
 
 @dataclass(frozen=True)
