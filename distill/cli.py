@@ -1,0 +1,131 @@
+"""``pocketswap distill train|eval``: a thin layer over :mod:`pocketswap.distill.train` and
+:mod:`pocketswap.distill.evaluate` (heavy imports happen inside the handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from pocketswap.distill.config import TrainConfig  # light: no torch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("distill", help="train students from a paired dataset and evaluate them")
+    commands = parser.add_subparsers(dest="distill_command", metavar="SUBCOMMAND")
+    parser.set_defaults(handler=lambda args: _usage(parser))
+
+    train = commands.add_parser(
+        "train",
+        help="distil a student from a teacher's paired dataset",
+        description="Distil a student. Settings come from the defaults, then --config YAML, then the flags "
+        "below, then FIELD=VALUE overrides (e.g. lr=2e-3 student.size=128). Under torchrun each process "
+        "is one DDP rank.",
+    )
+    train.add_argument("--data", type=Path, help="dataset folder (default with --resume: the run's dataset)")
+    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    train.add_argument("--config", type=Path, metavar="YAML", help="TrainConfig fields as YAML")
+    train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in RUN_DIR")
+    train.add_argument(
+        "--stop-after", type=int, metavar="N", help="stop after N steps of this call (with a checkpoint)"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    helps = TrainConfig.help_texts()
+    options = train.add_argument_group("config fields (override --config)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        options.add_argument(flag, dest=f"cfg_{f.name}", metavar="V", help=f"{helps[f.name]} (default: {default})")
+    train.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="more overrides")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="score a run's student (and the teacher) on held-out pairs",
+        description="Face-region PSNR/SSIM to the teacher, identity cosine and retrieval (dlib), expression "
+        "and head-pose error, for the student, the teacher and the unchanged attribute (baseline).",
+    )
+    evaluate.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory or checkpoint directory")
+    evaluate.add_argument("--data", type=Path, required=True, metavar="HELDOUT", help="dataset folder")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="write the report here (default RUN_DIR/eval.json)")
+    evaluate.add_argument(
+        "--split",
+        choices=("auto", "val", "train", "all"),
+        default="auto",
+        help="auto: the run's held-out identities if HELDOUT is its training dataset, else all pairs; "
+        "train: the pairs it trained on (generalisation gap)",
+    )
+    evaluate.add_argument("--checkpoint", default="best", help="best (default), last, or a checkpoint directory")
+    evaluate.add_argument("--max-samples", type=int, default=500, help="pairs to score (default 500; 0: all)")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--no-landmarks", action="store_true", help="skip expression and pose (no face detection)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pocketswap.distill.config import load_config, parse_overrides, parse_value
+    from pocketswap.distill.train import train
+    from pocketswap.errors import ConfigError
+
+    base = None
+    data = args.data
+    if args.resume and (args.out / "config.yaml").is_file():
+        import yaml
+
+        base = yaml.safe_load((args.out / "config.yaml").read_text())
+        if data is None and (args.out / "run.json").is_file():
+            data = Path(json.loads((args.out / "run.json").read_text())["data"])
+    if data is None:
+        raise ConfigError("--data DATASET is required")
+    flags = {
+        name[4:]: parse_value(value)
+        for name, value in vars(args).items()
+        if name.startswith("cfg_") and value is not None
+    }
+    overrides = {**flags, **parse_overrides(args.overrides)}
+    if "student" in flags and not isinstance(flags["student"], dict):
+        raise ConfigError("config field 'student' must be a mapping, e.g. --student '{size: 128}'")
+    config = load_config(args.config, overrides, base=base)
+    summary = train(
+        config, data, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"{summary.stopped}: step {summary.step}/{summary.steps}, {summary.samples_per_s:.1f} samples/s, "
+            f"final loss {summary.final_loss:.4f}, best val loss "
+            f"{'n/a' if summary.best_val_loss is None else f'{summary.best_val_loss:.4f}'} "
+            f"(step {summary.best_step}); run: {summary.out}"
+        )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pocketswap.distill.evaluate import evaluate, format_table
+    from pocketswap.files import atomic_write_json
+
+    report = evaluate(
+        args.run,
+        args.data,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        max_samples=args.max_samples or None,
+        batch_size=args.batch_size,
+        device=args.device,
+        landmarks=not args.no_landmarks,
+        progress=not args.no_progress,
+    )
+    print(format_table(report))
+    target = args.json or (args.run / "eval.json" if (args.run / "config.yaml").is_file() else None)
+    if target is not None:
+        atomic_write_json(target, report)
+        print(f"report: {target}")
+    return 0

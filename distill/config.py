@@ -1,0 +1,303 @@
+"""`TrainConfig`: every knob of a distillation run, loaded from YAML and CLI overrides.
+
+Validation raises :class:`pocketswap.errors.ConfigError` naming the offending field. Values given
+as strings on the command line (``lr=2e-3``, ``--batch-size 16``) are parsed as YAML scalars first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pocketswap.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Distillation settings. Field help texts are shown by ``pocketswap distill train --help``."""
+
+    # student
+    preset: str = _f("nano", "student preset: nano, base or large")
+    student: dict = _f({}, "student config fields overriding the preset (e.g. {size: 128})")
+    # schedule and optimiser
+    steps: int = _f(2000, "optimiser steps in total (the LR schedule spans them)")
+    batch_size: int = _f(16, "samples per step per process")
+    lr: float = _f(2e-3, "peak AdamW learning rate")
+    min_lr_ratio: float = _f(0.05, "final LR of the cosine schedule, as a fraction of lr")
+    warmup_steps: int = _f(100, "linear LR warmup steps")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
+    ema_decay: float = _f(0.999, "EMA decay of the evaluated/exported weights (warmed up as (1+t)/(10+t))")
+    # losses (weights; 0 turns a term off)
+    w_l1: float = _f(1.0, "L1 to the teacher output")
+    w_ssim: float = _f(0.5, "1 - SSIM to the teacher output")
+    inside_weight: float = _f(3.0, "extra pixel weight inside the teacher mask for L1/SSIM (1: uniform)")
+    w_outside: float = _f(0.5, "L1 to the attribute crop outside the teacher mask")
+    w_id: float = _f(0.1, "1 - cosine of the dlib embedding of the output to the identity's")
+    w_mask: float = _f(0.2, "BCE of the student mask to the teacher mask")
+    w_rec: float = _f(1.0, "L1 to the attribute on same-identity (reconstruction) pairs")
+    w_feat: float = _f(0.0, "feature distillation from a PyTorch teacher (needs feature_teacher)")
+    feature_teacher: str = _f("", "PyTorch teacher for w_feat: 'module:factory' or 'file.py:factory'")
+    feature_layers: tuple[str, ...] = _f((), "feature pairs 'teacher_module=student_module'")
+    w_adv: float = _f(0.0, "PatchGAN hinge adversarial term (0: off)")
+    adv_start: int = _f(0, "first step of the adversarial term")
+    d_lr: float = _f(2e-4, "discriminator learning rate")
+    d_channels: int = _f(32, "discriminator width")
+    # data
+    val_fraction: float = _f(0.1, "share of the dataset's identities held out for validation")
+    val_strict: bool = _f(False, "val pairs also need a held-out attribute face (fewer val pairs)")
+    split_seed: int = _f(0, "salt of the identity hash that picks the held-out identities")
+    val_samples: int = _f(256, "held-out pairs scored at each checkpoint (0: skip validation)")
+    shuffle_buffer: int = _f(256, "samples in the streaming shuffle buffer")
+    num_workers: int = _f(1, "DataLoader worker processes per training process (0: in-process)")
+    # run hygiene
+    seed: int = _f(0, "seed of weights, data order and everything random")
+    deterministic: bool = _f(True, "torch.use_deterministic_algorithms (CPU; warn-only on CUDA)")
+    device: str = _f("auto", "auto, cpu or cuda")
+    amp: str = _f("auto", "autocast on CUDA: auto (bf16 if supported, else fp16), off, bf16, fp16")
+    threads: int = _f(0, "torch CPU threads per process (0: auto, the CPU cores per process minus num_workers)")
+    log_every: int = _f(20, "steps between scalar logs (TensorBoard, metrics.jsonl)")
+    image_every: int = _f(250, "steps between image grids")
+    checkpoint_every: int = _f(500, "steps between checkpoints (each is validated)")
+    keep_last: int = _f(3, "step checkpoints kept (the best is kept separately in RUN_DIR/best)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS[f.name]))
+        from pocketswap.student.config import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"config field 'preset' must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        self.student_config()  # names a bad 'student.<field>'
+        for name in ("steps", "batch_size"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "adv_start", "val_samples", "num_workers", "threads", "split_seed", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("log_every", "image_every", "checkpoint_every", "keep_last", "shuffle_buffer", "d_channels"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lr", "d_lr"):
+            if getattr(self, name) <= 0.0:
+                raise ConfigError(f"config field '{name}' must be a positive number, got {getattr(self, name)!r}")
+        for name in ("w_l1", "w_ssim", "w_outside", "w_id", "w_mask", "w_rec", "w_feat", "w_adv", "weight_decay"):
+            _at_least(name, getattr(self, name), 0.0)
+        _at_least("grad_clip", self.grad_clip, 0.0)
+        _at_least("inside_weight", self.inside_weight, 1.0)
+        _between("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        _between("ema_decay", self.ema_decay, 0.0, 1.0)
+        _between("val_fraction", self.val_fraction, 0.0, 0.9)
+        for i, beta in enumerate(self.betas):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"config field 'betas[{i}]' must be in [0, 1), got {beta!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"config field 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"config field 'amp' must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.w_feat > 0 and not self.feature_teacher:
+            raise ConfigError("config field 'feature_teacher' is required when w_feat > 0 ('module:factory')")
+        if self.w_feat > 0 and not self.feature_layers:
+            raise ConfigError("config field 'feature_layers' needs at least one 'teacher_module=student_module'")
+        for item in self.feature_layers:
+            if item.count("=") != 1 or not all(item.split("=")):
+                raise ConfigError(
+                    f"config field 'feature_layers' entries look like 'teacher.layer=student.layer', got {item!r}"
+                )
+
+    # -- construction ----------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> TrainConfig:
+        return from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON data (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def student_config(self, embed_dim: int | None = None) -> Any:
+        """The `StudentConfig`: the preset with `student` overrides (and the dataset's embedding size)."""
+        from pocketswap.student.config import get_preset
+
+        overrides = dict(self.student)
+        if embed_dim is not None:
+            overrides.setdefault("embed_dim", embed_dim)
+        try:
+            return get_preset(self.preset, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("field '", "field 'student.", 1)) from exc
+
+    @staticmethod
+    def help_texts() -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, str) and args == (str, Ellipsis):  # "a=b,c=d" from the command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config field '{name}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config field '{name}' must have {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config field '{name}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config field '{name}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config field '{name}' must be a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"config field '{name}' must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config field '{name}' must be a string, got {value!r}")
+        return value
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{name}' must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"config field '{name}' must be >= {low}, got {value!r}")
+
+
+def _between(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"config field '{name}' must be in [{low}, {high}], got {value!r}")
+
+
+def from_dict(data: dict[str, Any] | None) -> TrainConfig:
+    """Build a TrainConfig; unknown keys are errors naming the key."""
+    data = dict(data or {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hint = _closest(unknown[0], known)
+        raise ConfigError(f"unknown config field '{unknown[0]}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+    return TrainConfig(**data)
+
+
+def _closest(name: str, known: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(name.replace("-", "_"), sorted(known), n=1)
+    return match[0] if match else None
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar/list (``2e-3`` -> 0.002, ``true`` -> True, ``[a, b]``)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_float(value):
+        return float(value)  # YAML 1.1 reads "2e-3" as a string
+    return value
+
+
+def _looks_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=2e-3", "w_adv=0.1"]`` -> {"lr": 0.002, "w_adv": 0.1}; ``student.size=64`` sets a sub-key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like field=value")
+        value = parse_value(text)
+        if "." in key:
+            head, sub = key.split(".", 1)
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise ConfigError(f"config field '{head}' is not a mapping")
+            out[head][sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict | None = None
+) -> TrainConfig:
+    """``base`` dict, then the YAML file at ``path``, then ``overrides``; validated."""
+    import yaml
+
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: config file not found") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+        data = _merge(data, loaded or {})
+    data = _merge(data, overrides or {})
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if key == "student" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+__all__ = ["TrainConfig", "from_dict", "load_config", "parse_overrides", "parse_value"]

@@ -1,0 +1,266 @@
+"""Streaming the paired dataset: an identity-held-out split, rank/worker partitioning, a shuffle
+buffer and exactly resumable stream positions. Nothing is loaded into memory beyond one buffer.
+
+Partitioning: each training process (DDP rank) runs ``W = max(1, num_workers)`` *parts*; part
+``g`` of ``P = world_size * W`` reads, in epoch ``e``, the shards ``perm(seed, e)[g::P]`` (or, with
+fewer shards than parts, every shard keeping samples ``i % P == g``). Each part's stream is an
+infinite, deterministic function of ``(seed, e, g)``, so a position is just ``(epoch, offset)``
+per part; batches carry it so the trainer can checkpoint exactly what it has consumed. Raw tar
+members pass through the shuffle buffer; images are decoded only when a sample is used, so
+skipping ahead on resume is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pocketswap.dataset import DatasetError, DatasetReader, Sample, decode_sample, iter_shard_members
+
+log = logging.getLogger(__name__)
+
+Members = tuple[str, dict[str, bytes], dict[str, Any]]  # key, suffix -> bytes, parsed metadata
+
+
+# -- identity split ------------------------------------------------------------------------------
+def name_hash(name: str, salt: int = 0) -> float:
+    """A stable pseudo-random number in [0, 1) for a face name."""
+    digest = hashlib.sha256(f"{salt}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def pair_faces(meta: dict[str, Any]) -> tuple[list[str], str | None] | None:
+    """(identity source faces, attribute face) of a pair from its metadata, or None if unnamed.
+
+    Pseudo-identities (morphs) list both parents in ``identity_sources``."""
+    sources = meta.get("identity_sources") or ([meta["identity"]] if meta.get("identity") else [])
+    if not sources:
+        return None
+    return [str(s) for s in sources], (str(meta["attribute"]) if meta.get("attribute") else None)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Held-out faces. A pair is *val* when all its identity sources are held out (and, if
+    ``strict``, its attribute face too); *train* when it touches no held-out face at all (neither
+    as identity nor as attribute); other pairs are used by neither, so no val identity is ever seen
+    in training. Unnamed pairs fall back to a per-key hash."""
+
+    val_names: frozenset[str]
+    fraction: float
+    salt: int = 0
+    strict: bool = False
+
+    def role(self, key: str, meta: dict[str, Any]) -> str | None:
+        faces = pair_faces(meta)
+        if faces is None:
+            return "val" if name_hash(key, self.salt) < self.fraction else "train"
+        sources, attribute = faces
+        held = [s in self.val_names for s in sources]
+        attribute_held = attribute in self.val_names if attribute else False
+        if all(held) and (attribute_held or not self.strict):
+            return "val"
+        if not any(held) and not attribute_held:
+            return "train"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "val_names": sorted(self.val_names),
+            "fraction": self.fraction,
+            "salt": self.salt,
+            "strict": self.strict,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Split:
+        return cls(frozenset(data["val_names"]), float(data["fraction"]), int(data["salt"]), bool(data["strict"]))
+
+
+def make_split(manifest: dict[str, Any], fraction: float, salt: int = 0, strict: bool = False) -> Split:
+    """Hold out ``round(fraction * N)`` of the manifest's N identities (at least 1, at most N - 1),
+    chosen by a salted hash of their names."""
+    names = sorted({str(n) for n in manifest.get("identities", [])})
+    if fraction <= 0 or len(names) < 2:
+        if fraction > 0:
+            log.warning("the dataset lists %d identities: no identity-held-out validation split", len(names))
+        return Split(frozenset(), 0.0 if names else fraction, salt, strict)
+    count = min(len(names) - 1, max(1, round(fraction * len(names))))
+    ranked = sorted(names, key=lambda n: name_hash(n, salt))
+    return Split(frozenset(ranked[:count]), fraction, salt, strict)
+
+
+# -- raw member streams --------------------------------------------------------------------------
+def iter_members(shards: list[Path], split: Split | None, which: str) -> Iterator[Members]:
+    """(key, members, meta) of the complete samples of ``shards`` in order, filtered to ``which``
+    ("train", "val" or "all") of ``split``."""
+    for path in shards:
+        for key, members in iter_shard_members(path):
+            try:
+                meta = json.loads(members.get("json", b"{}"))
+            except ValueError as exc:
+                raise DatasetError(f"{path.name}:{key}: corrupt metadata JSON ({exc})") from exc
+            if which != "all" and split is not None and split.role(key, meta) != which:
+                continue
+            yield key, members, meta
+
+
+def part_epoch(
+    shards: list[Path], split: Split | None, which: str, seed: int, epoch: int, part: int, parts: int, buffer: int
+) -> Iterator[Members]:
+    """One epoch of part ``part`` of ``parts``: deterministic in (seed, epoch, part)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(shards))
+    if len(shards) >= parts:
+        stream = iter_members([shards[i] for i in order[part::parts]], split, which)
+    else:
+        stream = (m for i, m in enumerate(iter_members([shards[i] for i in order], split, which)) if i % parts == part)
+    rng = np.random.default_rng([seed, epoch, part, 7])
+    if buffer <= 1:
+        yield from stream
+        return
+    pool: list[Members] = []
+    for item in stream:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        index = int(rng.integers(len(pool)))
+        pool[index], item = item, pool[index]
+        yield item
+    for index in rng.permutation(len(pool)):
+        yield pool[index]
+
+
+def decode(item: Members) -> Sample:
+    key, members, _ = item
+    return decode_sample(key, members)
+
+
+# -- batches -------------------------------------------------------------------------------------
+def collate(samples: list[Sample]) -> dict[str, Any]:
+    """Stack samples into CPU tensors: images uint8 [B,S,S,3], mask float [B,S,S], embedding [B,D],
+    landmarks [B,468,3], ``same`` bool [B]; ``keys`` and ``identity`` (names) as lists."""
+    return {
+        "identity_image": torch.from_numpy(np.stack([s.identity for s in samples])),
+        "attribute": torch.from_numpy(np.stack([s.attribute for s in samples])),
+        "output": torch.from_numpy(np.stack([s.output for s in samples])),
+        "mask": torch.from_numpy(np.stack([s.mask for s in samples]).astype(np.float32)),
+        "embedding": torch.from_numpy(np.stack([s.id_embedding for s in samples]).astype(np.float32)),
+        "landmarks": torch.from_numpy(np.stack([s.attr_landmarks for s in samples]).astype(np.float32)),
+        "same": torch.tensor([s.meta.get("pair") == "same" for s in samples], dtype=torch.bool),
+        "keys": [s.key for s in samples],
+        "identity": [str(s.meta.get("identity", s.key)) for s in samples],
+    }
+
+
+class TrainStream(IterableDataset):
+    """Infinite stream of training batches for one process (rank), split over DataLoader workers.
+
+    ``positions`` maps a local part (0..W-1) to its (epoch, offset); ``rotation`` is the number of
+    batches consumed so far, so that a fresh DataLoader (which starts at worker 0) continues the
+    round-robin order exactly where the previous one stopped. Each batch carries ``_part``,
+    ``_epoch`` and ``_offset`` (its part's position after the batch)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: Split | None,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int = 256,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        positions: dict[int, tuple[int, int]] | None = None,
+        rotation: int = 0,
+    ) -> None:
+        super().__init__()
+        self.shards = list(DatasetReader(root).shards)
+        self.split, self.batch_size, self.seed, self.buffer = split, batch_size, seed, shuffle_buffer
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
+        self.positions = dict(positions or {})
+        self.rotation = rotation
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        local = (worker + self.rotation) % self.workers
+        part, parts = self.rank * self.workers + local, self.world_size * self.workers
+        epoch, offset = self.positions.get(local, (0, 0))
+        batch: list[Sample] = []
+        while True:
+            seen = 0
+            for seen, item in enumerate(
+                part_epoch(self.shards, self.split, "train", self.seed, epoch, part, parts, self.buffer), 1
+            ):
+                if seen <= offset:
+                    continue
+                batch.append(decode(item))
+                if len(batch) == self.batch_size:
+                    yield {**collate(batch), "_part": local, "_epoch": epoch, "_offset": seen}
+                    batch = []
+            if seen == 0:
+                raise DatasetError(
+                    f"training part {part} of {parts} got no samples (dataset too small or every identity held out)"
+                )
+            epoch, offset = epoch + 1, 0
+
+
+def iter_split(root: str | Path, split: Split | None, which: str, limit: int | None = None) -> Iterator[Sample]:
+    """Decoded samples of one split in dataset order (no shuffling): validation and evaluation."""
+    reader = DatasetReader(root)
+    for count, item in enumerate(iter_members(reader.shards, split, which)):
+        if limit is not None and count >= limit:
+            return
+        yield decode(item)
+
+
+def iter_batches(samples: Iterator[Sample], batch_size: int) -> Iterator[dict[str, Any]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == batch_size:
+            yield collate(batch)
+            batch = []
+    if batch:
+        yield collate(batch)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,S,S,3] -> float [B,3,S,S] in [-1, 1]."""
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float [B,3,S,S] in [-1, 1] -> uint8 [B,S,S,3] (rounded)."""
+    x = images.detach().float().clamp(-1, 1).add(1.0).mul(127.5).round()
+    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
+
+
+def dataset_fingerprint(reader: DatasetReader) -> str:
+    """Short hash of the shard hashes: identifies a dataset's content."""
+    text = ",".join(s["sha256"] for s in reader.manifest["shards"])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "Split",
+    "TrainStream",
+    "collate",
+    "dataset_fingerprint",
+    "iter_batches",
+    "iter_split",
+    "make_split",
+    "name_hash",
+    "pair_faces",
+    "to_uint8",
+    "to_unit",
+]

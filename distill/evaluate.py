@@ -1,0 +1,259 @@
+"""Evaluate a distilled student against its teacher on held-out pairs.
+
+``evaluate(RUN_DIR, HELDOUT)`` scores three columns on the same pairs:
+
+- ``student``: the EMA student's output;
+- ``teacher``: the teacher's output from the dataset (PSNR/SSIM to itself would be trivially
+  perfect, so they are ``null`` there);
+- ``attribute``: the unchanged input crop, the do-nothing baseline (its PSNR/SSIM say how much of
+  the teacher's output is already in the input; its expression/pose error is the landmark
+  detector's noise floor).
+
+Metrics (functions in :mod:`pocketswap.distill.metrics`): ``psnr_face``/``ssim_face`` to the teacher
+weighted by the teacher mask; ``id_cosine`` (dlib) to the identity crop and ``id_retrieval_top1``
+among the evaluated identities; ``expression_error`` (landmarks re-detected on the output vs the
+attribute's, similarity-aligned, / inter-ocular distance); ``pose_error_deg`` (L2 of the yaw,
+pitch, roll differences, solvePnP) plus per-angle mean absolute errors; ``landmarks_detected``
+(share of outputs where a face was re-detected; the landmark metrics average over those).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pocketswap.checkpoint import load_checkpoint
+from pocketswap.dataset import DatasetReader
+from pocketswap.distill import metrics as M
+from pocketswap.distill.data import Split, dataset_fingerprint, iter_batches, iter_split, to_uint8, to_unit
+from pocketswap.distill.state import resolve_checkpoint
+from pocketswap.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("student", "teacher", "attribute")
+SPLITS = ("auto", "val", "train", "all")
+METRICS = (
+    "psnr_face",
+    "ssim_face",
+    "id_cosine",
+    "id_retrieval_top1",
+    "expression_error",
+    "pose_error_deg",
+    "yaw_error_deg",
+    "pitch_error_deg",
+    "roll_error_deg",
+    "landmarks_detected",
+)
+HIGHER_IS_BETTER = {"psnr_face", "ssim_face", "id_cosine", "id_retrieval_top1", "landmarks_detected"}
+
+
+def _run_dir(run: Path, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
+    for candidate in (run, checkpoint.parent.parent, Path(extra.get("run", "")) if extra.get("run") else None):
+        if candidate is not None and (candidate / "run.json").is_file():
+            return candidate
+    return None
+
+
+def _choose_split(split: str, run_dir: Path | None, reader: DatasetReader) -> tuple[Split | None, str]:
+    if split == "all":
+        return None, "all"
+    info = json.loads((run_dir / "run.json").read_text()) if run_dir is not None else None
+    if info is None:
+        if split in ("val", "train"):
+            raise ConfigError(f"--split {split} needs a run directory (with run.json) to know the held-out identities")
+        return None, "all"
+    same_data = info.get("dataset_fingerprint") == dataset_fingerprint(reader)
+    if split == "auto" and not same_data:
+        return None, "all"
+    if split in ("val", "train") and not same_data:
+        log.warning("the dataset differs from the run's training data; using the run's held-out identity names")
+    held = Split.from_dict(info["split"])
+    if split == "train":
+        return held, "train"
+    if not held.val_names:
+        raise ConfigError("the run has no held-out identities (val_fraction was 0): evaluate on a separate dataset")
+    return held, "val"
+
+
+class _Column:
+    """Per-sample values of one column."""
+
+    def __init__(self) -> None:
+        self.psnr: list[float] = []
+        self.ssim: list[float] = []
+        self.embeddings: list[np.ndarray] = []
+        self.expression: list[float] = []
+        self.pose: list[np.ndarray] = []
+        self.detected = 0
+
+    def summary(self, targets: np.ndarray, labels: list[str], gallery: tuple[np.ndarray, list[str]]) -> dict:
+        emb = np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, 128))
+        n = len(emb)
+        pose = np.stack(self.pose) if self.pose else np.zeros((0, 3))
+        out = {
+            "psnr_face": _mean(self.psnr),
+            "ssim_face": _mean(self.ssim),
+            "id_cosine": _mean(M.cosine(emb, targets).tolist()),
+            "id_retrieval_top1": M.retrieval_top1(emb, labels, *gallery) if n else None,
+            "expression_error": _mean(self.expression),
+            "pose_error_deg": _mean(np.linalg.norm(pose, axis=1).tolist()),
+            "yaw_error_deg": _mean(np.abs(pose[:, 0]).tolist()),
+            "pitch_error_deg": _mean(np.abs(pose[:, 1]).tolist()),
+            "roll_error_deg": _mean(np.abs(pose[:, 2]).tolist()),
+            "landmarks_detected": (self.detected / n) if n else None,
+        }
+        return {k: (None if v is None or not np.isfinite(v) else round(float(v), 4)) for k, v in out.items()}
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    *,
+    checkpoint: str = "best",
+    split: str = "auto",
+    max_samples: int | None = 500,
+    batch_size: int = 16,
+    device: str = "auto",
+    landmarks: bool = True,
+    progress: bool = True,
+    analyzer: Any = None,
+    scorer: M.IdentityScorer | None = None,
+) -> dict[str, Any]:
+    """Score a run's student (``checkpoint``: best, last or a directory), the teacher and the input
+        on the pairs of ``data``. ``split``: ``val`` (the run's held-out identities), ``train`` (pairs it
+    trained on: shows the generalisation gap), ``all``, or ``auto`` (val if ``data`` is the run's
+    training dataset, else all). Returns the JSON-able report."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    run = Path(run)
+    ckpt = resolve_checkpoint(run, checkpoint) if checkpoint in ("best", "last") else resolve_checkpoint(checkpoint)
+    model, scfg, extra = load_checkpoint(ckpt)
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dev = torch.device("cuda" if use_cuda else "cpu")
+    model.to(dev)
+    reader = DatasetReader(data)
+    if reader.size != scfg.size or reader.embedding_dim != scfg.embed_dim:
+        raise ConfigError(
+            f"the dataset has {reader.size} px crops and {reader.embedding_dim}-d embeddings; the student expects "
+            f"{scfg.size} px and {scfg.embed_dim}-d"
+        )
+    held, which = _choose_split(split, _run_dir(run, ckpt, extra), reader)
+    scorer = scorer or M.IdentityScorer()
+    if landmarks and analyzer is None:
+        from pocketswap.faces.analyzer import FaceAnalyzer
+
+        analyzer = FaceAnalyzer(detector="auto")
+
+    columns = {c: _Column() for c in COLUMNS}
+    targets, labels = [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_samples, unit="pair", desc="eval", dynamic_ncols=True)
+    size = scfg.size
+    with torch.no_grad():
+        for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size):
+            image, _ = model(to_unit(batch["attribute"]).to(dev), batch["embedding"].to(dev))
+            images = {
+                "student": to_uint8(image),
+                "teacher": batch["output"].numpy(),
+                "attribute": batch["attribute"].numpy(),
+            }
+            teacher, masks, refs = batch["output"].numpy(), batch["mask"].numpy(), batch["landmarks"].numpy()
+            targets.append(scorer.embed(batch["identity_image"].numpy()))
+            labels += batch["identity"]
+            for name, column in columns.items():
+                crops = images[name]
+                column.embeddings.append(scorer.embed(crops))
+                for i, crop in enumerate(crops):
+                    if name != "teacher":
+                        column.psnr.append(M.psnr(crop, teacher[i], masks[i]))
+                        column.ssim.append(M.ssim(crop, teacher[i], masks[i]))
+                    if analyzer is None:
+                        continue
+                    found = M.detect_crop_landmarks(analyzer, crop)
+                    if found is None:
+                        continue
+                    column.detected += 1
+                    column.expression.append(M.expression_error(found, refs[i]))
+                    pose, ref_pose = M.head_pose(found, size), M.head_pose(refs[i], size)
+                    if pose is not None and ref_pose is not None:
+                        column.pose.append(((pose - ref_pose + 180.0) % 360.0) - 180.0)
+            if bar is not None:
+                bar.update(len(batch["keys"]))
+    if bar is not None:
+        bar.close()
+    if not labels:
+        raise ConfigError(f"no {which} pairs to evaluate in {data}")
+    target_emb = np.concatenate(targets)
+    gallery = M.identity_gallery(target_emb, labels)
+    report_metrics = {name: col.summary(target_emb, labels, gallery) for name, col in columns.items()}
+    if not landmarks:
+        for col in report_metrics.values():
+            for key in (
+                "expression_error",
+                "pose_error_deg",
+                "yaw_error_deg",
+                "pitch_error_deg",
+                "roll_error_deg",
+                "landmarks_detected",
+            ):
+                col[key] = None
+    s, t = report_metrics["student"], report_metrics["teacher"]
+    gap = {
+        k: (round(t[k] - s[k], 4) if s[k] is not None and t[k] is not None else None)
+        for k in ("id_cosine", "id_retrieval_top1", "expression_error", "pose_error_deg")
+    }
+    return {
+        "checkpoint": str(ckpt),
+        "step": extra.get("step"),
+        "student": scfg.name,
+        "data": str(Path(data).resolve()),
+        "split": which,
+        "num_samples": len(labels),
+        "num_identities": len(gallery[1]),
+        "metrics": report_metrics,
+        "gap_teacher_minus_student": gap,
+        "notes": {
+            "teacher.psnr_face": "n/a: the teacher output is the reference (attribute column: copy-the-input baseline)",
+            "face_region": "PSNR/SSIM weighted by the teacher mask",
+            "identity": "dlib cosine of the ArcFace-aligned crop (warped to dlib's chip) to the identity crop's",
+            "id_retrieval_top1": f"nearest of {len(gallery[1])} identities (mean embedding of their identity crops)",
+            "expression_error": "mean landmark distance after similarity alignment / inter-ocular distance",
+            "pose_error_deg": "L2 of yaw/pitch/roll differences (solvePnP, generic 6-point face)",
+        },
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report's metrics as an aligned text table (one row per metric)."""
+    cols = list(report["metrics"])
+    width = max(len(m) for m in METRICS) + 2
+    lines = [
+        f"{report['student']} student @ step {report['step']} on {report['num_samples']} {report['split']} pairs "
+        f"({report['num_identities']} identities)",
+        "metric".ljust(width) + "".join(c.rjust(12) for c in cols),
+    ]
+    for metric in METRICS:
+        cells = []
+        for c in cols:
+            value = report["metrics"][c].get(metric)
+            cells.append(("n/a" if value is None else f"{value:.4f}").rjust(12))
+        arrow = " (higher better)" if metric in HIGHER_IS_BETTER else ""
+        lines.append(metric.ljust(width) + "".join(cells) + arrow)
+    return "\n".join(lines)
+
+
+__all__ = ["COLUMNS", "METRICS", "evaluate", "format_table"]

@@ -1,0 +1,107 @@
+"""Training logs: ``metrics.jsonl`` (plot curves without TensorBoard), TensorBoard scalars and image grids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pocketswap.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+GRID_COLUMNS = ("identity", "attribute", "teacher", "student", "mask")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``: ``{"step", "kind", ...values}``."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.is_file():
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop records logged after ``step`` (they belong to the run being resumed past)."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue
+        atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        record = {"step": step, "kind": kind, **{k: _clean(v) for k, v in values.items()}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` (optionally of one kind: train, val, event)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def image_grid(
+    identity: np.ndarray, attribute: np.ndarray, teacher: np.ndarray, student: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Rows of identity | attribute | teacher | student | student mask; uint8 [B,S,S,3] and mask [B,S,S]
+    float in [0, 1] -> one uint8 RGB image with 2 px gaps."""
+    mask_rgb = np.repeat((np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+    columns = [identity, attribute, teacher, student, mask_rgb]
+    b, s = identity.shape[:2]
+    gap = 2
+    grid = np.full((b * (s + gap) - gap, len(columns) * (s + gap) - gap, 3), 255, np.uint8)
+    for r in range(b):
+        for c, images in enumerate(columns):
+            grid[r * (s + gap) : r * (s + gap) + s, c * (s + gap) : c * (s + gap) + s] = images[r]
+    return grid
+
+
+def write_png(path: Path, image_rgb: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if ok:
+        atomic_write_bytes(path, data.tobytes())
+
+
+class TensorBoard:
+    """A `SummaryWriter` that degrades to a no-op (with one warning) if tensorboard is missing."""
+
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - tensorboard is in the train extra
+            log.warning("TensorBoard logging off (%s); install pocketswap[train]", exc)
+            self.writer = None
+            return
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def image(self, step: int, tag: str, image_rgb: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.add_image(tag, image_rgb, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+__all__ = ["GRID_COLUMNS", "MetricsLog", "TensorBoard", "image_grid", "read_metrics", "write_png"]

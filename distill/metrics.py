@@ -1,0 +1,222 @@
+"""Face-swap quality metrics on uint8 RGB crops and FaceMesh landmarks (numpy; reusable by the
+benchmarks stage on any folder of aligned faces).
+
+- :func:`psnr`, :func:`ssim`: optionally weighted by a face-region mask (soft weights in [0, 1]).
+- :class:`IdentityScorer`: dlib embeddings of ArcFace-aligned crops (warped to dlib's 150 px chip);
+  :func:`cosine`, :func:`retrieval_top1`.
+- :func:`detect_crop_landmarks`: FaceMesh landmarks of a tight crop (placed on a larger canvas so
+  the detector sees a whole head).
+- :func:`expression_error`: landmark distance after similarity alignment / inter-ocular distance.
+- :func:`head_pose`: yaw, pitch, roll (degrees) from 6 landmarks with ``cv2.solvePnP`` and a
+  generic 3-D face; :func:`pose_error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from pocketswap.faces.align import similarity_transform, template_points, transform_points
+from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def _weights(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if mask is None:
+        return np.ones(shape[:2], np.float64)
+    mask = np.asarray(mask, np.float64)
+    if mask.shape != shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} does not match image shape {shape[:2]}")
+    return mask
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, data_range: float = 255.0) -> float:
+    """PSNR (dB) between two HxWx3 images, MSE weighted by ``mask`` (HxW in [0, 1]); inf if equal."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = _weights(mask, a.shape)
+    err = ((a - b) ** 2).mean(axis=-1) if a.ndim == 3 else (a - b) ** 2
+    mse = float((w * err).sum() / max(w.sum(), 1e-12))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
+    """Per-pixel SSIM (HxW, mean over channels), Gaussian window 11 / sigma 1.5, reflect-101 borders."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+
+    mu_a, mu_b = blur(a), blur(b)
+    saa, sbb, sab = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    value = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+    return value.mean(axis=-1) if value.ndim == 3 else value
+
+
+def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean SSIM of two uint8 images, weighted by ``mask`` (1.0 for identical images)."""
+    w = _weights(mask, np.shape(a))
+    return float((w * ssim_map(a, b)).sum() / max(w.sum(), 1e-12))
+
+
+# -- identity ------------------------------------------------------------------------------------
+class IdentityScorer:
+    """dlib 128-d embeddings of aligned crops (default: the ArcFace template of the crop's size)."""
+
+    def __init__(self, encoder: object | None = None, template: str = "arcface") -> None:
+        if encoder is None:
+            from pocketswap.faces.dlib_resnet import DlibEncoder
+
+            encoder = DlibEncoder()
+        self.encoder = encoder
+        self.template = template
+
+    def chips(self, crops: np.ndarray) -> np.ndarray:
+        """(B,S,S,3) aligned crops -> (B,chip,chip,3) encoder chips."""
+        crops = np.asarray(crops)
+        size, chip = crops.shape[1], self.encoder.chip_size  # type: ignore[attr-defined]
+        if size == chip and self.template == self.encoder.template:  # type: ignore[attr-defined]
+            return crops
+        matrix = similarity_transform(
+            template_points(size, self.template),
+            template_points(chip, self.encoder.template),  # type: ignore[attr-defined]
+        )
+        return np.stack(
+            [
+                cv2.warpAffine(c, matrix, (chip, chip), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                for c in crops
+            ]
+        )
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """(B,S,S,3) uint8 aligned crops -> (B,128) L2-normalised embeddings."""
+        if len(crops) == 0:
+            return np.zeros((0, 128), np.float32)
+        return self.encoder.embed_chips(self.chips(crops))  # type: ignore[attr-defined]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of (N, D) arrays."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return (a * b).sum(-1)
+
+
+def identity_gallery(embeddings: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """One L2-normalised mean embedding per label, labels sorted."""
+    names = sorted(set(labels))
+    labels_arr = np.asarray(labels)
+    rows = [np.asarray(embeddings, np.float64)[labels_arr == n].mean(0) for n in names]
+    gallery = np.stack(rows) if rows else np.zeros((0, np.shape(embeddings)[-1]))
+    return gallery / np.maximum(np.linalg.norm(gallery, axis=-1, keepdims=True), 1e-12), names
+
+
+def retrieval_top1(
+    queries: np.ndarray, labels: Sequence[str], gallery: np.ndarray, gallery_labels: Sequence[str]
+) -> float:
+    """Share of queries whose most similar gallery embedding has their label."""
+    if len(queries) == 0:
+        return float("nan")
+    q = np.asarray(queries, np.float64)
+    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    best = np.argmax(q @ np.asarray(gallery, np.float64).T, axis=1)
+    return float(np.mean([gallery_labels[i] == label for i, label in zip(best, labels, strict=True)]))
+
+
+# -- landmarks: detection, expression, pose ------------------------------------------------------
+def detect_crop_landmarks(analyzer: object, crop: np.ndarray, pad: float = 0.5) -> np.ndarray | None:
+    """(468, 3) FaceMesh landmarks of an aligned crop in crop pixels, or None if no face is found.
+
+    The crop is centred on a grey canvas ``1 + 2 * pad`` times its size (tight crops cut the
+    head, which the short-range detector needs to see)."""
+    size = crop.shape[0]
+    border = int(round(pad * size))
+    canvas = cv2.copyMakeBorder(crop, border, border, border, border, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+    faces = analyzer.detect(canvas)  # type: ignore[attr-defined]
+    if not faces:
+        return None
+    landmarks = faces[0].landmarks.astype(np.float32).copy()
+    landmarks[:, :2] -= border
+    return landmarks
+
+
+def inter_ocular(landmarks: np.ndarray) -> float:
+    """Distance between the two eye centres (means of the FaceMesh eye rings)."""
+    xy = np.asarray(landmarks, np.float64)[:, :2]
+    return float(np.linalg.norm(xy[list(RIGHT_EYE_RING)].mean(0) - xy[list(LEFT_EYE_RING)].mean(0)))
+
+
+def expression_error(landmarks: np.ndarray, reference: np.ndarray) -> float:
+    """Mean landmark distance after a least-squares similarity alignment of ``landmarks`` onto
+    ``reference`` (x, y only), divided by the reference's inter-ocular distance."""
+    src, dst = np.asarray(landmarks)[:, :2], np.asarray(reference)[:, :2]
+    aligned = transform_points(src, similarity_transform(src, dst))
+    return float(np.linalg.norm(aligned - dst, axis=1).mean() / max(inter_ocular(reference), 1e-6))
+
+
+# Generic 3-D face (millimetre-ish units; x right, y down, z away from the camera, nose tip at the
+# origin) and the FaceMesh index of each point in image orientation.
+POSE_MODEL_POINTS = np.array(
+    [
+        [0.0, 0.0, 0.0],  # nose tip
+        [0.0, 63.6, 12.5],  # chin
+        [-43.3, -32.7, 26.0],  # image-left eye outer corner
+        [43.3, -32.7, 26.0],  # image-right eye outer corner
+        [-28.9, 28.9, 24.1],  # image-left mouth corner
+        [28.9, 28.9, 24.1],  # image-right mouth corner
+    ]
+)
+POSE_LANDMARKS = (1, 152, 33, 263, 61, 291)
+
+
+def head_pose(landmarks: np.ndarray, image_size: int) -> np.ndarray | None:
+    """(yaw, pitch, roll) in degrees of a face from its 468 landmarks (pixels of a square image).
+
+    A pinhole camera with focal length = image size looks at the generic face model; a frontal
+    upright face gives about (0, 0, 0). Yaw turns about the vertical axis, pitch nods, roll tilts
+    in the image plane. Returns None when solvePnP fails."""
+    points = np.asarray(landmarks, np.float64)[list(POSE_LANDMARKS), :2]
+    f = float(image_size)
+    camera = np.array([[f, 0, image_size / 2.0], [0, f, image_size / 2.0], [0, 0, 1.0]])
+    # Initial guess: frontal, at the distance where the model's eye corners span the image's.
+    model_width = POSE_MODEL_POINTS[3, 0] - POSE_MODEL_POINTS[2, 0]
+    image_width = max(float(np.linalg.norm(points[3] - points[2])), 1e-3)
+    rvec0, tvec0 = np.zeros((3, 1)), np.array([[0.0], [0.0], [f * model_width / image_width]])
+    ok, rvec, _ = cv2.solvePnP(
+        POSE_MODEL_POINTS, points, camera, None, rvec0, tvec0, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE
+    )
+    if not ok:
+        return None
+    r, _ = cv2.Rodrigues(rvec)
+    pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2]))
+    yaw = np.degrees(np.arcsin(np.clip(-r[2, 0], -1.0, 1.0)))
+    roll = np.degrees(np.arctan2(r[1, 0], r[0, 0]))
+    return np.array([yaw, pitch, roll])
+
+
+def pose_error(a: np.ndarray, b: np.ndarray) -> float:
+    """L2 distance (degrees) between two (yaw, pitch, roll) triples."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+
+
+__all__ = [
+    "POSE_LANDMARKS",
+    "POSE_MODEL_POINTS",
+    "IdentityScorer",
+    "cosine",
+    "detect_crop_landmarks",
+    "expression_error",
+    "head_pose",
+    "identity_gallery",
+    "inter_ocular",
+    "pose_error",
+    "psnr",
+    "retrieval_top1",
+    "ssim",
+    "ssim_map",
+]

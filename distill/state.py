@@ -1,0 +1,212 @@
+"""Run-directory bookkeeping: training-state files, atomic checkpoint directories, pointers.
+
+A training state is a nested structure (dicts, lists, tuples, numbers, strings, tensors) such as an
+optimiser's ``state_dict()``. It is stored as ``train_state.safetensors`` (every tensor, under a
+path-like key) plus ``train_state.json`` (the structure, with tensors replaced by their keys), so
+nothing is unpickled on load.
+
+RUN_DIR layout::
+
+    config.yaml                       resolved TrainConfig
+    run.json                          dataset, student config, held-out identities, world size
+    metrics.jsonl                     one JSON object per log/validation event
+    tb/                               TensorBoard events
+    samples/step-000500.png           image grids: identity | attribute | teacher | student | mask
+    checkpoints/step-000500/          EMA student (model.safetensors + config.json, the shared
+                                      checkpoint format) + train_state.safetensors/.json
+    last -> checkpoints/step-000500   symlink to the newest checkpoint
+    best/                             copy of the EMA student with the lowest validation loss
+    summary.json                      RunSummary of the finished run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketswap.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+STATE_TENSORS = "train_state.safetensors"
+STATE_JSON = "train_state.json"
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+# -- nested state <-> (tensors, JSON) ------------------------------------------------------------
+def flatten(tree: Any, prefix: str = "s") -> tuple[Any, dict[str, torch.Tensor]]:
+    """(JSON-able structure, {key: tensor}) of a nested state."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            key = f"{len(tensors)}:{path}"  # the index keeps keys unique whatever the dict keys contain
+            tensors[key] = value.detach().cpu().contiguous().clone()
+            return {"__tensor__": key}
+        if isinstance(value, dict):
+            if all(isinstance(k, str) for k in value):
+                return {"__dict__": {k: walk(v, f"{path}.{k}") for k, v in value.items()}}
+            if all(isinstance(k, int) for k in value):
+                return {"__intdict__": {str(k): walk(v, f"{path}.{k}") for k, v in value.items()}}
+            raise TypeError(f"{path}: dict keys must be all str or all int")
+        if isinstance(value, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"{path}: cannot store {type(value).__name__} in a training state")
+
+    return walk(tree, prefix), tensors
+
+
+def unflatten(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten`."""
+    if isinstance(structure, list):
+        return [unflatten(v, tensors) for v in structure]
+    if isinstance(structure, dict):
+        if "__tensor__" in structure:
+            return tensors[structure["__tensor__"]]
+        if "__dict__" in structure:
+            return {k: unflatten(v, tensors) for k, v in structure["__dict__"].items()}
+        if "__intdict__" in structure:
+            return {int(k): unflatten(v, tensors) for k, v in structure["__intdict__"].items()}
+        if "__tuple__" in structure:
+            return tuple(unflatten(v, tensors) for v in structure["__tuple__"])
+    return structure
+
+
+def save_state(directory: Path, tree: Any) -> None:
+    """Write ``train_state.safetensors`` + ``train_state.json`` into ``directory`` (each atomically)."""
+    from safetensors.torch import save_file
+
+    structure, tensors = flatten(tree)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{STATE_TENSORS}.{uuid.uuid4().hex[:8]}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, directory / STATE_TENSORS)
+    tmp = directory / f".{STATE_JSON}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(structure) + "\n")
+    os.replace(tmp, directory / STATE_JSON)
+
+
+def load_state(directory: Path) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        structure = json.loads((directory / STATE_JSON).read_text())
+        tensors = load_file(str(directory / STATE_TENSORS))
+        return unflatten(structure, tensors)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise CheckpointError(f"training state in {directory} is unreadable: {exc}") from exc
+
+
+# -- run directory -------------------------------------------------------------------------------
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints (weights, config and training state present), oldest first."""
+    found = []
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match and all((path / n).is_file() for n in ("model.safetensors", "config.json", STATE_JSON, STATE_TENSORS)):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = list_checkpoints(run)
+    return found[-1][1] if found else None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place, replacing an existing one."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def point_last(run: Path, target: Path) -> None:
+    """Atomically point ``RUN_DIR/last`` at ``target`` (a relative symlink)."""
+    link = run / "last"
+    tmp = run / f".last.{uuid.uuid4().hex[:8]}"
+    try:
+        os.symlink(os.path.relpath(target, run), tmp)
+        if link.exists() and not link.is_symlink():
+            shutil.rmtree(link)
+        os.replace(tmp, link)
+    except OSError as exc:  # e.g. no symlinks on this filesystem
+        log.warning("could not update %s: %s", link, exc)
+    finally:
+        if tmp.is_symlink():
+            tmp.unlink()
+
+
+def copy_model(source: Path, dest: Path, info: dict[str, Any]) -> None:
+    """Copy a checkpoint's model files (not its training state) to ``dest`` atomically, with ``info.json``."""
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(source / name, tmp / name)
+    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    replace_dir(tmp, dest)
+
+
+def prune(run: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints (and stale temporary directories)."""
+    for _, path in list_checkpoints(run)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in (run / "checkpoints").glob(".step-*.tmp*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint directory from a RUN_DIR (``which``: best, falling back to last; or last) or
+    from a checkpoint directory itself."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    candidates = [path / "best", path / "last"] if which == "best" else [path / "last"]
+    for candidate in candidates:
+        if (candidate / "model.safetensors").is_file():
+            return candidate.resolve()
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(
+            f"{path}: no checkpoint (expected a run directory with best/ or last, or model.safetensors)"
+        )
+    return latest
+
+
+__all__ = [
+    "copy_model",
+    "flatten",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_state",
+    "point_last",
+    "prune",
+    "replace_dir",
+    "resolve_checkpoint",
+    "save_state",
+    "step_name",
+    "unflatten",
+]

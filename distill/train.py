@@ -1,0 +1,720 @@
+"""The distillation trainer: ``train(TrainConfig, data, out, resume=False) -> RunSummary``.
+
+One process or many under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA). AdamW with linear warmup
+and a cosine schedule, gradient clipping, EMA weights (what is validated, checkpointed and
+exported), autocast only on CUDA. Runs are seeded; on CPU they are bit-for-bit deterministic, and
+``resume=True`` continues exactly where the newest checkpoint left off (weights, optimiser,
+scheduler, EMA, RNGs and every data stream's position). A non-finite loss or gradient stops the
+run with :class:`TrainingDivergedError` before the bad update, leaving the last good checkpoint.
+See :mod:`pocketswap.distill.state` for the RUN_DIR layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pocketswap.dataset import DatasetReader
+from pocketswap.distill import state as run_state
+from pocketswap.distill.adversarial import PatchDiscriminator, d_hinge_loss, g_hinge_loss
+from pocketswap.distill.config import TrainConfig, from_dict
+from pocketswap.distill.data import (
+    Split,
+    TrainStream,
+    dataset_fingerprint,
+    iter_batches,
+    iter_split,
+    make_split,
+    to_uint8,
+    to_unit,
+)
+from pocketswap.distill.features import FeatureDistiller, Trainee, load_teacher_module
+from pocketswap.distill.logs import MetricsLog, TensorBoard, image_grid, write_png
+from pocketswap.distill.losses import DistillLoss
+from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
+from pocketswap.files import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+GRID_ROWS = 6
+
+
+class TrainingDivergedError(PocketswapError):
+    """The loss or the gradient became NaN/inf; the run stopped before applying that update."""
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run did. ``weights_sha256`` hashes the EMA student; in DDP
+    ``rank_weights_sha256`` lists every rank's hash (all equal when the ranks agree)."""
+
+    out: str
+    step: int
+    steps: int
+    stopped: str  # "completed", "stop_after" or "interrupted"
+    final_loss: float | None
+    best_step: int | None
+    best_val_loss: float | None
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    samples_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    world_size: int
+    weights_sha256: str
+    rank_weights_sha256: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- process setup -------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(config: TrainConfig) -> _Dist:
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise ConfigError("config field 'device' is cuda but CUDA is not available")
+    use_cuda = cuda and config.device in ("auto", "cuda")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return _Dist(rank, world, device, owns)
+
+
+def _lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm affines (1-D parameters)."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
+    plain = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG third-party code may use
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },  # fmt: skip
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["torch"])
+    n = saved["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    version, internal, gauss = json.loads(saved["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _auto_threads(num_workers: int) -> int:
+    """CPU cores per training process, minus the DataLoader workers' (oversubscribed OpenMP threads
+    spin and can make a step several times slower on a busy machine)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, per_process - num_workers)
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM (e.g. a preempted job) stop like Ctrl-C, which saves a checkpoint first.
+    Returns the previous handler, or None when not in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+class _Trainer:
+    def __init__(self, config: TrainConfig, data: Path, out: Path, ctx: _Dist, resume: bool, progress: bool) -> None:
+        self.cfg, self.data, self.out, self.ctx, self.progress = config, data, out, ctx, progress
+        self.device = ctx.device
+        self.reader = DatasetReader(data)
+        self.scfg = config.student_config(embed_dim=self.reader.embedding_dim)
+        self._check_dataset()
+        self.resume_from = self._resume_checkpoint(resume)
+        self.split = self._make_split()
+        self.workers = max(1, config.num_workers)
+
+        from pocketswap.student import StudentNet
+
+        torch.manual_seed(config.seed)
+        student = StudentNet(self.scfg).to(self.device)
+        distiller = None
+        if config.w_feat > 0:
+            teacher = load_teacher_module(config.feature_teacher).to(self.device)
+            probe = (torch.zeros(1, 3, self.scfg.size, self.scfg.size, device=self.device),
+                     torch.ones(1, self.scfg.embed_dim, device=self.device) / self.scfg.embed_dim**0.5)  # fmt: skip
+            distiller = FeatureDistiller(teacher, student, config.feature_layers, probe).to(self.device)
+        self.trainee = Trainee(student, distiller)
+        self.ema = copy.deepcopy(student).eval().requires_grad_(False)
+        self.loss_fn = DistillLoss(config, self.scfg.size).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.trainee, config.weight_decay), lr=config.lr, betas=config.betas
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, config.warmup_steps, config.steps, config.min_lr_ratio)
+        )
+        self.disc: nn.Module | None = None
+        self.d_optimizer: torch.optim.Optimizer | None = None
+        if config.w_adv > 0:
+            self.disc = PatchDiscriminator(config.d_channels).to(self.device)
+            self.d_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=config.d_lr, betas=(0.5, 0.99))
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+        self.step = 0
+        self.batches = 0
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.best_val = math.inf
+        self.best_step: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.last_loss: float | None = None
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        else:
+            torch.manual_seed(config.seed + 1000 * ctx.rank)
+            np.random.seed(config.seed + 1000 * ctx.rank)  # noqa: NPY002
+            random.seed(config.seed + 1000 * ctx.rank)
+
+        self.model: nn.Module = self.trainee
+        self.d_model: nn.Module | None = self.disc
+        if ctx.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.trainee, device_ids=ids)
+            if self.disc is not None:
+                self.d_model = DDP(self.disc, device_ids=ids)
+        if ctx.main:
+            self._write_run_files()
+        self.metrics = MetricsLog(out / "metrics.jsonl", resume_step=self.step) if ctx.main else None
+        self.tb = TensorBoard(out / "tb", purge_step=self.step if self.resume_from else None) if ctx.main else None
+        self._grid_batch: dict[str, Any] | None = None
+
+    # -- setup helpers ---------------------------------------------------------------------------
+    def _check_dataset(self) -> None:
+        size, dim = self.reader.size, self.reader.embedding_dim
+        if self.scfg.size != size:
+            raise ConfigError(
+                f"the dataset's crops are {size} px but the student's field 'size' is {self.scfg.size} "
+                f"(preset {self.cfg.preset!r}): generate the dataset with --size {self.scfg.size} or set student.size={size}"
+            )
+        if self.scfg.embed_dim != dim:
+            raise ConfigError(
+                f"config field 'student.embed_dim' is {self.scfg.embed_dim} but the dataset's embeddings have {dim}"
+            )
+        template = self.reader.manifest.get("template", self.scfg.template)
+        if template != self.scfg.template:
+            raise ConfigError(
+                f"the dataset's crops use the {template!r} template, the student field 'template' is {self.scfg.template!r}"
+            )
+
+    def _resume_checkpoint(self, resume: bool) -> Path | None:
+        latest = run_state.latest_checkpoint(self.out)
+        if resume:
+            if latest is None:
+                log.warning("--resume: no checkpoint in %s yet; starting from scratch", self.out)
+            return latest
+        if latest is not None:
+            raise ConfigError(
+                f"{self.out} already holds checkpoints; pass --resume to continue it or choose a new --out"
+            )
+        return None
+
+    def _make_split(self) -> Split:
+        run_json = self.out / "run.json"
+        if self.resume_from is not None and run_json.is_file():
+            return Split.from_dict(json.loads(run_json.read_text())["split"])
+        return make_split(self.reader.manifest, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.cfg.amp == "off":
+            return None
+        if self.cfg.amp == "fp16":
+            return torch.float16
+        if self.cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def _write_run_files(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "config.yaml", self.cfg.to_yaml().encode())
+        atomic_write_json(
+            self.out / "run.json",
+            {
+                "data": str(self.data.resolve()),
+                "dataset_fingerprint": dataset_fingerprint(self.reader),
+                "dataset_samples": len(self.reader),
+                "student": self.scfg.to_dict(),
+                "split": self.split.to_dict(),
+                "world_size": self.ctx.world,
+                "num_workers": self.cfg.num_workers,
+                "device": str(self.device),
+                "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+                "torch": torch.__version__,
+            },
+        )
+
+    # -- state -----------------------------------------------------------------------------------
+    def _rank_state(self) -> dict[str, Any]:
+        positions = {str(k): list(v) for k, v in self.positions.items()}
+        return {"positions": json.dumps(positions), "batches": self.batches, "rng": _rng_state()}
+
+    def _gather(self, obj: Any) -> list[Any]:
+        if self.ctx.world == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.ctx.world
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        tree: dict[str, Any] = {
+            "step": self.step,
+            "trainee": self.trainee.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "best_step": self.best_step,
+            "world_size": self.ctx.world,
+            "num_workers": self.workers,
+            "ranks": ranks,
+            "config": self.cfg.to_dict(),
+        }
+        if self.disc is not None and self.d_optimizer is not None:
+            tree["disc"] = self.disc.state_dict()
+            tree["d_optimizer"] = self.d_optimizer.state_dict()
+        if self.scaler is not None:
+            tree["scaler"] = self.scaler.state_dict()
+        return tree
+
+    def _load(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_file
+
+        tree = run_state.load_state(checkpoint)
+        saved = from_dict(tree["config"])
+        changed = [
+            f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.cfg, f.name)
+        ]
+        if changed:
+            log.warning("resuming with changed config field(s): %s (the run will not match an uninterrupted one)",
+                        ", ".join(changed))  # fmt: skip
+        try:
+            self.trainee.load_state_dict(tree["trainee"])
+            self.ema.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+            self.optimizer.load_state_dict(tree["optimizer"])
+            if self.disc is not None and self.d_optimizer is not None and "disc" in tree:
+                self.disc.load_state_dict(tree["disc"])
+                self.d_optimizer.load_state_dict(tree["d_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"cannot resume from {checkpoint}: {exc}") from exc
+        self.scheduler.load_state_dict(tree["scheduler"])
+        if self.scaler is not None and "scaler" in tree:
+            self.scaler.load_state_dict(tree["scaler"])
+        self.step = int(tree["step"])
+        self.best_val = math.inf if tree["best_val"] is None else float(tree["best_val"])
+        self.best_step = tree["best_step"]
+        self.last_checkpoint = checkpoint
+        if tree["world_size"] == self.ctx.world and tree["num_workers"] == self.workers:
+            mine = tree["ranks"][self.ctx.rank]
+            self.positions = {int(k): (int(v[0]), int(v[1])) for k, v in json.loads(mine["positions"]).items()}
+            self.batches = int(mine["batches"])
+            _set_rng_state(mine["rng"])
+        else:
+            epoch = max((e for r in tree["ranks"] for e, _ in json.loads(r["positions"]).values()), default=0)
+            log.warning("resuming with a different world size or worker count: data restarts at epoch %d", epoch + 1)
+            self.positions = {k: (epoch + 1, 0) for k in range(self.workers)}
+        log.info("resumed from %s at step %d", checkpoint, self.step)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _loader(self) -> Iterator[dict[str, Any]]:
+        from torch.utils.data import DataLoader
+
+        stream = TrainStream(
+            self.data, self.split, self.cfg.batch_size, self.cfg.seed, self.cfg.shuffle_buffer,
+            self.ctx.rank, self.ctx.world, self.cfg.num_workers, self.positions, self.batches % self.workers,
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(self.cfg.seed + self.ctx.rank)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            worker_init_fn=_seed_worker if self.cfg.num_workers else None,
+            generator=generator,
+            prefetch_factor=2 if self.cfg.num_workers else None,
+        )
+        return iter(loader)
+
+    def _prepare(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        d = self.device
+        return {
+            "attribute": to_unit(batch["attribute"]).to(d),
+            "output": to_unit(batch["output"]).to(d),
+            "identity_image": to_unit(batch["identity_image"]).to(d),
+            "mask": batch["mask"].unsqueeze(1).to(d),
+            "embedding": batch["embedding"].to(d),
+            "same": batch["same"].to(d),
+        }
+
+    # -- one step --------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _train_step(self, t: dict[str, torch.Tensor]) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        teacher_features = None
+        if self.trainee.distiller is not None:
+            teacher_features = self.trainee.distiller.teacher_features(t["attribute"], t["embedding"])
+        with self._autocast():
+            image, mask, feat = self.model(t["attribute"], t["embedding"], teacher_features)
+        terms = self.loss_fn(image, mask, t)
+        terms["feat"] = feat.float()
+        total = terms["total"] + cfg.w_feat * terms["feat"]
+        adversarial = self.disc is not None and self.step >= cfg.adv_start
+        if adversarial:
+            self.disc.requires_grad_(False)
+            terms["adv"] = g_hinge_loss(self.disc(image.float()))
+            self.disc.requires_grad_(True)
+            total = total + cfg.w_adv * terms["adv"]
+        terms["total"] = total
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(total) if self.scaler is not None else total).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), clip)
+        names = sorted(terms)
+        values = torch.stack([terms[k].detach().float().reshape(()) for k in names] + [grad_norm.float().reshape(())])
+        if self.ctx.world > 1:
+            dist.all_reduce(values)
+            values /= self.ctx.world
+        logged = dict(zip([*names, "grad_norm"], values.tolist(), strict=True))
+        finite_loss = math.isfinite(logged["total"])
+        if not finite_loss or (self.scaler is None and not math.isfinite(logged["grad_norm"])):
+            self._diverged(logged)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        if adversarial:
+            logged["d_loss"] = self._disc_step(t["output"], image.detach().float())
+        self._update_ema()
+        return logged
+
+    def _disc_step(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        assert self.d_model is not None and self.d_optimizer is not None
+        logits = self.d_model(torch.cat([real, fake]))
+        loss = d_hinge_loss(*logits.chunk(2))
+        self.d_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.d_optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        student = self.trainee.student
+        for e, p in zip(self.ema.parameters(), student.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+        for e, b in zip(self.ema.buffers(), student.buffers(), strict=True):
+            e.copy_(b)
+
+    def _diverged(self, logged: dict[str, float]) -> None:
+        step = self.step + 1
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in logged.items())
+        where = str(self.last_checkpoint) if self.last_checkpoint else "none (it diverged before the first checkpoint)"
+        message = (
+            f"non-finite loss or gradient at step {step} ({terms}); the update was not applied and nothing was "
+            f"saved. Last good checkpoint: {where}. Lower 'lr' (now {self.cfg.lr:g}) or set 'grad_clip'."
+        )
+        if self.metrics is not None:
+            self.metrics.write(step, "event", {"event": "diverged", **logged})
+        raise TrainingDivergedError(message)
+
+    # -- validation, grids, checkpoints ----------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss terms and face-region PSNR of the EMA student on up to ``val_samples`` held-out pairs."""
+        if self.cfg.val_samples == 0 or not self.split.val_names:
+            return {}
+        sums: dict[str, float] = {}
+        count = 0
+        samples = iter_split(self.data, self.split, "val", limit=self.cfg.val_samples)
+        for batch in iter_batches(samples, self.cfg.batch_size):
+            t = self._prepare(batch)
+            image, mask = self.ema(t["attribute"], t["embedding"])
+            terms = self.loss_fn(image, mask, t)
+            n = len(batch["keys"])
+            err = ((image.float().clamp(-1, 1) - t["output"]) * 127.5).pow(2).mean(1, keepdim=True)
+            mse = (err * t["mask"]).flatten(1).sum(1) / t["mask"].flatten(1).sum(1).clamp_min(1e-6)
+            terms["psnr_face"] = (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+        if count == 0:
+            return {}
+        return {("loss" if k == "total" else k): v / count for k, v in sums.items()} | {"samples": count}
+
+    @torch.no_grad()
+    def _grid(self, batch: dict[str, Any]) -> None:
+        if self._grid_batch is None:
+            val = next(iter_batches(iter_split(self.data, self.split, "val", limit=GRID_ROWS), GRID_ROWS), None)
+            self._grid_batch = (
+                val if val is not None else {k: v[:GRID_ROWS] for k, v in batch.items() if not k.startswith("_")}
+            )
+        b = self._grid_batch
+        t = self._prepare(b)
+        image, mask = self.ema(t["attribute"], t["embedding"])
+        grid = image_grid(
+            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(image),
+            mask[:, 0].float().cpu().numpy(),
+        )  # fmt: skip
+        write_png(self.out / "samples" / f"{run_state.step_name(self.step)}.png", grid)
+        if self.tb is not None:
+            self.tb.image(self.step, "val/identity|attribute|teacher|student|mask", grid)
+
+    def checkpoint(self) -> None:
+        ranks = self._gather(self._rank_state())
+        if not self.ctx.main:
+            return
+        val = self.validate()
+        root = self.out / "checkpoints"
+        final = root / run_state.step_name(self.step)
+        tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        extra = {"step": self.step, "run": str(self.out), "val": val, "dataset": str(self.data)}
+        from pocketswap.checkpoint import save_checkpoint
+
+        improved = bool(val) and val["loss"] < self.best_val
+        if improved:
+            self.best_val, self.best_step = val["loss"], self.step
+        save_checkpoint(tmp, self.ema, self.scfg, extra=extra)
+        run_state.save_state(tmp, self._train_state(ranks))
+        run_state.replace_dir(tmp, final)
+        run_state.point_last(self.out, final)
+        self.last_checkpoint = final
+        if improved:
+            run_state.copy_model(final, self.out / "best", {"step": self.step, "val": val})
+        run_state.prune(self.out, self.cfg.keep_last)
+        if val:
+            assert self.metrics is not None and self.tb is not None
+            self.metrics.write(self.step, "val", val)
+            self.tb.scalars(self.step, {f"val/{k}": v for k, v in val.items() if k != "samples"})
+            log.info("step %d: val loss %.4f, face PSNR %.2f dB%s", self.step, val["loss"], val["psnr_face"],
+                     " (best)" if improved else "")  # fmt: skip
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, stop_after: int | None) -> RunSummary:
+        cfg = self.cfg
+        started = time.perf_counter()
+        stop_at = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        stopped = "completed" if stop_at == cfg.steps else "stop_after"
+        bar = None
+        if self.ctx.main and self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, desc="distill")
+        batches = self._loader() if self.step < stop_at else iter(())
+        train_seconds, trained, window_t, window_n = 0.0, 0, time.perf_counter(), 0
+        checkpointed = self.step
+        try:
+            while self.step < stop_at:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                self.positions[int(batch["_part"])] = (int(batch["_epoch"]), int(batch["_offset"]))
+                self.batches += 1
+                logged = self._train_step(self._prepare(batch))
+                self.step += 1
+                self.last_loss = logged["total"]
+                train_seconds += time.perf_counter() - t0
+                trained += 1
+                window_n += 1
+                if bar is not None:
+                    rate = cfg.batch_size * self.ctx.world * trained / max(train_seconds, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logged['total']:.4f}", sps=f"{rate:.1f}")
+                if self.step % cfg.log_every == 0 and self.ctx.main:
+                    now = time.perf_counter()
+                    rate = cfg.batch_size * self.ctx.world * window_n / max(now - window_t, 1e-9)
+                    window_t, window_n = now, 0
+                    values = {**logged, "lr": self.scheduler.get_last_lr()[0], "samples_per_s": rate}
+                    assert self.metrics is not None and self.tb is not None
+                    self.metrics.write(self.step, "train", values)
+                    self.tb.scalars(self.step, {f"train/{k}": v for k, v in values.items()})
+                if self.step % cfg.image_every == 0 and self.ctx.main:
+                    self._grid(batch)
+                if self.step % cfg.checkpoint_every == 0 or self.step == stop_at:
+                    self.checkpoint()
+                    checkpointed = self.step
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            if self.ctx.world == 1 and self.step > checkpointed:
+                log.warning("interrupted: saving a checkpoint at step %d", self.step)
+                self.checkpoint()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tb is not None:
+                self.tb.close()
+            del batches
+        return self._summary(stopped, train_seconds, trained, time.perf_counter() - started)
+
+    def _summary(self, stopped: str, train_seconds: float, trained: int, wall: float) -> RunSummary:
+        if self.ctx.world > 1:  # BN statistics are per rank; make every rank hold rank 0's
+            for module in (self.ema, self.trainee):
+                for buffer in module.buffers():
+                    dist.broadcast(buffer, 0)
+        digest = weights_digest(self.ema)
+        digests = self._gather(digest)
+        if len(set(digests)) > 1:
+            log.error("ranks finished with different weights: %s", digests)
+        best = self.out / "best"
+        summary = RunSummary(
+            out=str(self.out),
+            step=self.step,
+            steps=self.cfg.steps,
+            stopped=stopped,
+            final_loss=self.last_loss,
+            best_step=self.best_step,
+            best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
+            last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+            best_checkpoint=str(best) if best.is_dir() else None,
+            samples_per_s=self.cfg.batch_size * self.ctx.world * trained / max(train_seconds, 1e-9),
+            train_seconds=train_seconds,
+            wall_seconds=wall,
+            world_size=self.ctx.world,
+            weights_sha256=digest,
+            rank_weights_sha256=digests,
+        )
+        if self.ctx.main:
+            atomic_write_json(self.out / "summary.json", summary.to_dict())
+        return summary
+
+
+def train(
+    config: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Distil a student from the paired dataset at ``data`` into the run directory ``out``.
+
+    ``resume``: continue from the newest checkpoint in ``out`` (exactly, given the same config,
+    data, world size and worker count). ``stop_after``: stop (with a checkpoint) after this many
+    steps of this call; the schedule still spans ``config.steps``. Under ``torchrun`` every rank
+    calls this; rank 0 writes the run directory. Raises ConfigError, DatasetError, CheckpointError
+    or TrainingDivergedError (all PocketswapError)."""
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be >= 1, got {stop_after}")
+    data, out = Path(data), Path(out)
+    ctx = _setup_distributed(config)
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(config.threads or _auto_threads(config.num_workers))
+    if config.deterministic:
+        if ctx.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
+    previous_sigterm = _sigterm_as_interrupt() if ctx.world == 1 else None
+    try:
+        if ctx.main:
+            out.mkdir(parents=True, exist_ok=True)
+        trainer = _Trainer(config, data, out, ctx, resume, progress)
+        summary = trainer.run(stop_after)
+        log.info("%s at step %d/%d: %.1f samples/s; EMA weights %s", summary.stopped, summary.step, summary.steps,
+                 summary.samples_per_s, summary.weights_sha256[:12])  # fmt: skip
+        return summary
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic)
+        if ctx.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+__all__ = ["RunSummary", "TrainingDivergedError", "train", "weights_digest"]
