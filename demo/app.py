@@ -211,7 +211,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     swapper = LiveSwapper(
         models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), options.pipeline
     )
-    source = open_source(options.source)
+    source = open_source(options.source, interactive=not options.headless)
     still = isinstance(source, ImageSource)
     writer = None
     if options.output is not None and not still:
@@ -236,13 +236,13 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             recorded = draw_label(result.frame) if options.label and swapping else result.frame
             if writer is not None:
                 writer.write(recorded)
-            if still and options.output is not None:
+            if still and options.output is not None and frames == 1:
                 write_image(options.output, recorded)
             if not options.headless:
                 fps = 0.9 * fps + 0.1 / max(time.perf_counter() - frame_start, 1e-6) if frames > 1 else 0.0
                 shown = mask_view(frame, result, swapper.model.size, swapper.model.template) if show_mask else recorded
                 cv2.imshow("pocketswap", cv2.cvtColor(draw_stats(shown, fps, result.timings_ms), cv2.COLOR_RGB2BGR))
-                key = cv2.waitKey(0 if still else 1) & 0xFF
+                key = cv2.waitKey(1) & 0xFF
                 if key == ord("q"):
                     break
                 if key == ord(" "):

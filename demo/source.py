@@ -100,25 +100,29 @@ class VideoSource:
 
 
 class ImageSource:
-    """A single still image."""
+    """A still image: once (headless), or repeated like a static camera so a window stays interactive."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, repeat: bool = False) -> None:
         self.image = read_image(path)
-        self.fps = 1.0
+        self.repeat = repeat
+        self.fps = 30.0 if repeat else 1.0
         self.dropped = 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         yield self.image
+        while self.repeat:
+            yield self.image
 
     def close(self) -> None:
         pass
 
 
-def open_source(spec: str) -> CameraSource | VideoSource | ImageSource:
-    """``0``/``1``... for a camera, an image path, or a video path."""
+def open_source(spec: str, interactive: bool = False) -> CameraSource | VideoSource | ImageSource:
+    """``0``/``1``... for a camera, an image path, or a video path. `interactive` repeats a still
+    image until the window is closed."""
     if spec.isdigit():
         return CameraSource(int(spec))
     path = Path(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageSource(path)
+        return ImageSource(path, repeat=interactive)
     return VideoSource(path)
