@@ -127,11 +127,16 @@ def _lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm affines (1-D parameters)."""
-    decay = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
-    plain = [p for p in module.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+def _param_groups(module: nn.Module, lr: float, weight_decay: float, hyper_lr_mult: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm affines (1-D parameters); the hypernetwork's LR scaled."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((".hypernet." in f".{name}", p.ndim > 1), []).append(p)
+    return [
+        {"params": params, "lr": lr * (hyper_lr_mult if hyper else 1.0), "weight_decay": weight_decay if decay else 0.0}
+        for (hyper, decay), params in sorted(groups.items())
+    ]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -224,7 +229,9 @@ class _Trainer:
         self.ema = copy.deepcopy(student).eval().requires_grad_(False)
         self.loss_fn = DistillLoss(config, self.scfg.size).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.trainee, config.weight_decay), lr=config.lr, betas=config.betas
+            _param_groups(self.trainee, config.lr, config.weight_decay, config.hyper_lr_mult),
+            lr=config.lr,
+            betas=config.betas,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: _lr_factor(s, config.warmup_steps, config.steps, config.min_lr_ratio)

@@ -33,7 +33,7 @@ class QuickstartConfig:
     pairs: int = 2048
     size: int = 128
     preset: str = "nano"
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 16
     precisions: str = "fp32,fp16,int8"
     formats: str = "all"
@@ -80,7 +80,8 @@ def step_dataset(out: Path, cfg: QuickstartConfig) -> None:
 def step_train(out: Path, cfg: QuickstartConfig) -> None:
     resume = ["--resume"] if (out / "checkpoints").exists() else []
     pocketswap("distill", "train", "--data", out.parent / "dataset", "--preset", cfg.preset, "--steps", cfg.steps,
-               "--batch-size", cfg.batch_size, "--out", out, *resume)  # fmt: skip
+               "--batch-size", cfg.batch_size, "--checkpoint-every", max(cfg.steps // 4, 1), "--image-every",
+               max(cfg.steps // 4, 1), "--out", out, *resume)  # fmt: skip
 
 
 def step_eval(out: Path, cfg: QuickstartConfig) -> None:
