@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pocketswap.checkpoint import load_checkpoint
+from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
 from pocketswap.dataset import DatasetReader
 from pocketswap.distill import metrics as M
 from pocketswap.distill.data import Split, dataset_fingerprint, iter_batches, iter_split, to_uint8, to_unit
-from pocketswap.distill.state import resolve_checkpoint
 from pocketswap.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -178,24 +178,6 @@ def prune(run: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint directory from a RUN_DIR (``which``: best, falling back to last; or last) or
-    from a checkpoint directory itself."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path
-    candidates = [path / "best", path / "last"] if which == "best" else [path / "last"]
-    for candidate in candidates:
-        if (candidate / "model.safetensors").is_file():
-            return candidate.resolve()
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(
-            f"{path}: no checkpoint (expected a run directory with best/ or last, or model.safetensors)"
-        )
-    return latest
-
-
 __all__ = [
     "copy_model",
     "flatten",
@@ -205,7 +187,6 @@ __all__ = [
     "point_last",
     "prune",
     "replace_dir",
-    "resolve_checkpoint",
     "save_state",
     "step_name",
     "unflatten",
