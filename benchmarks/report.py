@@ -273,7 +273,7 @@ def build_report(
     for raw in paths:
         path = Path(raw)
         kind, data = _classify(path)
-        caption = captions.get(path.name, path.name)
+        caption = _caption(path, captions)
         if kind == "image":
             mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
             sections.append((caption, _img(data, caption, mime)))
