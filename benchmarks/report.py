@@ -262,6 +262,23 @@ def _classify(path: Path) -> tuple[str, object]:
     return data.get("kind", "json"), data
 
 
+# Captions for the images the pipeline writes, by file-name pattern.
+DEFAULT_CAPTIONS = {
+    "preview.png": "Dataset preview: identity | attribute | teacher output | mask",
+    "step-*.png": "Held-out pairs at the last validation: identity | attribute | teacher | student | student mask",
+    "*_swapped.png": "Live-demo pipeline on a still photo (student artifact, paste-back, SYNTHETIC label)",
+}
+
+
+def _caption(path: Path, captions: dict[str, str]) -> str:
+    if path.name in captions:
+        return captions[path.name]
+    for pattern, text in DEFAULT_CAPTIONS.items():
+        if path.match(pattern):
+            return f"{text} ({path.name})"
+    return path.name
+
+
 def build_report(
     paths: list[str | Path], title: str = "pocketswap report", captions: dict[str, str] | None = None
 ) -> str:
