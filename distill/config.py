@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pocketswap.config import coerce, load_yaml
 from pocketswap.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -155,44 +156,12 @@ _HINTS = typing.get_type_hints(TrainConfig)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
+    """The shared field check, plus "a,b,c" strings for tuple-of-str fields given on the command line."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if isinstance(value, str) and args == (str, Ellipsis):  # "a=b,c=d" from the command line
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field '{name}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(name, v, args[0]) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"config field '{name}' must have {len(args)} values, got {list(value)!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args, strict=True))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config field '{name}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field '{name}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field '{name}' must be a number, got {value!r}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"config field '{name}' must be finite, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config field '{name}' must be a string, got {value!r}")
-        return value
-    if hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config field '{name}' must be a mapping, got {value!r}")
-        return dict(value)
-    return value
+    if isinstance(value, str) and typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    return coerce(name, value, hint)
 
 
 def _at_least(name: str, value: float, low: float) -> None:
@@ -268,20 +237,10 @@ def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict | None = None
 ) -> TrainConfig:
     """``base`` dict, then the YAML file at ``path``, then ``overrides``; validated."""
-    import yaml
-
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: config file not found") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
-        data = _merge(data, loaded or {})
+        data = _merge(data, load_yaml(path))
     data = _merge(data, overrides or {})
     try:
         return from_dict(data)

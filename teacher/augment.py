@@ -20,10 +20,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pocketswap.config import check_range, from_dict
 from pocketswap.errors import ConfigError
 from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
 from pocketswap.teacher.base import AlignedRecord, face_mask
-from pocketswap.teacher.config import check_range, from_dict
 from pocketswap.teacher.mesh import (
     CHIN,
     LEFT_EYEBROW,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pocketswap import __version__
+from pocketswap.config import check_range, from_dict, load_yaml, to_dict
 from pocketswap.dataset import (
     FORMAT,
     FORMAT_VERSION,
@@ -57,7 +58,6 @@ from pocketswap.teacher.augment import (
     skin_tone,
 )
 from pocketswap.teacher.base import AlignedRecord, Teacher, load_teacher
-from pocketswap.teacher.config import check_range, from_dict, load_yaml, to_dict
 
 log = logging.getLogger(__name__)
 

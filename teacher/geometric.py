@@ -14,9 +14,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
-from pocketswap.teacher.config import check_range, from_dict, to_dict
 from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, OUTER_LIP, RIGHT_EYEBROW
 from pocketswap.teacher.warp import MeshWarp
 

@@ -33,10 +33,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError, ModelSignatureError
 from pocketswap.faces.align import invert_affine, similarity_transform, template_points
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput, face_mask
-from pocketswap.teacher.config import check_range, from_dict, to_dict
 
 log = logging.getLogger(__name__)
 

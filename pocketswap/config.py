@@ -1,4 +1,4 @@
-"""Dataclass configs loaded from dicts/YAML with validation that names the offending field."""
+"""Dataclass configs loaded from dicts/YAML with validation that names the offending field (shared by every stage)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pocketswap.errors import ConfigError
 T = TypeVar("T")
 
 
-def _check(name: str, value: Any, hint: Any) -> Any:
+def coerce(name: str, value: Any, hint: Any) -> Any:
+    """`value` checked against type `hint` (unions, nested dataclasses, tuples, dicts, scalars);
+    raises ConfigError naming field `name`."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -24,7 +26,7 @@ def _check(name: str, value: Any, hint: Any) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check(name, value, option)
+                return coerce(name, value, option)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"config field '{name}': invalid value {value!r}")
@@ -39,10 +41,10 @@ def _check(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config field '{name}' must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check(name, v, args[0]) for v in value)
+            return tuple(coerce(name, v, args[0]) for v in value)
         if len(value) != len(args):
             raise ConfigError(f"config field '{name}' must have {len(args)} values, got {list(value)!r}")
-        return tuple(_check(name, v, a) for v, a in zip(value, args, strict=True))
+        return tuple(coerce(name, v, a) for v, a in zip(value, args, strict=True))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config field '{name}' must be a mapping, got {value!r}")
@@ -58,6 +60,8 @@ def _check(name: str, value: Any, hint: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field '{name}' must be a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"config field '{name}' must be finite, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -75,7 +79,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{unknown[0]}'; known fields: {', '.join(sorted(names))}")
-    values = {key: _check(prefix + key, value, hints[key]) for key, value in data.items()}
+    values = {key: coerce(prefix + key, value, hints[key]) for key, value in data.items()}
     try:
         return cls(**values)
     except ConfigError as exc:
