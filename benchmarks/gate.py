@@ -1,7 +1,7 @@
 """CI latency gate: compare machine-normalised latencies against a stored baseline.
 
 Every target is timed together with a calibration workload (MobileFaceSwap's published student,
-PyTorch eager, 1 thread) in the same run, and the gate compares ``target_ms / calibration_ms``
+random weights, in ONNX Runtime, 1 thread) in the same run, and the gate compares ``target_ms / calibration_ms``
 with the baseline's ratio. A CI runner that is uniformly 1.5x slower than the machine that wrote
 the baseline therefore does not fail the gate; a model that got 1.5x slower does. Each figure is
 the best of several rounds of medians, which filters out a busy neighbour.
@@ -20,7 +20,7 @@ from pocketswap.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-CALIBRATION = "ref:mobilefaceswap"
+CALIBRATION = "ref:mobilefaceswap:onnx"
 DEFAULT_BASELINE = Path(__file__).with_name("baseline.json")
 
 

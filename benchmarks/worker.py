@@ -118,15 +118,27 @@ def _preset(target: str, threads: int, runs: int) -> dict:
 
 
 def _reference(target: str, threads: int, runs: int) -> dict:
+    """A reference network with random weights: ``mobilefaceswap`` (PyTorch) or ``mobilefaceswap:onnx``."""
+    import tempfile
+
+    import torch
+
     from pocketswap.benchmarks import references
 
+    name, _, runtime = target.partition(":")
     builders = {"simswap": references.simswap_size_generator, "mobilefaceswap": references.mobilefaceswap_student}
-    if target not in builders:
-        raise SystemExit(f"unknown reference '{target}'; choose one of {sorted(builders)}")
+    if name not in builders:
+        raise SystemExit(f"unknown reference '{name}'; choose one of {sorted(builders)}")
     start = time.perf_counter()
-    model, inputs = builders[target]()
+    model, inputs = builders[name]()
+    extra = {"precision": "fp32", "preset": name}
+    if runtime == "onnx":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/{name}.onnx"
+            torch.onnx.export(model, inputs, path, dynamo=False)
+            return {**_onnx(path, threads, runs), **extra}
     init_ms = (time.perf_counter() - start) * 1e3
-    return _torch(model, inputs, init_ms, threads, runs, {"precision": "fp32", "preset": target})
+    return _torch(model, inputs, init_ms, threads, runs, extra)
 
 
 def main() -> None:
