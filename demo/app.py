@@ -170,11 +170,11 @@ class StabilityMeter:
         self.input_change: list[float] = []
         self.swapped_crops: list[np.ndarray] = []
 
-    def add(self, frame: np.ndarray, result: FrameResult, model: SwapModel) -> None:
-        if not result.faces or not result.crops:
+    def add(self, result: FrameResult) -> None:
+        if not result.crops:
             self.previous = None
             return
-        crop_in = align_face(frame, result.faces[0].keypoints, model.size, model.template).crop.astype(np.float32)
+        crop_in = result.inputs[0].astype(np.float32)
         crop_out = result.crops[0][0].astype(np.float32)
         if self.previous is not None:
             self.input_change.append(float(np.abs(crop_in - self.previous[0]).mean()))
@@ -231,7 +231,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             frame, result = last
             frames += 1
             with_face += bool(result.faces)
-            meter.add(frame, result, swapper.model)
+            meter.add(result)
             swapping = swapper.config.swap and bool(result.faces)
             recorded = draw_label(result.frame) if options.label and swapping else result.frame
             if writer is not None:

@@ -41,6 +41,7 @@ class FrameResult:
     faces: list[Face]
     timings_ms: dict[str, float]
     crops: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (swapped crop, mask) per face
+    inputs: list[np.ndarray] = field(default_factory=list)  # the aligned input crop per face
 
 
 class LiveSwapper:
@@ -86,7 +87,7 @@ class LiveSwapper:
             Face(box=face.box, score=face.score, landmarks=flt(face.landmarks, t))
             for face, flt in zip(raw_faces, self.filters, strict=False)
         ]
-        out, crops = frame, []
+        out, crops, inputs = frame, [], []
         for face in smoothed if self.config.swap else []:
             start = time.perf_counter()
             aligned = align_face(frame, face.keypoints, self.model.size, self.model.template)
@@ -98,8 +99,9 @@ class LiveSwapper:
             for stage, ms in (("align", t1 - start), ("swap", t2 - t1), ("paste", t3 - t2)):
                 timings[stage] = timings.get(stage, 0.0) + ms * 1e3
             crops.append((swapped, mask))
+            inputs.append(aligned.crop)
         self.frame_index += 1
         self.frames += 1
         for stage, ms in timings.items():
             self.totals_ms[stage] += ms
-        return FrameResult(frame=out, faces=smoothed, timings_ms=timings, crops=crops)
+        return FrameResult(frame=out, faces=smoothed, timings_ms=timings, crops=crops, inputs=inputs)

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pocketswap.dataset import DatasetError, DatasetReader, Sample, decode_sample, iter_shard_members
+from pocketswap.dataset import (
+    DatasetError,
+    DatasetReader,
+    Sample,
+    decode_sample,
+    iter_shard_members,
+    shuffle_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,20 +130,7 @@ def part_epoch(
         stream = iter_members([shards[i] for i in order[part::parts]], split, which)
     else:
         stream = (m for i, m in enumerate(iter_members([shards[i] for i in order], split, which)) if i % parts == part)
-    rng = np.random.default_rng([seed, epoch, part, 7])
-    if buffer <= 1:
-        yield from stream
-        return
-    pool: list[Members] = []
-    for item in stream:
-        if len(pool) < buffer:
-            pool.append(item)
-            continue
-        index = int(rng.integers(len(pool)))
-        pool[index], item = item, pool[index]
-        yield item
-    for index in rng.permutation(len(pool)):
-        yield pool[index]
+    yield from shuffle_stream(stream, buffer, np.random.default_rng([seed, epoch, part, 7]))
 
 
 def decode(item: Members) -> Sample:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketswap.errors import ModelSignatureError
+from pocketswap.faces.identity import as_chip_batch
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,7 @@ class ArcFaceOnnxEncoder:
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """(B, 112, 112, 3) or (112, 112, 3) uint8 RGB chips -> (B, 512) float32 L2-normalised."""
-        chips = np.asarray(chips)
-        if chips.ndim == 3:
-            chips = chips[None]
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
-            raise ValueError(
-                f"expected uint8 RGB chips of shape (B, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.dtype} {chips.shape}"
-            )
+        chips = as_chip_batch(chips, CHIP_SIZE)
         out = [np.zeros((0, EMBEDDING_DIM), dtype=np.float32)]
         for start in range(0, len(chips), self.batch_size):
             batch = self.preprocess(chips[start : start + self.batch_size])

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketswap.errors import CheckpointError
+from pocketswap.faces.identity import as_chip_batch
 
 logger = logging.getLogger(__name__)
 
@@ -442,13 +443,7 @@ class DlibEncoder:
         return self._run(chips, normalize=False)
 
     def _run(self, chips: np.ndarray, normalize: bool) -> np.ndarray:
-        chips = np.asarray(chips)
-        if chips.ndim == 3:
-            chips = chips[None]
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or chips.dtype != np.uint8:
-            raise ValueError(
-                f"expected uint8 RGB chips of shape (B, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.dtype} {chips.shape}"
-            )
+        chips = as_chip_batch(chips, CHIP_SIZE)
         out = [torch.zeros(0, EMBEDDING_DIM)]
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):

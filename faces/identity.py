@@ -23,6 +23,16 @@ class IdentityEncoder(Protocol):
     def embed_chips(self, chips: np.ndarray) -> np.ndarray: ...
 
 
+def as_chip_batch(chips: np.ndarray, size: int) -> np.ndarray:
+    """(B, size, size, 3) uint8 RGB from one chip or a batch; ValueError naming the expected shape otherwise."""
+    chips = np.asarray(chips)
+    if chips.ndim == 3:
+        chips = chips[None]
+    if chips.ndim != 4 or chips.shape[1:] != (size, size, 3) or chips.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB chips of shape (B, {size}, {size}, 3), got {chips.dtype} {chips.shape}")
+    return chips
+
+
 def load_encoder(spec: str | Path = "dlib") -> IdentityEncoder:
     """`"dlib"` for the built-in encoder, or a path to an ArcFace-style `.onnx` file."""
     if str(spec) == "dlib":

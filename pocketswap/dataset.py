@@ -28,7 +28,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -37,6 +37,7 @@ from pocketswap.errors import PocketswapError
 from pocketswap.files import atomic_write_json
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT = "pocketswap-paired-faces"
 FORMAT_VERSION = 1
@@ -312,6 +313,24 @@ def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
     return atomic_write_json(Path(root) / MANIFEST, manifest)
 
 
+def shuffle_stream(stream: Iterable[T], buffer: int, rng: np.random.Generator) -> Iterator[T]:
+    """Shuffle a stream through a `buffer`-sized reservoir (memory stays bounded); `buffer <= 1` passes it through.
+    The draws from `rng` depend only on the stream length, so a seeded shuffle is reproducible."""
+    if buffer <= 1:
+        yield from stream
+        return
+    pool: list[T] = []
+    for item in stream:
+        if len(pool) < buffer:
+            pool.append(item)
+            continue
+        index = int(rng.integers(len(pool)))
+        pool[index], item = item, pool[index]
+        yield item
+    for index in rng.permutation(len(pool)):
+        yield pool[index]
+
+
 class DatasetReader:
     """Streams samples from a dataset folder.
 
@@ -367,20 +386,7 @@ class DatasetReader:
             shards = [shards[i] for i in rng.permutation(len(shards))]
         shards = shards[rank::world_size] if world_size > 1 else shards
         stream = (sample for path in shards for sample in iter_shard(path))
-        if not shuffle or shuffle_buffer <= 1:
-            yield from stream
-            return
-        buffer: list[Sample] = []
-        for sample in stream:
-            if len(buffer) < shuffle_buffer:
-                buffer.append(sample)
-                continue
-            index = int(rng.integers(len(buffer)))
-            buffer[index], sample = sample, buffer[index]
-            yield sample
-        order = rng.permutation(len(buffer))
-        for index in order:
-            yield buffer[index]
+        yield from shuffle_stream(stream, shuffle_buffer if shuffle else 0, rng)
 
     def verify(self, deep: bool = False) -> dict[str, Any]:
         """Check shard sizes and hashes (and with `deep`, decode every sample and check shapes).
