@@ -257,7 +257,7 @@ def _classify(path: Path) -> tuple[str, object]:
         return "dataset", data
     if "mean_fps" in data and "stage_ms" in data:
         return "demo", data
-    if isinstance(data.get("metrics"), dict) and "student" in data["metrics"]:
+    if isinstance(data.get("metrics"), dict) and ("student" in data["metrics"] or data.get("kind") == "eval"):
         return data.get("kind", "eval"), data
     return data.get("kind", "json"), data
 
@@ -266,6 +266,8 @@ def _classify(path: Path) -> tuple[str, object]:
 DEFAULT_CAPTIONS = {
     "preview.png": "Dataset preview: identity | attribute | teacher output | mask",
     "step-*.png": "Held-out pairs at the last validation: identity | attribute | teacher | student | student mask",
+    "compare.png": "Attribute faces held out of the personalisation: identity | attribute | teacher | universal "
+    "student | personalised student",
     "*_swapped.png": "Live-demo pipeline on a still photo (student artifact, paste-back, SYNTHETIC label)",
 }
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pocketswap.distill.config import TrainConfig  # light: no torch
 
+PERSONALIZE_STEPS = 800  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("distill", help="train students from a paired dataset and evaluate them")
@@ -40,6 +42,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         options.add_argument(flag, dest=f"cfg_{f.name}", metavar="V", help=f"{helps[f.name]} (default: {default})")
     train.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="more overrides")
     train.set_defaults(handler=_train)
+
+    personal = commands.add_parser(
+        "personalize",
+        help="fine-tune a student for one face (teacher pairs of that face, then fine-tuning)",
+        description="Swap the face of --identity onto every face of --faces with the teacher, fine-tune the "
+        "student of RUN_DIR on those pairs, and report identity metrics on attribute faces held out of the "
+        "fine-tuning. OUT is a run folder: `pocketswap export OUT --identity PHOTO` ships it. FIELD=VALUE "
+        "overrides any `distill train` field (e.g. lr=5e-4 w_id=0.5).",
+    )
+    personal.add_argument("run", type=Path, metavar="RUN_DIR", help="universal student: run folder or checkpoint")
+    personal.add_argument("--identity", required=True, metavar="PHOTO", help="photo of one person, or sample:NAME")
+    personal.add_argument("--out", type=Path, required=True, metavar="DIR", help="output run folder")
+    personal.add_argument("--faces", default="samples", help="attribute faces: a folder of photos/frames, or samples")
+    personal.add_argument("--steps", type=int, help=f"fine-tuning steps (default {PERSONALIZE_STEPS})")
+    personal.add_argument("--pairs", type=int, default=1024, help="teacher pairs to generate (default 1024)")
+    personal.add_argument("--workers", type=int, default=2, help="pair-generation processes (default 2)")
+    personal.add_argument("--seed", type=int, default=0)
+    personal.add_argument("--resume", action="store_true", help="continue an interrupted personalisation in DIR")
+    personal.add_argument("--no-progress", action="store_true", help="no progress bars")
+    personal.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="distill train fields")
+    personal.set_defaults(handler=_personalize)
 
     evaluate = commands.add_parser(
         "eval",
@@ -105,6 +128,26 @@ def _train(args: argparse.Namespace) -> int:
             f"{'n/a' if summary.best_val_loss is None else f'{summary.best_val_loss:.4f}'} "
             f"(step {summary.best_step}); run: {summary.out}"
         )
+    return 0
+
+
+def _personalize(args: argparse.Namespace) -> int:
+    from pocketswap.distill.config import parse_overrides
+    from pocketswap.distill.evaluate import format_table
+    from pocketswap.distill.personalize import personalize
+
+    result = personalize(
+        args.run, args.identity, args.out, faces=args.faces, pairs=args.pairs, steps=args.steps,
+        resume=args.resume, workers=args.workers, seed=args.seed, overrides=parse_overrides(args.overrides),
+        progress=not args.no_progress,
+    )  # fmt: skip
+    report = json.loads((args.out / "eval.json").read_text())
+    print(format_table(report))
+    print(
+        f"personalised for {args.identity} in {result.train_seconds / 60:.1f} min of training "
+        f"({result.wall_seconds / 60:.1f} min in all); identity figures on {result.held_out_faces} held-out faces.\n"
+        f"next: pocketswap export {args.out} --identity {args.identity} --format tflite --out ARTIFACTS"
+    )
     return 0
 
 

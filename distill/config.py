@@ -18,6 +18,7 @@ from pocketswap.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+SPLIT_BY = ("identity", "attribute")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -33,6 +34,7 @@ class TrainConfig:
     # student
     preset: str = _f("nano", "student preset: nano, base or large")
     student: dict = _f({}, "student config fields overriding the preset (e.g. {size: 128})")
+    init_from: str = _f("", "checkpoint or run folder whose weights start this run (fine-tuning, personalisation)")
     # schedule and optimiser
     steps: int = _f(2000, "optimiser steps in total (the LR schedule spans them)")
     batch_size: int = _f(16, "samples per step per process")
@@ -62,6 +64,8 @@ class TrainConfig:
     # data
     val_fraction: float = _f(0.1, "share of the dataset's identities held out for validation")
     val_strict: bool = _f(False, "val pairs also need a held-out attribute face (fewer val pairs)")
+    holdout: tuple[str, ...] = _f((), "faces always held out for validation (e.g. the photo a demo swaps into)")
+    split_by: str = _f("identity", "what validation holds out: identity faces, or attribute faces (one-identity data)")
     split_seed: int = _f(0, "salt of the identity hash that picks the held-out identities")
     val_samples: int = _f(256, "held-out pairs scored at each checkpoint (0: skip validation)")
     shuffle_buffer: int = _f(256, "samples in the streaming shuffle buffer")
@@ -108,6 +112,8 @@ class TrainConfig:
         for i, beta in enumerate(self.betas):
             if not 0.0 <= beta < 1.0:
                 raise ConfigError(f"config field 'betas[{i}]' must be in [0, 1), got {beta!r}")
+        if self.split_by not in SPLIT_BY:
+            raise ConfigError(f"config field 'split_by' must be one of {', '.join(SPLIT_BY)}, got {self.split_by!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"config field 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.amp not in AMP_MODES:

@@ -66,12 +66,15 @@ class Split:
     fraction: float
     salt: int = 0
     strict: bool = False
+    by: str = "identity"  # "attribute": held-out attribute faces (one-identity personalisation datasets)
 
     def role(self, key: str, meta: dict[str, Any]) -> str | None:
         faces = pair_faces(meta)
         if faces is None:
             return "val" if name_hash(key, self.salt) < self.fraction else "train"
         sources, attribute = faces
+        if self.by == "attribute":
+            return "val" if attribute in self.val_names else "train"
         held = [s in self.val_names for s in sources]
         attribute_held = attribute in self.val_names if attribute else False
         if all(held) and (attribute_held or not self.strict):
@@ -86,24 +89,40 @@ class Split:
             "fraction": self.fraction,
             "salt": self.salt,
             "strict": self.strict,
+            "by": self.by,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Split:
-        return cls(frozenset(data["val_names"]), float(data["fraction"]), int(data["salt"]), bool(data["strict"]))
+        return cls(
+            frozenset(data["val_names"]), float(data["fraction"]), int(data["salt"]), bool(data["strict"]),
+            str(data.get("by", "identity")),
+        )  # fmt: skip
 
 
-def make_split(manifest: dict[str, Any], fraction: float, salt: int = 0, strict: bool = False) -> Split:
-    """Hold out ``round(fraction * N)`` of the manifest's N identities (at least 1, at most N - 1),
-    chosen by a salted hash of their names."""
+def make_split(
+    manifest: dict[str, Any],
+    fraction: float,
+    salt: int = 0,
+    strict: bool = False,
+    by: str = "identity",
+    always: tuple[str, ...] = (),
+) -> Split:
+    """Hold out ``round(fraction * N)`` of the manifest's N faces (at least 1, at most N - 1), chosen
+    by a salted hash of their names: as identities (``by="identity"``) or as attribute faces
+    (``by="attribute"``, for personalisation datasets whose pairs all share one identity). Faces named
+    in ``always`` (e.g. the photo a demo will swap into) are held out whatever the hash says."""
     names = sorted({str(n) for n in manifest.get("identities", [])})
-    if fraction <= 0 or len(names) < 2:
+    unknown = sorted(set(always) - set(names))
+    if unknown:
+        raise DatasetError(f"config field 'holdout': {unknown[0]!r} is not a face of this dataset")
+    if (fraction <= 0 and not always) or len(names) < 2:
         if fraction > 0:
-            log.warning("the dataset lists %d identities: no identity-held-out validation split", len(names))
-        return Split(frozenset(), 0.0 if names else fraction, salt, strict)
+            log.warning("the dataset lists %d faces: no held-out validation split", len(names))
+        return Split(frozenset(), 0.0 if names else fraction, salt, strict, by)
     count = min(len(names) - 1, max(1, round(fraction * len(names))))
-    ranked = sorted(names, key=lambda n: name_hash(n, salt))
-    return Split(frozenset(ranked[:count]), fraction, salt, strict)
+    ranked = [*always, *sorted(set(names) - set(always), key=lambda n: name_hash(n, salt))]
+    return Split(frozenset(ranked[: max(count, len(always))]), fraction, salt, strict, by)
 
 
 # -- raw member streams --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pocketswap.dataset import DatasetReader
 from pocketswap.distill import metrics as M
 from pocketswap.distill.data import Split, dataset_fingerprint, iter_batches, iter_split, to_uint8, to_unit
 from pocketswap.errors import ConfigError
+from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ METRICS = (
     "psnr_face",
     "ssim_face",
     "id_cosine",
+    "id_distance",
+    "same_person",
+    "moved_closer",
     "id_retrieval_top1",
     "expression_error",
     "pose_error_deg",
@@ -49,8 +53,10 @@ METRICS = (
     "roll_error_deg",
     "landmarks_detected",
 )
-LANDMARK_METRICS = METRICS[4:]  # need a face re-detected on the output
-HIGHER_IS_BETTER = {"psnr_face", "ssim_face", "id_cosine", "id_retrieval_top1", "landmarks_detected"}
+LANDMARK_METRICS = METRICS[7:]  # need a face re-detected on the output
+HIGHER_IS_BETTER = {
+    "psnr_face", "ssim_face", "id_cosine", "same_person", "moved_closer", "id_retrieval_top1", "landmarks_detected",
+}  # fmt: skip
 
 
 def _run_dir(run: Path, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
@@ -92,15 +98,23 @@ class _Column:
         self.pose: list[np.ndarray] = []
         self.detected = 0
 
-    def summary(self, targets: np.ndarray, labels: list[str], gallery: tuple[np.ndarray, list[str]]) -> dict:
-        emb = np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, 128))
+    def embedding_matrix(self) -> np.ndarray:
+        return np.concatenate(self.embeddings) if self.embeddings else np.zeros((0, 128))
+
+    def summary(
+        self, targets: np.ndarray, labels: list[str], gallery: tuple[np.ndarray, list[str]], inputs: np.ndarray
+    ) -> dict:
+        emb = self.embedding_matrix()
         n = len(emb)
         pose = np.stack(self.pose) if self.pose else np.zeros((0, 3))
+        transfer = M.identity_transfer(emb, inputs, targets)
         out = {
             "psnr_face": _mean(self.psnr),
             "ssim_face": _mean(self.ssim),
             "id_cosine": _mean(M.cosine(emb, targets).tolist()),
-            "id_retrieval_top1": M.retrieval_top1(emb, labels, *gallery) if n else None,
+            **transfer,
+            # retrieval among one identity (a personalisation dataset) would be trivially 1
+            "id_retrieval_top1": M.retrieval_top1(emb, labels, *gallery) if n and len(gallery[1]) > 1 else None,
             "expression_error": _mean(self.expression),
             "pose_error_deg": _mean(np.linalg.norm(pose, axis=1).tolist()),
             "yaw_error_deg": _mean(np.abs(pose[:, 0]).tolist()),
@@ -129,11 +143,13 @@ def evaluate(
     progress: bool = True,
     analyzer: Any = None,
     scorer: M.IdentityScorer | None = None,
+    split_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a run's student (``checkpoint``: best, last or a directory), the teacher and the input
         on the pairs of ``data``. ``split``: ``val`` (the run's held-out identities), ``train`` (pairs it
     trained on: shows the generalisation gap), ``all``, or ``auto`` (val if ``data`` is the run's
-    training dataset, else all). Returns the JSON-able report."""
+    training dataset, else all); ``split_from``: another run folder whose held-out faces to use (a
+    universal student scored on a personalisation run's held-out pairs). Returns the JSON-able report."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = Path(run)
@@ -148,7 +164,8 @@ def evaluate(
             f"the dataset has {reader.size} px crops and {reader.embedding_dim}-d embeddings; the student expects "
             f"{scfg.size} px and {scfg.embed_dim}-d"
         )
-    held, which = _choose_split(split, _run_dir(run, ckpt, extra), reader)
+    split_run = Path(split_from) if split_from is not None else _run_dir(run, ckpt, extra)
+    held, which = _choose_split(split, split_run, reader)
     scorer = scorer or M.IdentityScorer()
     if landmarks and analyzer is None:
         from pocketswap.faces.analyzer import FaceAnalyzer
@@ -156,7 +173,7 @@ def evaluate(
         analyzer = FaceAnalyzer(detector="auto")
 
     columns = {c: _Column() for c in COLUMNS}
-    targets, labels = [], []
+    targets, labels, keys = [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -165,7 +182,11 @@ def evaluate(
     size = scfg.size
     with torch.no_grad():
         for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size):
-            image, _ = model(to_unit(batch["attribute"]).to(dev), batch["embedding"].to(dev))
+            image, _ = model(
+                to_unit(batch["attribute"]).to(dev),
+                batch["embedding"].to(dev),
+                to_unit(batch["identity_image"]).to(dev),
+            )
             images = {
                 "student": to_uint8(image),
                 "teacher": batch["output"].numpy(),
@@ -174,6 +195,7 @@ def evaluate(
             teacher, masks, refs = batch["output"].numpy(), batch["mask"].numpy(), batch["landmarks"].numpy()
             targets.append(scorer.embed(batch["identity_image"].numpy()))
             labels += batch["identity"]
+            keys += batch["keys"]
             for name, column in columns.items():
                 crops = images[name]
                 column.embeddings.append(scorer.embed(crops))
@@ -199,7 +221,16 @@ def evaluate(
         raise ConfigError(f"no {which} pairs to evaluate in {data}")
     target_emb = np.concatenate(targets)
     gallery = M.identity_gallery(target_emb, labels)
-    report_metrics = {name: col.summary(target_emb, labels, gallery) for name, col in columns.items()}
+    inputs = columns["attribute"].embedding_matrix()
+    report_metrics = {name: col.summary(target_emb, labels, gallery, inputs) for name, col in columns.items()}
+    report_metrics["attribute"]["moved_closer"] = None  # the input is the reference of "closer"
+    distances = {
+        name: M.identity_distances(col.embedding_matrix(), inputs, target_emb)[0] for name, col in columns.items()
+    }
+    per_swap = [
+        {"key": key, "identity": label, **{f"{name}_distance": round(float(d[i]), 4) for name, d in distances.items()}}
+        for i, (key, label) in enumerate(zip(keys, labels, strict=True))
+    ]
     if not landmarks:
         for col in report_metrics.values():
             for key in LANDMARK_METRICS:
@@ -207,7 +238,7 @@ def evaluate(
     s, t = report_metrics["student"], report_metrics["teacher"]
     gap = {
         k: (round(t[k] - s[k], 4) if s[k] is not None and t[k] is not None else None)
-        for k in ("id_cosine", "id_retrieval_top1", "expression_error", "pose_error_deg")
+        for k in ("id_cosine", "same_person", "id_retrieval_top1", "expression_error", "pose_error_deg")
     }
     return {
         "checkpoint": str(ckpt),
@@ -219,10 +250,15 @@ def evaluate(
         "num_identities": len(gallery[1]),
         "metrics": report_metrics,
         "gap_teacher_minus_student": gap,
+        "per_swap": per_swap,
         "notes": {
             "teacher.psnr_face": "n/a: the teacher output is the reference (attribute column: copy-the-input baseline)",
             "face_region": "PSNR/SSIM weighted by the teacher mask",
             "identity": "dlib cosine of the ArcFace-aligned crop (warped to dlib's chip) to the identity crop's",
+            "id_distance": "dlib cosine distance (1 - cos) of the swapped crop to the identity crop",
+            "same_person": f"share of swaps with id_distance below dlib's same-person threshold "
+            f"{SAME_PERSON_THRESHOLD} (as `pocketswap faces compare`); attribute column: the input itself",
+            "moved_closer": "share of swaps closer to the identity than the unchanged input was",
             "id_retrieval_top1": f"nearest of {len(gallery[1])} identities (mean embedding of their identity crops)",
             "expression_error": "mean landmark distance after similarity alignment / inter-ocular distance",
             "pose_error_deg": "L2 of yaw/pitch/roll differences (solvePnP, generic 6-point face)",

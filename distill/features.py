@@ -129,9 +129,13 @@ class Trainee(nn.Module):
         self.distiller = distiller
 
     def forward(
-        self, image: torch.Tensor, embedding: torch.Tensor, teacher_features: list[torch.Tensor] | None = None
+        self,
+        image: torch.Tensor,
+        embedding: torch.Tensor,
+        teacher_features: list[torch.Tensor] | None = None,
+        identity_image: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out, mask = self.student(image, embedding)
+        out, mask = self.student(image, embedding, identity_image)
         if self.distiller is not None and teacher_features is not None:
             return out, mask, self.distiller.loss(teacher_features)
         return out, mask, out.new_zeros(())

@@ -55,19 +55,19 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 
-def image_grid(
-    identity: np.ndarray, attribute: np.ndarray, teacher: np.ndarray, student: np.ndarray, mask: np.ndarray
-) -> np.ndarray:
-    """Rows of identity | attribute | teacher | student | student mask; uint8 [B,S,S,3] and mask [B,S,S]
-    float in [0, 1] -> one uint8 RGB image with 2 px gaps."""
-    mask_rgb = np.repeat((np.clip(mask, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
-    columns = [identity, attribute, teacher, student, mask_rgb]
-    b, s = identity.shape[:2]
+def image_grid(*columns: np.ndarray) -> np.ndarray:
+    """Side-by-side columns of B images each, e.g. identity | attribute | teacher | student | mask:
+    uint8 [B,S,S,3] images or float [B,S,S] masks in [0, 1] -> one uint8 RGB image with 2 px gaps."""
+    images = [
+        c if c.ndim == 4 else np.repeat((np.clip(c, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+        for c in columns
+    ]
+    b, s = images[0].shape[:2]
     gap = 2
-    grid = np.full((b * (s + gap) - gap, len(columns) * (s + gap) - gap, 3), 255, np.uint8)
+    grid = np.full((b * (s + gap) - gap, len(images) * (s + gap) - gap, 3), 255, np.uint8)
     for r in range(b):
-        for c, images in enumerate(columns):
-            grid[r * (s + gap) : r * (s + gap) + s, c * (s + gap) : c * (s + gap) + s] = images[r]
+        for c, column in enumerate(images):
+            grid[r * (s + gap) : r * (s + gap) + s, c * (s + gap) : c * (s + gap) + s] = column[r]
     return grid
 
 

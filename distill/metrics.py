@@ -128,6 +128,31 @@ def retrieval_top1(
     return float(np.mean([gallery_labels[i] == label for i, label in zip(best, labels, strict=True)]))
 
 
+def identity_distances(swaps: np.ndarray, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per swap, the cosine distance (1 - cos) of the swapped face and of the unswapped input to the
+    identity's embedding (rows of (N, D) arrays)."""
+    return 1.0 - cosine(swaps, targets), 1.0 - cosine(inputs, targets)
+
+
+def identity_transfer(
+    swaps: np.ndarray, inputs: np.ndarray, targets: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
+    """FaceForensics++-style identity figures of N swaps: mean distance to the identity, the share
+    judged the same person (distance < ``threshold``, default: the dlib encoder's documented
+    same-person threshold, as in ``pocketswap faces compare``) and the share moved closer to the
+    identity than the input was."""
+    if threshold is None:
+        from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD as threshold
+    swap_d, input_d = identity_distances(swaps, inputs, targets)
+    if len(swap_d) == 0:
+        return {"id_distance": float("nan"), "same_person": float("nan"), "moved_closer": float("nan")}
+    return {
+        "id_distance": float(swap_d.mean()),
+        "same_person": float((swap_d < threshold).mean()),
+        "moved_closer": float((swap_d < input_d).mean()),
+    }
+
+
 # -- landmarks: detection, expression, pose ------------------------------------------------------
 def detect_crop_landmarks(analyzer: object, crop: np.ndarray, pad: float = 0.5) -> np.ndarray | None:
     """(468, 3) FaceMesh landmarks of an aligned crop in crop pixels, or None if no face is found.
@@ -212,7 +237,9 @@ __all__ = [
     "detect_crop_landmarks",
     "expression_error",
     "head_pose",
+    "identity_distances",
     "identity_gallery",
+    "identity_transfer",
     "inter_ocular",
     "pose_error",
     "psnr",

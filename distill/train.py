@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pocketswap.checkpoint import identity_record
 from pocketswap.dataset import DatasetReader
 from pocketswap.distill import state as run_state
 from pocketswap.distill.adversarial import PatchDiscriminator, d_hinge_loss, g_hinge_loss
@@ -203,6 +204,22 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _load_initial_weights(student: nn.Module, source: str) -> None:
+    """Start from a checkpoint's weights; tensors the checkpoint lacks (new identity maps) keep their init."""
+    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
+
+    init, _, _ = load_checkpoint(resolve_checkpoint(source))
+    own, found = student.state_dict(), init.state_dict()
+    for name, tensor in found.items():
+        if name not in own or own[name].shape != tensor.shape:
+            raise ConfigError(
+                f"config field 'init_from': {source} does not fit this student (tensor '{name}' "
+                f"{list(tensor.shape)} vs {list(own[name].shape) if name in own else 'absent'})"
+            )
+    missing = student.load_state_dict(found, strict=False).missing_keys
+    log.info("initialised from %s%s", source, f" ({len(missing)} new tensors)" if missing else "")
+
+
 # -- the trainer ---------------------------------------------------------------------------------
 class _Trainer:
     def __init__(self, config: TrainConfig, data: Path, out: Path, ctx: _Dist, resume: bool, progress: bool) -> None:
@@ -218,7 +235,10 @@ class _Trainer:
         from pocketswap.student import StudentNet
 
         torch.manual_seed(config.seed)
-        student = StudentNet(self.scfg).to(self.device)
+        student = StudentNet(self.scfg)
+        if config.init_from and self.resume_from is None:
+            _load_initial_weights(student, config.init_from)
+        student = student.to(self.device)
         distiller = None
         if config.w_feat > 0:
             teacher = load_teacher_module(config.feature_teacher).to(self.device)
@@ -307,7 +327,10 @@ class _Trainer:
         run_json = self.out / "run.json"
         if self.resume_from is not None and run_json.is_file():
             return Split.from_dict(json.loads(run_json.read_text())["split"])
-        return make_split(self.reader.manifest, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict)
+        return make_split(
+            self.reader.manifest, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict, self.cfg.split_by,
+            self.cfg.holdout,
+        )  # fmt: skip
 
     def _amp_dtype(self) -> torch.dtype | None:
         if self.device.type != "cuda" or self.cfg.amp == "off":
@@ -450,7 +473,7 @@ class _Trainer:
         if self.trainee.distiller is not None:
             teacher_features = self.trainee.distiller.teacher_features(t["attribute"], t["embedding"])
         with self._autocast():
-            image, mask, feat = self.model(t["attribute"], t["embedding"], teacher_features)
+            image, mask, feat = self.model(t["attribute"], t["embedding"], teacher_features, t["identity_image"])
         terms = self.loss_fn(image, mask, t)
         terms["feat"] = feat.float()
         total = terms["total"] + cfg.w_feat * terms["feat"]
@@ -528,7 +551,7 @@ class _Trainer:
         samples = iter_split(self.data, self.split, "val", limit=self.cfg.val_samples)
         for batch in iter_batches(samples, self.cfg.batch_size):
             t = self._prepare(batch)
-            image, mask = self.ema(t["attribute"], t["embedding"])
+            image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
             terms = self.loss_fn(image, mask, t)
             n = len(batch["keys"])
             err = ((image.float().clamp(-1, 1) - t["output"]) * 127.5).pow(2).mean(1, keepdim=True)
@@ -550,7 +573,7 @@ class _Trainer:
             )
         b = self._grid_batch
         t = self._prepare(b)
-        image, mask = self.ema(t["attribute"], t["embedding"])
+        image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
         grid = image_grid(
             b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(image),
             mask[:, 0].float().cpu().numpy(),
@@ -568,6 +591,8 @@ class _Trainer:
         final = root / run_state.step_name(self.step)
         tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
         extra = {"step": self.step, "run": str(self.out), "val": val, "dataset": str(self.data)}
+        if "identity" in self.reader.manifest:  # a one-identity (personalised) student says whose it is
+            extra["identity"] = identity_record(self.reader.manifest["identity"])
         from pocketswap.checkpoint import save_checkpoint
 
         improved = bool(val) and val["loss"] < self.best_val

@@ -164,6 +164,19 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
 
 
+def identity_crop(spec: str | Path, size: int, template: str = "arcface") -> np.ndarray:
+    """The aligned SxS uint8 RGB crop of the face in a photo / ``sample:NAME`` (spatial-identity students)."""
+    from pocketswap.faces.align import align_face
+    from pocketswap.faces.samples import load_image_or_sample
+
+    text = str(spec)
+    if text.endswith((".npy", ".npz")):
+        raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
+    image = load_image_or_sample(text)
+    face = _analyzer().detect_one(image, source=text)
+    return align_face(image, face.keypoints, size, template).crop
+
+
 def identity_embedding(spec: str | Path, embed_dim: int, encoder: str | None = "dlib") -> tuple[np.ndarray, str]:
     """(D,) float32 embedding from an ``.npy`` (or ``.npz`` with one array) or a face photo / ``sample:NAME``
     (embedded with ``encoder``: "dlib" or an ArcFace ``.onnx``; None means unknown and refuses photos)."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pocketswap.checkpoint import locked_identity
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
@@ -37,6 +38,7 @@ from pocketswap.export.common import (
     UnsupportedError,
     parse_list,
 )
+from pocketswap.faces.identity import embedding_sha256, same_person_threshold
 from pocketswap.manifest import Manifest, TensorInfo, artifact_size, file_sha256, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,22 @@ def export_model(
         calib = export_data.load_calibration(calibration, size, config.template, CALIBRATION_LIMIT)
         log.info("int8 calibration: %d crops from %s", len(calib.crops), calib.source)
     encoder_name = _encoder_name(extra, config.embed_dim, encoder)
+    if extra.get("identity") and identity_mode == "dynamic":
+        raise UnsupportedError(
+            f"this checkpoint was personalised for {extra['identity']['name']}: export it baked (--identity PHOTO); "
+            "the dynamic mode is for universal students"
+        )
+    if config.identity_encoder and (enroll or identity_mode == "dynamic"):
+        raise UnsupportedError(
+            "this student has a spatial identity encoder ('identity_encoder'): it exports baked, without --enroll "
+            "(its identity maps would be a second run-time input)"
+        )
+    identity_crop = None
     if identity is not None:
         emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
+        emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
+        if config.identity_encoder:
+            identity_crop = export_data.identity_crop(identity, size, config.template)
     else:
         emb = _random_embedding(config.embed_dim, seed=7)
         identity_source = "supplied at run time (parity used a random embedding)"
@@ -179,14 +195,15 @@ def export_model(
     done = False
     try:
         job = _make_job(
-            net, config, identity_mode, emb, stage, calib, check_parity, name or f"{config.name}_{identity_mode}"
-        )
+            net, config, identity_mode, emb, identity_crop, stage, calib, check_parity,
+            name or f"{config.name}_{identity_mode}",
+        )  # fmt: skip
         job.base_manifest.update(
             source={
                 "checkpoint": str(ckpt_dir),
                 "checkpoint_sha256": ckpt_sha,
                 "identity": identity_source,
-                "embedding_sha256": hashlib.sha256(emb.astype(np.float32).tobytes()).hexdigest() if identity else None,
+                "embedding_sha256": embedding_sha256(emb) if identity else None,
                 "encoder": encoder_name,
             }
         )
@@ -207,12 +224,13 @@ def _random_embedding(dim: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _make_job(net, config, mode, emb, stage, calib, check, name) -> _Job:
+def _make_job(net, config, mode, emb, crop, stage, calib, check, name) -> _Job:
     work = stage / "work"
     work.mkdir()
     size = config.size
     emb_t = torch.from_numpy(emb).reshape(1, -1)
-    module = net.bake(emb_t) if mode == "baked" else net.dynamic()
+    crop_t = None if crop is None else torch.from_numpy(export_data.to_model_input(crop))
+    module = net.bake(emb_t, crop_t) if mode == "baked" else net.dynamic()
     params = net.identity_params(emb_t).numpy() if mode == "dynamic" else None
     rng = np.random.default_rng(0)
     cases = []
@@ -240,7 +258,7 @@ def _make_job(net, config, mode, emb, stage, calib, check, name) -> _Job:
 
     with torch.no_grad():  # the exported form against the training network itself, on a real face
         feeds = cases[-1][1]
-        want = net(torch.from_numpy(feeds[IMAGE_INPUT]), emb_t)
+        want = net(torch.from_numpy(feeds[IMAGE_INPUT]), emb_t, crop_t)
         got = reference(feeds)
     fold_error = max(float(np.abs(w.numpy() - got[k]).max()) for k, w in zip(STUDENT_OUTPUTS, want, strict=True))
     if fold_error > 1e-4:
@@ -281,7 +299,8 @@ def _make_job(net, config, mode, emb, stage, calib, check, name) -> _Job:
         reference=reference,
         base_manifest=base,
         embedding=emb,
-        identity_names=identity_dependent_names(net) if mode == "baked" else [],
+        # spatial-identity students are re-exported per identity, not patched
+        identity_names=identity_dependent_names(net) if mode == "baked" and not config.identity_encoder else [],
         calibration=calib,
         check=check,
         name=name,
@@ -522,6 +541,8 @@ def _bench(path: Path) -> dict:
 def _patch_record(job: _Job, path: Path, kind: str) -> dict | None:
     from pocketswap.export import patch
 
+    if not job.identity_names:
+        return None
     tensors = patch.baked_identity_tensors(job.net, torch.from_numpy(job.embedding), job.identity_names)
     try:
         record = patch.map_tflite(path, tensors) if kind == "tflite" else patch.map_coreml(path, tensors)
@@ -878,10 +899,13 @@ def patch_model(
             "patching needs a baked fp32/fp16 .tflite or an uncompressed .mlpackage"
         )
     net, config, extra, ckpt_dir, ckpt_sha = load_student(checkpoint)
+    if config.identity_encoder:
+        raise UnsupportedError(f"{checkpoint}: spatial-identity students are re-exported per identity, not patched")
     if manifest.source.get("checkpoint_sha256") not in (None, ckpt_sha):
         raise CheckpointError(f"{checkpoint}: not the checkpoint {model.name} was exported from (sha256 differs)")
     encoder_name = _encoder_name(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
     emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
+    emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
     names = [e["name"] for e in manifest.patch["tensors"]]
     tensors = patching.baked_identity_tensors(net, torch.from_numpy(emb), names)
     out = Path(out)
@@ -898,7 +922,7 @@ def patch_model(
     new.source = {
         **manifest.source,
         "identity": identity_source,
-        "embedding_sha256": hashlib.sha256(emb.astype(np.float32).tobytes()).hexdigest(),
+        "embedding_sha256": embedding_sha256(emb),
         "patched_from": manifest.artifact,
     }
     new.parity = record

@@ -6,6 +6,7 @@ Encoders: the built-in dlib ResNet (128-d, offline, differentiable) or a user's 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -54,3 +55,18 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     """1 - cosine similarity of two embeddings."""
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def embedding_sha256(embedding: np.ndarray) -> str:
+    """SHA-256 of an embedding's float32 bytes (how manifests and checkpoints name an identity)."""
+    return hashlib.sha256(np.ascontiguousarray(embedding, np.float32).tobytes()).hexdigest()
+
+
+def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
+    """Cosine distance under which two embeddings are the same person: dlib's documented threshold for
+    the built-in encoder (see `pocketswap faces compare`), 0.5 for a user's ArcFace-style model."""
+    if encoder in (None, "dlib"):
+        from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
+
+        return SAME_PERSON_THRESHOLD
+    return 0.5

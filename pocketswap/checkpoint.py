@@ -197,6 +197,43 @@ def load_checkpoint(
     return model, config, dict(meta["extra"])
 
 
+def identity_record(identity: dict[str, Any]) -> dict[str, Any]:
+    """What a one-identity (personalised) checkpoint stores in ``extra["identity"]``, from a
+    personalisation dataset manifest's ``identity`` entry: name, source, embedding and its hash."""
+    import numpy as np
+
+    from pocketswap.faces.identity import embedding_sha256
+
+    embedding = np.asarray(identity["embedding"], np.float32)
+    return {
+        "name": identity["name"],
+        "source": identity["source"],
+        "embedding_sha256": embedding_sha256(embedding),
+        "embedding": [float(v) for v in embedding],
+    }
+
+
+def locked_identity(extra: dict[str, Any], embedding: Any, what: str, threshold: float) -> Any:
+    """The embedding to bake: ``embedding`` for a universal checkpoint; for a personalised one, the
+    checkpoint's own identity when ``embedding`` is the same person (cosine distance < ``threshold``),
+    else ConfigError (a one-identity student cannot swap in anybody else)."""
+    import numpy as np
+
+    record = extra.get("identity")
+    if not record:
+        return embedding
+    own = np.asarray(record["embedding"], np.float32)
+    given = np.asarray(embedding, np.float32).reshape(-1)
+    cos = float(own @ given / (np.linalg.norm(own) * np.linalg.norm(given) + 1e-12))
+    if 1.0 - cos >= threshold:
+        raise ConfigError(
+            f"this checkpoint was personalised for {record['name']} ({record['source']}); {what} is a different "
+            f"person (cosine distance {1.0 - cos:.3f} >= {threshold}). Personalise a run for it: "
+            f"pocketswap distill personalize RUN_DIR --identity {what} --out DIR"
+        )
+    return own
+
+
 def _check_expected(config: StudentConfig, expected: StudentConfig | dict[str, Any] | str | None) -> None:
     if expected is None:
         return

@@ -1,6 +1,7 @@
 """`pocketswap quickstart`: the whole pipeline on the bundled sample faces (what `make demo` runs).
 
-faces -> teacher generate -> distill train -> distill eval -> export -> bench (latency, pipeline,
+faces -> teacher generate -> distill train -> distill eval -> distill personalize (the demo identity,
+sample:grace_hopper) -> export (the personalised student) -> bench (latency, pipeline,
 quality, roofline) -> demo on a synthetic clip (headless) -> bench report. Every step writes into
 one output folder and a `.done` marker last, so a re-run skips finished steps and an interrupted
 step is redone (the stages themselves resume: dataset shards and training checkpoints survive).
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PORTRAITS = ("astronaut", "grace_hopper", "camera")
 IDENTITY = "sample:grace_hopper"
+DEMO_FACE = "astronaut"  # the still the demo swaps into: held out of the personalisation
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,13 @@ class QuickstartConfig:
     clip_frames: int = 96
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
+    personal_steps: int = 500  # fine-tuning steps of the demo identity's personalised student
+    personal_pairs: int = 1024
 
     @classmethod
     def tiny(cls) -> QuickstartConfig:
         return cls(pairs=48, steps=6, batch_size=4, precisions="fp32,fp16", formats="onnx,tflite", bench_runs=10,
-                   clip_frames=12, eval_split="all")  # fmt: skip
+                   clip_frames=12, eval_split="all", personal_steps=4, personal_pairs=32)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,15 @@ def step_eval(out: Path, cfg: QuickstartConfig) -> None:
                "--json", out / "eval.json")  # fmt: skip
 
 
+def step_personal(out: Path, cfg: QuickstartConfig) -> None:
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    pocketswap("distill", "personalize", out.parent / "run", "--identity", IDENTITY, "--out", out, "--steps",
+               cfg.personal_steps, "--pairs", cfg.personal_pairs, "--workers", cfg.workers, *resume,
+               f"holdout=[{DEMO_FACE}]", f"batch_size={cfg.batch_size}")  # fmt: skip
+
+
 def step_export(out: Path, cfg: QuickstartConfig) -> None:
-    pocketswap("export", out.parent / "run", "--identity", IDENTITY, "--format", cfg.formats,
+    pocketswap("export", out.parent / "personal", "--identity", IDENTITY, "--format", cfg.formats,
                "--precision", cfg.precisions, "--calibration", out.parent / "dataset", "--out", out)  # fmt: skip
 
 
@@ -135,6 +146,8 @@ def step_report(out: Path, cfg: QuickstartConfig) -> None:
         root / "run" / "metrics.jsonl",
         root / "eval" / "eval.json",
         *sorted((root / "run" / "samples").glob("*.png"))[-1:],
+        root / "personal" / "eval.json",
+        root / "personal" / "compare.png",
         root / "bench" / "latency.json",
         root / "bench" / "pipeline.json",
         root / "bench" / "roofline.json",
@@ -152,7 +165,8 @@ STEPS = (
     Step("dataset", "teacher: paired dataset from the bundled faces", step_dataset),
     Step("run", "distill: train the student", step_train),
     Step("eval", "distill: evaluate student vs teacher on held-out identities", step_eval),
-    Step("artifacts", "export: ONNX, TFLite, CoreML with parity checks", step_export),
+    Step("personal", "distill: personalise the student for the demo identity", step_personal),
+    Step("artifacts", "export: ONNX, TFLite, CoreML with parity checks (personalised student)", step_export),
     Step("bench", "benchmarks: latency, live pipeline, phone estimates", step_bench),
     Step("demo", "demo: headless swap of a synthetic clip", step_demo),
     Step("report", "report.html", step_report),

@@ -140,15 +140,19 @@ class TorchSwapModel:
     def __init__(self, path: Path, embedding: np.ndarray, num_threads: int = 1) -> None:
         import torch
 
-        from pocketswap.checkpoint import load_checkpoint
+        from pocketswap.checkpoint import load_checkpoint, locked_identity
+        from pocketswap.faces.identity import same_person_threshold
 
         torch.set_num_threads(num_threads)
-        model, config, _ = load_checkpoint(path)
+        model, config, extra = load_checkpoint(path)
         embedding = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
         if embedding.shape[1] != config.embed_dim:
             raise ModelSignatureError(
                 f"{path}: the student expects a {config.embed_dim}-d identity embedding, got {embedding.shape[1]}-d"
             )
+        if config.identity_encoder:
+            raise ModelSignatureError(f"{path}: a spatial-identity student needs the identity photo: export it first")
+        embedding = locked_identity(extra, embedding, "the given identity", same_person_threshold()).reshape(1, -1)
         self.model = model.bake(torch.from_numpy(embedding)).eval()
         self.name = Path(path).name
         self.size, self.template = config.size, config.template

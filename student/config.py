@@ -14,6 +14,7 @@ from typing import Any
 from pocketswap.errors import ConfigError
 
 NORMS = ("bn", "none")
+IDENTITY_MAPS = ("none", "skips", "head", "both")
 ACTIVATIONS = ("relu", "relu6")
 
 
@@ -32,6 +33,13 @@ class StudentConfig:
     enc_channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     dec_channels: tuple[int, ...] = (256, 128, 64, 32)
     head_image_skip: bool = True  # concatenate the input crop before the heads
+    # Learned constant maps for a personalised (one-identity) student: "skips" adds one to every skip
+    # but the full-resolution one, "head" adds one to the image/mask logits, "both" does both. They are
+    # constants in the baked artifact (an Add each) and zero at init, so they change nothing until trained.
+    identity_maps: str = "none"
+    # Spatial identity: a depthwise encoder of the aligned identity crop adds feature maps to the same
+    # skips and to the logits (a constant of the baked artifact, so free at run time; baked export only).
+    identity_encoder: bool = False
     hyper_hidden: int = 256  # hypernetwork MLP width
     hyper_layers: int = 2  # hypernetwork MLP depth (>= 1)
     normalize_embedding: bool = True  # L2-normalise the embedding inside the hypernetwork
@@ -70,8 +78,9 @@ class StudentConfig:
         stride = 2 ** len(self.enc_channels)
         if self.size % stride:
             raise ConfigError(f"config field 'size' ({self.size}) must be divisible by 2**len(enc_channels) = {stride}")
-        for name in ("head_image_skip", "normalize_embedding"):
+        for name in ("head_image_skip", "normalize_embedding", "identity_encoder"):
             _check_type(name, getattr(self, name), bool)
+        _check_choice("identity_maps", self.identity_maps, IDENTITY_MAPS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTIVATIONS)
         _check_type("template", self.template, str)
@@ -84,6 +93,23 @@ class StudentConfig:
     def bottleneck(self) -> int:
         """Spatial side of the deepest encoder feature map."""
         return self.size // 2 ** len(self.enc_channels)
+
+    def map_levels(self) -> list[tuple[int, int, int]]:
+        """(decoder block, channels, side) of the skips that identity maps are added to: every skip
+        but the full-resolution one (side <= size/4), which keeps the baked constants small."""
+        skips = list(reversed(self.enc_channels[:-1]))
+        sides = [self.size // 2 ** (len(self.enc_channels) - 1 - i) for i in range(len(skips))]
+        return [(i, c, s) for i, (c, s) in enumerate(zip(skips, sides, strict=True)) if s <= self.size // 4]
+
+    def skip_maps(self) -> list[tuple[int, int] | None]:
+        """Per decoder block, the (channels, side) of its skip's learned identity map, or None (no map)."""
+        levels = {i: (c, s) for i, c, s in self.map_levels()} if self.identity_maps in ("skips", "both") else {}
+        return [levels.get(i) for i in range(len(self.dec_channels))]
+
+    @property
+    def head_map(self) -> bool:
+        """Whether a learned constant map is added to the image/mask logits."""
+        return self.identity_maps in ("head", "both")
 
     def decoder_in_channels(self) -> list[int]:
         """Input channels of each decoder block (upsampled features + skip)."""

@@ -50,10 +50,12 @@ from pocketswap.student.layers import (
     make_norm,
     pointwise,
 )
+from pocketswap.student.spatial import SpatialIdentity
 
 log = logging.getLogger(__name__)
 
 Identity = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: (kernels [B,C,3,3], style [B,C])
+Maps = tuple[dict[int, torch.Tensor], torch.Tensor | None]  # maps added to skips (by decoder block), to the logits
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,10 @@ class IdentityDecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor, kernels: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.up(x), skip], dim=1)
         b = x.shape[0]
-        x = depthwise3x3_per_sample(x, kernels.expand(b, -1, -1, -1))
+        if kernels.shape[0] == 1:  # one identity for the whole batch: a plain depthwise conv (much faster)
+            x = F.conv2d(x, kernels[0].unsqueeze(1), padding=1, groups=x.shape[1])
+        else:
+            x = depthwise3x3_per_sample(x, kernels.expand(b, -1, -1, -1))
         if self.dw_bias is not None:
             x = x + self.dw_bias.view(1, -1, 1, 1)
         x = self.dw_act(self.dw_norm(x))
@@ -116,12 +121,17 @@ class Head(nn.Module):
         self.image = pointwise(cin, 3, bias=True)
         self.mask = pointwise(cin, 1, bias=True)
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, image: torch.Tensor, logit_map: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.up(x)
         if self.image_skip:
             x = torch.cat([x, image], dim=1)
         x = self.act(self.norm(self.dw(x)))
-        return torch.tanh(self.image(x)), torch.sigmoid(self.mask(x))
+        image_logits, mask_logits = self.image(x), self.mask(x)
+        if logit_map is not None:
+            image_logits, mask_logits = image_logits + logit_map[:, :3], mask_logits + logit_map[:, 3:]
+        return torch.tanh(image_logits), torch.sigmoid(mask_logits)
 
 
 class StudentNet(nn.Module):
@@ -138,9 +148,44 @@ class StudentNet(nn.Module):
         )
         self.head = Head(config)
         self.hypernet = HyperNet(config)
+        # Personalised students: learned constants added to skips / logits (zero: no effect until trained).
+        self.skip_maps = nn.ParameterDict(
+            {
+                str(i): nn.Parameter(torch.zeros(1, c, s, s))
+                for i, m in enumerate(config.skip_maps())
+                if m
+                for c, s in [m]
+            }
+        )
+        self.head_map = nn.Parameter(torch.zeros(1, 4, config.size, config.size)) if config.head_map else None
+        self.spatial = SpatialIdentity(config) if config.identity_encoder else None
 
-    def forward(self, image: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.run(image, self.identity(embedding))
+    def forward(
+        self, image: torch.Tensor, embedding: torch.Tensor, identity_image: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``identity_image``: the aligned identity crop [B or 1,3,S,S] in [-1,1] (used when the config
+        has ``identity_encoder``)."""
+        if embedding.ndim == 2 and embedding.shape[0] > 1 and bool((embedding == embedding[:1]).all()):
+            embedding = embedding[:1]  # one identity repeated (personalisation batches): run it once
+        return self.run(image, self.identity(embedding), self.maps(identity_image))
+
+    def maps(self, identity_image: torch.Tensor | None = None) -> Maps:
+        """The maps added to skips (by decoder block) and to the logits: learned constants (personalised
+        students) plus the spatial identity encoder's output for ``identity_image``."""
+        skips: dict[int, torch.Tensor] = {int(i): m for i, m in self.skip_maps.items()}
+        head = self.head_map
+        if self.spatial is not None:
+            if identity_image is None:
+                raise ConfigError(
+                    "this student has 'identity_encoder': it needs the aligned identity crop as well as the "
+                    "embedding (give a photo, not an embedding .npy)"
+                )
+            found, logits = self.spatial(identity_image)
+            skips = {i: skips[i] + m if i in skips else m for i, m in found.items()} | {
+                i: m for i, m in skips.items() if i not in found
+            }
+            head = logits if head is None else head + logits
+        return skips, head
 
     def identity(self, embedding: torch.Tensor) -> Identity:
         """Hypernetwork outputs for an embedding [B,D] or [D] (cache them to reuse one identity)."""
@@ -150,8 +195,10 @@ class StudentNet(nn.Module):
             )
         return self.hypernet(embedding)
 
-    def run(self, image: torch.Tensor, identity: Identity) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward with precomputed :meth:`identity` outputs."""
+    def run(
+        self, image: torch.Tensor, identity: Identity, maps: Maps | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward with precomputed :meth:`identity` (and :meth:`maps`) outputs."""
         size = self.config.size
         if image.ndim != 4 or image.shape[1:] != (3, size, size):
             raise ConfigError(
@@ -162,10 +209,14 @@ class StudentNet(nn.Module):
         for block in self.encoder:
             x = block(x)
             feats.append(x)
+        skip_maps, head_map = maps if maps is not None else self.maps()
         x = feats.pop()
-        for block, (kernels, style) in zip(self.decoder, identity, strict=True):
-            x = block(x, feats.pop(), kernels, style)
-        return self.head(x, image)
+        for i, (block, (kernels, style)) in enumerate(zip(self.decoder, identity, strict=True)):
+            skip = feats.pop()
+            if i in skip_maps:
+                skip = skip + skip_maps[i]
+            x = block(x, skip, kernels, style)
+        return self.head(x, image, head_map)
 
     # -- identity export -------------------------------------------------------------------------
 
@@ -224,20 +275,27 @@ class StudentNet(nn.Module):
         return torch.cat(parts).unsqueeze(0).contiguous()
 
     @torch.no_grad()
-    def bake(self, embedding: torch.Tensor) -> BakedStudent:
+    def bake(self, embedding: torch.Tensor, identity_image: torch.Tensor | None = None) -> BakedStudent:
         """A static image-only network for one identity (matches eval-mode :meth:`forward`)."""
-        return BakedStudent(self, self.folded_identity(embedding))
+        if identity_image is not None and identity_image.shape[0] != 1:
+            raise ConfigError(f"bake one identity at a time: identity_image batch is {identity_image.shape[0]}")
+        return BakedStudent(self, self.folded_identity(embedding), self.maps(identity_image))
 
     @torch.no_grad()
     def dynamic(self) -> DynamicIdentityStudent:
         """The identity-as-input network (matches eval-mode :meth:`forward` given :meth:`identity_params`)."""
-        return DynamicIdentityStudent(self)
+        if self.spatial is not None:
+            raise ConfigError(
+                "students with 'identity_encoder' export baked only: their identity maps would be a second "
+                "run-time input (use --identity-mode baked)"
+            )
+        return DynamicIdentityStudent(self, self.maps())
 
 
 class _FoldedUNet(nn.Module):
     """Identity-free parts of a student with BN folded: encoder and heads (shared by baked/dynamic)."""
 
-    def __init__(self, net: StudentNet) -> None:
+    def __init__(self, net: StudentNet, maps: Maps) -> None:
         super().__init__()
         act = net.config.act
         self.config = net.config
@@ -252,6 +310,11 @@ class _FoldedUNet(nn.Module):
         self.head_dw = nn.Sequential(fold_conv_norm(net.head.dw, net.head.norm), make_act(act))
         self.image_head = conv_from(net.head.image.weight, net.head.image.bias, net.head.image)
         self.mask_head = conv_from(net.head.mask.weight, net.head.mask.bias, net.head.mask)
+        skip_maps, head_map = maps  # constants of this network: one Add each
+        self.skip_map_index = sorted(skip_maps)
+        for i in self.skip_map_index:
+            self.register_buffer(f"skip_map_{i}", skip_maps[i].detach().clone())
+        self.register_buffer("head_map", None if head_map is None else head_map.detach().clone())
 
     def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
@@ -264,19 +327,25 @@ class _FoldedUNet(nn.Module):
             feats.append(x)
         x = feats.pop()
         for index in range(len(feats)):
-            x = self._decode(index, torch.cat([self.up(x), feats.pop()], dim=1), params)
+            skip = feats.pop()
+            if index in self.skip_map_index:
+                skip = skip + getattr(self, f"skip_map_{index}")
+            x = self._decode(index, torch.cat([self.up(x), skip], dim=1), params)
         x = self.up(x)
         if self.image_skip:
             x = torch.cat([x, image], dim=1)
         x = self.head_dw(x)
-        return torch.tanh(self.image_head(x)), torch.sigmoid(self.mask_head(x))
+        image_logits, mask_logits = self.image_head(x), self.mask_head(x)
+        if self.head_map is not None:
+            image_logits, mask_logits = image_logits + self.head_map[:, :3], mask_logits + self.head_map[:, 3:]
+        return torch.tanh(image_logits), torch.sigmoid(mask_logits)
 
 
 class BakedStudent(_FoldedUNet):
     """Static student for one identity: ``forward(image) -> (image, mask)``; only Conv2d, ReLU, bilinear, cat."""
 
-    def __init__(self, net: StudentNet, folded: list[dict[str, torch.Tensor]]) -> None:
-        super().__init__(net)
+    def __init__(self, net: StudentNet, folded: list[dict[str, torch.Tensor]], maps: Maps) -> None:
+        super().__init__(net, maps)
         act = net.config.act
         self.decoder = nn.ModuleList()
         for block, f in zip(net.decoder, folded, strict=True):
@@ -324,8 +393,8 @@ class DynamicIdentityStudent(_FoldedUNet):
     Only static slices of ``params`` are taken (no gather), each reshaped to [1,C,1,1].
     """
 
-    def __init__(self, net: StudentNet) -> None:
-        super().__init__(net)
+    def __init__(self, net: StudentNet, maps: Maps) -> None:
+        super().__init__(net, maps)
         act = net.config.act
         self.layout = net.param_layout()
         self.num_params = net.num_identity_params

@@ -90,10 +90,12 @@ class ColorConfig:
     hue_degrees: float = 6.0
     gamma: float = 0.2
     light: float = 0.25  # strength of a directional lighting gradient
+    colorize: float = 0.7  # probability of tinting a grayscale attribute with a skin tone (cameras are colour)
 
     def __post_init__(self) -> None:
         _prob("prob", self.prob)
         _prob("identity_prob", self.identity_prob)
+        _prob("colorize", self.colorize)
         for name in ("brightness", "contrast", "saturation", "gamma", "light"):
             check_range(name, getattr(self, name), 0.0, 1.0)
         check_range("hue_degrees", self.hue_degrees, 0.0, 90.0)
@@ -266,6 +268,32 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, cfg: ColorConfig, 
         hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(round(hue / 2.0))) % 180).astype(np.uint8)
         out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     return out
+
+
+# Typical skin tones (sRGB), light to dark, that grayscale faces are tinted with.
+SKIN_TONES = np.array(
+    [[255, 224, 196], [241, 194, 167], [224, 172, 138], [198, 144, 110], [170, 118, 86], [141, 85, 54], [92, 56, 38]],
+    np.uint8,
+)
+
+
+def is_grayscale(image: np.ndarray, tolerance: float = 2.0) -> bool:
+    """True when the RGB channels are (nearly) equal everywhere."""
+    x = image.astype(np.int16)
+    return float(np.abs(x[..., 0] - x[..., 1]).mean() + np.abs(x[..., 1] - x[..., 2]).mean()) < tolerance
+
+
+def colorize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A grayscale uint8 RGB face tinted with a random skin tone: its lightness kept, the tone's
+    chroma (CIELAB a*, b*, jittered) everywhere, fading out in the darkest and brightest pixels."""
+    tone = SKIN_TONES[rng.integers(len(SKIN_TONES))].reshape(1, 1, 3)
+    ab = cv2.cvtColor(tone, cv2.COLOR_RGB2LAB)[0, 0, 1:].astype(np.float32) - 128.0
+    ab = ab * rng.uniform(0.6, 1.2) + rng.normal(0.0, 2.0, 2)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
+    light = lab[..., :1] / 255.0
+    fade = np.clip(4.0 * light * (1.0 - light), 0.0, 1.0)
+    lab[..., 1:] = 128.0 + ab * fade
+    return cv2.cvtColor(np.clip(lab + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 # -- occluders -----------------------------------------------------------------------------------

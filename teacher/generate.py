@@ -50,8 +50,10 @@ from pocketswap.files import atomic_write_bytes, atomic_write_json
 from pocketswap.teacher.augment import (
     AugmentConfig,
     color_jitter,
+    colorize,
     expression_warp,
     flip_record,
+    is_grayscale,
     make_occluder,
     morph_records,
     pose_jitter,
@@ -87,6 +89,7 @@ class GenerateConfig:
     detector: str = "auto"  # BlazeFace model: short, full or auto
     min_face_score: float = 0.5
     max_yaw: float = 0.8  # skip profiles: |nose offset between the cheeks| above this (0 frontal, 1 profile)
+    identity: str = ""  # personalisation: this photo (or sample:NAME) is every pair's identity; "" = from the pool
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -172,7 +175,9 @@ class FaceAnalysis:
         self.analyzer = FaceAnalyzer(detector=cfg.detector, min_score=cfg.min_face_score)
         self.encoder = load_encoder(cfg.encoder)
 
-    def __call__(self, source: Source) -> dict[str, Any]:
+    def __call__(self, source: Source, single: bool = False) -> dict[str, Any]:
+        """Analysis of one image. ``single``: a second face of comparable size (>= 1/4 of the largest's
+        area) is an error (ConfigError), as when the image names whose face to learn."""
         from pocketswap.faces.align import align_face
         from pocketswap.faces.identity import embed_faces
         from pocketswap.faces.samples import load
@@ -180,11 +185,21 @@ class FaceAnalysis:
 
         try:
             image = read_image(source.path) if source.path is not None else load(source.name)
-            face = self.analyzer.detect_one(image, source=source.name)
+            faces = self.analyzer.detect(image, all_faces=single, source=source.name)
+            if not faces:
+                raise NoFaceError(f"no face found in {source.name}")
+            face = faces[0]
         except ImageReadError as exc:
             return {"status": "skipped", "reason": f"unreadable: {exc}"}
         except NoFaceError:
             return {"status": "skipped", "reason": "no face found"}
+        if single:
+            area = [float(np.prod(f.box[2:] - f.box[:2])) for f in faces]
+            similar = sum(a >= 0.25 * area[0] for a in area)
+            if similar > 1:
+                raise ConfigError(
+                    f"{source.name} shows {similar} faces of similar size; give a photo of the one person to learn"
+                )
         yaw = yaw_proxy(face.landmarks)
         if yaw > self.cfg.max_yaw:
             return {"status": "skipped", "reason": f"profile face (yaw proxy {yaw:.2f} > max_yaw {self.cfg.max_yaw})"}
@@ -312,10 +327,13 @@ def sample_key(index: int) -> str:
 class PairMaker:
     """Builds pair `i` from (seed, i): samples the pair, augments, runs the teacher, adds occluders."""
 
-    def __init__(self, cfg: GenerateConfig, records: list[AlignedRecord], teacher: Teacher) -> None:
+    def __init__(
+        self, cfg: GenerateConfig, records: list[AlignedRecord], teacher: Teacher, fixed: AlignedRecord | None = None
+    ) -> None:
         self.cfg = cfg
         self.records = records
         self.teacher = teacher
+        self.fixed = fixed  # personalisation: the identity of every pair
         self.teacher_hash = teacher.config_hash()
         self.skin_tones = [skin_tone(r) for r in records]
         self._encoder = None
@@ -361,7 +379,10 @@ class PairMaker:
         n = len(self.records)
         same = n < 2 or rng.random() < cfg.same_identity_share
         pseudo = False
-        if same:
+        if self.fixed is not None:  # one identity: its own photo for reconstruction, else a pool face
+            identity, parents = self.fixed, ()
+            attribute_index = -1 if same else int(rng.integers(n))
+        elif same:
             parents: tuple[int, ...] = (int(rng.integers(n)),)
             identity = self.records[parents[0]]
             attribute_index = parents[0]
@@ -374,7 +395,8 @@ class PairMaker:
                 identity = self.records[parents[0]]
             others = np.setdiff1d(np.arange(n), parents)
             attribute_index = int(others[rng.integers(len(others))])
-        attribute = self.records[attribute_index]
+        attribute = self.fixed if attribute_index < 0 else self.records[attribute_index]
+        attribute_name = attribute.name
         embedding = identity.embedding
         applied: dict[str, Any] = {}
         if on:
@@ -384,6 +406,9 @@ class PairMaker:
                 attribute, applied["pose"] = pose_jitter(attribute, rng, aug.pose), True
             if rng.random() < aug.expression.prob:
                 attribute, applied["expression"] = expression_warp(attribute, rng, aug.expression), True
+            if rng.random() < aug.color.colorize and is_grayscale(attribute.image):
+                image = colorize(attribute.image, rng)
+                attribute, applied["colorize"] = AlignedRecord(image, attribute.landmarks, None, attribute.name), True
             if rng.random() < aug.color.prob:
                 image = color_jitter(attribute.image, rng, aug.color)
                 attribute, applied["color"] = AlignedRecord(image, attribute.landmarks, None, attribute.name), True
@@ -414,8 +439,8 @@ class PairMaker:
             "pair": "same" if same else "cross",
             "pseudo_identity": pseudo,
             "identity": identity.name,
-            "identity_sources": [self.records[p].name for p in parents],
-            "attribute": self.records[attribute_index].name,
+            "identity_sources": [self.records[p].name for p in parents] or [identity.name],
+            "attribute": attribute_name,
             "teacher": self.teacher.name,
             "teacher_config_hash": self.teacher_hash,
             "augment": applied,
@@ -478,10 +503,27 @@ def _limit_threads() -> None:
         pass
 
 
-def _pair_init(cfg: GenerateConfig, records: list[AlignedRecord]) -> None:
+def _pair_init(cfg: GenerateConfig, records: list[AlignedRecord], fixed: AlignedRecord | None) -> None:
     global _MAKER
     _limit_threads()
-    _MAKER = PairMaker(cfg, records, build_teacher(cfg))
+    _MAKER = PairMaker(cfg, records, build_teacher(cfg), fixed)
+
+
+def analyze_identity(cfg: GenerateConfig) -> AlignedRecord:
+    """The aligned, embedded record of ``cfg.identity`` (a photo or ``sample:NAME`` showing one person)."""
+    from pocketswap.faces.samples import SAMPLE_PREFIX
+
+    spec = cfg.identity
+    source = (
+        Source(spec[len(SAMPLE_PREFIX) :]) if spec.startswith(SAMPLE_PREFIX) else Source(Path(spec).name, Path(spec))
+    )
+    if source.path is not None and not source.path.is_file():
+        raise ImageReadError(f"identity photo {spec}: no such file")
+    result = FaceAnalysis(cfg)(source, single=True)
+    if result["status"] != "ok":
+        error = NoFaceError if "face" in str(result["reason"]) else ImageReadError
+        raise error(f"identity photo {spec}: {result['reason']}")
+    return AlignedRecord(result["crop"], result["landmarks"], result["embedding"], f"identity:{source.name}")
 
 
 def _pair_task(indices: tuple[int, int]) -> list[tuple[list[tuple[str, bytes]], dict[str, Any]]]:
@@ -679,6 +721,15 @@ def generate(
         raise NoFaceError(f"no usable face in {cfg.faces} ({len(pool.skipped)} image(s) skipped)")
     if len(pool.records) < 2 and cfg.same_identity_share < 1.0:
         log.warning("only one usable face: every pair will be a same-identity reconstruction pair")
+    fixed = None
+    if cfg.identity:
+        fixed = analyze_identity(cfg)
+        same_photo = [r.name for r in pool.records if float(r.embedding @ fixed.embedding) > 0.999]
+        pool.records = [r for r in pool.records if r.name not in same_photo]
+        if same_photo:
+            log.info("left the identity's own photo out of the attribute pool: %s", ", ".join(same_photo))
+        if not pool.records:
+            raise NoFaceError(f"no attribute face in {cfg.faces} besides the identity photo")
     fingerprint = {**cfg.fingerprint(), "identities": [r.name for r in pool.records]}
     _check_fingerprint(out, fingerprint)
 
@@ -715,11 +766,11 @@ def generate(
 
     def results() -> Iterator[tuple[int, list]]:
         if cfg.workers > 1 and chunks:
-            with _pool_context().Pool(cfg.workers, _pair_init, (cfg, pool.records)) as workers:
+            with _pool_context().Pool(cfg.workers, _pair_init, (cfg, pool.records, fixed)) as workers:
                 yield from zip((s for s, _ in chunks), workers.imap(_pair_task, [c for _, c in chunks]), strict=True)
         else:
             global _MAKER
-            _MAKER = PairMaker(cfg, pool.records, teacher)
+            _MAKER = PairMaker(cfg, pool.records, teacher, fixed)
             for shard, chunk in chunks:
                 yield shard, _pair_task(chunk)
 
@@ -753,6 +804,9 @@ def generate(
     records = [_read_record(out, s) for s in range(cfg.num_shards())]
     if all(r is not None for r in records):
         manifest = build_manifest(cfg, pool, teacher, records)  # type: ignore[arg-type]
+        if fixed is not None:
+            manifest["identity"] = {"source": cfg.identity, "name": fixed.name,
+                                    "embedding": [float(v) for v in fixed.embedding]}  # fmt: skip
         write_manifest(out, manifest)
         log.info("wrote %s (%d samples in %d shards)", out / "manifest.json", manifest["num_samples"], len(records))
     else:

@@ -1,0 +1,169 @@
+"""Personalisation: one-identity pairs, identity maps, the attribute-held-out split, the identity
+lock of personalised checkpoints and the end-to-end `distill personalize` command on real faces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
+from pocketswap.cli import main
+from pocketswap.dataset import DatasetError, DatasetReader
+from pocketswap.distill.data import Split, make_split
+from pocketswap.distill.metrics import identity_transfer
+from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
+from pocketswap.faces import samples
+from pocketswap.imageio import write_image
+from pocketswap.student import StudentNet
+from pocketswap.student.config import get_preset
+from pocketswap.teacher.generate import GenerateConfig, analyze_identity, generate
+
+POOL = ("astronaut", "lfw_00", "lfw_01", "lfw_02", "lfw_03", "lfw_04", "grace_hopper")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    """A folder of real faces, the identity's own photo (grace_hopper) among them."""
+    root = tmp_path_factory.mktemp("pool")
+    for name in POOL:
+        write_image(root / f"{name}.png", samples.load(name))
+    return root
+
+
+def test_identity_maps_fold_into_baked_and_dynamic_students():
+    torch.manual_seed(0)
+    for maps in ("skips", "head", "both"):
+        net = StudentNet(get_preset("nano", size=64, identity_maps=maps)).eval()
+        assert net.skip_maps or net.head_map is not None
+        for p in [*net.skip_maps.values(), *([net.head_map] if net.head_map is not None else [])]:
+            p.data.normal_(std=0.5)
+        x, e = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(1, 128)
+        image, mask = net(x, e)
+        baked_image, baked_mask = net.bake(e)(x)
+        dynamic_image, _ = net.dynamic()(x[:1], net.identity_params(e))
+        assert torch.allclose(image, baked_image, atol=1e-5) and torch.allclose(mask, baked_mask, atol=1e-5)
+        assert torch.allclose(image[:1], dynamic_image, atol=1e-5)
+
+
+def test_zero_identity_maps_change_nothing():
+    torch.manual_seed(0)
+    universal = StudentNet(get_preset("nano", size=64)).eval()
+    personal = StudentNet(get_preset("nano", size=64, identity_maps="both")).eval()
+    missing = personal.load_state_dict(universal.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["head_map", "skip_maps.0", "skip_maps.1", "skip_maps.2"]  # the 32 px skip has none
+    x, e = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(1, 128)
+    assert torch.equal(universal(x, e)[0], personal(x, e)[0])
+
+
+def test_attribute_split_and_holdout():
+    manifest = {"identities": [f"face_{i}" for i in range(20)]}
+    split = make_split(manifest, 0.1, by="attribute", always=("face_7",))
+    assert "face_7" in split.val_names and len(split.val_names) == 2
+    meta = {"identity": "identity:me", "identity_sources": ["identity:me"], "attribute": "face_7"}
+    assert split.role("k", meta) == "val"
+    assert split.role("k", {**meta, "attribute": sorted(set(manifest["identities"]) - split.val_names)[0]}) == "train"
+    assert Split.from_dict(split.to_dict()) == split
+    with pytest.raises(DatasetError, match="holdout"):
+        make_split(manifest, 0.1, by="attribute", always=("nobody",))
+
+
+def test_identity_transfer_figures():
+    target = np.array([[1.0, 0.0]])
+    inputs = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    swaps = np.array([[1.0, 0.01], [1.0, 1.0], [-0.2, 1.0]])  # same person; closer; farther
+    figures = identity_transfer(swaps, inputs, target.repeat(3, 0), threshold=0.095)
+    assert figures["same_person"] == pytest.approx(1 / 3) and figures["moved_closer"] == pytest.approx(2 / 3)
+
+
+def test_fixed_identity_pairs(pool, tmp_path):
+    cfg = GenerateConfig(out=str(tmp_path / "data"), faces=str(pool), pairs=16, size=64, identity="sample:grace_hopper",
+                         shard_size=8, same_identity_share=0.25)  # fmt: skip
+    manifest = generate(cfg, progress=False).manifest
+    assert manifest["identity"]["name"] == "identity:grace_hopper" and len(manifest["identity"]["embedding"]) == 128
+    assert "grace_hopper.png" not in manifest["identities"]  # the identity's own photo is no attribute
+    reader = DatasetReader(tmp_path / "data")
+    embedding = np.asarray(manifest["identity"]["embedding"], np.float32)
+    kinds = set()
+    for sample in reader:
+        assert sample.meta["identity"] == "identity:grace_hopper"
+        assert np.allclose(sample.id_embedding, embedding, atol=1e-6)
+        kinds.add(sample.meta["pair"])
+        if sample.meta["pair"] == "cross":
+            assert sample.meta["attribute"] in manifest["identities"]
+    assert kinds == {"same", "cross"}
+
+
+def test_identity_photo_errors(tmp_path):
+    def identity(spec: str) -> GenerateConfig:
+        return GenerateConfig(size=64, identity=spec)
+
+    with pytest.raises(ImageReadError, match="no such file"):
+        analyze_identity(identity(str(tmp_path / "missing.jpg")))
+    blank = write_image(tmp_path / "blank.png", np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(NoFaceError, match="no face"):
+        analyze_identity(identity(str(blank)))
+    face = samples.load("grace_hopper")
+    two = write_image(tmp_path / "two.png", np.concatenate([face, face[:, ::-1]], axis=1))
+    with pytest.raises(ConfigError, match="2 faces"):
+        analyze_identity(identity(str(two)))
+
+
+def test_locked_identity_refuses_another_person():
+    own = np.zeros(128, np.float32)
+    own[0] = 1.0
+    extra = {"identity": {"name": "identity:me", "source": "me.jpg", "embedding": own.tolist()}}
+    close = own + np.r_[0.0, 0.05, np.zeros(126)].astype(np.float32)
+    assert np.array_equal(locked_identity(extra, close, "me2.jpg", 0.095), own)  # same person: baked with its own
+    other = np.roll(own, 1)
+    with pytest.raises(ConfigError, match="personalised for identity:me"):
+        locked_identity(extra, other, "you.jpg", 0.095)
+    assert locked_identity({}, other, "you.jpg", 0.095) is other  # universal students take anyone
+
+
+@pytest.mark.slow
+def test_personalize_end_to_end(pool, tmp_path, capsys):
+    torch.manual_seed(0)
+    universal = tmp_path / "universal"
+    save_checkpoint(universal, StudentNet(get_preset("nano", size=64)), extra={"step": 0})
+    out = tmp_path / "personal"
+    argv = ["distill", "personalize", str(universal), "--identity", "sample:grace_hopper", "--out", str(out),
+            "--faces", str(pool), "--pairs", "24", "--steps", "3", "--workers", "1", "--no-progress",
+            "batch_size=4", "val_samples=4", "checkpoint_every=2", "holdout=[astronaut.png]", "threads=1"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "personalised" in printed and "next: pocketswap export" in printed
+
+    net, config, extra = load_checkpoint(out / "best")
+    assert config.identity_maps == "both" and extra["identity"]["name"] == "identity:grace_hopper"
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["metrics"]) == ["personalised", "universal", "teacher", "attribute"]
+    assert report["num_samples"] > 0 and all("same_person" in m for m in report["metrics"].values())
+    assert {"astronaut.png"} <= set(json.loads((out / "run.json").read_text())["split"]["val_names"])
+    assert (out / "compare.png").is_file()
+
+    # Rerunning without --resume would mix runs: refused; with --resume nothing is redone.
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["step"] == 3
+
+    # The checkpoint exports for its own person only.
+    artifacts = tmp_path / "artifacts"
+    export = ["export", str(out), "--format", "onnx", "--precision", "fp32", "--out", str(artifacts)]
+    assert main([*export, "--identity", "sample:astronaut"]) == 2
+    assert "personalised for identity:grace_hopper" in capsys.readouterr().err
+    assert main([*export, "--identity", "sample:grace_hopper"]) == 0
+    manifest = json.loads(next(artifacts.glob("*.onnx.json")).read_text())
+    assert manifest["source"]["embedding_sha256"] == extra["identity"]["embedding_sha256"]
+
+
+def test_personalize_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["distill", "personalize", str(tmp_path / "empty"), "--identity", "sample:grace_hopper", "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert "no checkpoint" in capsys.readouterr().err
