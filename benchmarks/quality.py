@@ -50,11 +50,15 @@ def bench_quality(
     target, out = Path(target), Path(out)
     student, parity = resolve_student(target)
     checkpoint = resolve_checkpoint(student)
-    _, config, _ = load_checkpoint(checkpoint)
+    _, config, extra = load_checkpoint(checkpoint)
+    # A personalised student swaps in its own person only: every pair gets that identity.
+    identity = (extra.get("identity") or {}).get("source", "")
+    if identity and not identity.startswith("sample:") and not Path(identity).is_file():
+        raise PocketswapError(f"{target}: personalised for {identity}, which is not available here to make pairs")
     data = out / "pairs"
     cfg = GenerateConfig(
         out=str(data), faces=str(faces), pairs=pairs, teacher=teacher, size=config.size, seed=seed,
-        augment=AugmentConfig(enabled=False), same_identity_share=0.0,
+        augment=AugmentConfig(enabled=False), same_identity_share=0.0, identity=identity,
     )  # fmt: skip
     generate(cfg, rank=0, world_size=1)
     report = evaluate(checkpoint, data, checkpoint=str(checkpoint), split="all", max_samples=pairs)

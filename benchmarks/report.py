@@ -289,6 +289,7 @@ def build_report(
     sections: list[tuple[str, str]] = []
     manifests: list[dict] = []
     latency: list[dict] = []
+    compares: list[dict] = []
     for raw in paths:
         path = Path(raw)
         kind, data = _classify(path)
@@ -319,6 +320,8 @@ def build_report(
             )
             summary["shards"] = len(data.get("shards", []))
             sections.append(("Dataset", table([summary])))
+        elif kind == "face_compare":
+            compares.append({k: data.get(k) for k in ("a", "b", "distance", "threshold", "verdict")})
         elif kind == "demo":
             row = {k: v for k, v in data.items() if not isinstance(v, dict)}
             row.update({f"{k} ms": v for k, v in data["stage_ms"].items()})
@@ -326,6 +329,9 @@ def build_report(
         else:
             sections.append((caption, f"<details><summary>{html.escape(caption)}</summary><pre>"
                                       f"{html.escape(json.dumps(data, indent=2)[:20000])}</pre></details>"))  # fmt: skip
+    if compares:
+        note = "<p class=muted>dlib cosine distance between the faces in two images (`pocketswap faces compare`).</p>"
+        sections.append(("Identity checks", note + table(compares)))
     if latency:
         sections.append(("Latency", latency_section(latency)))
     if manifests:

@@ -79,7 +79,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pocketswap.faces.identity import cosine_distance, embed_faces, load_encoder
+    from pocketswap.faces.identity import cosine_distance, embed_faces, load_encoder, same_person_threshold
     from pocketswap.faces.samples import load_image_or_sample
 
     analyzer, encoder = _analyzer(args), load_encoder(args.encoder)
@@ -88,9 +88,14 @@ def _compare(args: argparse.Namespace) -> int:
         image = load_image_or_sample(spec)
         embeddings.append(embed_faces(image, [analyzer.detect_one(image, source=spec)], encoder)[0])
     distance = cosine_distance(*embeddings)
-    threshold = encoder.same_person_threshold
+    threshold = same_person_threshold(args.encoder)
     verdict = "same person" if distance < threshold else "different people"
     print(f"cosine distance {distance:.4f} (threshold {threshold:.3f}): {verdict}")
+    if args.json:
+        from pocketswap.files import atomic_write_json
+
+        atomic_write_json(args.json, {"kind": "face_compare", "a": args.image_a, "b": args.image_b,
+                                      "distance": round(distance, 4), "threshold": threshold, "verdict": verdict})  # fmt: skip
     return 0
 
 
@@ -138,6 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image_a", help=IMAGE_HELP)
     p.add_argument("image_b", help=IMAGE_HELP)
     p.add_argument("--encoder", default="dlib", help="'dlib' (built-in, 128-d) or an ArcFace .onnx (512-d)")
+    p.add_argument("--json", help="also write the distance and verdict here")
     _add_detector_options(p)
     p.set_defaults(handler=_compare)
 

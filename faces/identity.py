@@ -64,9 +64,10 @@ def embedding_sha256(embedding: np.ndarray) -> str:
 
 def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
     """Cosine distance under which two embeddings are the same person: dlib's documented threshold for
-    the built-in encoder (see `pocketswap faces compare`), 0.5 for a user's ArcFace-style model."""
+    the built-in encoder; for a user's ArcFace-style model 0.6 (cosine similarity 0.4, a common
+    operating point of ArcFace recognisers; not measured here, no ArcFace weights exist offline)."""
     if encoder in (None, "dlib"):
         from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
 
         return SAME_PERSON_THRESHOLD
-    return 0.5
+    return 0.6

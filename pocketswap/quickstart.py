@@ -43,13 +43,14 @@ class QuickstartConfig:
     clip_frames: int = 96
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
+    spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
     personal_steps: int = 500  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
     @classmethod
     def tiny(cls) -> QuickstartConfig:
         return cls(pairs=48, steps=6, batch_size=4, precisions="fp32,fp16", formats="onnx,tflite", bench_runs=10,
-                   clip_frames=12, eval_split="all", personal_steps=4, personal_pairs=32)  # fmt: skip
+                   clip_frames=12, eval_split="all", personal_steps=4, personal_pairs=64)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def step_train(out: Path, cfg: QuickstartConfig) -> None:
     resume = ["--resume"] if (out / "checkpoints").exists() else []
     pocketswap("distill", "train", "--data", out.parent / "dataset", "--preset", cfg.preset, "--steps", cfg.steps,
                "--batch-size", cfg.batch_size, "--checkpoint-every", max(cfg.steps // 4, 1), "--image-every",
-               max(cfg.steps // 4, 1), "--out", out, *resume)  # fmt: skip
+               max(cfg.steps // 4, 1), "--out", out, *resume,
+               f"student.identity_encoder={str(cfg.spatial_identity).lower()}")  # fmt: skip
 
 
 def step_eval(out: Path, cfg: QuickstartConfig) -> None:
@@ -135,8 +137,12 @@ def step_demo(out: Path, cfg: QuickstartConfig) -> None:
     from pocketswap.faces import samples
     from pocketswap.imageio import write_image
 
-    still = write_image(out / "astronaut.png", samples.load("astronaut"))
-    pocketswap("demo", "--model", model, "--source", still, "--headless", "--output", out / "astronaut_swapped.png")
+    still = write_image(out / f"{DEMO_FACE}.png", samples.load(DEMO_FACE))
+    swapped = out / f"{DEMO_FACE}_swapped.png"
+    pocketswap("demo", "--model", model, "--source", still, "--headless", "--output", swapped)
+    # Is the swapped face judged the identity? (the unswapped photo is the baseline)
+    pocketswap("faces", "compare", IDENTITY, swapped, "--json", out / "compare_swapped.json")
+    pocketswap("faces", "compare", IDENTITY, still, "--json", out / "compare_original.json")
 
 
 def step_report(out: Path, cfg: QuickstartConfig) -> None:
@@ -152,7 +158,9 @@ def step_report(out: Path, cfg: QuickstartConfig) -> None:
         root / "bench" / "pipeline.json",
         root / "bench" / "roofline.json",
         root / "demo" / "summary.json",
-        root / "demo" / "astronaut_swapped.png",
+        root / "demo" / f"{DEMO_FACE}_swapped.png",
+        root / "demo" / "compare_original.json",
+        root / "demo" / "compare_swapped.json",
         root / "dataset" / "manifest.json",
         *sorted((root / "artifacts").glob("*.json")),
     ]

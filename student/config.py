@@ -101,10 +101,9 @@ class StudentConfig:
         sides = [self.size // 2 ** (len(self.enc_channels) - 1 - i) for i in range(len(skips))]
         return [(i, c, s) for i, (c, s) in enumerate(zip(skips, sides, strict=True)) if s <= self.size // 4]
 
-    def skip_maps(self) -> list[tuple[int, int] | None]:
-        """Per decoder block, the (channels, side) of its skip's learned identity map, or None (no map)."""
-        levels = {i: (c, s) for i, c, s in self.map_levels()} if self.identity_maps in ("skips", "both") else {}
-        return [levels.get(i) for i in range(len(self.dec_channels))]
+    def skip_maps(self) -> list[tuple[int, int, int]]:
+        """(decoder block, channels, side) of the learned constant skip maps (``identity_maps``)."""
+        return self.map_levels() if self.identity_maps in ("skips", "both") else []
 
     @property
     def head_map(self) -> bool:

@@ -150,12 +150,7 @@ class StudentNet(nn.Module):
         self.hypernet = HyperNet(config)
         # Personalised students: learned constants added to skips / logits (zero: no effect until trained).
         self.skip_maps = nn.ParameterDict(
-            {
-                str(i): nn.Parameter(torch.zeros(1, c, s, s))
-                for i, m in enumerate(config.skip_maps())
-                if m
-                for c, s in [m]
-            }
+            {str(i): nn.Parameter(torch.zeros(1, c, side, side)) for i, c, side in config.skip_maps()}
         )
         self.head_map = nn.Parameter(torch.zeros(1, 4, config.size, config.size)) if config.head_map else None
         self.spatial = SpatialIdentity(config) if config.identity_encoder else None
@@ -181,9 +176,8 @@ class StudentNet(nn.Module):
                     "embedding (give a photo, not an embedding .npy)"
                 )
             found, logits = self.spatial(identity_image)
-            skips = {i: skips[i] + m if i in skips else m for i, m in found.items()} | {
-                i: m for i, m in skips.items() if i not in found
-            }
+            for i, m in found.items():
+                skips[i] = skips[i] + m if i in skips else m
             head = logits if head is None else head + logits
         return skips, head
 

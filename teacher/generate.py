@@ -805,7 +805,8 @@ def generate(
     if all(r is not None for r in records):
         manifest = build_manifest(cfg, pool, teacher, records)  # type: ignore[arg-type]
         if fixed is not None:
-            manifest["identity"] = {"source": cfg.identity, "name": fixed.name,
+            source = cfg.identity if cfg.identity.startswith("sample:") else str(Path(cfg.identity).resolve())
+            manifest["identity"] = {"source": source, "name": fixed.name,
                                     "embedding": [float(v) for v in fixed.embedding]}  # fmt: skip
         write_manifest(out, manifest)
         log.info("wrote %s (%d samples in %d shards)", out / "manifest.json", manifest["num_samples"], len(records))

@@ -167,3 +167,40 @@ def test_personalize_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
             str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_spatial_identity_maps_fold_and_start_at_zero():
+    torch.manual_seed(0)
+    plain = StudentNet(get_preset("nano", size=64)).eval()
+    spatial = StudentNet(get_preset("nano", size=64, identity_encoder=True)).eval()
+    spatial.load_state_dict(plain.state_dict(), strict=False)
+    x, e, crop = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(1, 128), torch.rand(1, 3, 64, 64) * 2 - 1
+    assert torch.equal(plain(x, e)[0], spatial(x, e, crop)[0])  # zero-initialised projections
+    for p in spatial.spatial.parameters():
+        p.data.normal_(std=0.3)
+    other = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert not torch.allclose(spatial(x, e, crop)[0], spatial(x, e, other)[0])  # the crop now matters
+    assert torch.allclose(spatial(x, e, crop)[0], spatial.bake(e, crop)(x)[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="identity crop"):
+        spatial(x, e)
+    with pytest.raises(ConfigError, match="baked only"):
+        spatial.dynamic()
+
+
+@pytest.mark.slow
+def test_spatial_identity_student_exports_baked_from_a_photo(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = StudentNet(get_preset("nano", size=64, identity_encoder=True))
+    for p in net.spatial.parameters():
+        p.data.normal_(std=0.1)
+    ckpt = save_checkpoint(tmp_path / "ckpt", net.eval())
+    out = tmp_path / "artifacts"
+    base = ["export", str(ckpt), "--format", "onnx", "--precision", "fp32", "--out", str(out)]
+    assert main([*base, "--identity", "sample:grace_hopper"]) == 0
+    manifest = json.loads(next(out.glob("*.onnx.json")).read_text())
+    assert manifest["parity"] and manifest["identity_mode"] == "baked"
+    np.save(tmp_path / "emb.npy", np.ones(128, np.float32) / np.sqrt(128))
+    assert main([*base, "--identity", str(tmp_path / "emb.npy")]) == 2
+    assert "needs the identity's photo" in capsys.readouterr().err
+    assert main([*base, "--identity-mode", "dynamic"]) == 2
+    assert "exports baked" in capsys.readouterr().err

@@ -18,7 +18,11 @@ def test_tiny_quickstart_produces_every_artifact_and_the_report(tmp_path, caplog
     assert (out / "run" / "last" / "model.safetensors").is_file()
     evaluation = json.loads((out / "eval" / "eval.json").read_text())
     assert {"student", "teacher", "attribute"} <= set(evaluation["metrics"])
+    personal = json.loads((out / "personal" / "eval.json").read_text())
+    assert list(personal["metrics"]) == ["personalised", "universal", "teacher", "attribute"]
+    assert "astronaut" in json.loads((out / "personal" / "run.json").read_text())["split"]["val_names"]
     manifests = [json.loads(p.read_text()) for p in (out / "artifacts").glob("*.json")]
+    assert all("/personal/" in m["source"]["checkpoint"] for m in manifests if m["kind"] == "student")
     students = {(m["runtime"], m["precision"]) for m in manifests if m["kind"] == "student"}
     assert {("onnx", "fp32"), ("tflite", "fp32"), ("tflite", "fp16")} <= students
     assert all(m["parity"]["passed"] for m in manifests if m.get("parity"))
@@ -27,7 +31,9 @@ def test_tiny_quickstart_produces_every_artifact_and_the_report(tmp_path, caplog
     summary = json.loads((out / "demo" / "summary.json").read_text())
     assert summary["frames"] == QuickstartConfig.tiny().clip_frames and summary["frames_with_face"] > 0
     page = (out / "report" / "report.html").read_text()
-    for section in ("Quality", "Latency", "Live pipeline per stage", "Artifacts", "Dataset"):
+    verdict = json.loads((out / "demo" / "compare_swapped.json").read_text())
+    assert verdict["verdict"] in ("same person", "different people") and 0 <= verdict["distance"] <= 2
+    for section in ("Quality", "Identity checks", "Latency", "Live pipeline per stage", "Artifacts", "Dataset"):
         assert f"<h2>{section}" in page, section
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5
 
