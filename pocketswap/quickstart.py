@@ -86,7 +86,7 @@ def step_train(out: Path, cfg: QuickstartConfig) -> None:
     resume = ["--resume"] if (out / "checkpoints").exists() else []
     pocketswap("distill", "train", "--data", out.parent / "dataset", "--preset", cfg.preset, "--steps", cfg.steps,
                "--batch-size", cfg.batch_size, "--checkpoint-every", max(cfg.steps // 4, 1), "--image-every",
-               max(cfg.steps // 4, 1), "--out", out, *resume,
+               max(cfg.steps // 4, 1), "--num-workers", 0, "--out", out, *resume,
                f"student.identity_encoder={str(cfg.spatial_identity).lower()}")  # fmt: skip
 
 
