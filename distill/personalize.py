@@ -29,11 +29,11 @@ from pocketswap.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Fine-tuning settings that differ from `TrainConfig`'s defaults (FIELD=VALUE overrides win).
-# Measured on nano (closing note of issue 12): identity maps on skips and logits plus a stronger
-# identity term move the identity; the learning rate is lower than from-scratch training.
+# Fine-tuning settings that differ from `TrainConfig`'s defaults (FIELD=VALUE overrides win; student.*
+# overrides are merged into the starting checkpoint's student config). Steps: 500 personalise nano in
+# about 6 minutes on 2 CPU cores; a lower LR than training from scratch; in-process data (both cores train).
 DEFAULTS: dict[str, Any] = {
-    "steps": 800,
+    "steps": 500,
     "batch_size": 16,
     "lr": 1e-3,
     "warmup_steps": 50,
@@ -109,9 +109,11 @@ def personalize(
     log.info("[1/3] teacher pairs of %s against the faces of %s -> %s", identity, faces, data)
     generate(gen, rank=0, world_size=1, progress=progress)
 
+    overrides = dict(overrides or {})
     student = {k: v for k, v in scfg.to_dict().items() if k != "name"} | {"identity_maps": IDENTITY_MAPS}
+    student |= overrides.pop("student", {})
     fields = {**DEFAULTS, "preset": scfg.name if scfg.name in PRESETS else "nano", "student": student,
-              "init_from": str(source), "seed": seed, **(overrides or {})}  # fmt: skip
+              "init_from": str(source), "seed": seed, **overrides}  # fmt: skip
     if steps is not None:
         fields["steps"] = steps
     config = from_dict(fields)
