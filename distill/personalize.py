@@ -9,8 +9,9 @@
    its skips and logits, see ``StudentConfig.identity_maps``) with a validation split of attribute
    faces it never trains on; OUT is a normal run directory (``pocketswap export OUT --identity
    PHOTO`` and ``export patch`` read it) whose checkpoints record whose they are;
-3. the identity metrics of :func:`pocketswap.distill.evaluate.evaluate` on those held-out faces
-   (student | teacher | the unchanged input) go to ``OUT/eval.json``.
+3. :func:`compare` scores personalised | universal | teacher | the unchanged input on those
+   held-out faces (``OUT/eval.json``, identity metrics of :mod:`pocketswap.distill.evaluate`) and
+   draws them side by side (``OUT/compare.png``).
 
 Every step resumes: dataset shards and training checkpoints that exist are kept.
 """
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Fine-tuning settings that differ from `TrainConfig`'s defaults (FIELD=VALUE overrides win; student.*
 # overrides are merged into the starting checkpoint's student config). Steps: 500 personalise nano in
-# about 6 minutes on 2 CPU cores; a lower LR than training from scratch; in-process data (both cores train).
+# about 7 minutes on 2 CPU cores (`make demo`); a lower LR than training from scratch; in-process data (both cores train).
 DEFAULTS: dict[str, Any] = {
     "steps": 500,
     "batch_size": 16,
@@ -85,7 +86,7 @@ def personalize(
     """Personalise the student of ``run`` (run folder or checkpoint) for the face in ``identity``
     (photo or ``sample:NAME``) into the run folder ``out``. Raises PocketswapError subclasses on bad
     input (not a run, no or several faces in the photo, an ``out`` that holds another identity)."""
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
+    from pocketswap.checkpoint import checkpoint_encoder, load_checkpoint, resolve_checkpoint
     from pocketswap.distill.config import from_dict
     from pocketswap.distill.train import train
     from pocketswap.files import atomic_write_json
@@ -104,7 +105,7 @@ def personalize(
     data = out / DATA_DIR
     gen = GenerateConfig(
         out=str(data), faces=faces, pairs=pairs, size=scfg.size, seed=seed, workers=workers,
-        same_identity_share=0.05, identity=identity, encoder=_encoder(extra),
+        same_identity_share=0.05, identity=identity, encoder=checkpoint_encoder(extra, scfg.embed_dim) or "dlib",
     )  # fmt: skip
     log.info("[1/3] teacher pairs of %s against the faces of %s -> %s", identity, faces, data)
     generate(gen, rank=0, world_size=1, progress=progress)
@@ -181,20 +182,6 @@ def compare(out: Path, universal: str | Path, max_samples: int = 64, grid_rows: 
         )
         write_png(out / "compare.png", grid)
     return report
-
-
-def _encoder(extra: dict[str, Any]) -> str:
-    """The identity encoder the student was trained with (its dataset's), dlib by default."""
-    dataset = extra.get("dataset")
-    if isinstance(dataset, str):
-        from pocketswap.dataset import read_manifest
-        from pocketswap.errors import PocketswapError
-
-        try:
-            return str(read_manifest(dataset)["embedding"].get("encoder", "dlib"))
-        except PocketswapError:
-            log.debug("training dataset %s not readable; using the dlib encoder", dataset)
-    return "dlib"
 
 
 __all__ = ["DEFAULTS", "PersonalizeResult", "compare", "personalize"]

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pocketswap.checkpoint import locked_identity
-from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
+from pocketswap.checkpoint import checkpoint_encoder, locked_identity
+from pocketswap.errors import CheckpointError, ConfigError
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import (
@@ -81,26 +81,6 @@ def load_student(source: str | Path):
     directory = resolve_checkpoint(source)
     net, config, extra = load_checkpoint(directory)
     return net.eval(), config, extra, directory, _sha256(directory / WEIGHTS_NAME)
-
-
-def _encoder_name(extra: dict, embed_dim: int, encoder: str | None) -> str | None:
-    """The identity encoder for photos: explicit, else the checkpoint's (extra.encoder, or its training
-    dataset's manifest), else dlib for 128-d students; None when unknown (photos are then refused)."""
-    if encoder:
-        return encoder
-    if isinstance(extra.get("encoder"), str):
-        return extra["encoder"]
-    dataset = extra.get("dataset")
-    if isinstance(dataset, str):
-        try:
-            from pocketswap.dataset import read_manifest as read_dataset_manifest
-
-            named = read_dataset_manifest(dataset)["embedding"].get("encoder")
-            if isinstance(named, str):
-                return named
-        except PocketswapError:
-            log.debug("training dataset %s not readable; guessing the encoder", dataset)
-    return "dlib" if embed_dim == 128 else None
 
 
 # -- the exporter --------------------------------------------------------------------------------
@@ -167,7 +147,7 @@ def export_model(
     if "int8" in precisions_l and ({"tflite", "onnx"} & set(formats_l)):
         calib = export_data.load_calibration(calibration, size, config.template, CALIBRATION_LIMIT)
         log.info("int8 calibration: %d crops from %s", len(calib.crops), calib.source)
-    encoder_name = _encoder_name(extra, config.embed_dim, encoder)
+    encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder)
     if extra.get("identity") and identity_mode == "dynamic":
         raise UnsupportedError(
             f"this checkpoint was personalised for {extra['identity']['name']}: export it baked (--identity PHOTO); "
@@ -903,7 +883,7 @@ def patch_model(
         raise UnsupportedError(f"{checkpoint}: spatial-identity students are re-exported per identity, not patched")
     if manifest.source.get("checkpoint_sha256") not in (None, ckpt_sha):
         raise CheckpointError(f"{checkpoint}: not the checkpoint {model.name} was exported from (sha256 differs)")
-    encoder_name = _encoder_name(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
+    encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
     emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
     emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
     names = [e["name"] for e in manifest.patch["tensors"]]

@@ -213,6 +213,27 @@ def identity_record(identity: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def checkpoint_encoder(extra: dict[str, Any], embed_dim: int, encoder: str | None = None) -> str | None:
+    """The identity encoder for photos: explicit, else the checkpoint's (extra.encoder, or its training
+    dataset's manifest), else dlib for 128-d students; None when unknown (photos are then refused)."""
+    if encoder:
+        return encoder
+    if isinstance(extra.get("encoder"), str):
+        return extra["encoder"]
+    dataset = extra.get("dataset")
+    if isinstance(dataset, str):
+        from pocketswap.dataset import read_manifest
+        from pocketswap.errors import PocketswapError
+
+        try:
+            named = read_manifest(dataset)["embedding"].get("encoder")
+            if isinstance(named, str):
+                return named
+        except PocketswapError:
+            log.debug("training dataset %s not readable; guessing the encoder", dataset)
+    return "dlib" if embed_dim == 128 else None
+
+
 def locked_identity(extra: dict[str, Any], embedding: Any, what: str, threshold: float) -> Any:
     """The embedding to bake: ``embedding`` for a universal checkpoint; for a personalised one, the
     checkpoint's own identity when ``embedding`` is the same person (cosine distance < ``threshold``),
@@ -222,13 +243,14 @@ def locked_identity(extra: dict[str, Any], embedding: Any, what: str, threshold:
     record = extra.get("identity")
     if not record:
         return embedding
+    from pocketswap.faces.identity import cosine_distance
+
     own = np.asarray(record["embedding"], np.float32)
-    given = np.asarray(embedding, np.float32).reshape(-1)
-    cos = float(own @ given / (np.linalg.norm(own) * np.linalg.norm(given) + 1e-12))
-    if 1.0 - cos >= threshold:
+    distance = cosine_distance(own, embedding)
+    if distance >= threshold:
         raise ConfigError(
             f"this checkpoint was personalised for {record['name']} ({record['source']}); {what} is a different "
-            f"person (cosine distance {1.0 - cos:.3f} >= {threshold}). Personalise a run for it: "
+            f"person (cosine distance {distance:.3f} >= {threshold}). Personalise a run for it: "
             f"pocketswap distill personalize RUN_DIR --identity {what} --out DIR"
         )
     return own
