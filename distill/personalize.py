@@ -112,7 +112,10 @@ def personalize(
 
     overrides = dict(overrides or {})
     student = {k: v for k, v in scfg.to_dict().items() if k != "name"} | {"identity_maps": IDENTITY_MAPS}
-    student |= overrides.pop("student", {})
+    extra_fields = overrides.pop("student", {})
+    if not isinstance(extra_fields, dict):
+        raise ConfigError("config field 'student' must be a mapping, e.g. student.identity_maps=none")
+    student |= extra_fields
     fields = {**DEFAULTS, "preset": scfg.name if scfg.name in PRESETS else "nano", "student": student,
               "init_from": str(source), "seed": seed, **overrides}  # fmt: skip
     if steps is not None:
