@@ -40,13 +40,12 @@ def _latency(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from pocketswap.benchmarks.gate import format_table, run_gate, update_baseline
+    from pocketswap.benchmarks.gate import DEFAULT_BASELINE, baseline_targets, format_table, run_gate, update_baseline
 
+    args.baseline = args.baseline or DEFAULT_BASELINE
     if args.update:
         if not args.targets:
-            from pocketswap.benchmarks.gate import load_baseline
-
-            args.targets = list(load_baseline(args.baseline)["targets"])
+            args.targets = baseline_targets(args.baseline)
         result = update_baseline(args.baseline, args.targets, args.threads, args.runs, args.rounds)
         print(f"baseline with {len(result['targets'])} target(s) -> {args.baseline}")
         return 0
@@ -207,12 +206,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--title", default="pocketswap report")
     p.set_defaults(handler=_report)
 
-    p = commands.add_parser("gate", help="fail when latency regressed against a baseline (machine-normalised)")
+    p = commands.add_parser(
+        "gate", help="fail when a target is slower than its frozen baseline artifact, timed side by side"
+    )
     p.add_argument("targets", nargs="*", help="targets to check (default: all in the baseline)")
-    p.add_argument("--baseline", default="benchmarks/baseline.json")
+    p.add_argument("--baseline", help="baseline JSON (default: the packaged benchmarks/baseline.json)")
     p.add_argument("--max-ratio", type=float, default=1.2, help="allowed slowdown relative to the baseline")
-    p.add_argument("--update", action="store_true", help="measure the targets and rewrite the baseline")
+    p.add_argument("--update", action="store_true", help="freeze the targets beside the baseline JSON and rewrite it")
     p.add_argument("--threads", type=int, default=1, help="threads (with --update)")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=3, help="repeat each measurement and keep the best median")
+    p.add_argument("--runs", type=int, default=20, help="calls per target in each round")
+    p.add_argument("--rounds", type=int, default=15, help="rounds in which the targets take turns")
     p.set_defaults(handler=_gate)

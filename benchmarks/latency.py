@@ -126,26 +126,53 @@ def bench_in_worker(kind: str, target: str, threads: int, runs: int, runtime: st
     )
 
 
+def target_kind(target: str | Path) -> tuple[str, str]:
+    """The worker kind and its argument for a target: ``("preset", "nano:onnx")``, ``("onnx", PATH)``..."""
+    target = str(target)
+    if target.startswith(("ref:", "preset:")):
+        kind, _, name = target.partition(":")
+        return {"ref": "reference", "preset": "preset"}[kind], name
+    path = Path(target)
+    if not path.exists():
+        raise PocketswapError(f"{path}: no such artifact")
+    if path.suffix in (".tflite", ".onnx"):
+        return path.suffix[1:], target
+    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+        return "checkpoint", target
+    raise PocketswapError(f"{path}: unsupported artifact type (expected .tflite, .onnx or a checkpoint)")
+
+
 def bench_artifact(path: str | Path, threads: int, runs: int = 100) -> LatencyRecord:
     """Benchmark one artifact on `threads` threads. Besides files: ``ref:simswap`` / ``ref:mobilefaceswap``
     (reference networks) and ``preset:nano`` / ``preset:nano:onnx`` (random-weight baked students)."""
-    target = str(path)
-    if target.startswith(("ref:", "preset:")):
-        kind, _, name = target.partition(":")
-        runtime = "onnxruntime" if target.endswith(":onnx") else "torch-eager"
-        record = bench_in_worker({"ref": "reference", "preset": "preset"}[kind], name, threads, runs, runtime)
-        record.artifact = target
-        return record
-    path = Path(path)
-    if not path.exists():
-        raise PocketswapError(f"{path}: no such artifact")
-    if path.suffix == ".tflite":
-        return bench_tflite(path, threads, runs)
-    if path.suffix == ".onnx":
-        return bench_in_worker("onnx", target, threads, runs, "onnxruntime")
-    if path.is_dir() or path.suffix in (".safetensors", ".json"):
-        return bench_in_worker("checkpoint", target, threads, runs, "torch-eager")
-    raise PocketswapError(f"{path}: unsupported artifact type (expected .tflite, .onnx or a checkpoint)")
+    kind, name = target_kind(path)
+    if kind == "tflite":
+        return bench_tflite(Path(name), threads, runs)
+    runtime = "onnxruntime" if kind == "onnx" or name.endswith(":onnx") else "torch-eager"
+    record = bench_in_worker(kind, name, threads, runs, runtime)
+    record.artifact = str(path)
+    return record
+
+
+def bench_interleaved(targets: list[str], threads: int = 1, runs: int = 20, rounds: int = 15) -> dict[str, dict]:
+    """Time `targets` in one worker, taking turns: `rounds` rounds of `runs` calls each.
+
+    Returns ``{target: {"p10_ms", "median_ms", "runs"}}`` over all calls. Taking turns spreads a slow
+    spell of a shared machine over every target, so ratios between targets stay put where separate
+    timings drift by 1.5x (measured on a 2-core VM); the pooled 10th percentile ignores the calls a
+    neighbour slowed down.
+    """
+    for target in targets:
+        target_kind(target)  # a clear error for a missing or unsupported target, before the worker starts
+    cmd = [
+        sys.executable, "-m", "pocketswap.benchmarks.worker", "interleaved", *targets,
+        "--threads", str(threads), "--runs", str(runs), "--rounds", str(rounds),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise PocketswapError(f"interleaved benchmark of {', '.join(targets)} failed: {' | '.join(tail)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def summarise(times_ms: np.ndarray) -> dict:

@@ -1,7 +1,10 @@
-"""Child process for `pocketswap.benchmarks.latency`: time one model, print one JSON line.
+"""Child process for `pocketswap.benchmarks.latency`: time models, print one JSON line.
 
-Run as ``python -m pocketswap.benchmarks.worker KIND TARGET --threads N --runs R``; KIND is
-``tflite`` (LiteRT's benchmark tool, in-process), ``onnx``, ``checkpoint`` or ``reference``.
+``python -m pocketswap.benchmarks.worker KIND TARGET --threads N --runs R`` times one model; KIND is
+``tflite`` (LiteRT's benchmark tool, in-process), ``onnx``, ``checkpoint``, ``reference`` or ``preset``.
+``python -m pocketswap.benchmarks.worker interleaved TARGET... --runs R --rounds K`` loads every target
+(as named for ``bench latency``) and times them in turn, K rounds of R calls each, so a slow spell on a
+shared machine lands on all of them alike; it reports each target's pooled p10 and median.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import json
 import resource
 import runpy
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -19,7 +25,17 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux: KiB
 
 
-def _tflite(target: str, threads: int, runs: int, result_json: str) -> None:
+@dataclass
+class Loaded:
+    """A model ready to time: one call of ``run`` is one inference."""
+
+    run: Callable[[], object]
+    init_ms: float
+    size_mb: float
+    extra: dict = field(default_factory=dict)
+
+
+def _tflite_tool(target: str, threads: int, runs: int, result_json: str) -> None:
     argv = sys.argv
     sys.argv = [
         "benchmark_litert_model", "--model", target, "--num_threads", str(threads),
@@ -37,14 +53,21 @@ def _tflite(target: str, threads: int, runs: int, result_json: str) -> None:
     Path(result_json).write_text(json.dumps(result))
 
 
-def _timed(fn, init_ms: float, runs: int, size_mb: float, extra: dict | None = None) -> dict:
-    from pocketswap.benchmarks.latency import summarise, time_callable
+def _load_tflite(target: str, threads: int) -> Loaded:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
 
-    times = time_callable(fn, runs)
-    return {**summarise(times), "init_ms": round(init_ms, 2), "size_mb": size_mb, **(extra or {})}
+    start = time.perf_counter()
+    interpreter = Interpreter(model_path=target, num_threads=threads)
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], rng.uniform(-1, 1, detail["shape"]).astype(detail["dtype"]))
+    init_ms = (time.perf_counter() - start) * 1e3
+    return Loaded(interpreter.invoke, init_ms, round(Path(target).stat().st_size / 2**20, 3))
 
 
-def _onnx(target: str, threads: int, runs: int) -> dict:
+def _load_onnx(target: str, threads: int) -> Loaded:
     import numpy as np
     import onnxruntime as ort
 
@@ -61,13 +84,49 @@ def _onnx(target: str, threads: int, runs: int) -> dict:
         for i in session.get_inputs()
     }
     init_ms = (time.perf_counter() - start) * 1e3
-    size_mb = round(Path(target).stat().st_size / 2**20, 3)
-    return _timed(lambda: session.run(None, feeds), init_ms, runs, size_mb)
+    return Loaded(lambda: session.run(None, feeds), init_ms, round(Path(target).stat().st_size / 2**20, 3))
 
 
-def _torch(model, inputs, init_ms: float, threads: int, runs: int, extra: dict | None = None) -> dict:
+def torch_module(kind: str, name: str) -> tuple[object, tuple, dict]:
+    """(module, example inputs, record fields) of a ``preset`` (random-weight student of a preset, seed 0,
+    identity baked) or a ``reference`` network (random weights); ``name`` may end in ``:onnx``."""
     import torch
 
+    from pocketswap.benchmarks import references
+    from pocketswap.student import StudentNet, get_preset
+
+    name = name.removesuffix(":onnx")
+    if kind == "preset":
+        config = get_preset(name)
+        torch.manual_seed(0)
+        embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
+        baked = StudentNet(config).eval().bake(embedding).eval()
+        image = torch.rand(1, 3, config.size, config.size) * 2 - 1
+        return baked, (image,), {"preset": name, "precision": "fp32"}
+    builders = {"simswap": references.simswap_size_generator, "mobilefaceswap": references.mobilefaceswap_student}
+    if name not in builders:
+        raise SystemExit(f"unknown reference '{name}'; choose one of {sorted(builders)}")
+    model, inputs = builders[name]()
+    return model, inputs, {"precision": "fp32", "preset": name}
+
+
+def export_onnx(model, inputs: tuple, path: str | Path) -> None:
+    """The ONNX export every ``:onnx`` target is timed as (legacy exporter, as the artifacts use)."""
+    import torch
+
+    torch.onnx.export(model, inputs, str(path), dynamo=False)
+
+
+def _load_torch_target(kind: str, name: str, threads: int) -> Loaded:
+    """PyTorch eager, or (``name`` ending in ``:onnx``) the same module in ONNX Runtime."""
+    import torch
+
+    start = time.perf_counter()
+    model, inputs, extra = torch_module(kind, name)
+    if name.endswith(":onnx"):
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(model, inputs, f"{tmp}/model.onnx")
+            return replace(_load_onnx(f"{tmp}/model.onnx", threads), extra=extra)
     torch.set_num_threads(threads)
     size_mb = round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 3)
 
@@ -75,10 +134,10 @@ def _torch(model, inputs, init_ms: float, threads: int, runs: int, extra: dict |
         with torch.inference_mode():
             model(*inputs)
 
-    return _timed(run, init_ms, runs, size_mb, extra)
+    return Loaded(run, (time.perf_counter() - start) * 1e3, size_mb, extra)
 
 
-def _checkpoint(target: str, threads: int, runs: int) -> dict:
+def _load_checkpoint(target: str, threads: int) -> Loaded:
     import torch
 
     from pocketswap.checkpoint import load_checkpoint
@@ -88,73 +147,79 @@ def _checkpoint(target: str, threads: int, runs: int) -> dict:
     embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
     baked = model.bake(embedding).eval()
     image = torch.rand(1, 3, config.size, config.size) * 2 - 1
-    init_ms = (time.perf_counter() - start) * 1e3
-    return _torch(baked, (image,), init_ms, threads, runs, {"preset": config.name, "precision": "fp32"})
+    torch.set_num_threads(threads)
+
+    def run() -> None:
+        with torch.inference_mode():
+            baked(image)
+
+    size_mb = round(sum(p.numel() * p.element_size() for p in baked.parameters()) / 2**20, 3)
+    return Loaded(run, (time.perf_counter() - start) * 1e3, size_mb, {"preset": config.name, "precision": "fp32"})
 
 
-def _preset(target: str, threads: int, runs: int) -> dict:
-    """A random-weight student of a preset (seed 0), identity baked: ``nano`` (PyTorch) or ``nano:onnx``."""
-    import tempfile
-
-    import torch
-
-    from pocketswap.student import StudentNet, get_preset
-
-    name, _, runtime = target.partition(":")
-    start = time.perf_counter()
-    config = get_preset(name)
-    torch.manual_seed(0)
-    embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
-    baked = StudentNet(config).eval().bake(embedding).eval()
-    image = torch.rand(1, 3, config.size, config.size) * 2 - 1
-    extra = {"preset": name, "precision": "fp32"}
-    if runtime == "onnx":
-        with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/{name}.onnx"
-            torch.onnx.export(baked, (image,), path, input_names=["image"], dynamo=False)
-            return {**_onnx(path, threads, runs), **extra}
-    init_ms = (time.perf_counter() - start) * 1e3
-    return _torch(baked, (image,), init_ms, threads, runs, extra)
+LOADERS = {
+    "tflite": _load_tflite,
+    "onnx": _load_onnx,
+    "checkpoint": _load_checkpoint,
+    "reference": lambda name, threads: _load_torch_target("reference", name, threads),
+    "preset": lambda name, threads: _load_torch_target("preset", name, threads),
+}
 
 
-def _reference(target: str, threads: int, runs: int) -> dict:
-    """A reference network with random weights: ``mobilefaceswap`` (PyTorch) or ``mobilefaceswap:onnx``."""
-    import tempfile
+def load_target(target: str, threads: int) -> Loaded:
+    """Load a target named as for ``bench latency``: a file, a checkpoint, ``ref:NAME[:onnx]``, ``preset:NAME[:onnx]``."""
+    from pocketswap.benchmarks.latency import target_kind
 
-    import torch
+    kind, name = target_kind(target)
+    return LOADERS[kind](name, threads)
 
-    from pocketswap.benchmarks import references
 
-    name, _, runtime = target.partition(":")
-    builders = {"simswap": references.simswap_size_generator, "mobilefaceswap": references.mobilefaceswap_student}
-    if name not in builders:
-        raise SystemExit(f"unknown reference '{name}'; choose one of {sorted(builders)}")
-    start = time.perf_counter()
-    model, inputs = builders[name]()
-    extra = {"precision": "fp32", "preset": name}
-    if runtime == "onnx":
-        with tempfile.TemporaryDirectory() as tmp:
-            path = f"{tmp}/{name}.onnx"
-            torch.onnx.export(model, inputs, path, dynamo=False)
-            return {**_onnx(path, threads, runs), **extra}
-    init_ms = (time.perf_counter() - start) * 1e3
-    return _torch(model, inputs, init_ms, threads, runs, extra)
+def _single(kind: str, target: str, threads: int, runs: int) -> dict:
+    from pocketswap.benchmarks.latency import summarise, time_callable
+
+    loaded = LOADERS[kind](target, threads)
+    times = time_callable(loaded.run, runs)
+    return {**summarise(times), "init_ms": round(loaded.init_ms, 2), "size_mb": loaded.size_mb, **loaded.extra}
+
+
+def _interleaved(targets: list[str], threads: int, runs: int, rounds: int) -> dict:
+    import numpy as np
+
+    from pocketswap.benchmarks.latency import time_callable
+
+    models = {target: load_target(target, threads) for target in targets}
+    times: dict[str, list] = {target: [] for target in targets}
+    for round_index in range(rounds):
+        for target, loaded in models.items():
+            times[target].append(time_callable(loaded.run, runs, warmup=5 if round_index == 0 else 1))
+    pooled = {target: np.concatenate(t) for target, t in times.items()}
+    return {
+        target: {
+            "p10_ms": round(float(np.percentile(t, 10)), 4),
+            "median_ms": round(float(np.median(t)), 4),
+            "runs": int(t.size),
+        }
+        for target, t in pooled.items()
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["tflite", "onnx", "checkpoint", "reference", "preset"])
-    parser.add_argument("target")
+    parser.add_argument("kind", choices=[*LOADERS, "interleaved"])
+    parser.add_argument("targets", nargs="+")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved: rounds of --runs calls per target")
     parser.add_argument("--result-json")
     args = parser.parse_args()
-    if args.kind == "tflite":
-        _tflite(args.target, args.threads, args.runs, args.result_json)
+    if args.kind == "interleaved":
+        result = _interleaved(args.targets, args.threads, args.runs, args.rounds)
+    elif args.kind == "tflite":
+        _tflite_tool(args.targets[0], args.threads, args.runs, args.result_json)
         return
-    run = {"onnx": _onnx, "checkpoint": _checkpoint, "reference": _reference, "preset": _preset}[args.kind]
-    result = run(args.target, args.threads, args.runs)
-    result["peak_memory_mb"] = _peak_rss_mb()
+    else:
+        result = _single(args.kind, args.targets[0], args.threads, args.runs)
+        result["peak_memory_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
 

@@ -46,6 +46,23 @@ def test_gate_without_baseline_says_how_to_make_one(tmp_path):
         load_baseline(tmp_path / "missing.json")
 
 
+def test_gate_refuses_a_baseline_whose_frozen_artifact_changed(tmp_path):
+    model = tmp_path / "model.onnx"
+    _export_convnet(model, 8)
+    baseline = tmp_path / "baseline.json"
+    update_baseline(baseline, [str(model)], runs=3, rounds=1)
+    frozen = tmp_path / "baseline" / "model.onnx"
+    assert frozen.read_bytes() == model.read_bytes()
+    frozen.write_bytes(frozen.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="frozen artifact of .* missing or changed.*--update"):
+        load_baseline(baseline)
+
+
+def test_gate_refuses_torch_eager_targets(tmp_path):
+    with pytest.raises(ConfigError, match="preset:nano:onnx"):
+        update_baseline(tmp_path / "baseline.json", ["preset:nano"], runs=3, rounds=1)
+
+
 def test_latency_records_for_onnx_and_json(tmp_path, capsys):
     model = tmp_path / "m.onnx"
     _export_convnet(model, 8)
