@@ -124,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"{summary.stopped}: step {summary.step}/{summary.steps}, {summary.samples_per_s:.1f} samples/s, "
-            f"final loss {summary.final_loss:.4f}, best val loss "
+            f"final loss {'n/a' if summary.final_loss is None else f'{summary.final_loss:.4f}'}, best val loss "
             f"{'n/a' if summary.best_val_loss is None else f'{summary.best_val_loss:.4f}'} "
             f"(step {summary.best_step}); run: {summary.out}"
         )

@@ -43,6 +43,7 @@ class TrainConfig:
     warmup_steps: int = _f(100, "linear LR warmup steps")
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     hyper_lr_mult: float = _f(1.0, "learning-rate multiplier of the identity hypernetwork")
+    map_lr_mult: float = _f(1.0, "learning-rate multiplier of the learned identity maps (personalised students)")
     betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = _f(0.999, "EMA decay of the evaluated/exported weights (warmed up as (1+t)/(10+t))")
@@ -99,7 +100,7 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 0)
         for name in ("log_every", "image_every", "checkpoint_every", "keep_last", "shuffle_buffer", "d_channels"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("lr", "d_lr", "hyper_lr_mult"):
+        for name in ("lr", "d_lr", "hyper_lr_mult", "map_lr_mult"):
             if getattr(self, name) <= 0.0:
                 raise ConfigError(f"config field '{name}' must be a positive number, got {getattr(self, name)!r}")
         for name in ("w_l1", "w_ssim", "w_outside", "w_id", "w_mask", "w_rec", "w_feat", "w_adv", "weight_decay"):

@@ -128,15 +128,20 @@ def _lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _param_groups(module: nn.Module, lr: float, weight_decay: float, hyper_lr_mult: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm affines (1-D parameters); the hypernetwork's LR scaled."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+def _param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """No weight decay on biases, norm affines (1-D) and identity maps; the hypernetwork's and the
+    identity maps' LR scaled (``hyper_lr_mult``, ``map_lr_mult``)."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((".hypernet." in f".{name}", p.ndim > 1), []).append(p)
+        if not p.requires_grad:
+            continue
+        path = f".{name}."
+        part = "hyper" if ".hypernet." in path else "map" if ".skip_maps." in path or ".head_map." in path else ""
+        groups.setdefault((part, p.ndim > 1 and part != "map"), []).append(p)
+    mult = {"hyper": cfg.hyper_lr_mult, "map": cfg.map_lr_mult, "": 1.0}
     return [
-        {"params": params, "lr": lr * (hyper_lr_mult if hyper else 1.0), "weight_decay": weight_decay if decay else 0.0}
-        for (hyper, decay), params in sorted(groups.items())
+        {"params": params, "lr": cfg.lr * mult[part], "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (part, decay), params in sorted(groups.items())
     ]
 
 
@@ -249,7 +254,7 @@ class _Trainer:
         self.ema = copy.deepcopy(student).eval().requires_grad_(False)
         self.loss_fn = DistillLoss(config, self.scfg.size).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.trainee, config.lr, config.weight_decay, config.hyper_lr_mult),
+            _param_groups(self.trainee, config),
             lr=config.lr,
             betas=config.betas,
         )
@@ -617,6 +622,9 @@ class _Trainer:
     def run(self, stop_after: int | None) -> RunSummary:
         cfg = self.cfg
         started = time.perf_counter()
+        finished = self._finished_summary()
+        if finished is not None:
+            return finished
         stop_at = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         stopped = "completed" if stop_at == cfg.steps else "stop_after"
         bar = None
@@ -669,6 +677,20 @@ class _Trainer:
                 self.tb.close()
             del batches
         return self._summary(stopped, train_seconds, trained, time.perf_counter() - started)
+
+    def _finished_summary(self) -> RunSummary | None:
+        """The recorded summary of a run resumed after it completed (nothing is trained or rewritten)."""
+        path = self.out / "summary.json"
+        if self.resume_from is None or self.step < self.cfg.steps or not path.is_file():
+            return None
+        try:
+            summary = RunSummary(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError):
+            return None  # an unreadable summary is rewritten from the checkpoint
+        if self.tb is not None:
+            self.tb.close()
+        log.info("%s is already complete (step %d/%d): nothing to do", self.out, self.step, self.cfg.steps)
+        return summary
 
     def _summary(self, stopped: str, train_seconds: float, trained: int, wall: float) -> RunSummary:
         if self.ctx.world > 1:  # BN statistics are per rank; make every rank hold rank 0's

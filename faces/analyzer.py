@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,10 +27,23 @@ from .mediapipe_tasks import TasksFaceLandmarker, landmarks_box
 from .types import Face
 
 log = logging.getLogger(__name__)
+T = TypeVar("T", Face, Detection)
 
 DETECTORS = ("short", "full", "auto")
+# The main face is the largest among the confident ones: a detection more than this far below the
+# best score (e.g. a building at 0.71 beside a face at 0.96) is never preferred for its size.
+MAIN_FACE_SCORE_MARGIN = 0.15
 # Tasks backend tracking: the new face must overlap the previous one this much (IoU).
 TRACK_MIN_IOU = 0.3
+
+
+def main_face_order(items: list[T]) -> list[T]:
+    """Faces or detections, main face first: those within ``MAIN_FACE_SCORE_MARGIN`` of the best
+    score, largest first, then the rest, largest first."""
+    if not items:
+        return []
+    best = max(item.score for item in items)
+    return sorted(items, key=lambda item: (item.score < best - MAIN_FACE_SCORE_MARGIN, -item.area))
 
 
 def _face(mesh: MeshResult, score: float) -> Face:
@@ -81,20 +95,21 @@ class FaceAnalyzer:
         return "mediapipe-tasks" if self._tasks is not None else "litert"
 
     def detections(self, image_rgb: np.ndarray) -> list[Detection]:
-        """Raw BlazeFace detections (LiteRT backend), largest first; "auto" falls back to full range."""
+        """Raw BlazeFace detections (LiteRT backend), main face first (:func:`main_face_order`); "auto"
+        falls back to full range."""
         if self._tasks is not None:
             raise ConfigError("detector: raw BlazeFace detections are not available with a .task bundle")
         image = to_rgb_uint8(image_rgb)
         for detector in self._detectors.values():
             found = detector(image)
             if found:
-                return sorted(found, key=lambda d: -d.area)
+                return main_face_order(found)
         return []
 
     def _mesh_faces(self, image: np.ndarray, detections: list[Detection], all_faces: bool) -> list[Face]:
         assert self._mesh is not None
         faces = []
-        for detection in sorted(detections, key=lambda d: -d.area):
+        for detection in main_face_order(detections):
             mesh = self._mesh.from_detection(image, detection)
             if mesh is None:
                 continue
@@ -104,9 +119,10 @@ class FaceAnalyzer:
         return faces
 
     def detect(self, image_rgb: np.ndarray, all_faces: bool = False, source: str = "image") -> list[Face]:
-        """Faces in an image (any dtype/channels `to_rgb_uint8` accepts), largest first.
+        """Faces in an image (any dtype/channels `to_rgb_uint8` accepts), main face first: the largest
+        of the confident ones (:func:`main_face_order`).
 
-        By default only the largest face is returned; ``all_faces=True`` returns every face.
+        By default only the main face is returned; ``all_faces=True`` returns every face.
         """
         image = to_rgb_uint8(image_rgb, source)
         if self._tasks is not None:
@@ -118,11 +134,11 @@ class FaceAnalyzer:
                 if faces:
                     break
                 log.debug("%s: no face from the %s-range detector", source, name)
-        faces.sort(key=lambda f: -f.area)
+        faces = main_face_order(faces)
         return faces if all_faces else faces[:1]
 
     def detect_one(self, image_rgb: np.ndarray, source: str = "image") -> Face:
-        """The largest face, raising `NoFaceError` when there is none."""
+        """The main face (the largest confident one), raising `NoFaceError` when there is none."""
         faces = self.detect(image_rgb, source=source)
         if not faces:
             raise NoFaceError(f"no face found in {source}")

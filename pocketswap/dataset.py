@@ -347,6 +347,16 @@ class DatasetReader:
         missing = [p.name for p in self.shards if not p.is_file()]
         if missing:
             raise DatasetError(f"{self.root}: manifest lists missing shard(s): {', '.join(missing[:5])}")
+        damaged = [
+            f"{p.name} ({p.stat().st_size} bytes, manifest: {info['bytes']})"
+            for info, p in zip(self.manifest["shards"], self.shards, strict=True)
+            if p.stat().st_size != info["bytes"]
+        ]
+        if damaged:
+            raise DatasetError(
+                f"{self.root}: damaged shard(s), size differs from the manifest: {', '.join(damaged[:5])}; "
+                "re-run the same `pocketswap teacher generate --out` command to regenerate them"
+            )
 
     @property
     def size(self) -> int:

@@ -128,11 +128,23 @@ def load_teacher(
         from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
 
         return GeometricTeacher(size=size, config=GeometricConfig.from_dict(config or {}))
-    from pocketswap.teacher.onnx_teachers import STYLES, load_onnx_teacher
+    from pocketswap.teacher.onnx_teachers import load_onnx_teacher
 
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix in STYLES:
-        style, text = prefix, rest
+    given_style, path = onnx_teacher_spec(text)
+    return load_onnx_teacher(
+        str(path), size=size, identity_encoder=identity_encoder, style=style or given_style, options=config
+    )
+
+
+def onnx_teacher_spec(spec: str) -> tuple[str | None, Path]:
+    """``[STYLE:]PATH.onnx`` -> (style or None, path); a clear error for a bad spec or a missing file."""
+    from pocketswap.teacher.onnx_teachers import STYLES
+
+    style, sep, rest = spec.partition(":")
+    text = rest if sep and style in STYLES else spec
     if not text.endswith(".onnx"):
         raise ConfigError(f"teacher '{spec}': expected 'geometric' or a path to an .onnx model ([STYLE:]PATH.onnx)")
-    return load_onnx_teacher(text, size=size, identity_encoder=identity_encoder, style=style, options=config)
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"teacher '{spec}': no such file {path}")
+    return (style if text != spec else None), path

@@ -176,9 +176,10 @@ class FaceAnalysis:
         self.encoder = load_encoder(cfg.encoder)
 
     def __call__(self, source: Source, single: bool = False) -> dict[str, Any]:
-        """Analysis of one image. ``single``: a second face of comparable size (>= 1/4 of the largest's
-        area) is an error (ConfigError), as when the image names whose face to learn."""
+        """Analysis of one image. ``single``: a second confident face of comparable size (>= 1/4 of the
+        main face's area) is an error (ConfigError), as when the image names whose face to learn."""
         from pocketswap.faces.align import align_face
+        from pocketswap.faces.analyzer import MAIN_FACE_SCORE_MARGIN
         from pocketswap.faces.identity import embed_faces
         from pocketswap.faces.samples import load
         from pocketswap.imageio import read_image
@@ -194,8 +195,7 @@ class FaceAnalysis:
         except NoFaceError:
             return {"status": "skipped", "reason": "no face found"}
         if single:
-            area = [float(np.prod(f.box[2:] - f.box[:2])) for f in faces]
-            similar = sum(a >= 0.25 * area[0] for a in area)
+            similar = sum(f.area >= 0.25 * face.area and f.score >= face.score - MAIN_FACE_SCORE_MARGIN for f in faces)
             if similar > 1:
                 raise ConfigError(
                     f"{source.name} shows {similar} faces of similar size; give a photo of the one person to learn"
@@ -463,7 +463,9 @@ def build_teacher(cfg: GenerateConfig) -> Teacher:
     encoder = None
     if cfg.teacher != "geometric":
         from pocketswap.faces.identity import load_encoder
+        from pocketswap.teacher.base import onnx_teacher_spec
 
+        onnx_teacher_spec(cfg.teacher)  # a missing model is named before the encoder is asked for
         spec = cfg.identity_encoder or (cfg.encoder if cfg.encoder != "dlib" else None)
         if spec is None:
             raise ConfigError(
@@ -713,6 +715,7 @@ def generate(
     if rank is None or world_size is None:
         rank, world_size = distributed_rank()
     out = Path(cfg.out)
+    teacher = build_teacher(cfg)  # a bad teacher fails before anything is written or pinned in `out`
     out.mkdir(parents=True, exist_ok=True)
     pool = analyze_faces(cfg, out, cfg.workers, progress and rank == 0)
     for item in pool.skipped:
@@ -747,7 +750,6 @@ def generate(
         cfg.pairs,
         cfg.num_shards(),
     )
-    teacher = build_teacher(cfg)
     total_pairs = sum(len(cfg.shard_pairs(s)) for s in todo)
     bar = tqdm(
         total=total_pairs,

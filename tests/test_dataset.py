@@ -26,7 +26,7 @@ from pocketswap.dataset import (
     read_manifest,
     validate_manifest,
 )
-from pocketswap.errors import ConfigError
+from pocketswap.errors import ConfigError, PocketswapError
 from pocketswap.teacher.generate import GenerateConfig, generate
 
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_05")
@@ -315,3 +315,21 @@ def test_generate_config_validation(tmp_path):
     assert cfg.pairs == 4 and cfg.teacher_config == {"blend": "laplacian"} and cfg.num_shards() == 1
     with pytest.raises(ConfigError, match="no images"):
         generate(GenerateConfig(faces=str(tmp_path), out=str(tmp_path / "o")), progress=False)
+
+
+def test_a_failed_start_does_not_block_the_corrected_retry(faces_dir, reference, tmp_path):
+    out = tmp_path / "data"
+    with pytest.raises(PocketswapError, match="bogus.onnx"):
+        generate(_config(faces_dir, out, teacher=str(tmp_path / "bogus.onnx")), progress=False)
+    assert not (out / ".generation.json").exists()  # nothing pinned by the failed attempt
+    result = generate(_config(faces_dir, _with_cache(reference, out)), progress=False)
+    assert result.manifest is not None and _shards(out) == _shards(reference)
+
+
+def test_a_truncated_shard_is_named_before_any_sample_is_read(reference, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(reference, out)
+    shard = out / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut mid-way: half its samples gone
+    with pytest.raises(DatasetError, match=r"shard-000001\.tar .*teacher generate"):
+        DatasetReader(out)

@@ -307,6 +307,12 @@ def test_resume_is_exact(tmp_path: Path, dataset: Path) -> None:
     steps = [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl", "train")]
     assert steps == list(range(1, 9))  # no duplicates from the interrupted part
 
+    # Resuming the completed run says so and rewrites nothing (summary.json keeps its figures).
+    before = (tmp_path / "resumed" / "summary.json").read_bytes()
+    assert main(["distill", "train", "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
+    assert (tmp_path / "resumed" / "summary.json").read_bytes() == before
+    assert second["final_loss"] is not None
+
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch

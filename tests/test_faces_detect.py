@@ -11,8 +11,8 @@ import pytest
 
 from pocketswap.errors import ConfigError, ModelSignatureError, NoFaceError
 from pocketswap.faces import samples
-from pocketswap.faces.analyzer import FaceAnalyzer
-from pocketswap.faces.blazeface import MODELS, BlazeFace, generate_anchors, weighted_nms
+from pocketswap.faces.analyzer import FaceAnalyzer, main_face_order
+from pocketswap.faces.blazeface import MODELS, BlazeFace, Detection, generate_anchors, weighted_nms
 from pocketswap.faces.facemesh import Roi, roi_from_detection
 from pocketswap.faces.mediapipe_tasks import TasksFaceLandmarker
 from pocketswap.faces.types import Face
@@ -132,6 +132,20 @@ def test_all_faces_largest_first(full: FaceAnalyzer, astronaut: np.ndarray, grac
         assert_sane_face(face)
     (largest,) = full.detect(canvas)
     np.testing.assert_array_equal(largest.box, faces[0].box)
+
+
+def test_a_large_false_positive_does_not_win_over_a_confident_face(astronaut: np.ndarray) -> None:
+    """A press photo's building detected at 0.71, larger than the speaker's face at 0.96, must not be
+    the face every stage follows (a synthetic false positive beside the real detections)."""
+    analyzer = FaceAnalyzer(detector="short")
+    real = analyzer._detectors["short"]
+    (true_face,) = real(astronaut)
+    building = Detection(np.array([250, 150, 510, 510], np.float32), 0.71, np.tile([[380.0, 330.0]], (6, 1)))
+    assert building.area > true_face.area and true_face.score > 0.85
+    assert main_face_order([building, true_face])[0] is true_face
+    analyzer._detectors["short"] = lambda image: [building, *real(image)]
+    for face in (analyzer.detect(astronaut)[0], analyzer.detect(astronaut, all_faces=True)[0]):
+        assert box_iou(face.box, true_face.box) > 0.3  # the astronaut, not the building
 
 
 def test_all_faces_single_face_image(short: FaceAnalyzer, astronaut: np.ndarray) -> None:
