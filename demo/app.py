@@ -100,6 +100,35 @@ class IdentityModels:
         self.index = 0
         self._cache: dict[int, SwapModel] = {}
         self.embeddings: dict[int, np.ndarray] = {}
+        self.encoder = "dlib"
+        if not self.is_checkpoint and identities:
+            self._check_baked_identity()
+
+    def _check_baked_identity(self) -> None:
+        """Refuse an --identity of another person than the one baked into the artifact (whose embedding
+        its manifest records); without that record, say that it cannot be checked."""
+        from pocketswap.faces.identity import cosine_distance, same_person_threshold
+        from pocketswap.manifest import ManifestError, read_manifest
+
+        try:
+            source = read_manifest(self.model_path).source or {}
+        except ManifestError:
+            source = {}
+        baked = source.get("embedding")
+        if baked is None:
+            log.warning("%s: its manifest does not record the baked identity; cannot check that --identity %s "
+                        "is the same person", self.model_path, self.identities[0])  # fmt: skip
+            return
+        self.encoder = source.get("encoder") or "dlib"
+        given = self.embedding(0)
+        distance = cosine_distance(given, np.asarray(baked, np.float32))
+        threshold = same_person_threshold(self.encoder)
+        if distance > threshold:
+            raise PocketswapError(
+                f"{self.model_path} is baked for {source.get('identity', 'another identity')}; --identity "
+                f"{self.identities[0]} is another person (distance {distance:.3f} > {threshold}): drop --identity "
+                "to swap the baked face, or export the model for this one"
+            )
 
     def embedding(self, index: int) -> np.ndarray | None:
         if not self.identities:
@@ -114,7 +143,7 @@ class IdentityModels:
 
                 image = read_image(path)
                 face = FaceAnalyzer(detector="auto").detect_one(image, source=str(path))
-                self.embeddings[index] = embed_faces(image, [face], load_encoder("dlib"))[0]
+                self.embeddings[index] = embed_faces(image, [face], load_encoder(self.encoder))[0]
         return self.embeddings[index]
 
     def current(self) -> SwapModel:

@@ -184,6 +184,7 @@ def export_model(
                 "checkpoint_sha256": ckpt_sha,
                 "identity": identity_source,
                 "embedding_sha256": embedding_sha256(emb) if identity else None,
+                "embedding": [round(float(v), 6) for v in emb] if identity else None,
                 "encoder": encoder_name,
             }
         )
@@ -903,6 +904,7 @@ def patch_model(
         **manifest.source,
         "identity": identity_source,
         "embedding_sha256": embedding_sha256(emb),
+        "embedding": [round(float(v), 6) for v in emb],
         "patched_from": manifest.artifact,
     }
     new.parity = record

@@ -18,7 +18,8 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
 - ``normalization``: how pixels map to tensors (e.g. ``x / 127.5 - 1`` for RGB uint8 to [-1, 1]).
 - ``parity``: ``{reference, tolerance, passed, cases: [{case, output, max_abs, mean_abs, psnr_db}]}``.
 - ``file_size_bytes``, ``sha256`` (of the file, or of a ``.mlpackage``'s files in sorted order).
-- ``source``: ``{checkpoint, checkpoint_sha256, identity, embedding_sha256}``.
+- ``source``: ``{checkpoint, checkpoint_sha256, identity, embedding_sha256, embedding, encoder}`` (the
+  baked identity's embedding, so a consumer can tell whether a photo shows the same person).
 - ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.

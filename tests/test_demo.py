@@ -114,3 +114,21 @@ def test_synthetic_clip_has_faceless_frames():
     analyzer = FaceAnalyzer(detector="auto")
     found = [bool(analyzer.detect(f)) for f in frames]
     assert found.count(False) >= 2 and found.count(True) >= 8
+
+
+@pytest.mark.slow
+def test_a_model_baked_for_another_person_is_refused(tmp_path, capsys, checkpoint, identity):
+    """`demo --identity B` with a model baked for A would swap A while reporting B: refused; the
+    baked person's own .npy is accepted."""
+    from pocketswap.imageio import write_image
+
+    art = tmp_path / "art"
+    assert main(["export", str(checkpoint), "--identity", str(identity), "--format", "onnx", "--precision", "fp32",
+                 "--out", str(art)]) == 0  # fmt: skip
+    (model,) = art.glob("*.onnx")
+    other = write_image(tmp_path / "astronaut.png", load("astronaut"))
+    args = ["demo", "--model", str(model), "--source", str(other), "--headless"]
+    capsys.readouterr()
+    assert main([*args, "--identity", str(other)]) == 2
+    assert "is another person" in capsys.readouterr().err
+    assert main([*args, "--identity", str(identity), "--output", str(tmp_path / "out.png")]) == 0
