@@ -122,7 +122,9 @@ def _bench(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from pocketswap.teacher.generate import GenerateConfig, PairMaker, analyze_faces, build_teacher, generate
+    from pocketswap.teacher.analysis import analyze_faces
+    from pocketswap.teacher.generate import GenerateConfig, generate
+    from pocketswap.teacher.pairs import PairMaker, build_teacher
 
     work = Path(tempfile.mkdtemp(prefix="pocketswap-bench-"))
     try:

@@ -20,7 +20,8 @@ from pocketswap.faces import samples
 from pocketswap.imageio import write_image
 from pocketswap.student import StudentNet
 from pocketswap.student.config import get_preset
-from pocketswap.teacher.generate import GenerateConfig, analyze_identity, generate
+from pocketswap.teacher.analysis import analyze_identity
+from pocketswap.teacher.generate import GenerateConfig, generate
 
 POOL = ("astronaut", "lfw_00", "lfw_01", "lfw_02", "lfw_03", "lfw_04", "grace_hopper")
 

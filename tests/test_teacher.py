@@ -20,14 +20,15 @@ NAMES = ("astronaut", "grace_hopper", "lfw_01", "lfw_12")
 
 @pytest.fixture(scope="module")
 def analysis():
-    from pocketswap.teacher.generate import FaceAnalysis, GenerateConfig
+    from pocketswap.teacher.analysis import FaceAnalysis
+    from pocketswap.teacher.config import GenerateConfig
 
     return FaceAnalysis(GenerateConfig(size=SIZE))
 
 
 @pytest.fixture(scope="module")
 def records(analysis) -> dict[str, AlignedRecord]:
-    from pocketswap.teacher.generate import Source
+    from pocketswap.teacher.analysis import Source
 
     out = {}
     for name in NAMES:

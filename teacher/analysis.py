@@ -1,0 +1,225 @@
+"""Face analysis for generation: each image -> an aligned record (crop, landmarks, embedding) or
+the reason it was skipped, cached under ``OUT/.cache/``; the attribute pool and the fixed identity."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
+from pocketswap.files import atomic_write_bytes
+from pocketswap.teacher.base import AlignedRecord
+from pocketswap.teacher.config import CACHE_VERSION, IMAGE_EXTENSIONS, SAMPLES, GenerateConfig
+from pocketswap.teacher.workers import limit_threads, pool_context, single_thread_torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input image: `name` is its path relative to the faces folder, or the sample name."""
+
+    name: str
+    path: Path | None = None
+
+
+def list_sources(faces: str) -> list[Source]:
+    """Images under a folder (recursively, by extension, sorted), or the bundled samples."""
+    if faces == SAMPLES:
+        from pocketswap.faces import samples
+
+        return [Source(name) for name in samples.names()]
+    root = Path(faces)
+    if not root.is_dir():
+        raise ConfigError(f"--faces {faces}: not a folder (give a folder of images or 'samples')")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ConfigError(f"--faces {faces}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return [Source(p.relative_to(root).as_posix(), p) for p in files]
+
+
+def yaw_proxy(landmarks: np.ndarray) -> float:
+    """0 for a frontal face, about 1 for a profile: the nose tip's offset between the cheek extremes."""
+    x = landmarks[:, 0]
+    nose, right, left = float(x[1]), float(x[234]), float(x[454])
+    return abs((nose - right) - (left - nose)) / max(abs(left - right), 1e-6)
+
+
+class FaceAnalysis:
+    """Detect, align and embed one image (a per-process object: models load once)."""
+
+    def __init__(self, cfg: GenerateConfig) -> None:
+        from pocketswap.faces.analyzer import FaceAnalyzer
+        from pocketswap.faces.identity import load_encoder
+
+        self.cfg = cfg
+        self.analyzer = FaceAnalyzer(detector=cfg.detector, min_score=cfg.min_face_score)
+        self.encoder = load_encoder(cfg.encoder)
+
+    def __call__(self, source: Source, single: bool = False) -> dict[str, Any]:
+        """Analysis of one image. ``single``: a second confident face of comparable size (>= 1/4 of the
+        main face's area) is an error (ConfigError), as when the image names whose face to learn."""
+        from pocketswap.faces.align import align_face
+        from pocketswap.faces.analyzer import MAIN_FACE_SCORE_MARGIN
+        from pocketswap.faces.identity import embed_faces
+        from pocketswap.faces.samples import load
+        from pocketswap.imageio import read_image
+
+        try:
+            image = read_image(source.path) if source.path is not None else load(source.name)
+            faces = self.analyzer.detect(image, all_faces=single, source=source.name)
+            if not faces:
+                raise NoFaceError(f"no face found in {source.name}")
+            face = faces[0]
+        except ImageReadError as exc:
+            return {"status": "skipped", "reason": f"unreadable: {exc}"}
+        except NoFaceError:
+            return {"status": "skipped", "reason": "no face found"}
+        if single:
+            similar = sum(f.area >= 0.25 * face.area and f.score >= face.score - MAIN_FACE_SCORE_MARGIN for f in faces)
+            if similar > 1:
+                raise ConfigError(
+                    f"{source.name} shows {similar} faces of similar size; give a photo of the one person to learn"
+                )
+        yaw = yaw_proxy(face.landmarks)
+        if yaw > self.cfg.max_yaw:
+            return {"status": "skipped", "reason": f"profile face (yaw proxy {yaw:.2f} > max_yaw {self.cfg.max_yaw})"}
+        aligned = align_face(image, face.keypoints, self.cfg.size, "arcface")
+        matrix = aligned.matrix.astype(np.float64)
+        landmarks = face.landmarks.astype(np.float64).copy()
+        landmarks[:, :2] = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        landmarks[:, 2] *= float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        with single_thread_torch():
+            embedding = embed_faces(image, [face], self.encoder)[0]
+        return {
+            "status": "ok",
+            "reason": "",
+            "crop": aligned.crop,
+            "landmarks": landmarks.astype(np.float32),
+            "embedding": embedding.astype(np.float32),
+        }
+
+
+def _cache_path(cache_dir: Path, source: Source, cfg: GenerateConfig) -> Path:
+    parts: list[Any] = [
+        CACHE_VERSION,
+        source.name,
+        cfg.size,
+        cfg.detector,
+        cfg.min_face_score,
+        cfg.max_yaw,
+        cfg.encoder,
+    ]
+    if source.path is not None:
+        stat = source.path.stat()
+        parts += [stat.st_size, stat.st_mtime_ns]
+    key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:24]
+    return cache_dir / f"{key}.npz"
+
+
+def _save_analysis(path: Path, result: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+    np.savez(buffer, status=np.array(result["status"]), reason=np.array(result["reason"]), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_analysis(path: Path) -> dict[str, Any] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: (data[k].item() if data[k].ndim == 0 else data[k]) for k in data.files}
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("%s: unreadable analysis cache entry (%s); redoing it", path, exc)
+        return None
+
+
+_ANALYSIS: FaceAnalysis | None = None
+
+
+def _analysis_init(cfg: GenerateConfig) -> None:
+    global _ANALYSIS
+    limit_threads()
+    _ANALYSIS = FaceAnalysis(cfg)
+
+
+def _analysis_task(source: Source) -> dict[str, Any]:
+    assert _ANALYSIS is not None
+    return _ANALYSIS(source)
+
+
+@dataclass
+class FacePool:
+    """The analysed faces: records sorted by name, skipped images with reasons, embedding size."""
+
+    records: list[AlignedRecord]
+    skipped: list[dict[str, str]]
+    embedding_dim: int
+
+
+def analyze_faces(cfg: GenerateConfig, out: Path, workers: int = 0, progress: bool = True) -> FacePool:
+    """Analyse every source image, using and filling the cache in ``OUT/.cache/analysis``."""
+    from tqdm import tqdm
+
+    sources = list_sources(cfg.faces)
+    cache_dir = out / ".cache" / "analysis"
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for source in sources:
+        path = _cache_path(cache_dir, source, cfg)
+        cached = _load_analysis(path) if path.is_file() else None
+        if cached is not None:
+            results[source.name] = cached
+        else:
+            todo.append((source, path))
+    if todo:
+        log.info("analysing %d image(s) (%d cached)", len(todo), len(sources) - len(todo))
+        bar = tqdm(total=len(todo), desc="analyse faces", unit="img", disable=not progress)
+        if workers > 1:
+            with pool_context().Pool(min(workers, len(todo)), _analysis_init, (cfg,)) as pool:
+                stream: Iterator[dict[str, Any]] = pool.imap(_analysis_task, [s for s, _ in todo])
+                for (source, path), result in zip(todo, stream, strict=True):
+                    _save_analysis(path, result)
+                    results[source.name] = result
+                    bar.update()
+        else:
+            analysis = FaceAnalysis(cfg)
+            for source, path in todo:
+                result = analysis(source)
+                _save_analysis(path, result)
+                results[source.name] = result
+                bar.update()
+        bar.close()
+    records, skipped = [], []
+    for source in sources:
+        result = results[source.name]
+        if result["status"] != "ok":
+            skipped.append({"file": source.name, "reason": str(result["reason"])})
+            continue
+        records.append(AlignedRecord(result["crop"], result["landmarks"], result["embedding"], source.name))
+    dims = {int(r.embedding.shape[0]) for r in records}
+    return FacePool(records, skipped, dims.pop() if len(dims) == 1 else 0)
+
+
+def analyze_identity(cfg: GenerateConfig) -> AlignedRecord:
+    """The aligned, embedded record of ``cfg.identity`` (a photo or ``sample:NAME`` showing one person)."""
+    from pocketswap.faces.samples import SAMPLE_PREFIX
+
+    spec = cfg.identity
+    source = (
+        Source(spec[len(SAMPLE_PREFIX) :]) if spec.startswith(SAMPLE_PREFIX) else Source(Path(spec).name, Path(spec))
+    )
+    if source.path is not None and not source.path.is_file():
+        raise ImageReadError(f"identity photo {spec}: no such file")
+    result = FaceAnalysis(cfg)(source, single=True)
+    if result["status"] != "ok":
+        error = NoFaceError if "face" in str(result["reason"]) else ImageReadError
+        raise error(f"identity photo {spec}: {result['reason']}")
+    return AlignedRecord(result["crop"], result["landmarks"], result["embedding"], f"identity:{source.name}")

@@ -1,0 +1,147 @@
+"""Shard bookkeeping of generation: per-shard records, recovery, the settings fingerprint and the
+dataset manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pocketswap import __version__
+from pocketswap.dataset import (
+    FORMAT,
+    FORMAT_VERSION,
+    MEMBERS,
+    ShardInfo,
+    file_sha256,
+    iter_shard_members,
+    shard_name,
+)
+from pocketswap.errors import ConfigError
+from pocketswap.files import atomic_write_json
+from pocketswap.teacher.analysis import FacePool
+from pocketswap.teacher.base import Teacher
+from pocketswap.teacher.config import GenerateConfig
+from pocketswap.teacher.pairs import sample_key
+
+log = logging.getLogger(__name__)
+
+
+def record_path(out: Path, shard: int) -> Path:
+    return out / ".shards" / f"{shard_name(shard)}.json"
+
+
+def read_record(out: Path, shard: int) -> dict[str, Any] | None:
+    path = record_path(out, shard)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _recover_record(cfg: GenerateConfig, out: Path, shard: int) -> dict[str, Any] | None:
+    """Record of a shard file that exists but was not recorded (crash between rename and record):
+    accepted when it holds exactly the expected complete samples."""
+    path = out / shard_name(shard)
+    expected = [sample_key(i) for i in cfg.shard_pairs(shard)]
+    keys, counts = [], Counter()
+    try:
+        for key, members in iter_shard_members(path):
+            if not all(s in members for s in MEMBERS):
+                return None
+            keys.append(key)
+            meta = json.loads(members["json"])
+            counts.update(
+                count_keys(
+                    {
+                        "pair": meta["pair"],
+                        "pseudo": meta["pseudo_identity"],
+                        "occluded": bool(meta["augment"].get("occluders")),
+                    }
+                )
+            )
+    except Exception:  # any decoding problem means the shard is not usable
+        return None
+    if keys != expected:
+        return None
+    info = ShardInfo(path.name, len(keys), path.stat().st_size, file_sha256(path))
+    return {**info.to_dict(), "counts": dict(sorted(counts.items()))}
+
+
+def count_keys(stats: dict[str, Any]) -> list[str]:
+    keys = [stats["pair"]]
+    if stats["pseudo"]:
+        keys.append("pseudo_identity")
+    if stats["occluded"]:
+        keys.append("occluded")
+    return keys
+
+
+def shard_complete(cfg: GenerateConfig, out: Path, shard: int) -> bool:
+    """True when the shard file exists and matches its record (recovering a missing record)."""
+    path = out / shard_name(shard)
+    if not path.is_file():
+        return False
+    record = read_record(out, shard)
+    if record is None:
+        record = _recover_record(cfg, out, shard)
+        if record is None:
+            log.warning("%s: incomplete or corrupt shard; regenerating it", path.name)
+            return False
+        atomic_write_json(record_path(out, shard), record)
+        return True
+    expected = len(cfg.shard_pairs(shard))
+    if record.get("samples") != expected or path.stat().st_size != record.get("bytes"):
+        log.warning("%s: size differs from its record; regenerating it", path.name)
+        return False
+    if file_sha256(path) != record.get("sha256"):
+        log.warning("%s: checksum differs from its record (corrupt); regenerating it", path.name)
+        return False
+    return True
+
+
+def check_fingerprint(out: Path, fingerprint: dict[str, Any]) -> None:
+    path = out / ".generation.json"
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if previous is not None and previous != fingerprint:
+            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            raise ConfigError(
+                f"{out} already holds a dataset generated with different settings ({', '.join(changed)} differ); "
+                "use a new --out folder or delete this one"
+            )
+        if previous is not None:
+            return
+    atomic_write_json(path, fingerprint)
+
+
+def build_manifest(
+    cfg: GenerateConfig, pool: FacePool, teacher: Teacher, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    for record in records:
+        counts.update(record.get("counts", {}))
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pocketswap_version": __version__,
+        "size": cfg.size,
+        "template": "arcface",
+        "seed": cfg.seed,
+        "num_samples": sum(r["samples"] for r in records),
+        "pairs_per_shard": cfg.shard_size,
+        "counts": {"pairs": cfg.pairs, **dict(sorted(counts.items()))},
+        "teacher": {"name": teacher.name, "config": teacher.config(), "config_hash": teacher.config_hash()},
+        "embedding": {"encoder": cfg.encoder, "dim": pool.embedding_dim},
+        "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in records],
+        "identities": [r.name for r in pool.records],
+        "num_identities": len(pool.records),
+        "skipped": pool.skipped,
+        "num_skipped": len(pool.skipped),
+        "config": cfg.fingerprint(),
+    }
