@@ -3,7 +3,7 @@
 Public API (torch-heavy names are imported lazily so ``import pocketswap.distill`` stays cheap)::
 
     TrainConfig, load_config                       # config.py
-    train, RunSummary, TrainingDivergedError       # train.py
+    train, TrainingDivergedError; RunSummary       # train.py; state.py
     evaluate, format_table                         # evaluate.py
     metrics                                        # psnr, ssim, identity, expression, head pose
 """
@@ -17,7 +17,7 @@ from pocketswap.distill.config import TrainConfig, load_config
 
 _LAZY = {
     "train": "train",
-    "RunSummary": "train",
+    "RunSummary": "state",
     "TrainingDivergedError": "train",
     "evaluate": "evaluate",
     "format_table": "evaluate",

@@ -264,6 +264,42 @@ def dataset_fingerprint(reader: DatasetReader) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def seed_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker's global numpy/random RNGs from its torch seed."""
+    import random
+
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)  # noqa: NPY002
+    random.seed(worker_seed)
+
+
+def stream_loader(stream: Any, num_workers: int, seed: int) -> Iterator[dict[str, Any]]:
+    """Batches of a :class:`TrainStream` through a DataLoader (``num_workers`` processes, seeded)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=seed_worker if num_workers else None,
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=2 if num_workers else None,
+    )
+    return iter(loader)
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch as float tensors in [-1, 1] (images) on ``device``, as the loss reads them."""
+    return {
+        "attribute": to_unit(batch["attribute"]).to(device),
+        "output": to_unit(batch["output"]).to(device),
+        "identity_image": to_unit(batch["identity_image"]).to(device),
+        "mask": batch["mask"].unsqueeze(1).to(device),
+        "embedding": batch["embedding"].to(device),
+        "same": batch["same"].to(device),
+    }
+
+
 __all__ = [
     "Split",
     "TrainStream",

@@ -21,16 +21,21 @@ RUN_DIR layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from pocketswap.errors import CheckpointError
 
@@ -178,7 +183,36 @@ def prune(run: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run did. ``weights_sha256`` hashes the EMA student; in DDP
+    ``rank_weights_sha256`` lists every rank's hash (all equal when the ranks agree)."""
+
+    out: str
+    step: int
+    steps: int
+    stopped: str  # "completed", "stop_after" or "interrupted"
+    final_loss: float | None
+    best_step: int | None
+    best_val_loss: float | None
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    samples_per_s: float
+    train_seconds: float
+    wall_seconds: float
+    world_size: int
+    weights_sha256: str
+    rank_weights_sha256: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 __all__ = [
+    "RunSummary",
+    "rng_state",
+    "set_rng_state",
+    "weights_digest",
     "copy_model",
     "flatten",
     "latest_checkpoint",
@@ -191,3 +225,41 @@ __all__ = [
     "step_name",
     "unflatten",
 ]
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG third-party code may use
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },  # fmt: skip
+        "python": json.dumps(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["torch"])
+    n = saved["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    version, internal, gauss = json.loads(saved["python"])
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -14,22 +14,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -42,16 +37,27 @@ from pocketswap.distill.config import TrainConfig, from_dict
 from pocketswap.distill.data import (
     Split,
     TrainStream,
+    batch_to_device,
     dataset_fingerprint,
     iter_batches,
     iter_split,
     make_split,
+    stream_loader,
     to_uint8,
-    to_unit,
 )
 from pocketswap.distill.features import FeatureDistiller, Trainee, load_teacher_module
 from pocketswap.distill.logs import MetricsLog, TensorBoard, image_grid, write_png
 from pocketswap.distill.losses import DistillLoss
+from pocketswap.distill.setup import (
+    Dist,
+    auto_threads,
+    load_initial_weights,
+    make_optimizer,
+    seed_everything,
+    setup_distributed,
+    sigterm_as_interrupt,
+)
+from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
 from pocketswap.files import atomic_write_bytes, atomic_write_json
 
@@ -64,170 +70,9 @@ class TrainingDivergedError(PocketswapError):
     """The loss or the gradient became NaN/inf; the run stopped before applying that update."""
 
 
-@dataclass
-class RunSummary:
-    """What a finished (or stopped) run did. ``weights_sha256`` hashes the EMA student; in DDP
-    ``rank_weights_sha256`` lists every rank's hash (all equal when the ranks agree)."""
-
-    out: str
-    step: int
-    steps: int
-    stopped: str  # "completed", "stop_after" or "interrupted"
-    final_loss: float | None
-    best_step: int | None
-    best_val_loss: float | None
-    last_checkpoint: str | None
-    best_checkpoint: str | None
-    samples_per_s: float
-    train_seconds: float
-    wall_seconds: float
-    world_size: int
-    weights_sha256: str
-    rank_weights_sha256: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# -- process setup -------------------------------------------------------------------------------
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
-    owns_group: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(config: TrainConfig) -> _Dist:
-    cuda = torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise ConfigError("config field 'device' is cuda but CUDA is not available")
-    use_cuda = cuda and config.device in ("auto", "cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        owns = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return _Dist(rank, world, device, owns)
-
-
-def _lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """No weight decay on biases, norm affines (1-D) and identity maps; the hypernetwork's and the
-    identity maps' LR scaled (``hyper_lr_mult``, ``map_lr_mult``)."""
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        path = f".{name}."
-        part = "hyper" if ".hypernet." in path else "map" if ".skip_maps." in path or ".head_map." in path else ""
-        groups.setdefault((part, p.ndim > 1 and part != "map"), []).append(p)
-    mult = {"hyper": cfg.hyper_lr_mult, "map": cfg.map_lr_mult, "": 1.0}
-    return [
-        {"params": params, "lr": cfg.lr * mult[part], "weight_decay": cfg.weight_decay if decay else 0.0}
-        for (part, decay), params in sorted(groups.items())
-    ]
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()  # noqa: NPY002 - the legacy global RNG third-party code may use
-    out: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "name": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "gauss": float(np_state[4]),
-        },  # fmt: skip
-        "python": json.dumps(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def _set_rng_state(saved: dict[str, Any]) -> None:
-    torch.set_rng_state(saved["torch"])
-    n = saved["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
-    version, internal, gauss = json.loads(saved["python"])
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in saved and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda"])
-
-
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of a module's state (names, shapes, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _auto_threads(num_workers: int) -> int:
-    """CPU cores per training process, minus the DataLoader workers' (oversubscribed OpenMP threads
-    spin and can make a step several times slower on a busy machine)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, per_process - num_workers)
-
-
-def _sigterm_as_interrupt() -> Any:
-    """Make SIGTERM (e.g. a preempted job) stop like Ctrl-C, which saves a checkpoint first.
-    Returns the previous handler, or None when not in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)  # noqa: NPY002
-    random.seed(seed)
-
-
-def _load_initial_weights(student: nn.Module, source: str) -> None:
-    """Start from a checkpoint's weights; tensors the checkpoint lacks (new identity maps) keep their init."""
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
-
-    init, _, _ = load_checkpoint(resolve_checkpoint(source))
-    own, found = student.state_dict(), init.state_dict()
-    for name, tensor in found.items():
-        if name not in own or own[name].shape != tensor.shape:
-            raise ConfigError(
-                f"config field 'init_from': {source} does not fit this student (tensor '{name}' "
-                f"{list(tensor.shape)} vs {list(own[name].shape) if name in own else 'absent'})"
-            )
-    missing = student.load_state_dict(found, strict=False).missing_keys
-    log.info("initialised from %s%s", source, f" ({len(missing)} new tensors)" if missing else "")
-
-
 # -- the trainer ---------------------------------------------------------------------------------
 class _Trainer:
-    def __init__(self, config: TrainConfig, data: Path, out: Path, ctx: _Dist, resume: bool, progress: bool) -> None:
+    def __init__(self, config: TrainConfig, data: Path, out: Path, ctx: Dist, resume: bool, progress: bool) -> None:
         self.cfg, self.data, self.out, self.ctx, self.progress = config, data, out, ctx, progress
         self.device = ctx.device
         self.reader = DatasetReader(data)
@@ -242,7 +87,7 @@ class _Trainer:
         torch.manual_seed(config.seed)
         student = StudentNet(self.scfg)
         if config.init_from and self.resume_from is None:
-            _load_initial_weights(student, config.init_from)
+            load_initial_weights(student, config.init_from)
         student = student.to(self.device)
         distiller = None
         if config.w_feat > 0:
@@ -253,14 +98,7 @@ class _Trainer:
         self.trainee = Trainee(student, distiller)
         self.ema = copy.deepcopy(student).eval().requires_grad_(False)
         self.loss_fn = DistillLoss(config, self.scfg.size).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.trainee, config),
-            lr=config.lr,
-            betas=config.betas,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _lr_factor(s, config.warmup_steps, config.steps, config.min_lr_ratio)
-        )
+        self.optimizer, self.scheduler = make_optimizer(self.trainee, config)
         self.disc: nn.Module | None = None
         self.d_optimizer: torch.optim.Optimizer | None = None
         if config.w_adv > 0:
@@ -279,9 +117,7 @@ class _Trainer:
         if self.resume_from is not None:
             self._load(self.resume_from)
         else:
-            torch.manual_seed(config.seed + 1000 * ctx.rank)
-            np.random.seed(config.seed + 1000 * ctx.rank)  # noqa: NPY002
-            random.seed(config.seed + 1000 * ctx.rank)
+            seed_everything(config.seed + 1000 * ctx.rank)
 
         self.model: nn.Module = self.trainee
         self.d_model: nn.Module | None = self.disc
@@ -368,7 +204,7 @@ class _Trainer:
     # -- state -----------------------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
         positions = {str(k): list(v) for k, v in self.positions.items()}
-        return {"positions": json.dumps(positions), "batches": self.batches, "rng": _rng_state()}
+        return {"positions": json.dumps(positions), "batches": self.batches, "rng": rng_state()}
 
     def _gather(self, obj: Any) -> list[Any]:
         if self.ctx.world == 1:
@@ -428,7 +264,7 @@ class _Trainer:
             mine = tree["ranks"][self.ctx.rank]
             self.positions = {int(k): (int(v[0]), int(v[1])) for k, v in json.loads(mine["positions"]).items()}
             self.batches = int(mine["batches"])
-            _set_rng_state(mine["rng"])
+            set_rng_state(mine["rng"])
         else:
             epoch = max((e for r in tree["ranks"] for e, _ in json.loads(r["positions"]).values()), default=0)
             log.warning("resuming with a different world size or worker count: data restarts at epoch %d", epoch + 1)
@@ -437,33 +273,14 @@ class _Trainer:
 
     # -- data ------------------------------------------------------------------------------------
     def _loader(self) -> Iterator[dict[str, Any]]:
-        from torch.utils.data import DataLoader
-
         stream = TrainStream(
             self.data, self.split, self.cfg.batch_size, self.cfg.seed, self.cfg.shuffle_buffer,
             self.ctx.rank, self.ctx.world, self.cfg.num_workers, self.positions, self.batches % self.workers,
         )  # fmt: skip
-        generator = torch.Generator().manual_seed(self.cfg.seed + self.ctx.rank)
-        loader = DataLoader(
-            stream,
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            worker_init_fn=_seed_worker if self.cfg.num_workers else None,
-            generator=generator,
-            prefetch_factor=2 if self.cfg.num_workers else None,
-        )
-        return iter(loader)
+        return stream_loader(stream, self.cfg.num_workers, self.cfg.seed + self.ctx.rank)
 
     def _prepare(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        d = self.device
-        return {
-            "attribute": to_unit(batch["attribute"]).to(d),
-            "output": to_unit(batch["output"]).to(d),
-            "identity_image": to_unit(batch["identity_image"]).to(d),
-            "mask": batch["mask"].unsqueeze(1).to(d),
-            "embedding": batch["embedding"].to(d),
-            "same": batch["same"].to(d),
-        }
+        return batch_to_device(batch, self.device)
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -743,17 +560,17 @@ def train(
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be >= 1, got {stop_after}")
     data, out = Path(data), Path(out)
-    ctx = _setup_distributed(config)
+    ctx = setup_distributed(config)
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     if ctx.device.type == "cpu":
-        torch.set_num_threads(config.threads or _auto_threads(config.num_workers))
+        torch.set_num_threads(config.threads or auto_threads(config.num_workers))
     if config.deterministic:
         if ctx.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
             torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
-    previous_sigterm = _sigterm_as_interrupt() if ctx.world == 1 else None
+    previous_sigterm = sigterm_as_interrupt() if ctx.world == 1 else None
     try:
         if ctx.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -771,4 +588,4 @@ def train(
             dist.destroy_process_group()
 
 
-__all__ = ["RunSummary", "TrainingDivergedError", "train", "weights_digest"]
+__all__ = ["TrainingDivergedError", "train"]
