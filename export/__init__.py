@@ -1,6 +1,6 @@
 """Export stage: student checkpoints -> ONNX, TFLite (LiteRT) and CoreML artifacts with parity checks.
 
-Library API: :func:`pocketswap.export.pipeline.export_model` and :func:`pocketswap.export.pipeline.patch_model`;
+Library API: :func:`pocketswap.export.pipeline.export_model` and :func:`pocketswap.export.patch.patch_model`;
 CLI: ``pocketswap export`` (:mod:`pocketswap.export.cli`). Modules: ``onnx_export``, ``tflite``, ``coreml``,
 ``parity``, ``patch``, ``enroll``, ``data``, ``common``. Conversion facts behind the design are in each
 module's docstring (from ``shared/notes/export-findings.md``).

@@ -131,7 +131,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _patch(args: argparse.Namespace) -> int:
-    from pocketswap.export.pipeline import patch_model
+    from pocketswap.export.patch import patch_model
 
     result = patch_model(
         args.model,

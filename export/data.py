@@ -207,3 +207,13 @@ def identity_embedding(spec: str | Path, embed_dim: int, encoder: str | None = "
             f"identity {text}: embedding has shape {emb.shape} but the checkpoint expects ({embed_dim},) finite floats"
         )
     return emb, source
+
+
+def load_student(source: str | Path):
+    """(StudentNet in eval mode, StudentConfig, extra, checkpoint dir, sha256 of its safetensors)."""
+    from pocketswap.checkpoint import WEIGHTS_NAME, load_checkpoint, resolve_checkpoint
+    from pocketswap.files import file_sha256
+
+    directory = resolve_checkpoint(source)
+    net, config, extra = load_checkpoint(directory)
+    return net.eval(), config, extra, directory, file_sha256(directory / WEIGHTS_NAME)

@@ -10,10 +10,14 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pocketswap.export.common import ParityError
+if TYPE_CHECKING:
+    import torch
+
+from pocketswap.export.common import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ TOLERANCES: dict[str, dict] = {
     "fp16": {"max_abs": 1e-2},
     "int8": {"min_psnr_db": 30.0, "applies_to": "real faces"},
 }
+PEAKS = {IMAGE_OUTPUT: 2.0, MASK_OUTPUT: 1.0}  # value range of each student output (PSNR peak)
 REAL_CASE_PREFIXES = ("face:", "centre:")
 COMPRESSION_MIN_PSNR = {"int8": 30.0, "palettize6": 30.0, "palettize4": 20.0}
 
@@ -130,3 +135,16 @@ def check(record: dict, artifact: str) -> None:
         f"output '{worst['output']}': max abs {worst['max_abs']:.3g}, mean abs {worst['mean_abs']:.3g}, "
         f"PSNR {worst['psnr_db']:.1f} dB (tolerance: {rule})"
     )
+
+
+def torch_runner(module: torch.nn.Module) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """feeds {IMAGE_INPUT: NCHW array} -> the named student outputs of a PyTorch module."""
+    import torch
+
+    @torch.no_grad()
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            k: v.numpy() for k, v in zip(STUDENT_OUTPUTS, module(torch.from_numpy(feeds[IMAGE_INPUT])), strict=True)
+        }
+
+    return run

@@ -1,4 +1,4 @@
-"""Fast identity switch: rewrite the identity-dependent weight bytes of a baked .tflite / .mlpackage.
+"""Fast identity switch (``patch_model``): rewrite the identity-dependent weight bytes of a baked .tflite / .mlpackage.
 
 At export time :func:`map_tflite` / :func:`map_coreml` find, for every PyTorch tensor that depends on
 the identity (found by baking two identities and diffing), the constant that holds it in the artifact
@@ -20,12 +20,20 @@ import logging
 import shutil
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pocketswap.export.common import ExportError, UnsupportedError
+from pocketswap.checkpoint import checkpoint_encoder, locked_identity
+from pocketswap.errors import CheckpointError, ConfigError
+from pocketswap.export import data as export_data
+from pocketswap.export import parity
+from pocketswap.export.common import IMAGE_INPUT, STUDENT_OUTPUTS, ExportError, UnsupportedError
+from pocketswap.faces.identity import embedding_sha256, same_person_threshold
+from pocketswap.files import file_sha256
+from pocketswap.manifest import Manifest, artifact_size, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +283,103 @@ def read_tensor(data: bytes, entry: dict) -> np.ndarray:
     stored = np.frombuffer(data, entry["dtype"], entry["nbytes"] // np.dtype(entry["dtype"]).itemsize, entry["offset"])
     shape = [entry["torch_shape"][p] for p in entry["permutation"]]
     return np.transpose(stored.reshape(shape), np.argsort(entry["permutation"])).astype(np.float32)
+
+
+# -- a baked artifact for another identity -------------------------------------------------------
+
+
+@dataclass
+class PatchResult:
+    """A patched artifact, its manifest, the time spent rewriting bytes and the parity record."""
+
+    path: Path
+    manifest: Manifest
+    rewrite_seconds: float
+    parity: dict
+
+
+def patch_model(
+    model: str | Path,
+    identity: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    encoder: str | None = None,
+    check_parity: bool = True,
+) -> PatchResult:
+    """Write ``out``: a baked .tflite / .mlpackage with the identity switched (no re-conversion)."""
+    model = Path(model)
+    manifest = read_manifest(model)
+    if manifest.kind != "student" or manifest.identity_mode != "baked":
+        raise UnsupportedError(
+            f"{model.name}: only baked student models can be patched (this is {manifest.kind}/{manifest.identity_mode})"
+        )
+    if not manifest.patch:
+        raise UnsupportedError(
+            f"{model.name}: its manifest has no patch map ({manifest.runtime} {manifest.precision}); "
+            "patching needs a baked fp32/fp16 .tflite or an uncompressed .mlpackage"
+        )
+    net, config, extra, ckpt_dir, ckpt_sha = export_data.load_student(checkpoint)
+    if config.identity_encoder:
+        raise UnsupportedError(f"{checkpoint}: spatial-identity students are re-exported per identity, not patched")
+    if manifest.source.get("checkpoint_sha256") not in (None, ckpt_sha):
+        raise CheckpointError(f"{checkpoint}: not the checkpoint {model.name} was exported from (sha256 differs)")
+    encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
+    emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
+    emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
+    names = [e["name"] for e in manifest.patch["tensors"]]
+    tensors = baked_identity_tensors(net, torch.from_numpy(emb), names)
+    out = Path(out)
+    if out.resolve() == model.resolve():
+        raise ConfigError("--out must differ from the model being patched")
+    seconds = patch_artifact(model, out, manifest.patch, tensors)
+    log.info("patched %d tensors of %s in %.1f ms", len(names), model.name, seconds * 1e3)
+
+    record = _patched_parity(net, emb, config, out, manifest, check_parity)
+    new = Manifest.from_dict(manifest.to_dict())
+    new.artifact = out.name
+    new.file_size_bytes = artifact_size(out)
+    new.sha256 = file_sha256(out)
+    new.source = {
+        **manifest.source,
+        "identity": identity_source,
+        "embedding_sha256": embedding_sha256(emb),
+        "embedding": [round(float(v), 6) for v in emb],
+        "patched_from": manifest.artifact,
+    }
+    new.parity = record
+    new.extra = {**manifest.extra, "patch_rewrite_ms": round(seconds * 1e3, 3)}
+    write_manifest(out, new)
+    return PatchResult(out, new, seconds, record)
+
+
+def _patched_parity(net, emb, config, path: Path, manifest: Manifest, check: bool) -> dict:
+    from pocketswap.export import tflite
+
+    module = net.bake(torch.from_numpy(emb).reshape(1, -1))
+    rng = np.random.default_rng(0)
+    cases = [("random-0", {IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, config.size, config.size)).astype(np.float32)})]
+    for case, crop in export_data.sample_crops(config.size, config.template)[:1]:
+        cases.append((case, {IMAGE_INPUT: export_data.to_model_input(crop)}))
+
+    @torch.no_grad()
+    def reference(feeds):
+        return {
+            k: v.numpy() for k, v in zip(STUDENT_OUTPUTS, module(torch.from_numpy(feeds[IMAGE_INPUT])), strict=True)
+        }
+
+    if manifest.runtime == "tflite":
+        run, name = tflite.TFLiteRunner(path), "pytorch-fp32 (new identity)"
+    else:  # Linux cannot run CoreML: check the patched weights inside PyTorch
+        from pocketswap.export import coreml
+
+        clone, _, _ = coreml.with_artifact_weights(module, path)
+        run, name = (
+            parity.torch_runner(clone),
+            "pytorch-fp32 (new identity) vs pytorch with the patched artifact's weights",
+        )
+    results = parity.evaluate(cases, reference, run, parity.PEAKS)
+    tolerance = parity.TOLERANCES[manifest.precision] if manifest.precision != "int8" else None
+    record = parity.summarize(results, manifest.precision, name, tolerance)
+    if check:
+        parity.check(record, path.name)
+    return record

@@ -19,7 +19,6 @@ Shards are written to a temporary file and renamed when complete, with fixed tar
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -34,7 +33,7 @@ import cv2
 import numpy as np
 
 from pocketswap.errors import PocketswapError
-from pocketswap.files import atomic_write_json
+from pocketswap.files import atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,14 +153,6 @@ class ShardInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardWriter:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,20 +174,6 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, where=str(path))
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a directory's files (relative path + bytes, sorted) for ``.mlpackage``."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def artifact_size(path: str | Path) -> int:
     """Bytes of a file, or the total of a directory's files."""
     path = Path(path)
@@ -203,7 +188,6 @@ __all__ = [
     "ManifestError",
     "TensorInfo",
     "artifact_size",
-    "file_sha256",
     "manifest_path",
     "read_manifest",
     "write_manifest",

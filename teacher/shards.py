@@ -15,12 +15,11 @@ from pocketswap.dataset import (
     FORMAT_VERSION,
     MEMBERS,
     ShardInfo,
-    file_sha256,
     iter_shard_members,
     shard_name,
 )
 from pocketswap.errors import ConfigError
-from pocketswap.files import atomic_write_json
+from pocketswap.files import atomic_write_json, file_sha256
 from pocketswap.teacher.analysis import FacePool
 from pocketswap.teacher.base import Teacher
 from pocketswap.teacher.config import GenerateConfig

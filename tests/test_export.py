@@ -399,9 +399,9 @@ def test_patched_tflite_matches_fresh_export(baked, fresh_b, workspace, tmp_path
 @pytest.mark.slow
 def test_baked_weights_model_gives_the_patch_bytes(baked, fresh_b, workspace):
     """What an app does on device: hypernetwork output -> bytes at the manifest's offsets -> new identity."""
+    from pocketswap.export.data import load_student
     from pocketswap.export.enroll import BakedWeightsModule
     from pocketswap.export.patch import baked_identity_tensors, patch_bytes, read_tensor
-    from pocketswap.export.pipeline import load_student
 
     root, ckpt = workspace
     net, *_ = load_student(ckpt)
@@ -430,7 +430,7 @@ def test_baked_weights_model_gives_the_patch_bytes(baked, fresh_b, workspace):
 @pytest.mark.slow
 def test_patched_mlpackage_has_the_new_identity_weights(baked, fresh_b, workspace, tmp_path):
     from pocketswap.export.coreml import artifact_weights
-    from pocketswap.export.pipeline import patch_model
+    from pocketswap.export.patch import patch_model
 
     root, ckpt = workspace
     result = patch_model(baked["coreml", "fp16"].path, root / "id_b.npy", ckpt, tmp_path / "b.mlpackage")
@@ -444,7 +444,7 @@ def test_patched_mlpackage_has_the_new_identity_weights(baked, fresh_b, workspac
 
 @pytest.mark.slow
 def test_patch_refuses_other_checkpoints_and_unpatchable_models(baked, workspace, tmp_path):
-    from pocketswap.export.pipeline import patch_model
+    from pocketswap.export.patch import patch_model
 
     root, _ = workspace
     torch.manual_seed(1)
@@ -460,8 +460,8 @@ def test_patch_refuses_other_checkpoints_and_unpatchable_models(baked, workspace
 def test_dynamic_identity_and_enrollment_models(workspace):
     """Dynamic student + encoder + hypernetwork as TFLite: the on-device enrollment chain reproduces PyTorch."""
     from pocketswap.export import tflite
-    from pocketswap.export.data import sample_crops, to_model_input
-    from pocketswap.export.pipeline import export_model, load_student
+    from pocketswap.export.data import load_student, sample_crops, to_model_input
+    from pocketswap.export.pipeline import export_model
 
     root, ckpt = workspace
     arts = export_model(

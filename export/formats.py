@@ -1,0 +1,281 @@
+"""Student artifacts per format: ONNX (fp32/fp16/int8), TFLite through onnx2tf (with its patch map
+and LiteRT benchmark), CoreML .mlpackage; each converted, parity-checked and given its manifest."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pocketswap.export import data as export_data
+from pocketswap.export import parity
+from pocketswap.export.common import (
+    IDENTITY_INPUT,
+    IMAGE_INPUT,
+    STUDENT_OUTPUTS,
+    ExportError,
+    UnsupportedError,
+)
+from pocketswap.export.job import (
+    Artifact,
+    Job,
+    artifact_parity,
+    calibration_feeds,
+    example_inputs,
+    finish,
+    io_tensors,
+)
+
+log = logging.getLogger(__name__)
+
+
+def export_formats(job: Job, formats, precisions, image_input, compress, benchmark) -> list[Artifact]:
+    onnx_path = job.work / f"{job.name}.onnx"
+    input_names = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
+    steps: list[tuple[str, Callable[[], list[Artifact]]]] = []
+    if {"onnx", "tflite"} & set(formats):
+        steps.append(("onnx export", lambda: _onnx_base(job, onnx_path, input_names, "tflite" in formats)))
+    if "onnx" in formats:
+        steps.append(("onnx", lambda: _onnx_artifacts(job, onnx_path, precisions)))
+    if "tflite" in formats:
+        steps.append(("tflite", lambda: _tflite_artifacts(job, onnx_path, precisions, benchmark)))
+    if "coreml" in formats:
+        for precision in precisions:
+            steps.append((f"coreml {precision}", lambda p=precision: [_coreml_artifact(job, p, image_input, compress)]))
+    artifacts: list[Artifact] = []
+    for label, step in tqdm(steps, desc="export", unit="step", leave=False, disable=None):
+        log.info("export: %s", label)
+        artifacts += step()
+    return artifacts
+
+
+def _onnx_base(job: Job, path: Path, input_names: list[str], lint_tflite: bool) -> list[Artifact]:
+    from pocketswap.export import onnx_export
+
+    onnx_export.export_onnx(job.module, example_inputs(job), path, input_names, list(STUDENT_OUTPUTS))
+    onnx_export.lint_onnx(path, "tflite" if lint_tflite else "onnx")
+    return []
+
+
+def _onnx_artifacts(job: Job, base: Path, precisions: list[str]) -> list[Artifact]:
+    from pocketswap.export import onnx_export
+
+    out = []
+    for precision in precisions:
+        path = job.stage / f"{job.name}_{precision}.onnx"
+        if precision == "fp32":
+            shutil.copyfile(base, path)
+        elif precision == "fp16":
+            onnx_export.convert_onnx_fp16(base, path)
+        else:
+            onnx_export.quantize_onnx_int8(base, path, calibration_feeds(job, layout="NCHW"))
+
+        def run(feeds, p=path):
+            return dict(zip(STUDENT_OUTPUTS, onnx_export.run_onnx(p, feeds), strict=True))
+
+        record = artifact_parity(job, run, precision, path.name)
+        out.append(finish(job, path, "onnx", precision, "NCHW", parity=record, ops=onnx_export.onnx_ops(path)))
+    return out
+
+
+# -- TFLite --------------------------------------------------------------------------------------
+
+
+def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmark: bool) -> list[Artifact]:
+    from pocketswap.export import tflite
+
+    calib = None
+    if "int8" in precisions:
+        feeds = calibration_feeds(job, layout="NHWC")
+        calib = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    crops = np.stack([c for _, c in export_data.sample_crops(job.config.size, job.config.template)])
+    raw = tflite.convert_onnx(
+        onnx_path,
+        job.work / "tflite",
+        precisions,
+        crops,
+        calib,
+        flat_inputs=[IDENTITY_INPUT] if job.mode == "dynamic" else (),
+    )
+    out = []
+    for precision in precisions:
+        path = job.stage / f"{job.name}_{precision}.tflite"
+        shutil.copyfile(raw[precision], path)
+        _name_tflite_io(job, path)
+        runner = tflite.TFLiteRunner(path)
+        record = artifact_parity(job, runner, precision, path.name)
+        fields = {"parity": record, "ops": tflite.list_ops(path), "delegation": tflite.delegation(path)}
+        inputs, outputs = tflite.io_details(path)
+        _check_io(job, path, inputs, outputs)
+        if job.mode == "baked" and precision in ("fp32", "fp16"):
+            fields["patch"] = _patch_record(job, path, "tflite")
+        if benchmark:
+            fields["extra"] = {"benchmark_host": _bench(path)}
+        out.append(finish(job, path, "tflite", precision, "NHWC", **fields))
+    return out
+
+
+def _name_tflite_io(job: Job, path: Path) -> None:
+    """Give the converted model our I/O names and a serving_default signature (outputs matched by value)."""
+    from pocketswap.export import tflite
+
+    inputs, outputs = tflite.io_details(path)
+    wanted = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
+    in_pos = {}
+    for name in wanted:
+        hits = [i for i, d in enumerate(inputs) if name in d["name"]]
+        if len(hits) != 1:
+            raise ExportError(f"{path.name}: cannot find input {name!r} among {[d['name'] for d in inputs]}")
+        in_pos[name] = hits[0]
+    feeds = job.cases[0][1]
+    ref = job.reference(feeds)
+    raw = tflite.TFLiteRunner(path)({inputs[in_pos[k]]["name"]: v for k, v in feeds.items()})
+    names = [d["name"] for d in outputs]
+    out_pos = {}
+    for name, value in ref.items():
+        scored = [
+            (float(np.abs(raw[n] - value).mean()), i)
+            for i, n in enumerate(names)
+            if raw[n].shape == value.shape and i not in out_pos.values()
+        ]
+        if not scored:
+            raise ExportError(f"{path.name}: no output with the shape of {name!r} {list(value.shape)} (NCHW)")
+        out_pos[name] = min(scored)[1]
+    tflite.finalize(path, in_pos, out_pos)
+
+
+def _check_io(job: Job, path: Path, inputs: list[dict], outputs: list[dict]) -> None:
+    expected_in, expected_out = io_tensors(job, "NHWC")
+    got = [(d["name"], d["shape"]) for d in inputs], [(d["name"], d["shape"]) for d in outputs]
+    want = [(t.name, t.shape) for t in expected_in], [(t.name, t.shape) for t in expected_out]
+    if sorted(got[0]) != sorted(want[0]) or sorted(got[1]) != sorted(want[1]):
+        raise ExportError(f"{path.name}: converted I/O {got} differs from the expected {want}")
+
+
+def _bench(path: Path) -> dict:
+    from pocketswap.export import tflite
+
+    result = tflite.benchmark(path, num_threads=1)
+    return {"num_threads": 1, "fully_accelerated": result.get("fully_accelerated"), **result.get("latency", {})}
+
+
+def _patch_record(job: Job, path: Path, kind: str) -> dict | None:
+    from pocketswap.export import patch
+
+    if not job.identity_names:
+        return None
+    tensors = patch.baked_identity_tensors(job.net, torch.from_numpy(job.embedding), job.identity_names)
+    try:
+        record = patch.map_tflite(path, tensors) if kind == "tflite" else patch.map_coreml(path, tensors)
+    except UnsupportedError as exc:
+        log.warning("%s: identity patching unavailable: %s", path.name, exc)
+        return None
+    log.info("%s: %d identity tensors mapped for patching", path.name, len(record["tensors"]))
+    return record
+
+
+# -- CoreML --------------------------------------------------------------------------------------
+
+
+def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str) -> Artifact:
+    from pocketswap.export import coreml
+
+    effective = "int8" if precision == "int8" and compress == "none" else compress
+    suffix = ("_image" if image_input else "") + (f"_{compress}" if compress != "none" else "")
+    path = job.stage / f"{job.name}_{precision}{suffix}.mlpackage"
+    s = job.config.size
+    specs = [coreml.InputSpec(IMAGE_INPUT, (1, 3, s, s), is_image=True)]
+    if job.mode == "dynamic":
+        specs.append(coreml.InputSpec(IDENTITY_INPUT, (1, int(job.net.num_identity_params))))
+    coreml.convert(
+        job.module,
+        example_inputs(job),
+        specs,
+        STUDENT_OUTPUTS,
+        path,
+        precision=precision,
+        image_input=image_input,
+        compress=effective,
+        description=f"pocketswap {job.config.name} face-swap student ({job.mode} identity). Outputs are synthetic media.",
+        metadata={
+            "preset": job.config.name,
+            "identity_mode": job.mode,
+            "crop_size": s,
+            "template": job.config.template,
+        },
+    )
+    info = coreml.inspect(path)
+    _check_coreml_io(job, path, info, image_input)
+    # Linux: the artifact's own weights (decompressed) in PyTorch; macOS: CoreML itself as well.
+    clone, replaced, missing = coreml.with_artifact_weights(job.module, path)
+    if missing:
+        log.warning("%s: %d torch tensors not found in the artifact (%s...)", path.name, len(missing), missing[0])
+
+    @torch.no_grad()
+    def run_weights(feeds):
+        args = [torch.from_numpy(feeds[IMAGE_INPUT])]
+        if job.mode == "dynamic":
+            args.append(torch.from_numpy(feeds[IDENTITY_INPUT]))
+        return {k: v.numpy() for k, v in zip(STUDENT_OUTPUTS, clone(*args), strict=True)}
+
+    if effective == "none":
+        tolerance = parity.TOLERANCES["fp32" if precision == "fp32" else "fp16"]
+    else:
+        tolerance = {"min_psnr_db": parity.COMPRESSION_MIN_PSNR[effective]}
+    record = artifact_parity(
+        job, run_weights, precision, path.name, "pytorch-fp32 vs pytorch with the artifact's weights", tolerance
+    )
+    record["weights_replaced"] = replaced
+    record["weights_missing"] = missing
+    fields = {"parity": record, "ops": info["ops"], "extra": {}}
+    if precision != "fp32":  # FLOAT16 compute, emulated on the CPU: the artifact's weights, half activations
+        half = copy.deepcopy(clone).half()
+
+        @torch.no_grad()
+        def run_half(feeds):
+            args = [torch.from_numpy(feeds[IMAGE_INPUT]).half()]
+            if job.mode == "dynamic":
+                args.append(torch.from_numpy(feeds[IDENTITY_INPUT]).half())
+            return {k: v.float().numpy() for k, v in zip(STUDENT_OUTPUTS, half(*args), strict=True)}
+
+        reference = "pytorch-fp32 vs pytorch float16 with the artifact's weights (CPU emulation of FLOAT16 compute)"
+        fields["extra"]["fp16_compute_emulation"] = artifact_parity(
+            job, run_half, precision, f"{path.name} (fp16 compute emulation)", reference, tolerance
+        )
+    if coreml.can_predict():
+        device = artifact_parity(
+            job, lambda f: coreml.predict(path, f, image_input), precision, path.name, "pytorch-fp32 vs CoreML predict"
+        )
+        fields["extra"]["coreml_predict_parity"] = device
+    else:
+        fields["extra"]["coreml_predict_parity"] = "not run: CoreML predict() needs macOS"
+    fields["extra"]["compression"] = effective
+    fields["extra"]["compute_precision"] = "FLOAT32" if precision == "fp32" else "FLOAT16"
+    fields["extra"]["minimum_deployment_target"] = "iOS16"
+    if job.mode == "baked" and effective == "none":
+        fields["patch"] = _patch_record(job, path, "coreml")
+    image_dtype = "image (RGB, scale 1/127.5, bias -1)" if image_input else "float32"
+    io = io_tensors(job, "NCHW", image_dtype)
+    if image_input:
+        io[0][0].range = [0.0, 255.0]
+        io[0][0].description = "aligned face crop as an RGB image (CVPixelBuffer); mapped to [-1, 1] inside the model"
+    return finish(job, path, "coreml", precision, "NCHW", io=io, **fields)
+
+
+def _check_coreml_io(job: Job, path: Path, info: dict, image_input: bool) -> None:
+    names_in = [f["name"] for f in info["inputs"]]
+    names_out = [f["name"] for f in info["outputs"]]
+    want_in = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
+    if names_in != want_in or names_out != list(STUDENT_OUTPUTS) or not info["is_ml_program"]:
+        raise ExportError(
+            f"{path.name}: CoreML I/O {names_in} -> {names_out}, expected {want_in} -> {list(STUDENT_OUTPUTS)}"
+        )
+    image = info["inputs"][0]
+    if (image["type"] == "image") != image_input:
+        raise ExportError(f"{path.name}: input 'image' has type {image['type']}")
