@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pocketswap.cli import int_range, output_dir, output_file
+
 
 def _threads(text: str) -> list[int]:
     try:
@@ -63,20 +65,10 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _identity_embedding(spec: str | None):
-    """An embedding from an .npy file or a face image (None when not given)."""
-    if not spec:
-        return None
-    import numpy as np
+    """An embedding from an .npy file or a face photo / sample:NAME (None when not given)."""
+    from pocketswap.faces.identity import identity_embedding
 
-    if spec.endswith(".npy"):
-        return np.load(spec).astype(np.float32).reshape(-1)
-    from pocketswap.faces.analyzer import FaceAnalyzer
-    from pocketswap.faces.identity import embed_faces, load_encoder
-    from pocketswap.faces.samples import load_image_or_sample
-
-    image = load_image_or_sample(spec)
-    face = FaceAnalyzer(detector="auto").detect_one(image, source=spec)
-    return embed_faces(image, [face], load_encoder("dlib"))[0]
+    return identity_embedding(spec)[0] if spec else None
 
 
 def _pipeline(args: argparse.Namespace) -> int:
@@ -161,40 +153,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = commands.add_parser("latency", help="median/p5/p95 latency, init time, size, memory, XNNPACK delegation")
     p.add_argument("artifacts", nargs="*", help=".tflite (LiteRT/XNNPACK), .onnx (ONNX Runtime) or a checkpoint")
     p.add_argument("--threads", type=_threads, default=[1], help="comma list, e.g. 1,2,4")
-    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--runs", type=int_range(1), default=100)
     p.add_argument(
         "--references", nargs="*", default=[], choices=["simswap", "mobilefaceswap"],
         help="reference networks timed in the same run (random weights)",
     )  # fmt: skip
     p.add_argument("--reference-runs", type=int, default=10, help="runs for the (slow) reference networks")
-    p.add_argument("--json", help="write the records as JSON")
+    p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_latency)
 
     p = commands.add_parser("pipeline", help="per-stage latency of the live pipeline on a 640x480 frame")
     p.add_argument("models", nargs="+", help="baked .tflite/.onnx, or a checkpoint (needs --identity)")
     p.add_argument("--identity", help="identity image or .npy embedding (for checkpoints)")
     p.add_argument("--threads", type=_threads, default=[1], help="comma list, e.g. 1,2")
-    p.add_argument("--runs", type=int, default=200)
-    p.add_argument("--json", help="write the records as JSON")
+    p.add_argument("--runs", type=int_range(1), default=200)
+    p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_pipeline)
 
     p = commands.add_parser("roofline", help="phone latency ESTIMATES from counted MACs and bytes (phones.yaml)")
     p.add_argument("--presets", nargs="+", default=["nano", "base"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8"])
-    p.add_argument("--json", help="write the estimates as JSON")
+    p.add_argument("--json", type=output_file(".json"), help="write the estimates as JSON")
     p.set_defaults(handler=_roofline)
 
     p = commands.add_parser("device", help="real on-device runs (Android via adb, CoreML on a Mac) or a skip reason")
     p.add_argument("artifacts", nargs="+", help=".tflite (Android) or .mlpackage (macOS)")
     p.add_argument("--android-benchmark-binary", help="LiteRT's benchmark_model built for the phone's ABI")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", help="write the records as JSON")
+    p.add_argument("--threads", type=int_range(1), default=1)
+    p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_device)
 
     p = commands.add_parser("quality", help="student vs teacher quality metrics on your own folder of faces")
     p.add_argument("target", help="run directory, checkpoint, or an exported artifact (scores its source checkpoint)")
     p.add_argument("--faces", required=True, help="folder of face photos (recursive), or 'samples'")
-    p.add_argument("--out", required=True, help="output folder (pairs made by the teacher + quality.json)")
+    p.add_argument(
+        "--out", type=output_dir, required=True, help="output folder (pairs made by the teacher + quality.json)"
+    )
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", default="geometric", help="teacher that makes the reference swaps")
@@ -202,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("report", help="one self-contained HTML page from result files")
     p.add_argument("results", nargs="+", help="JSON results, metrics.jsonl, manifests, PNG/JPEG images")
-    p.add_argument("--out", required=True, help="output .html")
+    p.add_argument("--out", type=output_file(".html"), required=True, help="output .html")
     p.add_argument("--title", default="pocketswap report")
     p.set_defaults(handler=_report)
 
@@ -213,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", help="baseline JSON (default: the packaged benchmarks/baseline.json)")
     p.add_argument("--max-ratio", type=float, default=1.2, help="allowed slowdown relative to the baseline")
     p.add_argument("--update", action="store_true", help="freeze the targets beside the baseline JSON and rewrite it")
-    p.add_argument("--threads", type=int, default=1, help="threads (with --update)")
-    p.add_argument("--runs", type=int, default=20, help="calls per target in each round")
-    p.add_argument("--rounds", type=int, default=15, help="rounds in which the targets take turns")
+    p.add_argument("--threads", type=int_range(1), default=1, help="threads (with --update)")
+    p.add_argument("--runs", type=int_range(1), default=20, help="calls per target in each round")
+    p.add_argument("--rounds", type=int_range(1), default=15, help="rounds in which the targets take turns")
     p.set_defaults(handler=_gate)

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
-from pocketswap.demo.source import IMAGE_SUFFIXES, ImageSource, open_source
+from pocketswap.demo.source import ImageSource, open_source
 from pocketswap.errors import PocketswapError
 from pocketswap.faces.align import align_face
-from pocketswap.imageio import read_image, write_image
+from pocketswap.imageio import IMAGE_SUFFIXES, write_image
 from pocketswap.runtime import SwapModel, load_swap_model
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,13 @@ class DemoSummary:
 
 
 def identity_files(spec: Path | None) -> list[Path]:
-    """One identity image/.npy, or every image/.npy in a folder (cycled with the n key)."""
+    """One identity image/.npy or ``sample:NAME``, or every image/.npy in a folder (cycled with the n key)."""
     if spec is None:
         return []
+    if str(spec).startswith("sample:"):
+        return [spec]
     if spec.is_dir():
-        files = sorted(p for p in spec.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
+        files = sorted(p for p in spec.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))
         if not files:
             raise PocketswapError(f"{spec}: no identity images or .npy embeddings in this folder")
         return files
@@ -134,16 +136,9 @@ class IdentityModels:
         if not self.identities:
             return None
         if index not in self.embeddings:
-            path = self.identities[index]
-            if path.suffix == ".npy":
-                self.embeddings[index] = np.load(path).astype(np.float32).reshape(-1)
-            else:
-                from pocketswap.faces.analyzer import FaceAnalyzer
-                from pocketswap.faces.identity import embed_faces, load_encoder
+            from pocketswap.faces.identity import identity_embedding
 
-                image = read_image(path)
-                face = FaceAnalyzer(detector="auto").detect_one(image, source=str(path))
-                self.embeddings[index] = embed_faces(image, [face], load_encoder(self.encoder))[0]
+            self.embeddings[index] = identity_embedding(self.identities[index], encoder=self.encoder)[0]
         return self.embeddings[index]
 
     def current(self) -> SwapModel:
@@ -233,9 +228,13 @@ def identity_consistency(crops: list[np.ndarray], embedding: np.ndarray | None, 
 
 def run_demo(options: DemoOptions) -> DemoSummary:
     """Run the demo until the source ends, q is pressed or `max_frames` is reached."""
-    from pocketswap.demo.video import VideoWriter
+    from pocketswap.demo.video import VIDEO_SUFFIXES, VideoWriter
     from pocketswap.faces.analyzer import FaceAnalyzer
+    from pocketswap.files import check_output
 
+    if options.output is not None:  # before any model loads: a bad path is one line, not a lost run
+        still_source = Path(str(options.source)).suffix.lower() in IMAGE_SUFFIXES
+        check_output(options.output, IMAGE_SUFFIXES if still_source else VIDEO_SUFFIXES, "--output")
     models = IdentityModels(options.model, identity_files(options.identity), options.threads)
     swapper = LiveSwapper(
         models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), options.pipeline

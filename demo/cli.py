@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pocketswap.cli import int_range, output_file
+
 
 def _demo(args: argparse.Namespace) -> int:
     from pocketswap.demo.app import DemoOptions, run_demo
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--detect-every", type=int, default=5, help="run the detector every N frames, track between")
     p.add_argument("--no-color-transfer", action="store_true", help="skip LAB colour matching at paste-back")
     p.add_argument("--no-label", action="store_true", help="hide the 'SYNTHETIC' label (e.g. for recording)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int_range(1), default=1)
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--json", help="write the summary as JSON")
+    p.add_argument("--json", type=output_file(".json"), help="write the summary as JSON")
     p.set_defaults(handler=_demo)

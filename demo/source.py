@@ -11,9 +11,7 @@ import cv2
 import numpy as np
 
 from pocketswap.errors import ImageReadError, PocketswapError
-from pocketswap.imageio import read_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from pocketswap.imageio import IMAGE_SUFFIXES, read_image
 
 
 class CameraError(PocketswapError):

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketswap.files import check_output
 from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 
 
 class VideoWriter:
@@ -16,8 +19,7 @@ class VideoWriter:
     def __init__(self, path: str | Path, fps: float, notice: str | None = SYNTHETIC_MEDIA_NOTICE) -> None:
         import av
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = check_output(path, VIDEO_SUFFIXES, "video")
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         self._container = av.open(str(self._tmp), "w")
         if notice:

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from pocketswap.cli import output_dir, output_file
 from pocketswap.distill.config import TrainConfig  # light: no torch
 
 PERSONALIZE_STEPS = 500  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
@@ -27,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "is one DDP rank.",
     )
     train.add_argument("--data", type=Path, help="dataset folder (default with --resume: the run's dataset)")
-    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    train.add_argument(
+        "--out", type=lambda t: Path(output_dir(t)), required=True, metavar="RUN_DIR", help="run directory"
+    )
     train.add_argument("--config", type=Path, metavar="YAML", help="TrainConfig fields as YAML")
     train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in RUN_DIR")
     train.add_argument(
@@ -53,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     personal.add_argument("run", type=Path, metavar="RUN_DIR", help="universal student: run folder or checkpoint")
     personal.add_argument("--identity", required=True, metavar="PHOTO", help="photo of one person, or sample:NAME")
-    personal.add_argument("--out", type=Path, required=True, metavar="DIR", help="output run folder")
+    personal.add_argument(
+        "--out", type=lambda t: Path(output_dir(t)), required=True, metavar="DIR", help="output run folder"
+    )
     personal.add_argument("--faces", default="samples", help="attribute faces: a folder of photos/frames, or samples")
     personal.add_argument("--steps", type=int, help=f"fine-tuning steps (default {PERSONALIZE_STEPS})")
     personal.add_argument("--pairs", type=int, default=1024, help="teacher pairs to generate (default 1024)")
@@ -72,7 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("run", type=Path, metavar="RUN_DIR", help="run directory or checkpoint directory")
     evaluate.add_argument("--data", type=Path, required=True, metavar="HELDOUT", help="dataset folder")
-    evaluate.add_argument("--json", type=Path, metavar="PATH", help="write the report here (default RUN_DIR/eval.json)")
+    evaluate.add_argument(
+        "--json",
+        type=lambda t: Path(output_file(".json")(t)),
+        metavar="PATH",
+        help="write the report here (default RUN_DIR/eval.json)",
+    )
     evaluate.add_argument(
         "--split",
         choices=("auto", "val", "train", "all"),

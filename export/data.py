@@ -16,11 +16,11 @@ import numpy as np
 
 from pocketswap.errors import ConfigError, ImageReadError, NoFaceError, PocketswapError
 from pocketswap.export.common import CalibrationError
+from pocketswap.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 PARITY_SAMPLES = ("astronaut", "grace_hopper", "lfw_03")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SAMPLES_SPEC = "samples"
 
 
@@ -175,38 +175,6 @@ def identity_crop(spec: str | Path, size: int, template: str = "arcface") -> np.
     image = load_image_or_sample(text)
     face = _analyzer().detect_one(image, source=text)
     return align_face(image, face.keypoints, size, template).crop
-
-
-def identity_embedding(spec: str | Path, embed_dim: int, encoder: str | None = "dlib") -> tuple[np.ndarray, str]:
-    """(D,) float32 embedding from an ``.npy`` (or ``.npz`` with one array) or a face photo / ``sample:NAME``
-    (embedded with ``encoder``: "dlib" or an ArcFace ``.onnx``; None means unknown and refuses photos)."""
-    text = str(spec)
-    if text.endswith((".npy", ".npz")):
-        path = Path(text)
-        if not path.is_file():
-            raise ImageReadError(f"identity embedding {path}: no such file")
-        try:
-            data = np.load(path, allow_pickle=False)
-            emb = data[data.files[0]] if hasattr(data, "files") else data
-        except (OSError, ValueError, IndexError) as exc:
-            raise ImageReadError(f"identity embedding {path}: unreadable ({exc})") from exc
-        emb = np.asarray(emb, np.float32).reshape(-1)
-        source = f"embedding {path.name}"
-    else:
-        if encoder is None:
-            raise ConfigError(f"the checkpoint's embed_dim is {embed_dim}; pass --encoder ARCFACE.onnx to embed {text}")
-        from pocketswap.faces.identity import embed_faces, load_encoder
-        from pocketswap.faces.samples import load_image_or_sample
-
-        image = load_image_or_sample(text)
-        face = _analyzer().detect_one(image, source=text)
-        emb = embed_faces(image, [face], load_encoder(encoder))[0].astype(np.float32)
-        source = f"photo {Path(text).name} ({encoder} encoder)"
-    if emb.shape != (embed_dim,) or not np.isfinite(emb).all():
-        raise ConfigError(
-            f"identity {text}: embedding has shape {emb.shape} but the checkpoint expects ({embed_dim},) finite floats"
-        )
-    return emb, source
 
 
 def load_student(source: str | Path):

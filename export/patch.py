@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from pocketswap.checkpoint import checkpoint_encoder, locked_identity
-from pocketswap.errors import CheckpointError, ConfigError
+from pocketswap.errors import CheckpointError, ConfigError, OutputError
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import IMAGE_INPUT, STUDENT_OUTPUTS, ExportError, UnsupportedError
-from pocketswap.faces.identity import embedding_sha256, same_person_threshold
-from pocketswap.files import file_sha256
+from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
+from pocketswap.files import check_output, file_sha256
 from pocketswap.manifest import Manifest, artifact_size, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -308,6 +308,10 @@ def patch_model(
 ) -> PatchResult:
     """Write ``out``: a baked .tflite / .mlpackage with the identity switched (no re-conversion)."""
     model = Path(model)
+    if Path(out).suffix != model.suffix:
+        raise OutputError(f"--out {out}: give a {model.suffix} file name (the patched copy of {model.name})")
+    if model.suffix != ".mlpackage":
+        check_output(out, (model.suffix,), "--out", create=False)
     manifest = read_manifest(model)
     if manifest.kind != "student" or manifest.identity_mode != "baked":
         raise UnsupportedError(
@@ -324,7 +328,7 @@ def patch_model(
     if manifest.source.get("checkpoint_sha256") not in (None, ckpt_sha):
         raise CheckpointError(f"{checkpoint}: not the checkpoint {model.name} was exported from (sha256 differs)")
     encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
-    emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
+    emb, identity_source = identity_embedding(identity, config.embed_dim, encoder_name)
     emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
     names = [e["name"] for e in manifest.patch["tensors"]]
     tensors = baked_identity_tensors(net, torch.from_numpy(emb), names)

@@ -43,7 +43,8 @@ from pocketswap.export.job import (
     Job,
     random_embedding,
 )
-from pocketswap.faces.identity import embedding_sha256, same_person_threshold
+from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
+from pocketswap.files import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def export_model(
     """
     formats_l = parse_list(formats, FORMATS, "format")
     precisions_l = parse_list(precisions, PRECISIONS, "precision")
+    check_output_dir(out_dir, "--out", create=False)  # before the checkpoint loads and conversions run
     if identity_mode not in IDENTITY_MODES:
         raise UnsupportedError(f"identity mode {identity_mode!r} is not supported; choose baked or dynamic")
     if compress not in COMPRESSIONS:
@@ -104,7 +106,7 @@ def export_model(
         )
     identity_crop = None
     if identity is not None:
-        emb, identity_source = export_data.identity_embedding(identity, config.embed_dim, encoder_name)
+        emb, identity_source = identity_embedding(identity, config.embed_dim, encoder_name)
         emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
         if config.identity_encoder:
             identity_crop = export_data.identity_crop(identity, size, config.template)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pocketswap.cli import MAX_CROP, MIN_CROP, int_range, output_file
+from pocketswap.imageio import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 IMAGE_HELP = "image file, or a bundled sample as sample:NAME (astronaut, grace_hopper, camera, lfw_00..lfw_99)"
@@ -117,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("detect", help="detect faces and 468 landmarks; write an annotated image and JSON")
     p.add_argument("image", help=IMAGE_HELP)
-    p.add_argument("--out", help="annotated image (box, landmarks, 5 keypoints)")
-    p.add_argument("--json", help="detections as JSON (box, score, keypoints, landmarks)")
+    p.add_argument("--out", type=output_file(*IMAGE_SUFFIXES), help="annotated image (box, landmarks, 5 keypoints)")
+    p.add_argument("--json", type=output_file(".json"), help="detections as JSON (box, score, keypoints, landmarks)")
     p.add_argument("--all", action="store_true", help="all faces (default: the largest)")
     p.add_argument("--require-face", action="store_true", help="exit with an error when no face is found")
     _add_detector_options(p)
@@ -126,15 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("align", help="align the largest face to a template and write the crop")
     p.add_argument("image", help=IMAGE_HELP)
-    p.add_argument("--size", type=int, default=224, help="crop size in px (112, 128, 224, 256, ...)")
+    p.add_argument(
+        "--size", type=int_range(MIN_CROP, MAX_CROP), default=224, help="crop size in px (112, 128, 224, 256, ...)"
+    )
     p.add_argument("--template", default="arcface", choices=["arcface", "dlib"], help="5-point template")
-    p.add_argument("--out", required=True, help="output crop image")
+    p.add_argument("--out", type=output_file(*IMAGE_SUFFIXES), required=True, help="output crop image")
     _add_detector_options(p)
     p.set_defaults(handler=_align)
 
     p = commands.add_parser("embed", help="identity embedding of the largest face (L2-normalised .npy)")
     p.add_argument("image", help=IMAGE_HELP)
-    p.add_argument("--out", required=True, help="output .npy")
+    p.add_argument("--out", type=output_file(".npy"), required=True, help="output .npy")
     p.add_argument("--encoder", default="dlib", help="'dlib' (built-in, 128-d) or an ArcFace .onnx (512-d)")
     _add_detector_options(p)
     p.set_defaults(handler=_embed)
@@ -143,13 +148,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image_a", help=IMAGE_HELP)
     p.add_argument("image_b", help=IMAGE_HELP)
     p.add_argument("--encoder", default="dlib", help="'dlib' (built-in, 128-d) or an ArcFace .onnx (512-d)")
-    p.add_argument("--json", help="also write the distance and verdict here")
+    p.add_argument("--json", type=output_file(".json"), help="also write the distance and verdict here")
     _add_detector_options(p)
     p.set_defaults(handler=_compare)
 
     p = commands.add_parser("bench", help="latency of detect + landmarks + align on a 640x480 frame")
-    p.add_argument("--runs", type=int, default=300)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--size", type=int, default=224, help="crop size")
-    p.add_argument("--json", help="write the result as JSON")
+    p.add_argument("--runs", type=int_range(1), default=300)
+    p.add_argument("--threads", type=int_range(1), default=1)
+    p.add_argument("--size", type=int_range(MIN_CROP, MAX_CROP), default=224, help="crop size")
+    p.add_argument("--json", type=output_file(".json"), help="write the result as JSON")
     p.set_defaults(handler=_bench)

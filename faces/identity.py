@@ -7,6 +7,7 @@ Encoders: the built-in dlib ResNet (128-d, offline, differentiable) or a user's 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -71,3 +72,52 @@ def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
 
         return SAME_PERSON_THRESHOLD
     return 0.6
+
+
+@lru_cache(maxsize=1)
+def _auto_analyzer():
+    from pocketswap.faces.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer(detector="auto")
+
+
+def identity_embedding(
+    spec: str | Path, embed_dim: int | None = None, encoder: str | Path | None = "dlib"
+) -> tuple[np.ndarray, str]:
+    """(D,) float32 embedding from an ``.npy`` (or ``.npz`` with one array) or a face photo / ``sample:NAME``
+    (embedded with ``encoder``: "dlib" or an ArcFace ``.onnx``; None means unknown and refuses photos). The one
+    photo -> embedding of every stage: ``embed_dim`` (when given) is what the model expects; a
+    missing file, no face, a non-numeric, wrong-size, NaN or all-zero embedding is one clear error."""
+    from pocketswap.errors import ConfigError, ImageReadError
+
+    text = str(spec)
+    if text.endswith((".npy", ".npz")):
+        path = Path(text)
+        if not path.is_file():
+            raise ImageReadError(f"identity embedding {path}: no such file")
+        try:
+            data = np.load(path, allow_pickle=False)
+            emb = data[data.files[0]] if hasattr(data, "files") else data
+            if not np.issubdtype(emb.dtype, np.number):
+                raise ValueError(f"holds {emb.dtype} values, not numbers")
+        except (OSError, ValueError, IndexError) as exc:
+            raise ImageReadError(f"identity embedding {path}: unreadable ({exc})") from exc
+        emb = np.asarray(emb, np.float32).reshape(-1)
+        source = f"embedding {path.name}"
+    else:
+        if encoder is None:
+            raise ConfigError(f"the checkpoint's embed_dim is {embed_dim}; pass --encoder ARCFACE.onnx to embed {text}")
+        from pocketswap.faces.identity import embed_faces, load_encoder
+        from pocketswap.faces.samples import load_image_or_sample
+
+        image = load_image_or_sample(text)
+        face = _auto_analyzer().detect_one(image, source=text)
+        emb = embed_faces(image, [face], load_encoder(encoder))[0].astype(np.float32)
+        source = f"photo {Path(text).name} ({encoder} encoder)"
+    if emb.ndim != 1 or (embed_dim is not None and emb.shape != (embed_dim,)):
+        raise ConfigError(f"identity {text}: embedding has shape {emb.shape} but the model expects ({embed_dim},)")
+    if not np.isfinite(emb).all():
+        raise ConfigError(f"identity {text}: embedding holds NaN or infinite values")
+    if not np.linalg.norm(emb) > 1e-6:
+        raise ConfigError(f"identity {text}: embedding is all zeros (no identity)")
+    return emb, source

@@ -25,6 +25,54 @@ STAGE_CLIS = (
 
 log = logging.getLogger("pocketswap")
 
+# Crop sizes a command accepts (a 100000 px crop would try to allocate ~30 GB).
+MIN_CROP, MAX_CROP = 16, 1024
+
+
+def int_range(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (high None: no upper bound), else one clear line."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def output_file(*suffixes: str):
+    """An argparse type: a file path that can be written (checked at parse time, before any work)."""
+    from pocketswap.errors import OutputError
+    from pocketswap.files import check_output
+
+    def parse(text: str) -> str:
+        try:
+            check_output(text, suffixes or None, "path", create=False)
+        except OutputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = "output file"
+    return parse
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a folder that exists or can be created, and written."""
+    from pocketswap.errors import OutputError
+    from pocketswap.files import check_output_dir
+
+    try:
+        check_output_dir(text, "folder", create=False)
+    except OutputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -62,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.handler(args)
     except PocketswapError as exc:
         print(f"pocketswap: error: {exc}", file=sys.stderr)
+        return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an output path
+        print(f"pocketswap: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pocketswap: interrupted; finished work is kept", file=sys.stderr)

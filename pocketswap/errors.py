@@ -23,3 +23,8 @@ class ConfigError(PocketswapError):
 
 class CheckpointError(PocketswapError):
     """A checkpoint is missing, incomplete or does not match the requested configuration."""
+
+
+class OutputError(PocketswapError):
+    """An output path cannot be written (read-only folder, a folder where a file goes, a file where a
+    folder goes, an extension the writer does not know)."""

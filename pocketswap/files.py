@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written file under the final name."""
+"""Output files: checked before work starts (:func:`check_output`), written atomically (a crash,
+Ctrl-C or a full disk never leaves a half-written file under the final name, nor a temp file behind)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,63 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pocketswap.errors import OutputError
+
+
+def check_output(
+    path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output", create: bool = True
+) -> Path:
+    """Fail early, in one line, when ``path`` cannot be written as a file: an existing folder, a
+    parent that is a file, a folder that cannot be created or written, or (with ``suffixes``) an
+    extension the writer does not know. Creates the missing parent folders (``create``)."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise OutputError(
+            f"{what} {path}: unknown extension {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}"
+        )
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; give a file name")
+    parent = path.parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OutputError(f"{what} {path}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise OutputError(f"{what} {path}: cannot write in {ancestor} (permission denied)")
+            break
+    if not create:
+        return path
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot create {parent} ({exc.strerror or exc})") from exc
+    return path
+
+
+def check_output_dir(path: str | Path, what: str = "output folder", create: bool = True) -> Path:
+    """Like :func:`check_output` for a folder: refuses a file or an unwritable place; creates it (``create``)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: is a file, not a folder")
+    check_output(path / ".probe", what=what, create=create)
+    if create and not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: cannot write here (permission denied)")
+    return path
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` through a temp file in the same folder (removed on any failure)."""
+    path = check_output(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pocketswap.errors import ImageReadError
+from pocketswap.errors import ImageReadError, OutputError
+from pocketswap.files import atomic_write_bytes, check_output
+
+# Image files every command reads and writes (OpenCV's codecs).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 MIN_IMAGE_SIDE = 32
 
@@ -64,13 +68,10 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def write_image(path: str | Path, image_rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 image; the format follows the suffix. Creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    """Write an RGB uint8 image atomically; the format follows the suffix (one of ``IMAGE_SUFFIXES``).
+    Creates parent folders; a bad path is one :class:`OutputError` line."""
+    path = check_output(path, IMAGE_SUFFIXES, "image")
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ImageReadError(f"{path}: cannot encode an image with suffix '{path.suffix}'")
-    tmp = path.with_name(path.name + ".tmp")
-    encoded.tofile(tmp)
-    tmp.replace(path)
-    return path
+        raise OutputError(f"image {path}: cannot encode an image with suffix '{path.suffix}'")
+    return atomic_write_bytes(path, encoded.tobytes())

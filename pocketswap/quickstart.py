@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pocketswap.cli import output_dir
 from pocketswap.errors import PocketswapError
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quickstart", help="the whole pipeline on the bundled sample faces (make demo)")
-    p.add_argument("--out", default="runs/quickstart", help="output folder")
+    p.add_argument("--out", type=output_dir, default="runs/quickstart", help="output folder")
     p.add_argument("--force", action="store_true", help="redo finished steps")
     p.add_argument("--tiny", action="store_true", help="a miniature run (tiny dataset, few steps) for smoke tests")
     p.set_defaults(handler=_handler)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pocketswap.cli import int_range, output_file
 from pocketswap.student.config import PRESETS  # light: no torch
 
 
@@ -24,10 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     summary.add_argument("--config", type=Path, metavar="YAML", help="summarise a config file instead of presets")
     summary.add_argument("--embed-dim", type=int, help="override the embedding size (e.g. 512 for ArcFace)")
-    summary.add_argument("--json", type=Path, metavar="PATH", help="also write the summaries as JSON")
+    summary.add_argument(
+        "--json", type=lambda t: Path(output_file(".json")(t)), metavar="PATH", help="also write the summaries as JSON"
+    )
     summary.add_argument("--latency", action="store_true", help="measure baked CPU forward latency")
-    summary.add_argument("--runs", type=int, default=100, help="timed runs for --latency (default 100)")
-    summary.add_argument("--threads", type=int, default=1, help="torch CPU threads for --latency (default 1)")
+    summary.add_argument("--runs", type=int_range(1), default=100, help="timed runs for --latency (default 100)")
+    summary.add_argument("--threads", type=int_range(1), default=1, help="torch CPU threads for --latency (default 1)")
     summary.set_defaults(handler=_summary)
 
 

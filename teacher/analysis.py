@@ -16,8 +16,9 @@ import numpy as np
 
 from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
 from pocketswap.files import atomic_write_bytes
+from pocketswap.imageio import IMAGE_SUFFIXES
 from pocketswap.teacher.base import AlignedRecord
-from pocketswap.teacher.config import CACHE_VERSION, IMAGE_EXTENSIONS, SAMPLES, GenerateConfig
+from pocketswap.teacher.config import CACHE_VERSION, SAMPLES, GenerateConfig
 from pocketswap.teacher.workers import limit_threads, pool_context, single_thread_torch
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ def list_sources(faces: str) -> list[Source]:
     root = Path(faces)
     if not root.is_dir():
         raise ConfigError(f"--faces {faces}: not a folder (give a folder of images or 'samples')")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ConfigError(f"--faces {faces}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise ConfigError(f"--faces {faces}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return [Source(p.relative_to(root).as_posix(), p) for p in files]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pocketswap.cli import MAX_CROP, MIN_CROP, int_range, output_dir, output_file
+from pocketswap.imageio import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 
@@ -19,10 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "WebDataset-style tar shards. Reruns resume; under torchrun each rank writes its own shards.",
     )
     gen.add_argument("--faces", default=None, help="folder of face images (recursive) or 'samples' (default)")
-    gen.add_argument("--out", default=None, help="output dataset folder")
+    gen.add_argument("--out", type=output_dir, default=None, help="output dataset folder")
     gen.add_argument("--pairs", type=int, default=None, help="number of pairs (default 1000)")
     gen.add_argument("--teacher", default=None, help="'geometric' (default) or [inswapper|simswap|ghost:]PATH.onnx")
-    gen.add_argument("--size", type=int, default=None, help="aligned crop size (default 224)")
+    gen.add_argument("--size", type=int_range(MIN_CROP, MAX_CROP), default=None, help="aligned crop size (default 224)")
     gen.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     gen.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 0)")
     gen.add_argument("--same-identity-share", type=float, default=None, help="share of reconstruction pairs (0.1)")
@@ -37,16 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     preview = commands.add_parser("preview", help="grid of identity | attribute | teacher output | mask")
     preview.add_argument("dataset", help="dataset folder")
-    preview.add_argument("--out", required=True, help="output image (.png/.jpg)")
+    preview.add_argument("--out", type=output_file(*IMAGE_SUFFIXES), required=True, help="output image (.png/.jpg)")
     preview.add_argument("--rows", type=int, default=8, help="number of samples (rows)")
-    preview.add_argument("--skip", type=int, default=0, help="skip this many samples first")
+    preview.add_argument("--skip", type=int_range(0), default=0, help="skip this many samples first")
     preview.set_defaults(handler=_preview)
 
     bench = commands.add_parser("bench", help="pairs/second of generation (geometric teacher by default)")
     bench.add_argument("--faces", default="samples", help="faces folder or 'samples'")
-    bench.add_argument("--pairs", type=int, default=200)
-    bench.add_argument("--workers", type=int, default=2)
-    bench.add_argument("--size", type=int, default=224)
+    bench.add_argument("--pairs", type=int_range(1), default=200)
+    bench.add_argument("--workers", type=int_range(0), default=2)
+    bench.add_argument("--size", type=int_range(MIN_CROP, MAX_CROP), default=224)
     bench.add_argument("--teacher", default="geometric")
     bench.add_argument("--identity-encoder", default=None, help="ArcFace .onnx for ONNX teachers")
     bench.add_argument("--cache", default=None, help="folder to keep the face-analysis cache between runs")

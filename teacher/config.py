@@ -15,7 +15,6 @@ from pocketswap.teacher.augment import (
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SAMPLES = "samples"
 CACHE_VERSION = 1
 CHUNK = 4  # pairs per worker task

@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pocketswap.errors import CheckpointError, ModelSignatureError
+from pocketswap.errors import CheckpointError, ModelSignatureError, PocketswapError
 from pocketswap.faces import samples
 from pocketswap.faces.arcface_onnx import ArcFaceOnnxEncoder
 from pocketswap.faces.dlib_resnet import (
@@ -22,6 +22,7 @@ from pocketswap.faces.dlib_resnet import (
     default_model_path,
     load_dlib_resnet,
 )
+from pocketswap.faces.identity import identity_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -253,3 +254,24 @@ def test_arcface_missing_or_corrupt_file(tmp_path: Path) -> None:
     corrupt.write_bytes(b"this is not an onnx model" * 10)
     with pytest.raises(ModelSignatureError, match="not a valid ONNX file"):
         ArcFaceOnnxEncoder(corrupt)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (np.full(128, np.nan, np.float32), "NaN"),
+        (np.zeros(128, np.float32), "all zeros"),
+        (np.array(["a"] * 128), "not numbers"),
+        (np.ones(64, np.float32), r"shape \(64,\) but the model expects \(128,\)"),
+    ],
+)
+def test_bad_identity_embeddings_are_one_clear_error(tmp_path, values, message):
+    path = tmp_path / "identity.npy"
+    np.save(path, values)
+    with pytest.raises(PocketswapError, match=message):
+        identity_embedding(path, 128)
+
+
+def test_a_sample_photo_is_an_identity_everywhere():
+    embedding, source = identity_embedding("sample:grace_hopper", 128)
+    assert embedding.shape == (128,) and np.isfinite(embedding).all() and "grace_hopper" in source
