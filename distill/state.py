@@ -169,17 +169,35 @@ def copy_model(source: Path, dest: Path, info: dict[str, Any]) -> None:
     """Copy a checkpoint's model files (not its training state) to ``dest`` atomically, with ``info.json``."""
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
-    for name in ("model.safetensors", "config.json"):
-        shutil.copy2(source / name, tmp / name)
-    (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
-    replace_dir(tmp, dest)
+    try:
+        for name in ("model.safetensors", "config.json"):
+            shutil.copy2(source / name, tmp / name)
+        (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(tmp, dest)
+    except BaseException:  # Ctrl-C or a full disk mid-copy: no temp folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def restore_best(run: Path, best_step: int | None, best_val: float) -> bool:
+    """Bring back ``best/`` of a run stopped while copying it, from its step checkpoint. False when
+    the run has a best step but neither ``best/`` nor that checkpoint exists any more."""
+    if best_step is None or (run / "best").is_dir():
+        return True
+    source = run / "checkpoints" / step_name(best_step)
+    if not source.is_dir():
+        log.warning("best/ (step %d) is missing and its checkpoint was pruned", best_step)
+        return False
+    copy_model(source, run / "best", {"step": best_step, "val": {"loss": best_val}})
+    log.info("restored best/ from %s", source)
+    return True
 
 
 def prune(run: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` step checkpoints (and stale temporary directories)."""
     for _, path in list_checkpoints(run)[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
-    for path in (run / "checkpoints").glob(".step-*.tmp*"):
+    for path in [*(run / "checkpoints").glob(".step-*.tmp*"), *run.glob(".best.*.tmp")]:
         shutil.rmtree(path, ignore_errors=True)
 
 

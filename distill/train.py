@@ -269,6 +269,8 @@ class _Trainer:
             epoch = max((e for r in tree["ranks"] for e, _ in json.loads(r["positions"]).values()), default=0)
             log.warning("resuming with a different world size or worker count: data restarts at epoch %d", epoch + 1)
             self.positions = {k: (epoch + 1, 0) for k in range(self.workers)}
+        if not run_state.restore_best(self.out, self.best_step, self.best_val):
+            self.best_val, self.best_step = math.inf, None  # the next validation starts best/ again
         log.info("resumed from %s at step %d", checkpoint, self.step)
 
     # -- data ------------------------------------------------------------------------------------

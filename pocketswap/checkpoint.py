@@ -65,6 +65,12 @@ def resolve_checkpoint(source: str | Path, which: str = "best") -> Path:
             candidate = (path / preferred).resolve()
             if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
                 return candidate
+            if candidate.is_dir():  # damaged: say so rather than quietly use another checkpoint
+                missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (candidate / n).is_file()]
+                raise CheckpointError(
+                    f"{path / preferred}: damaged checkpoint (no {' or '.join(missing)}); resume the run "
+                    f"(`pocketswap distill train --out {path} --resume`) to restore it, or point at another checkpoint"
+                )
         found = [p.parent for p in path.rglob(CONFIG_NAME) if (p.parent / WEIGHTS_NAME).is_file()]
         if found:
             return max(found, key=lambda p: (p / WEIGHTS_NAME).stat().st_mtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,12 +288,17 @@ def test_resume_is_exact(tmp_path: Path, dataset: Path) -> None:
     straight = train(config, dataset, tmp_path / "straight", progress=False)
     first = train(config, dataset, tmp_path / "resumed", stop_after=4, progress=False)
     assert first.step == 4 and first.stopped == "stop_after"
+    # Stopped while copying best/: the temp copy is removed and best/ comes back on resume.
+    shutil.rmtree(tmp_path / "resumed" / "best")
+    (tmp_path / "resumed" / ".best.0123abcd.tmp").mkdir()
     from pocketswap.cli import main
 
     # The CLI resumes with the run's own config.yaml and dataset.
     assert main(["distill", "train", "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
     second = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert second["step"] == 8
+    assert (tmp_path / "resumed" / "best" / "model.safetensors").is_file()
+    assert not list((tmp_path / "resumed").glob(".best.*.tmp"))
     assert second["weights_sha256"] == straight.weights_sha256
     a = load_checkpoint(tmp_path / "straight" / "last")[0].state_dict()
     b = load_checkpoint(tmp_path / "resumed" / "last")[0].state_dict()

@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from pocketswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_metadata, save_checkpoint
+from pocketswap.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_checkpoint,
+    read_metadata,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from pocketswap.errors import CheckpointError, ConfigError
 from pocketswap.faces import samples
 from pocketswap.student import (
@@ -309,6 +316,16 @@ def test_checkpoint_missing_or_mixed_files(tmp_path, nano):
         load_checkpoint(other)
     with pytest.raises(CheckpointError, match="JSON"):
         save_checkpoint(tmp_path / "c", nano, extra={"bad": object()})
+
+
+def test_a_damaged_best_checkpoint_is_named_not_skipped(tmp_path, nano):
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "step-000010", nano)
+    best = save_checkpoint(run / "best", nano)
+    assert resolve_checkpoint(run) == best.resolve()
+    (best / WEIGHTS_NAME).unlink()
+    with pytest.raises(CheckpointError, match=rf"damaged checkpoint \(no {WEIGHTS_NAME}\).*--resume"):
+        resolve_checkpoint(run)
 
 
 # -- CLI -----------------------------------------------------------------------------------------
