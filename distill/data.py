@@ -100,6 +100,12 @@ class Split:
         )  # fmt: skip
 
 
+def person_of(name: str) -> str:
+    """Whose face a dataset face name is: its top folder for per-person layouts (``alice/001.jpg`` ->
+    ``alice``, as in VGGFace2 or CelebA folders), else the file itself (one photo, one person)."""
+    return name.split("/", 1)[0] if "/" in name else name
+
+
 def make_split(
     manifest: dict[str, Any],
     fraction: float,
@@ -108,21 +114,29 @@ def make_split(
     by: str = "identity",
     always: tuple[str, ...] = (),
 ) -> Split:
-    """Hold out ``round(fraction * N)`` of the manifest's N faces (at least 1, at most N - 1), chosen
-    by a salted hash of their names: as identities (``by="identity"``) or as attribute faces
-    (``by="attribute"``, for personalisation datasets whose pairs all share one identity). Faces named
-    in ``always`` (e.g. the photo a demo will swap into) are held out whatever the hash says."""
+    """Hold out ``round(fraction * N)`` of the manifest's N people (at least 1, at most N - 1), chosen
+    by a salted hash of their names, with every photo of each (people are :func:`person_of` the face
+    names): as identities (``by="identity"``) or as attribute faces (``by="attribute"``, for
+    personalisation datasets whose pairs all share one identity). Faces or people named in ``always``
+    (e.g. the photo a demo will swap into) are held out whatever the hash says."""
     names = sorted({str(n) for n in manifest.get("identities", [])})
-    unknown = sorted(set(always) - set(names))
-    if unknown:
-        raise DatasetError(f"config field 'holdout': {unknown[0]!r} is not a face of this dataset")
-    if (fraction <= 0 and not always) or len(names) < 2:
+    people: dict[str, list[str]] = {}
+    for name in names:
+        people.setdefault(person_of(name), []).append(name)
+    always_people = []
+    for wanted in always:
+        if wanted not in names and wanted not in people:
+            raise DatasetError(f"config field 'holdout': {wanted!r} is not a face of this dataset")
+        always_people.append(person_of(wanted))
+    always_people = list(dict.fromkeys(always_people))
+    if (fraction <= 0 and not always) or len(people) < 2:
         if fraction > 0:
-            log.warning("the dataset lists %d faces: no held-out validation split", len(names))
+            log.warning("the dataset lists %d people: no held-out validation split", len(people))
         return Split(frozenset(), 0.0 if names else fraction, salt, strict, by)
-    count = min(len(names) - 1, max(1, round(fraction * len(names))))
-    ranked = [*always, *sorted(set(names) - set(always), key=lambda n: name_hash(n, salt))]
-    return Split(frozenset(ranked[: max(count, len(always))]), fraction, salt, strict, by)
+    count = min(len(people) - 1, max(1, round(fraction * len(people))))
+    ranked = [*always_people, *sorted(set(people) - set(always_people), key=lambda n: name_hash(n, salt))]
+    held = ranked[: max(count, len(always_people))]
+    return Split(frozenset(face for person in held for face in people[person]), fraction, salt, strict, by)
 
 
 # -- raw member streams --------------------------------------------------------------------------

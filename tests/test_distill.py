@@ -217,6 +217,18 @@ def test_split_holds_out_identities(dataset: Path) -> None:
     assert val_identities <= split.val_names
 
 
+def test_split_keeps_every_photo_of_a_person_on_one_side() -> None:
+    """Per-person folders (VGGFace2/CelebA layouts): held-out identity metrics must not leak."""
+    faces = [f"{person}/{i:03d}.jpg" for person in ("ada", "bob", "cy", "dee", "eve", "fay") for i in range(4)]
+    split = make_split({"identities": faces}, 0.34, salt=1)
+    held = {face.split("/")[0] for face in split.val_names}
+    assert len(held) == 2 and len(split.val_names) == 8  # two whole people, all four photos each
+    pinned = make_split({"identities": faces}, 0.2, always=("eve",))
+    assert {f for f in faces if f.startswith("eve/")} <= pinned.val_names
+    single = make_split({"identities": ["a.jpg", "b.jpg", "c.jpg"]}, 0.34)
+    assert len(single.val_names) == 1  # loose files: one photo, one person
+
+
 def test_stream_positions_resume_exactly(dataset: Path) -> None:
     split = make_split({"identities": list(FACES)}, 0.34)
     keys = lambda batch: batch["keys"]  # noqa: E731
