@@ -140,10 +140,10 @@ def _load_torch_target(kind: str, name: str, threads: int) -> Loaded:
 def _load_checkpoint(target: str, threads: int) -> Loaded:
     import torch
 
-    from pocketswap.checkpoint import load_checkpoint
+    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
 
     start = time.perf_counter()
-    model, config, _ = load_checkpoint(target)
+    model, config, _ = load_checkpoint(resolve_checkpoint(target))
     embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
     baked = model.bake(embedding).eval()
     image = torch.rand(1, 3, config.size, config.size) * 2 - 1

@@ -251,8 +251,13 @@ class _Trainer:
             if self.disc is not None and self.d_optimizer is not None and "disc" in tree:
                 self.disc.load_state_dict(tree["disc"])
                 self.d_optimizer.load_state_dict(tree["d_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"cannot resume from {checkpoint}: {exc}") from exc
+        except Exception as exc:  # state-dict mismatch, truncated safetensors, missing keys
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            more = f" (+{len(lines) - 2} more lines)" if len(lines) > 2 else ""
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: {' '.join(lines[:2])[:300]}{more}; resume with the run's own "
+                "settings (preset, student fields) or choose a new --out"
+            ) from exc
         self.scheduler.load_state_dict(tree["scheduler"])
         if self.scaler is not None and "scaler" in tree:
             self.scaler.load_state_dict(tree["scaler"])

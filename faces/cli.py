@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from pocketswap.cli import MAX_CROP, MIN_CROP, int_range, output_file
 from pocketswap.imageio import IMAGE_SUFFIXES
@@ -51,7 +52,10 @@ def _detect(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, {"image": args.image, "faces": [face.to_dict() for face in faces]})
         print(f"results -> {args.json}")
-    return 0 if faces else 3
+    if not faces:
+        print(f"pocketswap: error: no face found in {args.image} (outputs written)", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _align(args: argparse.Namespace) -> int:
@@ -123,7 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=output_file(*IMAGE_SUFFIXES), help="annotated image (box, landmarks, 5 keypoints)")
     p.add_argument("--json", type=output_file(".json"), help="detections as JSON (box, score, keypoints, landmarks)")
     p.add_argument("--all", action="store_true", help="all faces (default: the largest)")
-    p.add_argument("--require-face", action="store_true", help="exit with an error when no face is found")
+    p.add_argument(
+        "--require-face",
+        action="store_true",
+        help="stop before writing outputs when no face is found (exit status 2 either way)",
+    )
     _add_detector_options(p)
     p.set_defaults(handler=_detect)
 

@@ -140,11 +140,11 @@ class TorchSwapModel:
     def __init__(self, path: Path, embedding: np.ndarray, num_threads: int = 1) -> None:
         import torch
 
-        from pocketswap.checkpoint import load_checkpoint, locked_identity
+        from pocketswap.checkpoint import load_checkpoint, locked_identity, resolve_checkpoint
         from pocketswap.faces.identity import same_person_threshold
 
         torch.set_num_threads(num_threads)
-        model, config, extra = load_checkpoint(path)
+        model, config, extra = load_checkpoint(resolve_checkpoint(path))
         embedding = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
         if embedding.shape[1] != config.embed_dim:
             raise ModelSignatureError(

@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -75,6 +76,14 @@ def test_bad_input_is_one_readable_line(tmp_path, capsys, make, expected):
 def test_unknown_sample_is_an_error(capsys):
     code, _, err = run(capsys, "faces", "detect", "sample:nobody")
     assert code == 2 and "unknown sample 'nobody'" in err
+
+
+def test_detect_without_a_face_writes_its_outputs_and_says_so(tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 200, 3), 128, np.uint8))
+    code, out, err = run(capsys, "faces", "detect", str(blank), "--json", str(tmp_path / "faces.json"))
+    assert code == 2 and "no face found" in err and "0 face(s)" in out
+    assert json.loads((tmp_path / "faces.json").read_text())["faces"] == []
 
 
 def test_help_lists_every_faces_action(capsys):
