@@ -126,6 +126,23 @@ def bench_in_worker(kind: str, target: str, threads: int, runs: int, runtime: st
     )
 
 
+def check_model_file(path: Path) -> None:
+    """Open a .tflite / .onnx once in this process, so a corrupt, truncated or foreign file is one
+    clear line before any benchmark runs (LiteRT's tool would only print log lines)."""
+    try:
+        if path.suffix == ".tflite":
+            from ai_edge_litert.interpreter import Interpreter
+
+            Interpreter(model_path=str(path))
+        else:
+            import onnxruntime as ort
+
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # the runtimes raise ValueError / their own types for bad files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+        raise PocketswapError(f"{path}: not a loadable {path.suffix} model (corrupt or truncated?): {first}") from exc
+
+
 def target_kind(target: str | Path) -> tuple[str, str]:
     """The worker kind and its argument for a target: ``("preset", "nano:onnx")``, ``("onnx", PATH)``..."""
     target = str(target)
@@ -136,6 +153,7 @@ def target_kind(target: str | Path) -> tuple[str, str]:
     if not path.exists():
         raise PocketswapError(f"{path}: no such artifact")
     if path.suffix in (".tflite", ".onnx"):
+        check_model_file(path)
         return path.suffix[1:], target
     if path.is_dir() or path.suffix in (".safetensors", ".json"):
         return "checkpoint", target

@@ -75,6 +75,19 @@ def test_latency_records_for_onnx_and_json(tmp_path, capsys):
     assert [r["threads"] for r in records] == [1, 2]
 
 
+def test_corrupt_and_truncated_artifacts_are_one_line(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    _export_convnet(model, 8)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(model.read_bytes()[:500])
+    garbage = tmp_path / "random.tflite"
+    garbage.write_bytes(bytes(range(256)) * 40)
+    for path in (truncated, garbage):
+        assert main(["bench", "latency", str(path), "--runs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not a loadable {path.suffix} model" in err and "Traceback" not in err
+
+
 def test_reference_networks_have_their_published_scale():
     params, gmac = count_params_and_macs(*_unpack(simswap_size_generator()))
     assert 40e6 < params < 120e6 and 40 < gmac < 60  # AdaIN ResNet generator at 224
