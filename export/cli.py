@@ -115,6 +115,8 @@ def _export(args: argparse.Namespace) -> int:
         p = m.parity
         figures = f"max abs {p.get('max_abs', float('nan')):.2g}, PSNR {p.get('min_psnr_db', float('nan')):.1f} dB"
         figures += f" (faces {p.get('min_psnr_db_real_faces', float('nan')):.1f} dB)"
+        if str(p.get("reference", "")).startswith("weights round-trip"):
+            figures += " [weights round-trip, not a CoreML prediction]"
         notes = []
         if m.delegation is not None:
             notes.append("fully delegated" if m.delegation.get("fully_accelerated") else "NOT fully delegated")

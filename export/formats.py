@@ -228,9 +228,10 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
         tolerance = parity.TOLERANCES["fp32" if precision == "fp32" else "fp16"]
     else:
         tolerance = {"min_psnr_db": parity.COMPRESSION_MIN_PSNR[effective]}
-    record = artifact_parity(
-        job, run_weights, precision, path.name, "pytorch-fp32 vs pytorch with the artifact's weights", tolerance
+    method = "weights round-trip: pytorch-fp32 vs pytorch with the artifact's weights" + (
+        "" if coreml.can_predict() else " (not a CoreML prediction: predict() needs macOS)"
     )
+    record = artifact_parity(job, run_weights, precision, path.name, method, tolerance)
     record["weights_replaced"] = replaced
     record["weights_missing"] = missing
     fields = {"parity": record, "ops": info["ops"], "extra": {}}

@@ -98,8 +98,9 @@ def artifact_parity(
     results = parity.evaluate(job.cases, job.reference, run, parity.PEAKS)
     record = parity.summarize(results, precision, reference, tolerance)
     log.info(
-        "%s parity: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s)",
-        artifact, record["max_abs"], record["mean_abs"], record["min_psnr_db"], "ok" if record["passed"] else "FAILED",
+        "%s parity [%s]: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s)",
+        artifact, reference, record["max_abs"], record["mean_abs"], record["min_psnr_db"],
+        "ok" if record["passed"] else "FAILED",
     )  # fmt: skip
     if job.check:
         parity.check(record, artifact)
