@@ -37,6 +37,12 @@ MAIN_FACE_SCORE_MARGIN = 0.15
 TRACK_MIN_IOU = 0.3
 
 
+def _tile_starts(length: int, side: int) -> list[int]:
+    """Offsets of tiles of ``side`` px overlapping by half along ``length`` px, the last flush with the end."""
+    starts = list(range(0, max(length - side, 0) + 1, side // 2))
+    return starts if starts[-1] >= length - side else [*starts, length - side]
+
+
 def main_face_order(items: list[T]) -> list[T]:
     """Faces or detections, main face first: those within ``MAIN_FACE_SCORE_MARGIN`` of the best
     score, largest first, then the rest, largest first."""
@@ -54,7 +60,7 @@ class FaceAnalyzer:
     """Detect faces and their 468 landmarks.
 
     detector: ``"short"`` (faces within ~2 m, 128 px model), ``"full"`` (far/small faces, 192 px model)
-    or ``"auto"`` (short range, then full range when it finds nothing). task_file: a MediaPipe
+    or ``"auto"`` (short range, then full range when it finds nothing; both, merged, for ``all_faces``). task_file: a MediaPipe
     ``face_landmarker.task`` bundle; when given, the Tasks API backend is used instead. min_score:
     detection threshold. num_threads: LiteRT CPU threads. min_presence: FaceMesh face-presence
     threshold (faces below it are dropped, tracking returns None).
@@ -106,6 +112,27 @@ class FaceAnalyzer:
                 return main_face_order(found)
         return []
 
+    def _union_detections(self, image: np.ndarray) -> list[Detection]:
+        """Every face for detector "auto": both ranges on the whole frame, then the full-range model on
+        overlapping tiles (both models see the frame downscaled to 128/192 px, so faces under ~1/10 of
+        the frame are lost otherwise); each face once (greedy by score, IoU >= 0.3 is the same face)."""
+        short, full = self._detectors["short"], self._detectors["full"]
+        found = [*short(image), *full(image)]
+        h, w = image.shape[:2]
+        side = max(192, min(h, w) // 4)
+        if max(h, w) > 2 * side:
+            starts = [_tile_starts(h, side), _tile_starts(w, side)]
+            for y in starts[0]:
+                for x in starts[1]:
+                    offset = np.array([x, y], np.float32)
+                    for d in full(image[y : y + side, x : x + side]):
+                        found.append(Detection(d.box + np.tile(offset, 2), d.score, d.keypoints + offset))
+        kept: list[Detection] = []
+        for d in sorted(found, key=lambda d: -d.score):
+            if not kept or iou_matrix(d.box[None], np.stack([k.box for k in kept])).max() < 0.3:
+                kept.append(d)
+        return kept
+
     def _mesh_faces(self, image: np.ndarray, detections: list[Detection], all_faces: bool) -> list[Face]:
         assert self._mesh is not None
         faces = []
@@ -127,6 +154,8 @@ class FaceAnalyzer:
         image = to_rgb_uint8(image_rgb, source)
         if self._tasks is not None:
             faces = self._tasks.detect(image)
+        elif all_faces and len(self._detectors) > 1:
+            faces = self._mesh_faces(image, self._union_detections(image), all_faces)
         else:
             faces = []
             for name, detector in self._detectors.items():

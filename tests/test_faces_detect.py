@@ -148,6 +148,22 @@ def test_a_large_false_positive_does_not_win_over_a_confident_face(astronaut: np
         assert box_iou(face.box, true_face.box) > 0.3  # the astronaut, not the building
 
 
+def test_auto_finds_the_small_faces_of_a_group_photo() -> None:
+    """A synthetic group photo: 32 bundled faces of 60-130 px in 1280x720. Both models see the frame
+    downscaled to 128/192 px and find none; "auto" with all faces adds overlapping full-range tiles."""
+    rng = np.random.default_rng(0)
+    canvas = np.full((720, 1280, 3), 90, np.uint8)
+    for k, name in enumerate(samples.names()[:32]):
+        image = samples.load(name)
+        pad = int(image.shape[0] * 0.4)
+        side = int(rng.integers(60, 130))
+        face = cv2.resize(cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE), (side, side))
+        y, x = 40 + (k // 8) * 170 + int(rng.integers(0, 40)), 20 + (k % 8) * 155 + int(rng.integers(0, 30))
+        canvas[y : y + side, x : x + side] = face
+    found = {name: len(FaceAnalyzer(detector=name).detect(canvas, all_faces=True)) for name in ("short", "auto")}
+    assert found["short"] <= 3 and found["auto"] >= 20, found  # measured: 0 and 26 of 32
+
+
 def test_all_faces_single_face_image(short: FaceAnalyzer, astronaut: np.ndarray) -> None:
     faces = short.detect(astronaut, all_faces=True)
     assert len(faces) == 1
