@@ -242,6 +242,9 @@ def _classify(path: Path) -> tuple[str, object]:
     if not path.exists():
         raise PocketswapError(f"{path}: no such result file")
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        from pocketswap.imageio import read_image
+
+        read_image(path)  # an empty, truncated or foreign file is named here, not embedded as a broken image
         return "image", path.read_bytes()
     if path.name.endswith(".jsonl"):
         return "curves", path
