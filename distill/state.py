@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pocketswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from pocketswap.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
         return []
     for path in root.iterdir():
         match = STEP_DIR.match(path.name)
-        if match and all((path / n).is_file() for n in ("model.safetensors", "config.json", STATE_JSON, STATE_TENSORS)):
+        if match and all((path / n).is_file() for n in (WEIGHTS_NAME, CONFIG_NAME, STATE_JSON, STATE_TENSORS)):
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -170,7 +171,7 @@ def copy_model(source: Path, dest: Path, info: dict[str, Any]) -> None:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
     try:
-        for name in ("model.safetensors", "config.json"):
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copy2(source / name, tmp / name)
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         replace_dir(tmp, dest)

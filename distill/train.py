@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pocketswap.checkpoint import identity_record
+from pocketswap.checkpoint import WEIGHTS_NAME, identity_record
 from pocketswap.dataset import DatasetReader
 from pocketswap.distill import state as run_state
 from pocketswap.distill.adversarial import PatchDiscriminator, d_hinge_loss, g_hinge_loss
@@ -246,7 +246,7 @@ class _Trainer:
                         ", ".join(changed))  # fmt: skip
         try:
             self.trainee.load_state_dict(tree["trainee"])
-            self.ema.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+            self.ema.load_state_dict(load_file(str(checkpoint / WEIGHTS_NAME)))
             self.optimizer.load_state_dict(tree["optimizer"])
             if self.disc is not None and self.d_optimizer is not None and "disc" in tree:
                 self.disc.load_state_dict(tree["disc"])

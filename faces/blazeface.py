@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -120,13 +119,6 @@ def make_interpreter(path: Path, num_threads: int = 1):
     return interpreter
 
 
-def _scale(min_scale: float, max_scale: float, index: int, count: int) -> float:
-    if count == 1:
-        return (min_scale + max_scale) * 0.5
-    return min_scale + (max_scale - min_scale) * index / (count - 1)
-
-
-@lru_cache(maxsize=4)
 def generate_anchors(options: AnchorOptions) -> np.ndarray:
     """SSD anchor centres ``(N, 2)`` float32 (x, y) normalised to [0, 1], in MediaPipe's order.
 

@@ -236,15 +236,6 @@ def iter_shard(path: str | Path) -> Iterator[Sample]:
         yield decode_sample(key, members, where=Path(path).name)
 
 
-def shard_keys(path: str | Path) -> list[str]:
-    """Keys of the complete samples in a shard (reads headers and data; DatasetError if truncated)."""
-    keys = []
-    for key, members in iter_shard_members(path):
-        if all(s in members for s in MEMBERS):
-            keys.append(key)
-    return keys
-
-
 # -- manifest ------------------------------------------------------------------------------------
 _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
