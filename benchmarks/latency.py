@@ -62,15 +62,14 @@ def device_name() -> str:
 
 
 def _artifact_metadata(path: Path) -> dict:
-    """Precision and preset from the artifact's manifest (``<artifact>.json``), when present."""
-    for candidate in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
-        if candidate.is_file():
-            try:
-                manifest = json.loads(candidate.read_text())
-            except json.JSONDecodeError:
-                continue
-            return {"precision": manifest.get("precision"), "preset": manifest.get("preset")}
-    return {}
+    """Precision and preset from the artifact's manifest (``<artifact>.json``), when it has a valid one."""
+    from pocketswap.manifest import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except ManifestError:
+        return {}
+    return {"precision": manifest.precision, "preset": manifest.preset}
 
 
 def bench_tflite(path: Path, threads: int, runs: int) -> LatencyRecord:

@@ -10,7 +10,6 @@ is its parity record, copied into the result.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,13 @@ def resolve_student(target: Path) -> tuple[Path, dict[str, Any] | None]:
     """(run dir or checkpoint to evaluate, the artifact's parity record or None)."""
     if target.suffix not in ARTIFACT_SUFFIXES:
         return target, None
-    manifest_path = target.with_name(target.name + ".json")
-    if not manifest_path.is_file():
-        raise PocketswapError(f"{target}: no manifest ({manifest_path.name}) naming the checkpoint it came from")
-    manifest = json.loads(manifest_path.read_text())
-    checkpoint = (manifest.get("source") or {}).get("checkpoint")
+    from pocketswap.manifest import read_manifest
+
+    manifest = read_manifest(target)  # ManifestError (a PocketswapError) names a missing or broken one
+    checkpoint = (manifest.source or {}).get("checkpoint")
     if not checkpoint or not Path(checkpoint).exists():
         raise PocketswapError(f"{target}: its source checkpoint {checkpoint!r} is not available here")
-    return Path(checkpoint), {"artifact": target.name, "precision": manifest.get("precision"),
-                              "parity": manifest.get("parity")}  # fmt: skip
+    return Path(checkpoint), {"artifact": target.name, "precision": manifest.precision, "parity": manifest.parity}
 
 
 def bench_quality(

@@ -11,7 +11,6 @@ Each step runs the same command a user would type, so the log doubles as a tutor
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import time
@@ -110,11 +109,13 @@ def step_export(out: Path, cfg: QuickstartConfig) -> None:
 
 def _students(root: Path, suffix: str) -> list[Path]:
     """Baked student artifacts with the given suffix (their manifests say kind=student)."""
+    from pocketswap.manifest import read_manifest
+
     found = []
-    for manifest in sorted(root.glob(f"*{suffix}.json")):
-        data = json.loads(manifest.read_text())
-        if data.get("kind") == "student" and data.get("identity_mode") == "baked":
-            found.append(manifest.with_name(manifest.name.removesuffix(".json")))
+    for path in sorted(root.glob(f"*{suffix}.json")):
+        manifest = read_manifest(path)
+        if manifest.kind == "student" and manifest.identity_mode == "baked":
+            found.append(path.with_name(path.name.removesuffix(".json")))
     return found
 
 
