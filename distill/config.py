@@ -21,6 +21,9 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 SPLIT_BY = ("identity", "attribute")
 
 
+FREEZABLE = ("encoder", "decoder", "head", "hypernet", "spatial")
+
+
 def _f(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
@@ -44,6 +47,7 @@ class TrainConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     hyper_lr_mult: float = _f(1.0, "learning-rate multiplier of the identity hypernetwork")
     map_lr_mult: float = _f(1.0, "learning-rate multiplier of the learned identity maps (personalised students)")
+    freeze: tuple[str, ...] = _f((), "student parts whose weights stay fixed: encoder, decoder, head, hypernet, spatial")
     betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = _f(0.999, "EMA decay of the evaluated/exported weights (warmed up as (1+t)/(10+t))")
@@ -100,6 +104,9 @@ class TrainConfig:
             _at_least(name, getattr(self, name), 0)
         for name in ("log_every", "image_every", "checkpoint_every", "keep_last", "shuffle_buffer", "d_channels"):
             _at_least(name, getattr(self, name), 1)
+        unknown = sorted(set(self.freeze) - set(FREEZABLE))
+        if unknown:
+            raise ConfigError(f"config field 'freeze': unknown part {unknown[0]!r}; choose from {', '.join(FREEZABLE)}")
         for name in ("lr", "d_lr", "hyper_lr_mult", "map_lr_mult"):
             if getattr(self, name) <= 0.0:
                 raise ConfigError(f"config field '{name}' must be a positive number, got {getattr(self, name)!r}")

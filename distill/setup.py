@@ -63,12 +63,15 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def param_groups(module: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """No weight decay on biases, norm affines (1-D) and identity maps; the hypernetwork's and the
-    identity maps' LR scaled (``hyper_lr_mult``, ``map_lr_mult``)."""
+    identity maps' LR scaled (``hyper_lr_mult``, ``map_lr_mult``); ``freeze``d parts left out (and
+    their ``requires_grad`` cleared)."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
+        path = f".{name}."
+        if any(f".student.{part}." in path for part in cfg.freeze):
+            p.requires_grad_(False)
         if not p.requires_grad:
             continue
-        path = f".{name}."
         part = "hyper" if ".hypernet." in path else "map" if ".skip_maps." in path or ".head_map." in path else ""
         groups.setdefault((part, p.ndim > 1 and part != "map"), []).append(p)
     mult = {"hyper": cfg.hyper_lr_mult, "map": cfg.map_lr_mult, "": 1.0}

@@ -188,6 +188,8 @@ def test_bad_config_field_is_named(tmp_path: Path, dataset: Path) -> None:
         from_dict({"student": {"size": 100}})
     with pytest.raises(ConfigError, match="'ema_decay'"):
         load_config(overrides=parse_overrides(["ema_decay=1.5"]))
+    with pytest.raises(ConfigError, match="'freeze'.*'encoders'"):
+        from_dict({"freeze": ["encoders"]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: nano\nw_id: -1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'w_id'"):
