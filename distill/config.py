@@ -47,7 +47,9 @@ class TrainConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     hyper_lr_mult: float = _f(1.0, "learning-rate multiplier of the identity hypernetwork")
     map_lr_mult: float = _f(1.0, "learning-rate multiplier of the learned identity maps (personalised students)")
-    freeze: tuple[str, ...] = _f((), "student parts whose weights stay fixed: encoder, decoder, head, hypernet, spatial")
+    freeze: tuple[str, ...] = _f(
+        (), "student parts whose weights stay fixed: encoder, decoder, head, hypernet, spatial"
+    )
     betas: tuple[float, float] = _f((0.9, 0.99), "AdamW betas")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = _f(0.999, "EMA decay of the evaluated/exported weights (warmed up as (1+t)/(10+t))")

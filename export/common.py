@@ -19,13 +19,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 IDENTITY_MODES = ("baked", "dynamic")
 COMPRESSIONS = ("none", "int8", "palettize6", "palettize4")
 
-# Tensor names every student artifact uses (ONNX, TFLite signature + tensor names, CoreML features).
-IMAGE_INPUT = "image"
-IDENTITY_INPUT = "identity"
-IMAGE_OUTPUT = "swapped"
-MASK_OUTPUT = "mask"
-STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
-
 
 class ExportError(PocketswapError):
     """A conversion failed or produced an artifact that is not usable."""

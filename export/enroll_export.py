@@ -14,12 +14,10 @@ import torch
 
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
-from pocketswap.export.common import (
-    IDENTITY_INPUT,
-)
 from pocketswap.export.job import Artifact, Job, converter_versions, layout_shape, random_embedding
 from pocketswap.files import file_sha256
-from pocketswap.manifest import Manifest, TensorInfo, artifact_size, write_manifest
+from pocketswap.manifest import IDENTITY_INPUT, Manifest, TensorInfo, artifact_size, write_manifest
+from pocketswap.runtime import TFLiteRunner
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +177,7 @@ def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisi
             path = job.stage / f"{spec.stem}_{precision}.tflite"
             shutil.copyfile(raw[precision], path)
             tflite.finalize(path, {in_name: 0}, {out_name: 0})
-            record = checked(tflite.TFLiteRunner(path), precision, path.name)
+            record = checked(TFLiteRunner(path), precision, path.name)
             ops = tflite.list_ops(path)
             artifacts.append(finish(path, "tflite", precision, record, ops, delegation=tflite.delegation(path)))
     if "coreml" in formats:

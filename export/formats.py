@@ -15,13 +15,7 @@ from tqdm import tqdm
 
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
-from pocketswap.export.common import (
-    IDENTITY_INPUT,
-    IMAGE_INPUT,
-    STUDENT_OUTPUTS,
-    ExportError,
-    UnsupportedError,
-)
+from pocketswap.export.common import ExportError, UnsupportedError
 from pocketswap.export.job import (
     Artifact,
     Job,
@@ -31,6 +25,8 @@ from pocketswap.export.job import (
     finish,
     io_tensors,
 )
+from pocketswap.manifest import IDENTITY_INPUT, IMAGE_INPUT, STUDENT_OUTPUTS
+from pocketswap.runtime import TFLiteRunner
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +104,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
         path = job.stage / f"{job.name}_{precision}.tflite"
         shutil.copyfile(raw[precision], path)
         _name_tflite_io(job, path)
-        runner = tflite.TFLiteRunner(path)
+        runner = TFLiteRunner(path)
         record = artifact_parity(job, runner, precision, path.name)
         fields = {"parity": record, "ops": tflite.list_ops(path), "delegation": tflite.delegation(path)}
         inputs, outputs = tflite.io_details(path)
@@ -135,7 +131,7 @@ def _name_tflite_io(job: Job, path: Path) -> None:
         in_pos[name] = hits[0]
     feeds = job.cases[0][1]
     ref = job.reference(feeds)
-    raw = tflite.TFLiteRunner(path)({inputs[in_pos[k]]["name"]: v for k, v in feeds.items()})
+    raw = TFLiteRunner(path)({inputs[in_pos[k]]["name"]: v for k, v in feeds.items()})
     names = [d["name"] for d in outputs]
     out_pos = {}
     for name, value in ref.items():

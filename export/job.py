@@ -13,14 +13,17 @@ import torch
 
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
-from pocketswap.export.common import (
+from pocketswap.files import file_sha256
+from pocketswap.manifest import (
     IDENTITY_INPUT,
     IMAGE_INPUT,
     IMAGE_OUTPUT,
     MASK_OUTPUT,
+    Manifest,
+    TensorInfo,
+    artifact_size,
+    write_manifest,
 )
-from pocketswap.files import file_sha256
-from pocketswap.manifest import Manifest, TensorInfo, artifact_size, write_manifest
 
 log = logging.getLogger(__name__)
 

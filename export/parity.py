@@ -17,7 +17,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from pocketswap.export.common import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS, ParityError
+from pocketswap.export.common import ParityError
+from pocketswap.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS
 
 log = logging.getLogger(__name__)
 

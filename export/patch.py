@@ -30,10 +30,11 @@ from pocketswap.checkpoint import checkpoint_encoder, locked_identity
 from pocketswap.errors import CheckpointError, ConfigError, OutputError
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
-from pocketswap.export.common import IMAGE_INPUT, STUDENT_OUTPUTS, ExportError, UnsupportedError
+from pocketswap.export.common import ExportError, UnsupportedError
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
 from pocketswap.files import check_output, file_sha256
-from pocketswap.manifest import Manifest, artifact_size, read_manifest, write_manifest
+from pocketswap.manifest import IMAGE_INPUT, STUDENT_OUTPUTS, Manifest, artifact_size, read_manifest, write_manifest
+from pocketswap.runtime import TFLiteRunner
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,6 @@ def patch_model(
 
 
 def _patched_parity(net, emb, config, path: Path, manifest: Manifest, check: bool) -> dict:
-    from pocketswap.export import tflite
 
     module = net.bake(torch.from_numpy(emb).reshape(1, -1))
     rng = np.random.default_rng(0)
@@ -372,7 +372,7 @@ def _patched_parity(net, emb, config, path: Path, manifest: Manifest, check: boo
         }
 
     if manifest.runtime == "tflite":
-        run, name = tflite.TFLiteRunner(path), "pytorch-fp32 (new identity)"
+        run, name = TFLiteRunner(path), "pytorch-fp32 (new identity)"
     else:  # Linux cannot run CoreML: check the patched weights inside PyTorch
         from pocketswap.export import coreml
 

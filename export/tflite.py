@@ -320,54 +320,6 @@ def delegation(path: str | Path, num_threads: int = 1) -> dict:
 # -- running -------------------------------------------------------------------------------------
 
 
-class TFLiteRunner:
-    """Runs a finalized .tflite with LiteRT's interpreter (XNNPACK). Feeds and results use PyTorch layouts
-    (NCHW images, flat vectors); 4-D tensors are transposed to and from NHWC."""
-
-    def __init__(self, path: str | Path | bytes, num_threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        with captured_output("LiteRT"):
-            if isinstance(path, bytes | bytearray):
-                self.interpreter = Interpreter(model_content=bytes(path), num_threads=num_threads)
-            else:
-                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        self.inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
-        self.outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, value in feeds.items():
-            if name not in self.inputs:
-                raise ExportError(f"TFLite model has no input {name!r} (it has {', '.join(self.inputs)})")
-            d = self.inputs[name]
-            value = np.asarray(value, np.float32)
-            if value.ndim == 4:
-                value = value.transpose(0, 2, 3, 1)
-            self.interpreter.set_tensor(d["index"], _quantize(value, d))
-        self.interpreter.invoke()
-        out = {}
-        for name, d in self.outputs.items():
-            value = _dequantize(self.interpreter.get_tensor(d["index"]), d)
-            out[name] = value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
-        return out
-
-
-def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(value / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return value.astype(detail["dtype"])
-
-
-def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        return (value.astype(np.float32) - zero) * scale
-    return value.astype(np.float32)
-
-
 def benchmark_command(
     path: str | Path, num_threads: int = 1, result_json: str | Path = "r.json", num_runs: int = 50
 ) -> list[str]:

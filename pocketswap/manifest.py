@@ -45,6 +45,12 @@ KINDS = ("student", "identity_encoder", "hypernetwork")
 RUNTIMES = ("tflite", "coreml", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
 IDENTITY_MODES = ("baked", "dynamic")
+# Tensor names of every student artifact (ONNX names, TFLite signature and tensor names, CoreML features).
+IMAGE_INPUT = "image"
+IDENTITY_INPUT = "identity"
+IMAGE_OUTPUT = "swapped"
+MASK_OUTPUT = "mask"
+STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
 SYNTHETIC_MEDIA_NOTICE = (
     "This model generates synthetic media (face swaps). Disclose that its outputs are synthetic, "
     "obtain consent from the people whose faces are used, and do not use it to deceive, impersonate or harass."

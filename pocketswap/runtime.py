@@ -3,13 +3,14 @@
 `load_swap_model(path)` accepts a baked ``.tflite`` (LiteRT with XNNPACK), ``.onnx`` (ONNX Runtime),
 ``.mlpackage`` (CoreML, macOS only) or a student checkpoint (PyTorch; needs an identity embedding).
 Every model maps an aligned SxSx3 uint8 RGB crop to (swapped crop uint8, mask float32 SxS in [0,1]).
-Tensor layouts are read from the model itself (NHWC for TFLite, NCHW elsewhere), int8 models are
-quantised/dequantised with their own scales, and outputs are told apart by channel count (3 vs 1).
+Artifacts are opened through their manifest (the contract): tensors are fed and read by the names it
+records, in NCHW (the TFLite runner transposes its NHWC tensors), int8 tensors quantised with their
+own scales. `TFLiteRunner` and `OnnxRunner` are the one way every stage (export parity, demo,
+benchmarks) runs an artifact.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from pathlib import Path
@@ -40,98 +41,122 @@ def from_unit_range(image: np.ndarray) -> np.ndarray:
     return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _manifest(path: Path) -> dict:
-    candidate = path.with_name(path.name + ".json")
-    if candidate.is_file():
-        try:
-            return json.loads(candidate.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s: unreadable manifest ignored", candidate)
-    return {}
+def _where(path: str | Path | bytes) -> str:
+    return "model bytes" if isinstance(path, bytes | bytearray) else str(path)
 
 
-def _split_outputs(outputs: list[np.ndarray], channel_axis: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    by_channels = {out.shape[channel_axis]: out for out in outputs}
-    if set(by_channels) != {1, 3}:
-        shapes = [list(out.shape) for out in outputs]
-        raise ModelSignatureError(f"{where}: expected an image output (3 channels) and a mask output (1), got {shapes}")
-    image, mask = by_channels[3], by_channels[1]
-    if channel_axis == 1:
-        image, mask = image[0].transpose(1, 2, 0), mask[0, 0]
-    else:
-        image, mask = image[0], mask[0, ..., 0]
-    return from_unit_range(image), np.clip(mask.astype(np.float32), 0.0, 1.0)
+class TFLiteRunner:
+    """Runs a .tflite with LiteRT's interpreter (XNNPACK), tensors by name. Feeds and results use PyTorch
+    layouts (NCHW images, flat vectors); 4-D tensors are transposed to and from NHWC; int8 tensors are
+    quantised and dequantised with their own scales."""
 
-
-class TFLiteSwapModel:
-    """A baked student `.tflite` run with LiteRT (XNNPACK on CPU)."""
-
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
+    def __init__(self, path: str | Path | bytes, num_threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.name = path.name
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            if isinstance(path, bytes | bytearray):
+                self.interpreter = Interpreter(model_content=bytes(path), num_threads=num_threads)
+            else:
+                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelSignatureError(f"{path}: not a loadable .tflite model ({exc})") from exc
-        inputs = self.interpreter.get_input_details()
-        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][-1] != 3:
-            raise ModelSignatureError(
-                f"{path}: expected one NHWC image input [1,S,S,3] (a baked student); "
-                f"found {[list(i['shape']) for i in inputs]} — dynamic-identity models need `identity` params"
-            )
-        self.input = inputs[0]
-        self.outputs = self.interpreter.get_output_details()
-        self.size = int(self.input["shape"][1])
-        self.template = _manifest(path).get("template", "arcface")
+            raise ModelSignatureError(f"{_where(path)}: not a loadable .tflite model ({exc})") from exc
+        self.inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
+        self.outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
 
-    def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = to_unit_range(crop)[None]
-        scale, zero = self.input["quantization"]
-        if self.input["dtype"] in (np.int8, np.uint8):
-            x = np.round(x / scale + zero)
-            info = np.iinfo(self.input["dtype"])
-            x = np.clip(x, info.min, info.max)
-        self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, value in feeds.items():
+            if name not in self.inputs:
+                raise ModelSignatureError(f"TFLite model has no input {name!r} (it has {', '.join(self.inputs)})")
+            d = self.inputs[name]
+            value = np.asarray(value, np.float32)
+            if value.ndim == 4:
+                value = value.transpose(0, 2, 3, 1)
+            self.interpreter.set_tensor(d["index"], _quantize(value, d))
         self.interpreter.invoke()
-        results = []
-        for detail in self.outputs:
-            out = self.interpreter.get_tensor(detail["index"])
-            scale, zero = detail["quantization"]
-            if detail["dtype"] in (np.int8, np.uint8):
-                out = (out.astype(np.float32) - zero) * scale
-            results.append(out)
-        return _split_outputs(results, -1, self.name)
+        out = {}
+        for name, d in self.outputs.items():
+            value = _dequantize(self.interpreter.get_tensor(d["index"]), d)
+            out[name] = value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
+        return out
 
 
-class OnnxSwapModel:
-    """A baked student `.onnx` run with ONNX Runtime's CPU provider."""
+def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(value / scale + zero), info.min, info.max).astype(detail["dtype"])
+    return value.astype(detail["dtype"])
 
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
+
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        return (value.astype(np.float32) - zero) * scale
+    return value.astype(np.float32)
+
+
+class OnnxRunner:
+    """Runs a .onnx with ONNX Runtime's CPU provider, tensors by name (NCHW, as exported); float16
+    inputs are cast from float32 feeds and every result is float32."""
+
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
         import onnxruntime as ort
 
-        self.name = path.name
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelSignatureError(f"{path}: not a loadable ONNX model ({exc})") from exc
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 3:
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = sorted(set(feeds) - set(self.inputs))
+        if missing:
+            raise ModelSignatureError(f"ONNX model has no input {missing[0]!r} (it has {', '.join(self.inputs)})")
+        typed = {
+            name: np.asarray(v, np.float16 if "float16" in self.inputs[name].type else np.float32)
+            for name, v in feeds.items()
+        }
+        return {name: v.astype(np.float32) for name, v in zip(self.outputs, self.session.run(None, typed), strict=True)}
+
+
+class ArtifactSwapModel:
+    """A baked student artifact (``.tflite`` or ``.onnx``) opened through its manifest: the image input
+    and the swapped/mask outputs are found by the names the manifest records (the contract every
+    pocketswap artifact follows); crop size and template come from it too."""
+
+    def __init__(self, path: Path, num_threads: int = 1) -> None:
+        from pocketswap.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, ManifestError, read_manifest
+
+        self.name = path.name
+        self.runner = TFLiteRunner(path, num_threads) if path.suffix == ".tflite" else OnnxRunner(path, num_threads)
+        try:
+            manifest = read_manifest(path)
+        except ManifestError as exc:
+            raise ModelSignatureError(f"{exc}; export the model with `pocketswap export` to get one") from exc
+        if manifest.kind != "student" or manifest.identity_mode != "baked":
             raise ModelSignatureError(
-                f"{path}: expected one NCHW image input [1,3,S,S] (a baked student); found {[i.shape for i in inputs]}"
+                f"{path}: a {manifest.kind} model ({manifest.identity_mode} identity), not a baked student; "
+                "dynamic-identity students need their `identity` vector (see README: Integrating the artifacts)"
             )
-        self.input_name = inputs[0].name
-        self.dtype = np.float16 if "float16" in inputs[0].type else np.float32
-        self.size = int(inputs[0].shape[2])
-        self.template = _manifest(path).get("template", "arcface")
+        names = {t.name for t in manifest.inputs} | {t.name for t in manifest.outputs}
+        for wanted in (IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT):
+            if wanted not in names:
+                raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
+        self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
+        self.size, self.template = int(manifest.crop_size), manifest.template or "arcface"
 
     def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = to_unit_range(crop).transpose(2, 0, 1)[None].astype(self.dtype)
-        outputs = self.session.run(None, {self.input_name: x})
-        return _split_outputs([o.astype(np.float32) for o in outputs], 1, self.name)
+        out = self.runner({self.input: to_unit_range(crop).transpose(2, 0, 1)[None]})
+        return _to_crop(out[self.image], out[self.mask])
+
+
+def _to_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NCHW model outputs -> (uint8 HxWx3 crop, float32 HxW mask in [0, 1])."""
+    return from_unit_range(image[0].transpose(1, 2, 0)), np.clip(mask[0, 0].astype(np.float32), 0.0, 1.0)
 
 
 class TorchSwapModel:
@@ -162,7 +187,7 @@ class TorchSwapModel:
         x = self._torch.from_numpy(to_unit_range(crop).transpose(2, 0, 1)[None].copy())
         with self._torch.inference_mode():
             image, mask = self.model(x)
-        return _split_outputs([image.numpy(), mask.numpy()], 1, self.name)
+        return _to_crop(image.numpy(), mask.numpy())
 
 
 def load_swap_model(path: str | Path, embedding: np.ndarray | None = None, num_threads: int = 1) -> SwapModel:
@@ -170,10 +195,8 @@ def load_swap_model(path: str | Path, embedding: np.ndarray | None = None, num_t
     path = Path(path)
     if not path.exists():
         raise PocketswapError(f"{path}: no such model file")
-    if path.suffix == ".tflite":
-        return TFLiteSwapModel(path, num_threads)
-    if path.suffix == ".onnx":
-        return OnnxSwapModel(path, num_threads)
+    if path.suffix in (".tflite", ".onnx"):
+        return ArtifactSwapModel(path, num_threads)
     if path.suffix == ".mlpackage":
         if platform.system() != "Darwin":
             raise PocketswapError(f"{path}: CoreML models run only on macOS; use the .tflite or .onnx export here")

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from pocketswap.cli import main
 from pocketswap.errors import OutputError
@@ -43,6 +44,9 @@ def bad(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     (tmp_path / "bad.tflite").write_bytes(b"garbage" * 100)
     (tmp_path / "baseline.json").write_text("{not json")
+    torch.onnx.export(
+        torch.nn.Conv2d(3, 4, 1), (torch.zeros(1, 3, 32, 32),), str(tmp_path / "foreign.onnx"), dynamo=False
+    )
     return tmp_path
 
 
@@ -67,6 +71,7 @@ OTHER_COMMANDS = (
     "bench latency {tmp}/bad.tflite",
     "bench gate --baseline {tmp}/baseline.json",
     "demo --model {tmp}/bad.onnx --source {tmp}/good.png --headless",
+    "demo --model {tmp}/foreign.onnx --source {tmp}/good.png --headless",
     "demo --model {tmp}/bad.tflite --source {tmp}/folder --headless",
     "student summary --preset bogus",
 )

@@ -27,6 +27,7 @@ from pocketswap.manifest import (
     read_manifest,
     write_manifest,
 )
+from pocketswap.runtime import TFLiteRunner
 from pocketswap.student.config import get_preset
 from pocketswap.student.network import StudentNet
 
@@ -260,7 +261,7 @@ def test_tflite_is_nhwc_named_and_fully_delegated(baked):
         assert [(o["name"], o["shape"]) for o in outputs] == [("swapped", [1, 128, 128, 3]), ("mask", [1, 128, 128, 1])]
         assert art.manifest.delegation["fully_accelerated"], art.manifest.delegation
         assert "RESIZE_NEAREST_NEIGHBOR" not in art.manifest.ops
-    runner = tflite.TFLiteRunner(baked["tflite", "fp32"].path)
+    runner = TFLiteRunner(baked["tflite", "fp32"].path)
     assert runner.interpreter.get_signature_list() == {
         "serving_default": {"inputs": ["image"], "outputs": ["mask", "swapped"]}
     }
@@ -348,7 +349,6 @@ def fresh_b(workspace):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_patched_tflite_matches_fresh_export(baked, fresh_b, workspace, tmp_path, precision):
     from pocketswap.cli import main
-    from pocketswap.export import tflite
     from pocketswap.export.data import sample_crops, to_model_input
 
     root, ckpt = workspace
@@ -375,8 +375,8 @@ def test_patched_tflite_matches_fresh_export(baked, fresh_b, workspace, tmp_path
     assert patched.parity["passed"] and patched.source["patched_from"] == src.name
     assert patched.extra["patch_rewrite_ms"] > 0  # recorded; its speed is quoted from the benchmark, not asserted
     feeds = {"image": to_model_input(sample_crops(128)[0][1])}
-    got = tflite.TFLiteRunner(out)(feeds)
-    want = tflite.TFLiteRunner(fresh_b["tflite", precision].path)(feeds)
+    got = TFLiteRunner(out)(feeds)
+    want = TFLiteRunner(fresh_b["tflite", precision].path)(feeds)
     for name in ("swapped", "mask"):
         np.testing.assert_allclose(got[name], want[name], atol=1e-6 if precision == "fp32" else 2e-3)
     again = tmp_path / "back_to_a.tflite"  # a patched file can be patched again
@@ -459,7 +459,6 @@ def test_patch_refuses_other_checkpoints_and_unpatchable_models(baked, workspace
 @pytest.mark.slow
 def test_dynamic_identity_and_enrollment_models(workspace):
     """Dynamic student + encoder + hypernetwork as TFLite: the on-device enrollment chain reproduces PyTorch."""
-    from pocketswap.export import tflite
     from pocketswap.export.data import load_student, sample_crops, to_model_input
     from pocketswap.export.pipeline import export_model
 
@@ -480,12 +479,12 @@ def test_dynamic_identity_and_enrollment_models(workspace):
     # Chain: face chip -> encoder -> hypernetwork -> dynamic student, against PyTorch end to end.
     net, *_ = load_student(ckpt)
     chip = sample_crops(150, "dlib")[0][1]
-    embedding = tflite.TFLiteRunner(by_name["dlib_encoder_fp32.tflite"].path)(
+    embedding = TFLiteRunner(by_name["dlib_encoder_fp32.tflite"].path)(
         {"chip": chip.transpose(2, 0, 1)[None].astype(np.float32)}
     )["embedding"]
-    params = tflite.TFLiteRunner(by_name["nano_hypernet_fp32.tflite"].path)({"embedding": embedding})["identity"]
+    params = TFLiteRunner(by_name["nano_hypernet_fp32.tflite"].path)({"embedding": embedding})["identity"]
     crop = to_model_input(sample_crops(128)[0][1])
-    out = tflite.TFLiteRunner(student.path)({"image": crop, "identity": params})
+    out = TFLiteRunner(student.path)({"image": crop, "identity": params})
     with torch.no_grad():
         want_params = net.identity_params(torch.from_numpy(embedding))
         want = net(torch.from_numpy(crop), torch.from_numpy(embedding))
