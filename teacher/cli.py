@@ -120,49 +120,14 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-    import time
-    from pathlib import Path
+    from pocketswap.teacher.bench import bench_generation
 
-    from pocketswap.teacher.analysis import analyze_faces
-    from pocketswap.teacher.generate import GenerateConfig, generate
-    from pocketswap.teacher.pairs import PairMaker, build_teacher
-
-    work = Path(tempfile.mkdtemp(prefix="pocketswap-bench-"))
-    try:
-        out = work / "dataset"
-        if args.cache:  # reuse a persistent analysis cache
-            (out / ".cache").parent.mkdir(parents=True, exist_ok=True)
-            Path(args.cache).mkdir(parents=True, exist_ok=True)
-            (out / ".cache").symlink_to(Path(args.cache).resolve(), target_is_directory=True)
-        cfg = GenerateConfig(
-            out=str(out),
-            faces=args.faces,
-            pairs=args.pairs,
-            workers=args.workers,
-            size=args.size,
-            teacher=args.teacher,
-            identity_encoder=args.identity_encoder,
-            shard_size=max(1, args.pairs // 4),
-        )
-        pool = analyze_faces(cfg, out, args.workers, progress=True)
-        teacher = build_teacher(cfg)
-        maker = PairMaker(cfg, pool.records, teacher)
-        maker.make(0)
-        records = pool.records
-        count = min(20, len(records) * (len(records) - 1))
-        start = time.perf_counter()
-        for k in range(count):
-            teacher.swap(records[k % len(records)], records[(k + 1) % len(records)])
-        swap_rate = count / (time.perf_counter() - start)
-        result = generate(cfg, progress=True)
-        print(f"teacher {teacher.name} at {cfg.size}: {swap_rate:.1f} swaps/s (one process, teacher only)")
-        print(
-            f"generate: {result.pairs_written} pairs with {args.workers} worker(s) in {result.seconds:.2f} s = "
-            f"{result.pairs_per_second:.1f} pairs/s (augment + teacher + encode + write; face analysis excluded); "
-            f"after {result.startup_seconds:.1f} s of worker start-up: {result.steady_pairs_per_second:.1f} pairs/s"
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    result = bench_generation(args.faces, args.pairs, args.workers, args.size, args.teacher,
+                              args.identity_encoder, args.cache)  # fmt: skip
+    print(f"teacher {result.teacher} at {args.size}: {result.swaps_per_second:.1f} swaps/s (one process, teacher only)")
+    print(
+        f"generate: {result.pairs} pairs with {args.workers} worker(s) in {result.seconds:.2f} s = "
+        f"{result.pairs_per_second:.1f} pairs/s (augment + teacher + encode + write; face analysis excluded); "
+        f"after {result.startup_seconds:.1f} s of worker start-up: {result.steady_pairs_per_second:.1f} pairs/s"
+    )
     return 0

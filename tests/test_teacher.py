@@ -347,3 +347,13 @@ def test_occluders_and_morphs(records):
         aug.AugmentConfig.from_dict({"flip": {"attribute": 2.0}})
     with pytest.raises(ConfigError, match="'occluder.kinds'"):
         aug.AugmentConfig.from_dict({"occluder": {"kinds": ["piano"]}})
+
+
+@pytest.mark.slow
+def test_teacher_bench_reports_swaps_and_pairs_per_second(tmp_path):
+    from pocketswap.teacher.bench import bench_generation
+
+    result = bench_generation("samples", pairs=8, workers=0, size=96, cache=str(tmp_path / "cache"))
+    assert result.teacher == "geometric" and result.pairs == 8
+    assert result.swaps_per_second > 0 and result.pairs_per_second > 0
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").iterdir())  # the analysis cache is kept
