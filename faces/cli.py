@@ -30,6 +30,11 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, help="MediaPipe FaceLandmarker .task file (uses the Tasks backend)")
 
 
+def _which(face) -> str:
+    """Which face a command used (the main face: the largest confident one)."""
+    return f"the face at box {[round(float(v)) for v in face.box]} (score {face.score:.2f})"
+
+
 def _detect(args: argparse.Namespace) -> int:
     from pocketswap.faces.draw import annotate
     from pocketswap.faces.samples import load_image_or_sample
@@ -67,7 +72,7 @@ def _align(args: argparse.Namespace) -> int:
     face = _analyzer(args).detect_one(image, source=args.image)
     aligned = align_face(image, face.keypoints, args.size, args.template)
     write_image(args.out, aligned.crop)
-    print(f"aligned {args.size}x{args.size} crop ({args.template} template) -> {args.out}")
+    print(f"aligned {args.size}x{args.size} crop ({args.template} template) of {_which(face)} -> {args.out}")
     return 0
 
 
@@ -81,7 +86,7 @@ def _embed(args: argparse.Namespace) -> int:
     face = _analyzer(args).detect_one(image, source=args.image)
     embedding = embed_faces(image, [face], load_encoder(args.encoder))[0]
     np.save(args.out, embedding)
-    print(f"{embedding.shape[0]}-d embedding -> {args.out}")
+    print(f"{embedding.shape[0]}-d embedding of {_which(face)} -> {args.out}")
     return 0
 
 

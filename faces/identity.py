@@ -7,6 +7,7 @@ Encoders: the built-in dlib ResNet (128-d, offline, differentiable) or a user's 
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +16,8 @@ import numpy as np
 
 from pocketswap.faces.align import align_face
 from pocketswap.faces.types import Face
+
+log = logging.getLogger(__name__)
 
 
 class IdentityEncoder(Protocol):
@@ -112,6 +115,7 @@ def identity_embedding(
 
         image = load_image_or_sample(text)
         face = _auto_analyzer().detect_one(image, source=text)
+        log.info("identity %s: the face at box %s (score %.2f)", text, [round(float(v)) for v in face.box], face.score)
         emb = embed_faces(image, [face], load_encoder(encoder))[0].astype(np.float32)
         source = f"photo {Path(text).name} ({encoder} encoder)"
     if emb.ndim != 1 or (embed_dim is not None and emb.shape != (embed_dim,)):

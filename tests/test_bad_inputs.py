@@ -74,6 +74,9 @@ OTHER_COMMANDS = (
     "demo --model {tmp}/foreign.onnx --source {tmp}/good.png --headless",
     "demo --model {tmp}/bad.tflite --source {tmp}/folder --headless",
     "student summary --preset bogus",
+    "distill train --data {tmp}/folder --out {tmp}/r --config {tmp}/folder",
+    "teacher generate --out {tmp}/d --config {tmp}/folder",
+    "teacher generate --out {tmp}/d --config {tmp}/good.png",
 )
 
 
