@@ -112,15 +112,15 @@ class FaceAnalyzer:
                 return main_face_order(found)
         return []
 
-    def _union_detections(self, image: np.ndarray) -> list[Detection]:
-        """Every face for detector "auto": both ranges on the whole frame, then the full-range model on
-        overlapping tiles (both models see the frame downscaled to 128/192 px, so faces under ~1/10 of
-        the frame are lost otherwise); each face once (greedy by score, IoU >= 0.3 is the same face)."""
+    def _union_detections(self, image: np.ndarray, tiled: bool) -> list[Detection]:
+        """Every face for detector "auto": both ranges on the whole frame and (``tiled``) the full-range
+        model on overlapping tiles (both models see the frame downscaled to 128/192 px, so faces under
+        ~1/10 of the frame are lost otherwise); each face once (greedy by score, IoU >= 0.3 is one face)."""
         short, full = self._detectors["short"], self._detectors["full"]
         found = [*short(image), *full(image)]
         h, w = image.shape[:2]
         side = max(192, min(h, w) // 4)
-        if max(h, w) > 2 * side:
+        if tiled and max(h, w) > 2 * side:
             starts = [_tile_starts(h, side), _tile_starts(w, side)]
             for y in starts[0]:
                 for x in starts[1]:
@@ -145,17 +145,21 @@ class FaceAnalyzer:
                 break
         return faces
 
-    def detect(self, image_rgb: np.ndarray, all_faces: bool = False, source: str = "image") -> list[Face]:
+    def detect(
+        self, image_rgb: np.ndarray, all_faces: bool = False, source: str = "image", tiled: bool = False
+    ) -> list[Face]:
         """Faces in an image (any dtype/channels `to_rgb_uint8` accepts), main face first: the largest
         of the confident ones (:func:`main_face_order`).
 
-        By default only the main face is returned; ``all_faces=True`` returns every face.
+        By default only the main face is returned; ``all_faces=True`` returns every face ("auto": both
+        ranges; ``tiled`` adds full-range tiles for small faces in stills, ~24 more detector runs on a
+        640x480 frame, so the live demo leaves it off).
         """
         image = to_rgb_uint8(image_rgb, source)
         if self._tasks is not None:
             faces = self._tasks.detect(image)
         elif all_faces and len(self._detectors) > 1:
-            faces = self._mesh_faces(image, self._union_detections(image), all_faces)
+            faces = self._mesh_faces(image, self._union_detections(image, tiled), all_faces)
         else:
             faces = []
             for name, detector in self._detectors.items():

@@ -25,7 +25,8 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
         "--detector",
         default="auto",
         choices=["short", "full", "auto"],
-        help="BlazeFace model: short range (selfies), full range (faces far away), auto (short, then full)",
+        help="BlazeFace model: short range (selfies), full range (faces far away), auto (short, then full; "
+        "with `detect --all`: both, plus full-range tiles for small faces)",
     )
     parser.add_argument("--task", default=None, help="MediaPipe FaceLandmarker .task file (uses the Tasks backend)")
 
@@ -44,7 +45,7 @@ def _detect(args: argparse.Namespace) -> int:
     image = load_image_or_sample(args.image)
     analyzer = _analyzer(args)
     faces = (
-        analyzer.detect(image, all_faces=args.all)
+        analyzer.detect(image, all_faces=args.all, tiled=args.all)
         if not args.require_face
         else [analyzer.detect_one(image, source=args.image)]
     )
