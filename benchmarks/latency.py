@@ -152,7 +152,6 @@ def target_kind(target: str | Path) -> tuple[str, str]:
     if not path.exists():
         raise PocketswapError(f"{path}: no such artifact")
     if path.suffix in (".tflite", ".onnx"):
-        check_model_file(path)
         return path.suffix[1:], target
     if path.is_dir() or path.suffix in (".safetensors", ".json"):
         return "checkpoint", target
@@ -163,6 +162,8 @@ def bench_artifact(path: str | Path, threads: int, runs: int = 100) -> LatencyRe
     """Benchmark one artifact on `threads` threads. Besides files: ``ref:simswap`` / ``ref:mobilefaceswap``
     (reference networks) and ``preset:nano`` / ``preset:nano:onnx`` (random-weight baked students)."""
     kind, name = target_kind(path)
+    if kind in ("tflite", "onnx"):
+        check_model_file(Path(name))
     if kind == "tflite":
         return bench_tflite(Path(name), threads, runs)
     runtime = "onnxruntime" if kind == "onnx" or name.endswith(":onnx") else "torch-eager"
@@ -180,7 +181,9 @@ def bench_interleaved(targets: list[str], threads: int = 1, runs: int = 20, roun
     neighbour slowed down.
     """
     for target in targets:
-        target_kind(target)  # a clear error for a missing or unsupported target, before the worker starts
+        kind, name = target_kind(target)  # a clear error for a missing or unsupported target, before the worker starts
+        if kind in ("tflite", "onnx"):
+            check_model_file(Path(name))
     cmd = [
         sys.executable, "-m", "pocketswap.benchmarks.worker", "interleaved", *targets,
         "--threads", str(threads), "--runs", str(runs), "--rounds", str(rounds),

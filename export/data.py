@@ -16,6 +16,7 @@ import numpy as np
 
 from pocketswap.errors import ConfigError, ImageReadError, NoFaceError, PocketswapError
 from pocketswap.export.common import CalibrationError
+from pocketswap.faces.analyzer import shared_analyzer
 from pocketswap.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,11 @@ PARITY_SAMPLES = ("astronaut", "grace_hopper", "lfw_03")
 SAMPLES_SPEC = "samples"
 
 
-@lru_cache(maxsize=1)
-def _analyzer():
-    from pocketswap.faces.analyzer import FaceAnalyzer
-
-    return FaceAnalyzer(detector="auto")
-
-
 def align_photo(image: np.ndarray, size: int, template: str, source: str = "image") -> np.ndarray:
     """Detect the largest face and align it to ``template`` at ``size`` px (raises NoFaceError)."""
     from pocketswap.faces.align import align_face
 
-    face = _analyzer().detect_one(image, source=source)
+    face = shared_analyzer().detect_one(image, source=source)
     return align_face(image, face.keypoints, size, template).crop
 
 
@@ -173,7 +167,7 @@ def identity_crop(spec: str | Path, size: int, template: str = "arcface") -> np.
     if text.endswith((".npy", ".npz")):
         raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
     image = load_image_or_sample(text)
-    face = _analyzer().detect_one(image, source=text)
+    face = shared_analyzer().detect_one(image, source=text)
     return align_face(image, face.keypoints, size, template).crop
 
 

@@ -13,6 +13,7 @@ or FaceMesh's face-presence score (``track``).
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +36,12 @@ DETECTORS = ("short", "full", "auto")
 MAIN_FACE_SCORE_MARGIN = 0.15
 # Tasks backend tracking: the new face must overlap the previous one this much (IoU).
 TRACK_MIN_IOU = 0.3
+
+
+@lru_cache(maxsize=1)
+def shared_analyzer() -> FaceAnalyzer:
+    """One "auto" analyzer per process for one-off photos (identity photos, calibration folders)."""
+    return FaceAnalyzer(detector="auto")
 
 
 def _tile_starts(length: int, side: int) -> list[int]:

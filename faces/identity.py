@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -77,13 +76,6 @@ def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
     return 0.6
 
 
-@lru_cache(maxsize=1)
-def _auto_analyzer():
-    from pocketswap.faces.analyzer import FaceAnalyzer
-
-    return FaceAnalyzer(detector="auto")
-
-
 def identity_embedding(
     spec: str | Path, embed_dim: int | None = None, encoder: str | Path | None = "dlib"
 ) -> tuple[np.ndarray, str]:
@@ -114,7 +106,9 @@ def identity_embedding(
         from pocketswap.faces.samples import load_image_or_sample
 
         image = load_image_or_sample(text)
-        face = _auto_analyzer().detect_one(image, source=text)
+        from pocketswap.faces.analyzer import shared_analyzer
+
+        face = shared_analyzer().detect_one(image, source=text)
         log.info("identity %s: the face at box %s (score %.2f)", text, [round(float(v)) for v in face.box], face.score)
         emb = embed_faces(image, [face], load_encoder(encoder))[0].astype(np.float32)
         source = f"photo {Path(text).name} ({encoder} encoder)"
