@@ -24,9 +24,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketswap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pocketswap.distill.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,17 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
 }
 IDENTITY_MAPS = "both"
+
 DATA_DIR = "data"
+
+
+def personal_augment() -> Any:
+    """The generator's augmentations for one fixed person: the attribute faces vary as in training, the
+    identity stays the person's real face (a mirrored or recoloured identity is another texture for the
+    same target, which the student can only average: soft, half-mirrored swaps)."""
+    from pocketswap.teacher.augment import AugmentConfig, ColorConfig, FlipConfig
+
+    return AugmentConfig(flip=FlipConfig(identity=0.0), color=ColorConfig(identity_prob=0.0))
 
 
 @dataclass
@@ -67,6 +80,29 @@ class PersonalizeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def personalize_config(
+    source: Path, overrides: dict[str, Any] | None = None, *, steps: int | None = None, seed: int = 0
+) -> TrainConfig:
+    """The fine-tuning config for the student checkpoint ``source``: :data:`DEFAULTS`, the checkpoint's
+    student config with identity maps, then ``overrides`` (``student`` merges into the student config)."""
+    from pocketswap.checkpoint import load_checkpoint
+    from pocketswap.distill.config import from_dict
+    from pocketswap.student.config import PRESETS
+
+    _, scfg, _ = load_checkpoint(source)
+    overrides = dict(overrides or {})
+    student = {k: v for k, v in scfg.to_dict().items() if k != "name"} | {"identity_maps": IDENTITY_MAPS}
+    extra_fields = overrides.pop("student", {})
+    if not isinstance(extra_fields, dict):
+        raise ConfigError("config field 'student' must be a mapping, e.g. student.identity_maps=none")
+    student |= extra_fields
+    fields = {**DEFAULTS, "preset": scfg.name if scfg.name in PRESETS else "nano", "student": student,
+              "init_from": str(source), "seed": seed, **overrides}  # fmt: skip
+    if steps is not None:
+        fields["steps"] = steps
+    return from_dict(fields)
 
 
 def personalize(
@@ -88,10 +124,8 @@ def personalize(
     (photo or ``sample:NAME``) into the run folder ``out``. Raises PocketswapError subclasses on bad
     input (not a run, no or several faces in the photo, an ``out`` that holds another identity)."""
     from pocketswap.checkpoint import checkpoint_encoder, load_checkpoint, resolve_checkpoint
-    from pocketswap.distill.config import from_dict
     from pocketswap.distill.train import train
     from pocketswap.files import atomic_write_json
-    from pocketswap.student.config import PRESETS
     from pocketswap.teacher.generate import GenerateConfig, generate
 
     started = time.perf_counter()
@@ -107,21 +141,12 @@ def personalize(
     gen = GenerateConfig(
         out=str(data), faces=faces, pairs=pairs, size=scfg.size, seed=seed, workers=workers,
         same_identity_share=0.05, identity=identity, encoder=checkpoint_encoder(extra, scfg.embed_dim) or "dlib",
+        augment=personal_augment(),
     )  # fmt: skip
     log.info("[1/3] teacher pairs of %s against the faces of %s -> %s", identity, faces, data)
     generate(gen, rank=0, world_size=1, progress=progress)
 
-    overrides = dict(overrides or {})
-    student = {k: v for k, v in scfg.to_dict().items() if k != "name"} | {"identity_maps": IDENTITY_MAPS}
-    extra_fields = overrides.pop("student", {})
-    if not isinstance(extra_fields, dict):
-        raise ConfigError("config field 'student' must be a mapping, e.g. student.identity_maps=none")
-    student |= extra_fields
-    fields = {**DEFAULTS, "preset": scfg.name if scfg.name in PRESETS else "nano", "student": student,
-              "init_from": str(source), "seed": seed, **overrides}  # fmt: skip
-    if steps is not None:
-        fields["steps"] = steps
-    config = from_dict(fields)
+    config = personalize_config(source, overrides, steps=steps, seed=seed)
     log.info(
         "[2/3] fine-tune %s (%d steps, identity maps: %s)", source, config.steps, config.student_config().identity_maps
     )

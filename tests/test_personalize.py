@@ -145,6 +145,10 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     assert report["num_samples"] > 0 and all("same_person" in m for m in report["metrics"].values())
     assert {"astronaut.png"} <= set(json.loads((out / "run.json").read_text())["split"]["val_names"])
     assert (out / "compare.png").is_file()
+    # The person's real face in every pair: a mirrored or recoloured identity would be a second target.
+    metas = [sample.meta for sample in DatasetReader(out / "data")]
+    assert metas and not any(m["augment"].get("flip_identity") or m["augment"].get("color_identity") for m in metas)
+    assert any(m["augment"].get("flip_attribute") for m in metas)  # the attribute faces still vary
 
     # Rerunning without --resume would mix runs: refused; with --resume nothing is redone.
     assert main(argv) == 2
