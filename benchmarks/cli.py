@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pocketswap.cli import int_range, output_dir, output_file
 
@@ -91,6 +92,18 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.app import benchmark_app
+    from pocketswap.files import atomic_write_json
+
+    identity = Path(args.identity) if args.identity else None
+    record = benchmark_app(Path(args.model), identity, seconds=args.seconds, threads=args.threads)
+    print(record.line())
+    if args.json:
+        atomic_write_json(args.json, {"kind": "app", "records": [record.to_dict()]})
+    return 0
+
+
 def _roofline(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.roofline import estimate_presets
     from pocketswap.files import atomic_write_json
@@ -169,6 +182,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int_range(1), default=200)
     p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_pipeline)
+
+    p = commands.add_parser("app", help="browser path of `pocketswap app`: Chromium with a fake camera, end to end")
+    p.add_argument("model", help="baked .tflite/.onnx, or a checkpoint (needs --identity)")
+    p.add_argument("--identity", help="identity photo, sample:NAME or .npy (for checkpoints)")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured streaming time after warm-up")
+    p.add_argument("--threads", type=int_range(1), default=1)
+    p.add_argument("--json", type=output_file(".json"), help="write the record as JSON")
+    p.set_defaults(handler=_app)
 
     p = commands.add_parser("roofline", help="phone latency ESTIMATES from counted MACs and bytes (phones.yaml)")
     p.add_argument("--presets", nargs="+", default=["nano", "base"])

@@ -34,6 +34,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_APP_MODEL = Path("runs/quickstart/artifacts/nano_baked_fp32.tflite")  # what `make demo` exports
+
+
+def _app(args: argparse.Namespace) -> int:
+    from pocketswap.demo.web import AppOptions, serve
+    from pocketswap.errors import PocketswapError
+
+    model = Path(args.model) if args.model else DEFAULT_APP_MODEL
+    if args.model is None and not model.exists():
+        raise PocketswapError(f"no --model given and {model} does not exist: run `make demo` first or pass --model")
+    identity = Path(args.identity) if args.identity else None
+    serve(AppOptions(model=model, identity=identity, threads=args.threads), host=args.host, port=args.port)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -53,3 +68,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--json", type=output_file(".json"), help="write the summary as JSON")
     p.set_defaults(handler=_demo)
+
+    a = subparsers.add_parser(
+        "app",
+        help="browser UI: live webcam swap, image/video files, the model's manifest",
+        description="Serves a page on http://HOST:PORT (localhost by default): Live (the browser's camera, "
+        "swapped frames back over a WebSocket, per-stage p50/p95), Files (an image or video in, the swap out), "
+        "Model (its manifest and identities).",
+    )
+    a.add_argument("--model", help=f".tflite/.onnx artifact or a run folder/checkpoint (default {DEFAULT_APP_MODEL})")
+    a.add_argument("--identity", help="identity photo, sample:NAME, .npy, or a folder of them (a checkpoint switches)")
+    a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    a.add_argument("--port", type=int_range(1, 65535), default=7860)
+    a.add_argument("--threads", type=int_range(1), default=1, help="inference threads per browser tab")
+    a.set_defaults(handler=_app)

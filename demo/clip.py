@@ -46,3 +46,16 @@ def write_clip(path: str | Path, fps: float = 24.0, **kwargs) -> Path:
         for frame in synthetic_frames(**kwargs):
             writer.write(frame)
     return Path(path)
+
+
+def write_y4m(path: str | Path, frames, fps: int = 24) -> Path:
+    """Write RGB frames as a raw YUV4MPEG2 (4:2:0) clip: what Chromium's
+    ``--use-file-for-fake-video-capture`` plays as a fake camera (browser tests of ``pocketswap app``)."""
+    path = Path(path)
+    with path.open("wb") as f:
+        for i, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            if i == 0:
+                f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+            f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -70,9 +71,10 @@ class CameraSource:
 
 
 class VideoSource:
-    """Every frame of a video file, in order."""
+    """Every frame of a video file, in order. ``realtime`` (windows): frames come at the file's own
+    frame rate and the last one is held until the window closes, instead of decode speed and exit."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, realtime: bool = False) -> None:
         if not path.exists():
             raise ImageReadError(f"{path}: no such file")
         self.capture = cv2.VideoCapture(str(path))
@@ -81,9 +83,10 @@ class VideoSource:
             raise ImageReadError(f"{path}: not a video OpenCV can decode")
         self._first: np.ndarray | None = first
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.realtime = realtime
         self.dropped = 0
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def _decoded(self) -> Iterator[np.ndarray]:
         if self._first is not None:
             yield cv2.cvtColor(self._first, cv2.COLOR_BGR2RGB)
             self._first = None
@@ -93,8 +96,30 @@ class VideoSource:
                 return
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield from paced(self._held(), self.fps) if self.realtime else self._decoded()
+
+    def _held(self) -> Iterator[np.ndarray]:
+        last = None
+        for last in self._decoded():
+            yield last
+        if last is not None:
+            yield from itertools.repeat(last)
+
     def close(self) -> None:
         self.capture.release()
+
+
+def paced(frames: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
+    """Yield ``frames`` no faster than ``fps`` (a late frame is not made up for by rushing the next)."""
+    period = 1.0 / max(fps, 1e-3)
+    due = time.perf_counter()
+    for frame in frames:
+        wait = due - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        due = max(due + period, time.perf_counter())
+        yield frame
 
 
 class ImageSource:
@@ -108,8 +133,8 @@ class ImageSource:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         yield self.image
-        while self.repeat:
-            yield self.image
+        if self.repeat:
+            yield from paced(itertools.repeat(self.image), self.fps)
 
     def close(self) -> None:
         pass
@@ -123,4 +148,4 @@ def open_source(spec: str, interactive: bool = False) -> CameraSource | VideoSou
     path = Path(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(path, repeat=interactive)
-    return VideoSource(path)
+    return VideoSource(path, realtime=interactive)

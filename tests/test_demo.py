@@ -1,5 +1,8 @@
 """The demo, headless, on a synthesised clip: frame count, changes confined to faces, summary, metadata."""
 
+import itertools
+import time
+
 import av
 import cv2
 import numpy as np
@@ -132,3 +135,16 @@ def test_a_model_baked_for_another_person_is_refused(tmp_path, capsys, checkpoin
     assert main([*args, "--identity", str(other)]) == 2
     assert "is another person" in capsys.readouterr().err
     assert main([*args, "--identity", str(identity), "--output", str(tmp_path / "out.png")]) == 0
+
+
+def test_windowed_video_plays_at_its_frame_rate_and_holds_the_last_frame(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", fps=20.0, frames=6)
+    source = open_source(str(clip), interactive=True)
+    start = time.perf_counter()
+    frames = list(itertools.islice(source, 10))  # 6 decoded, then the last one held
+    elapsed = time.perf_counter() - start
+    source.close()
+    assert elapsed >= 9 / 20.0 * 0.9, f"10 frames at 20 FPS took only {elapsed:.2f} s"
+    assert all(np.array_equal(frames[5], f) for f in frames[6:])
+    headless = open_source(str(clip))
+    assert len(list(headless)) == 6  # headless: decode speed, and the source ends

@@ -1,0 +1,122 @@
+"""Latency of the browser path of ``pocketswap app``, measured in a real browser.
+
+Debian's Chromium (headless, driven by Playwright) plays a 640x480 clip of a bundled face as its fake
+camera; the page streams it to the app and records, per swapped frame, the time from capture to
+display (``end_to_end``), the server's share (JPEG decode + pipeline + JPEG encode) and the pipeline
+stages themselves. ``browser_path`` = end to end minus the in-process pipeline stages: what the page,
+the JPEG round trip and the WebSocket add over swapping in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocketswap.errors import PocketswapError
+
+log = logging.getLogger(__name__)
+
+WARMUP_FRAMES = 10
+
+
+def chromium_path() -> str:
+    """Debian's chromium (Playwright's own browser download is not used)."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise PocketswapError("chromium is not installed (Debian: apt-get install chromium)")
+    return path
+
+
+def fake_camera_args(clip: Path) -> list[str]:
+    """Chromium flags that make ``clip`` (.y4m) the camera and grant camera access without a prompt."""
+    return [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={clip}",
+        "--no-sandbox",
+    ]
+
+
+def launch_chromium(playwright, clip: Path):
+    """A headless Chromium whose camera plays ``clip``."""
+    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=fake_camera_args(clip))
+
+
+@dataclass
+class AppRecord:
+    model: str
+    frames: int
+    seconds: float
+    fps: float
+    end_to_end_p50_ms: float
+    end_to_end_p95_ms: float
+    server_p50_ms: float
+    pipeline_p50_ms: float
+    pipeline_p95_ms: float
+    browser_path_p50_ms: float
+    browser_path_p95_ms: float
+    frame: str = "640x480"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (
+            f"{self.model}: {self.fps:.1f} FPS over {self.frames} frames; end to end p50 {self.end_to_end_p50_ms:.1f} "
+            f"ms (p95 {self.end_to_end_p95_ms:.1f}); in-process pipeline p50 {self.pipeline_p50_ms:.1f} ms; "
+            f"browser path adds p50 {self.browser_path_p50_ms:.1f} ms (p95 {self.browser_path_p95_ms:.1f})"
+        )
+
+
+def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20.0, threads: int = 1) -> AppRecord:
+    """Serve the app for ``model``, stream the bundled-face clip through a real browser for ``seconds``."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise PocketswapError("bench app needs Playwright: pip install 'pocketswap[dev]' (or playwright)") from exc
+    from pocketswap.demo.clip import synthetic_frames, write_y4m
+    from pocketswap.demo.pipeline import STAGES
+    from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
+
+    app = create_app(AppOptions(model=model, identity=identity, threads=threads))
+    with tempfile.TemporaryDirectory(prefix="pocketswap-bench-app-") as tmp:
+        clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
+        with serving_in_thread(app) as url, sync_playwright() as p:
+            browser = launch_chromium(p, clip)
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                page.click("#camera")
+                page.wait_for_function(f"state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+                start_count = page.evaluate("state.log.length")
+                start = time.perf_counter()
+                time.sleep(seconds)
+                log_rows = page.evaluate("state.log")
+                elapsed = time.perf_counter() - start
+            finally:
+                browser.close()
+    rows = log_rows[start_count:]
+    if not rows:
+        raise PocketswapError("no swapped frames came back from the page")
+    e2e = np.array([r["e2e"] for r in rows])
+    server = np.array([r["server"] for r in rows])
+    pipeline = np.array([sum(v for k, v in r["stages"].items() if k in STAGES) for r in rows])
+    return AppRecord(
+        model=str(model),
+        frames=len(rows),
+        seconds=round(elapsed, 2),
+        fps=round(len(rows) / elapsed, 2),
+        end_to_end_p50_ms=round(float(np.percentile(e2e, 50)), 2),
+        end_to_end_p95_ms=round(float(np.percentile(e2e, 95)), 2),
+        server_p50_ms=round(float(np.percentile(server, 50)), 2),
+        pipeline_p50_ms=round(float(np.percentile(pipeline, 50)), 2),
+        pipeline_p95_ms=round(float(np.percentile(pipeline, 95)), 2),
+        browser_path_p50_ms=round(float(np.percentile(e2e - pipeline, 50)), 2),
+        browser_path_p95_ms=round(float(np.percentile(e2e - pipeline, 95)), 2),
+    )

@@ -1,0 +1,350 @@
+"""`pocketswap app`: the live swap and file swaps in a browser page, served on localhost.
+
+One Starlette app: ``GET /`` is the page (``demo/page.html``: Live, Files and Model tabs); the live
+stream is a WebSocket (``/ws/live``) carrying JPEG frames from the browser's camera and swapped
+JPEG frames back, one in flight at a time, so a slow frame delays the next instead of queueing;
+``POST /api/files`` swaps an uploaded image or video; ``GET /api/model`` describes the model and
+its identities. Each browser tab (each WebSocket) owns its models and tracking state, so two tabs
+never share an identity by accident. A frame that fails to decode or swap is reported to its tab
+and skipped; the session goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pocketswap.demo.app import IdentityModels, draw_label, identity_files, mask_view
+from pocketswap.demo.pipeline import STAGES, LiveSwapper, PipelineConfig
+from pocketswap.errors import PocketswapError
+from pocketswap.imageio import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("page.html")
+VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+JPEG_QUALITY = 85
+HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
+
+
+@dataclass
+class AppOptions:
+    """What ``pocketswap app`` serves: a model (artifact or checkpoint) and its identities."""
+
+    model: Path
+    identity: Path | None = None
+    threads: int = 1
+    max_upload_mb: int = 200
+
+    def __post_init__(self) -> None:
+        if not self.model.exists():
+            raise PocketswapError(f"{self.model}: no such model (give an exported artifact or a run folder)")
+        if self.max_upload_mb < 1:
+            raise PocketswapError(f"max_upload_mb must be >= 1, got {self.max_upload_mb}")
+
+
+@dataclass
+class LiveSettings:
+    """Per-tab switches sent by the page as JSON; unknown keys are ignored, bad values refused."""
+
+    swap: bool = True
+    view: str = "swap"  # swap | split (before/after) | mask
+    label: bool = True
+    color_transfer: bool = True
+    all_faces: bool = False
+    detect_every: int = 5
+    identity: int = 0
+    _views: tuple[str, ...] = field(default=("swap", "split", "mask"), repr=False)
+
+    def update(self, data: dict[str, Any]) -> None:
+        for key in ("swap", "label", "color_transfer", "all_faces"):
+            if key in data:
+                setattr(self, key, bool(data[key]))
+        if "view" in data:
+            if data["view"] not in self._views:
+                raise PocketswapError(f"view must be one of {', '.join(self._views)}, got {data['view']!r}")
+            self.view = data["view"]
+        for key, low in (("detect_every", 1), ("identity", 0)):
+            if key in data:
+                value = int(data[key])
+                if value < low:
+                    raise PocketswapError(f"{key} must be >= {low}, got {value}")
+                setattr(self, key, value)
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """RGB frame from JPEG/PNG bytes (a clear error for anything else)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PocketswapError("the frame is not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def encode_jpeg(frame: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise PocketswapError("could not encode the swapped frame")
+    return data.tobytes()
+
+
+class Session:
+    """One browser tab: its identity models, tracker and switches."""
+
+    def __init__(self, options: AppOptions, identities: list[Path]) -> None:
+        from pocketswap.faces.analyzer import FaceAnalyzer
+
+        self.settings = LiveSettings()
+        self.models = IdentityModels(options.model, identities, options.threads)
+        self.swapper = LiveSwapper(
+            self.models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), PipelineConfig()
+        )
+
+    def configure(self, data: dict[str, Any]) -> None:
+        settings = self.settings
+        settings.update(data)
+        if settings.identity != self.models.index:
+            if self.models.is_checkpoint and settings.identity >= len(self.models.identities):
+                raise PocketswapError(f"identity {settings.identity} is out of range")
+            if self.models.is_checkpoint:
+                self.models.index = settings.identity
+                self.swapper.set_model(self.models.current())
+        config = self.swapper.config
+        config.swap, config.color_transfer = settings.swap, settings.color_transfer
+        config.all_faces, config.detect_every = settings.all_faces, settings.detect_every
+
+    def process(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, float], int]:
+        """The frame as the page shows it, the per-stage milliseconds and the number of faces."""
+        result = self.swapper.process(frame)
+        settings = self.settings
+        out = result.frame
+        if settings.view == "mask":
+            out = mask_view(frame, result, self.swapper.model.size, self.swapper.model.template)
+        elif settings.view == "split":
+            half = frame.shape[1] // 2
+            out = np.concatenate([frame[:, :half], result.frame[:, half:]], axis=1)
+            cv2.line(out, (half, 0), (half, out.shape[0] - 1), (255, 255, 255), 2)
+        if settings.label and settings.swap and result.faces:
+            out = draw_label(out)
+        return out, result.timings_ms, len(result.faces)
+
+
+def swap_image_bytes(session: Session, data: bytes) -> bytes:
+    """Swap one uploaded still (PNG out, labelled); raises if it holds no face."""
+    frame = decode_jpeg(data)
+    out, _, faces = session.process(frame)
+    if not faces:
+        raise PocketswapError("no face found in this image")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PocketswapError("could not encode the result")
+    return png.tobytes()
+
+
+def swap_video_file(session: Session, source: Path, output: Path) -> dict[str, Any]:
+    """Swap every frame of a video into ``output`` (.mp4) at the source's frame rate."""
+    from pocketswap.demo.source import VideoSource
+    from pocketswap.demo.video import VideoWriter
+
+    video = VideoSource(source)
+    frames = with_face = 0
+    try:
+        with VideoWriter(output, video.fps) as writer:
+            for frame in video:
+                out, _, faces = session.process(frame)
+                writer.write(out)
+                frames += 1
+                with_face += bool(faces)
+    finally:
+        video.close()
+    if frames == 0:
+        raise PocketswapError("the video has no frames")
+    return {"frames": frames, "frames_with_face": with_face, "fps": video.fps}
+
+
+def describe_model(options: AppOptions, identities: list[Path]) -> dict[str, Any]:
+    """What the Model tab shows: the artifact's manifest (or the checkpoint's config) and the identities."""
+    from pocketswap.manifest import ManifestError, read_manifest
+
+    info: dict[str, Any] = {"model": str(options.model), "identities": [_identity_name(p) for p in identities]}
+    try:
+        info["manifest"] = read_manifest(options.model).to_dict()
+    except (ManifestError, OSError, AttributeError):
+        config = options.model / "config.json" if options.model.is_dir() else None
+        info["manifest"] = None
+        if config is not None and config.is_file():
+            info["checkpoint_config"] = json.loads(config.read_text())
+    return info
+
+
+def _identity_name(path: Path) -> str:
+    return str(path) if str(path).startswith("sample:") else path.name
+
+
+def create_app(options: AppOptions):
+    """The Starlette application (import-light: Starlette is imported here)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    identities = identity_files(options.identity)
+    info = describe_model(options, identities)
+    Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
+    limit = options.max_upload_mb * 1024 * 1024
+
+    async def page(_: Request) -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    async def model(_: Request) -> JSONResponse:
+        return JSONResponse(info)
+
+    async def files(request: Request) -> Response:
+        if int(request.headers.get("content-length") or 0) > limit:
+            return JSONResponse({"error": f"upload larger than {options.max_upload_mb} MB"}, status_code=413)
+        form = await request.form(max_part_size=limit)
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            return JSONResponse({"error": "no file in the upload"}, status_code=400)
+        suffix = Path(upload.filename or "").suffix.lower()
+        data = await upload.read()
+        try:
+            session = await asyncio.to_thread(Session, options, identities)
+            await asyncio.to_thread(session.configure, {"identity": int(form.get("identity") or 0)})
+            if suffix in IMAGE_SUFFIXES:
+                png = await asyncio.to_thread(swap_image_bytes, session, data)
+                return Response(png, media_type="image/png", headers=_attachment(upload.filename, ".png"))
+            if suffix in VIDEO_UPLOAD_SUFFIXES:
+                return await _video_response(session, data, suffix, upload.filename)
+        except (PocketswapError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        allowed = ", ".join((*IMAGE_SUFFIXES, *VIDEO_UPLOAD_SUFFIXES))
+        return JSONResponse({"error": f"unsupported file type {suffix or '(none)'}; use {allowed}"}, status_code=415)
+
+    async def _video_response(session: Session, data: bytes, suffix: str, name: str | None) -> Response:
+        with tempfile.TemporaryDirectory(prefix="pocketswap-app-") as tmp:
+            source, output = Path(tmp) / f"in{suffix}", Path(tmp) / "swapped.mp4"
+            source.write_bytes(data)
+            summary = await asyncio.to_thread(swap_video_file, session, source, output)
+            headers = _attachment(name, ".mp4") | {"X-Pocketswap-Summary": json.dumps(summary)}
+            return Response(output.read_bytes(), media_type="video/mp4", headers=headers)
+
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            session = await asyncio.to_thread(Session, options, identities)
+        except PocketswapError as exc:
+            await websocket.send_text(json.dumps({"error": str(exc)}))
+            await websocket.close()
+            return
+        try:
+            while True:
+                message = await websocket.receive()
+                if message.get("type") == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    await _reply(websocket, _configure, session, message["text"])
+                elif message.get("bytes") is not None:
+                    await _reply(websocket, _frame, session, message["bytes"])
+        except WebSocketDisconnect:
+            pass
+
+    async def _reply(websocket, handler, session: Session, payload) -> None:
+        try:
+            for item in await asyncio.to_thread(handler, session, payload):
+                await (websocket.send_bytes(item) if isinstance(item, bytes) else websocket.send_text(item))
+        except (PocketswapError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            log.info("live frame skipped: %s", exc)
+            await websocket.send_text(json.dumps({"error": str(exc)}))
+
+    routes = [
+        Route("/", page),
+        Route("/api/model", model),
+        Route("/api/files", files, methods=["POST"]),
+        Route("/favicon.ico", lambda _: Response(status_code=204)),
+        WebSocketRoute("/ws/live", live),
+    ]
+    app = Starlette(routes=routes)
+    app.state.info = info
+    return app
+
+
+def _configure(session: Session, text: str) -> list[str]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise PocketswapError("settings must be a JSON object")
+    session.configure(data)
+    return [json.dumps({"settings": {k: v for k, v in vars(session.settings).items() if not k.startswith("_")}})]
+
+
+def _frame(session: Session, data: bytes) -> list[str | bytes]:
+    if len(data) <= HEADER.size:
+        raise PocketswapError("empty frame")
+    (sent_ms,) = HEADER.unpack_from(data)
+    start = time.perf_counter()
+    frame = decode_jpeg(data[HEADER.size :])
+    decoded = time.perf_counter()
+    out, timings, faces = session.process(frame)
+    processed = time.perf_counter()
+    jpeg = encode_jpeg(out)
+    timings = {k: round(v, 2) for k, v in timings.items() if k in STAGES}
+    timings["decode"] = round((decoded - start) * 1e3, 2)
+    timings["encode"] = round((time.perf_counter() - processed) * 1e3, 2)
+    server_ms = round((time.perf_counter() - start) * 1e3, 2)
+    stats = {"sent_ms": sent_ms, "server_ms": server_ms, "stages": timings, "faces": faces, "shape": frame.shape[:2]}
+    return [json.dumps({"stats": stats}), jpeg]
+
+
+def _attachment(name: str | None, suffix: str) -> dict[str, str]:
+    stem = Path(name or "upload").stem or "upload"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
+    return {"Content-Disposition": f'attachment; filename="{safe}_swapped{suffix}"'}
+
+
+@contextmanager
+def serving_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run ``app`` on a free port of ``host`` in a background thread; yields its URL (tests, ``bench app``)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise PocketswapError(f"the app did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Serve the app until interrupted (binds to localhost unless ``host`` says otherwise)."""
+    import uvicorn
+
+    app = create_app(options)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can use the camera page", host)
+    log.info("pocketswap app on http://%s:%d  (Ctrl+C stops)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=16 * 1024 * 1024)

@@ -1,0 +1,162 @@
+"""`pocketswap app` in a real browser: Debian's Chromium, headless, driven by Playwright, with a fake
+camera playing a clip made of a bundled face. Checks that swapped frames come back (the face region
+changes, the SYNTHETIC label shows), that switching identity changes the output, and that the Files tab
+swaps an image. Screenshots land in the test's tmp folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pocketswap.benchmarks.app import chromium_path, launch_chromium
+from pocketswap.checkpoint import save_checkpoint
+from pocketswap.cli import main
+from pocketswap.demo.clip import synthetic_frames, write_y4m
+from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
+from pocketswap.errors import PocketswapError
+from pocketswap.faces import samples
+from pocketswap.imageio import write_image
+from pocketswap.student import StudentNet, get_preset
+
+LABEL_BOX = (slice(420, 480), slice(0, 200))  # rows, columns of the SYNTHETIC label (bottom left)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on a free localhost port, for a random-weight nano checkpoint and two identities."""
+    root = tmp_path_factory.mktemp("app")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(root / "nano", StudentNet(get_preset("nano")).eval())
+    people = root / "people"
+    people.mkdir()
+    for name in ("grace_hopper", "camera"):
+        write_image(people / f"{name}.png", samples.load(name))
+    with serving_in_thread(create_app(AppOptions(model=checkpoint, identity=people))) as url:
+        yield url, root
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    try:
+        chromium_path()
+    except PocketswapError as exc:
+        pytest.skip(str(exc))
+    first = next(synthetic_frames("astronaut", frames=1, empty_every=0))
+    clip = write_y4m(tmp_path_factory.mktemp("clip") / "clip.y4m", [first] * 24)  # a still face, as a camera
+    with playwright_api.sync_playwright() as p:
+        browser = launch_chromium(p, clip)
+        yield browser
+        browser.close()
+
+
+def _canvas(page) -> np.ndarray:
+    url = page.evaluate("document.getElementById('live-output').toDataURL('image/png')")
+    data = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.int16)
+
+
+def _next_frames(page, count: int = 4) -> np.ndarray:
+    """The canvas once ``count`` more swapped frames have arrived (settings apply to the next frame)."""
+    seen = int(page.evaluate("Number(document.getElementById('live-output').dataset.frames || 0)"))
+    page.wait_for_function(
+        f"Number(document.getElementById('live-output').dataset.frames || 0) >= {seen + count}", timeout=60_000
+    )
+    return _canvas(page)
+
+
+def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_function("document.getElementById('identity').options.length == 2")
+    page.click("#camera")
+    swapped = _next_frames(page)
+    page.screenshot(path=str(tmp_path / "live.png"))
+    assert page.evaluate("document.getElementById('live-output').dataset.faces") == "1"
+
+    page.uncheck("#swap")
+    original = _next_frames(page)
+    changed = np.abs(swapped - original).max(axis=-1) > 40
+    assert changed[LABEL_BOX].mean() > 0.02, "the SYNTHETIC label is not visible on swapped frames"
+    face = changed.copy()
+    face[LABEL_BOX] = False
+    rows, cols = np.nonzero(face)
+    assert face.mean() > 0.01, "the face region did not change"
+    assert 120 < rows.mean() < 360 and 200 < cols.mean() < 440, "changes are not on the (centred) face"
+
+    page.check("#swap")
+    page.select_option("#identity", "1")
+    other = _next_frames(page)
+    face_box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    assert np.abs(other - swapped)[face_box].mean() > 2.0, "switching identity did not change the swap"
+    assert np.abs(other - swapped)[:100].mean() < 2.0, "switching identity changed the background"
+
+    page.select_option("#view", "split")
+    split = _next_frames(page)
+    assert np.abs(split - original)[:, :300].mean() < 2.0  # left half: the camera frame as it came
+    assert not errors, errors
+
+
+def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_path):
+    url, root = server
+    page = browser.new_page()
+    page.goto(url)
+    page.click("nav button[data-tab=files]")
+    photo = write_image(root / "astronaut.png", samples.load("astronaut"))
+    page.set_input_files("#file-input", str(photo))
+    page.click("#file-run")
+    page.wait_for_function("document.getElementById('file-output')?.naturalWidth > 0", timeout=60_000)
+    assert page.evaluate("document.getElementById('file-output').naturalWidth") == samples.load("astronaut").shape[1]
+    page.screenshot(path=str(tmp_path / "files.png"), full_page=True)
+
+    blank = write_image(root / "blank.png", np.full((200, 200, 3), 128, np.uint8))
+    page.set_input_files("#file-input", str(blank))
+    page.click("#file-run")
+    page.wait_for_function("document.getElementById('file-error').textContent.length > 0", timeout=60_000)
+    assert "no face" in page.text_content("#file-error")
+
+
+def test_bad_settings_and_models_are_one_clear_error(tmp_path):
+    with pytest.raises(PocketswapError, match="no such model"):
+        AppOptions(model=tmp_path / "missing.tflite")
+    from pocketswap.demo.web import LiveSettings
+
+    settings = LiveSettings()
+    with pytest.raises(PocketswapError, match="view must be one of"):
+        settings.update({"view": "sideways"})
+    with pytest.raises(PocketswapError, match="detect_every must be >= 1"):
+        settings.update({"detect_every": 0})
+    settings.update({"swap": False, "unknown": 1})
+    assert settings.swap is False
+
+
+def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
+    from websockets.sync.client import connect
+
+    url, _ = server
+    frame = next(synthetic_frames("astronaut", frames=1, empty_every=0))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert ok
+    with connect(url.replace("http", "ws") + "/ws/live", max_size=None) as ws:
+        ws.send(HEADER.pack(0.0) + b"not a jpeg at all")
+        assert "not a decodable image" in json.loads(ws.recv(timeout=60))["error"]
+        ws.send('{"view": "sideways"}')
+        assert "view must be one of" in json.loads(ws.recv(timeout=60))["error"]
+        ws.send(HEADER.pack(1.0) + jpeg.tobytes())
+        stats = json.loads(ws.recv(timeout=60))["stats"]
+        assert stats["faces"] == 1 and stats["sent_ms"] == 1.0
+        swapped = cv2.imdecode(np.frombuffer(ws.recv(timeout=60), np.uint8), cv2.IMREAD_COLOR)
+        assert swapped.shape == frame.shape
+
+
+def test_app_command_names_a_missing_model(tmp_path, capsys):
+    assert main(["app", "--model", str(tmp_path / "missing.tflite")]) == 2
+    assert "no such model" in capsys.readouterr().err
