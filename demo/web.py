@@ -66,10 +66,11 @@ class LiveSettings:
     all_faces: bool = False
     detect_every: int = 5
     identity: int = 0
+    virtual_camera: bool = False
     _views: tuple[str, ...] = field(default=("swap", "split", "mask"), repr=False)
 
     def update(self, data: dict[str, Any]) -> None:
-        for key in ("swap", "label", "color_transfer", "all_faces"):
+        for key in ("swap", "label", "color_transfer", "all_faces", "virtual_camera"):
             if key in data:
                 setattr(self, key, bool(data[key]))
         if "view" in data:
@@ -99,6 +100,38 @@ def encode_jpeg(frame: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+VIRTUAL_CAMERA_DRIVERS = (
+    "Linux: v4l2loopback (sudo modprobe v4l2loopback devices=1); macOS/Windows: OBS's virtual camera"
+)
+
+
+class VirtualCamera:
+    """Swapped frames to a system virtual camera (pyvirtualcam) for video calls, opened at the first
+    frame's size; a missing driver is one message naming it."""
+
+    def __init__(self) -> None:
+        self.camera = None
+
+    def send(self, frame: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        if self.camera is not None and (self.camera.width, self.camera.height) != (w, h):
+            self.close()
+        if self.camera is None:
+            try:
+                import pyvirtualcam
+
+                self.camera = pyvirtualcam.Camera(width=w, height=h, fps=30)
+            except (ImportError, RuntimeError) as exc:
+                raise PocketswapError(f"virtual camera unavailable ({exc}); install {VIRTUAL_CAMERA_DRIVERS}") from exc
+            log.info("virtual camera %s (%dx%d)", self.camera.device, w, h)
+        self.camera.send(np.ascontiguousarray(frame))
+
+    def close(self) -> None:
+        if self.camera is not None:
+            self.camera.close()
+            self.camera = None
+
+
 class Session:
     """One browser tab: its identity models, tracker and switches."""
 
@@ -110,6 +143,7 @@ class Session:
         self.swapper = LiveSwapper(
             self.models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), PipelineConfig()
         )
+        self.virtual_camera = VirtualCamera()
 
     def configure(self, data: dict[str, Any]) -> None:
         settings = self.settings
@@ -123,6 +157,8 @@ class Session:
         config = self.swapper.config
         config.swap, config.color_transfer = settings.swap, settings.color_transfer
         config.all_faces, config.detect_every = settings.all_faces, settings.detect_every
+        if not settings.virtual_camera:
+            self.virtual_camera.close()
 
     def process(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, float], int]:
         """The frame as the page shows it, the per-stage milliseconds and the number of faces."""
@@ -137,6 +173,12 @@ class Session:
             cv2.line(out, (half, 0), (half, out.shape[0] - 1), (255, 255, 255), 2)
         if settings.label and settings.swap and result.faces:
             out = draw_label(out)
+        if settings.virtual_camera:
+            try:
+                self.virtual_camera.send(out)
+            except PocketswapError:
+                settings.virtual_camera = False  # said once; the page unticks it
+                raise
         return out, result.timings_ms, len(result.faces)
 
 
@@ -188,6 +230,39 @@ def describe_model(options: AppOptions, identities: list[Path]) -> dict[str, Any
     return info
 
 
+COMPARE_COLUMNS = ("teacher", "universal", "personalised", "attribute")
+COMPARE_FIELDS = ("same_person", "moved_closer", "id_distance", "psnr_face")
+
+
+def comparison_run(options: AppOptions) -> Path | None:
+    """The personalisation run behind the model (its ``eval.json`` + ``compare.png``): the model's own
+    folder, or the checkpoint its manifest names."""
+    from pocketswap.manifest import ManifestError, read_manifest
+
+    candidates = [options.model, options.model.parent]
+    try:
+        checkpoint = (read_manifest(options.model).source or {}).get("checkpoint")
+        if checkpoint:
+            candidates += [Path(checkpoint), Path(checkpoint).parent]
+    except (ManifestError, OSError, AttributeError):
+        pass
+    for folder in candidates:
+        if (folder / "eval.json").is_file() and (folder / "compare.png").is_file():
+            return folder
+    return None
+
+
+def comparison(run: Path | None) -> dict[str, Any]:
+    """Teacher | universal | personalised | input on the personalisation's held-out faces (the Compare tab)."""
+    if run is None:
+        return {"available": False, "hint": "personalise first: pocketswap distill personalize RUN_DIR --identity "
+                "PHOTO --out DIR, then export DIR (the Compare tab reads DIR/eval.json)"}  # fmt: skip
+    report = json.loads((run / "eval.json").read_text())
+    metrics = report.get("metrics", {})
+    rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
+    return {"available": True, "run": str(run), "num_samples": report.get("num_samples"), "rows": rows}
+
+
 def _identity_name(path: Path) -> str:
     return str(path) if str(path).startswith("sample:") else path.name
 
@@ -210,6 +285,16 @@ def create_app(options: AppOptions):
 
     async def model(_: Request) -> JSONResponse:
         return JSONResponse(info)
+
+    compared = comparison_run(options)
+
+    async def compare(_: Request) -> JSONResponse:
+        return JSONResponse(comparison(compared))
+
+    async def compare_image(_: Request) -> Response:
+        if compared is None:
+            return JSONResponse({"error": "no personalisation run behind this model"}, status_code=404)
+        return Response((compared / "compare.png").read_bytes(), media_type="image/png")
 
     async def files(request: Request) -> Response:
         if int(request.headers.get("content-length") or 0) > limit:
@@ -260,6 +345,8 @@ def create_app(options: AppOptions):
                     await _reply(websocket, _frame, session, message["bytes"])
         except WebSocketDisconnect:
             pass
+        finally:
+            session.virtual_camera.close()
 
     async def _reply(websocket, handler, session: Session, payload) -> None:
         try:
@@ -272,6 +359,8 @@ def create_app(options: AppOptions):
     routes = [
         Route("/", page),
         Route("/api/model", model),
+        Route("/api/compare", compare),
+        Route("/api/compare.png", compare_image),
         Route("/api/files", files, methods=["POST"]),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
         WebSocketRoute("/ws/live", live),

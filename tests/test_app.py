@@ -105,6 +105,15 @@ def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
     assert not errors, errors
 
 
+def test_compare_tab_says_how_to_get_a_comparison(server, browser):
+    url, _ = server
+    page = browser.new_page()
+    page.goto(url)
+    page.click("nav button[data-tab=compare]")
+    page.wait_for_function("document.getElementById('compare-hint').textContent.length > 0")
+    assert "pocketswap distill personalize" in page.text_content("#compare-hint")
+
+
 def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_path):
     url, root = server
     page = browser.new_page()
@@ -150,6 +159,16 @@ def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
         assert "not a decodable image" in json.loads(ws.recv(timeout=60))["error"]
         ws.send('{"view": "sideways"}')
         assert "view must be one of" in json.loads(ws.recv(timeout=60))["error"]
+        ws.send('{"virtual_camera": true}')
+        assert json.loads(ws.recv(timeout=60))["settings"]["virtual_camera"] is True
+        ws.send(HEADER.pack(0.5) + jpeg.tobytes())
+        reply = json.loads(ws.recv(timeout=60))
+        if "error" in reply:  # no loopback driver here: named, and the stream goes on without it
+            assert "virtual camera unavailable" in reply["error"] and "v4l2loopback" in reply["error"]
+        else:
+            ws.recv(timeout=60)
+            ws.send('{"virtual_camera": false}')
+            ws.recv(timeout=60)
         ws.send(HEADER.pack(1.0) + jpeg.tobytes())
         stats = json.loads(ws.recv(timeout=60))["stats"]
         assert stats["faces"] == 1 and stats["sent_ms"] == 1.0
