@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from pocketswap.cli import output_dir, output_file
+from pocketswap.config import distributed_rank
 from pocketswap.distill.config import TrainConfig  # light: no torch
 
 PERSONALIZE_STEPS = 500  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(
         config, data, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed_rank()[0] == 0:
         print(
             f"{summary.stopped}: step {summary.step}/{summary.steps}, {summary.samples_per_s:.1f} samples/s, "
             f"final loss {'n/a' if summary.final_loss is None else f'{summary.final_loss:.4f}'}, best val loss "

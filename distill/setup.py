@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pocketswap.config import distributed_rank
 from pocketswap.distill.config import TrainConfig
 from pocketswap.errors import ConfigError
 
@@ -40,7 +41,7 @@ def setup_distributed(config: TrainConfig) -> Dist:
     if config.device == "cuda" and not cuda:
         raise ConfigError("config field 'device' is cuda but CUDA is not available")
     use_cuda = cuda and config.device in ("auto", "cuda")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world = distributed_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -130,3 +131,14 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
         raise ConfigError(f"config field '{name}' must be in {bounds}, got {value!r}")
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment variables; (0, 1) when not set."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as exc:
+        raise ConfigError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"invalid RANK={rank} for WORLD_SIZE={world}")
+    return rank, world

@@ -16,13 +16,13 @@ Reliability and scale:
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketswap.config import distributed_rank
 from pocketswap.dataset import (
     ShardWriter,
     shard_name,
@@ -43,17 +43,6 @@ from pocketswap.teacher.shards import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment variables; (0, 1) when not set."""
-    try:
-        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as exc:
-        raise ConfigError(f"RANK/WORLD_SIZE must be integers ({exc})") from exc
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"invalid RANK={rank} for WORLD_SIZE={world}")
-    return rank, world
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pocketswap.cli import main
-from pocketswap.errors import OutputError
+from pocketswap.errors import ConfigError, OutputError
 from pocketswap.files import atomic_write_bytes, check_output
 from pocketswap.imageio import write_image
 
@@ -146,3 +146,13 @@ def test_a_read_only_folder_is_named(tmp_path):
     folder.chmod(0o555)
     with pytest.raises(OutputError, match="permission denied"):
         check_output(folder / "x.png")
+
+
+@pytest.mark.parametrize(("rank", "world"), [("x", "2"), ("2", "2"), ("0", "0")])
+def test_bad_torchrun_environment_is_one_clear_error(monkeypatch, rank, world):
+    from pocketswap.config import distributed_rank
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    with pytest.raises(ConfigError, match="RANK"):
+        distributed_rank()
