@@ -3,6 +3,7 @@ the reason it was skipped, cached under ``OUT/.cache/``; the attribute pool and 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,6 +23,17 @@ from pocketswap.teacher.config import CACHE_VERSION, SAMPLES, GenerateConfig
 from pocketswap.teacher.workers import limit_threads, pool_context, single_thread_torch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An image the pool leaves out, and why (listed in the dataset manifest)."""
+
+    reason: str
+    no_face: bool = False
+
+
+Analysis = AlignedRecord | Skipped  # what FaceAnalysis returns for one image
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ class FaceAnalysis:
         self.analyzer = FaceAnalyzer(detector=cfg.detector, min_score=cfg.min_face_score)
         self.encoder = load_encoder(cfg.encoder)
 
-    def __call__(self, source: Source, single: bool = False) -> dict[str, Any]:
+    def __call__(self, source: Source, single: bool = False) -> Analysis:
         """Analysis of one image. ``single``: a second confident face of comparable size (>= 1/4 of the
         main face's area) is an error (ConfigError), as when the image names whose face to learn."""
         from pocketswap.faces.align import align_face
@@ -81,9 +93,9 @@ class FaceAnalysis:
                 raise NoFaceError(f"no face found in {source.name}")
             face = faces[0]
         except ImageReadError as exc:
-            return {"status": "skipped", "reason": f"unreadable: {exc}"}
+            return Skipped(f"unreadable: {exc}")
         except NoFaceError:
-            return {"status": "skipped", "reason": "no face found"}
+            return Skipped("no face found", no_face=True)
         if single:
             similar = sum(f.area >= 0.25 * face.area and f.score >= face.score - MAIN_FACE_SCORE_MARGIN for f in faces)
             if similar > 1:
@@ -92,7 +104,7 @@ class FaceAnalysis:
                 )
         yaw = yaw_proxy(face.landmarks)
         if yaw > self.cfg.max_yaw:
-            return {"status": "skipped", "reason": f"profile face (yaw proxy {yaw:.2f} > max_yaw {self.cfg.max_yaw})"}
+            return Skipped(f"profile face (yaw proxy {yaw:.2f} > max_yaw {self.cfg.max_yaw})")
         aligned = align_face(image, face.keypoints, self.cfg.size, "arcface")
         matrix = aligned.matrix.astype(np.float64)
         landmarks = face.landmarks.astype(np.float64).copy()
@@ -100,13 +112,7 @@ class FaceAnalysis:
         landmarks[:, 2] *= float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         with single_thread_torch():
             embedding = embed_faces(image, [face], self.encoder)[0]
-        return {
-            "status": "ok",
-            "reason": "",
-            "crop": aligned.crop,
-            "landmarks": landmarks.astype(np.float32),
-            "embedding": embedding.astype(np.float32),
-        }
+        return AlignedRecord(aligned.crop, landmarks.astype(np.float32), embedding.astype(np.float32), source.name)
 
 
 def _cache_path(cache_dir: Path, source: Source, cfg: GenerateConfig) -> Path:
@@ -126,17 +132,21 @@ def _cache_path(cache_dir: Path, source: Source, cfg: GenerateConfig) -> Path:
     return cache_dir / f"{key}.npz"
 
 
-def _save_analysis(path: Path, result: dict[str, Any]) -> None:
+def _save_analysis(path: Path, result: Analysis) -> None:
     buffer = io.BytesIO()
-    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
-    np.savez(buffer, status=np.array(result["status"]), reason=np.array(result["reason"]), **arrays)
+    if isinstance(result, Skipped):
+        np.savez(buffer, reason=np.array(result.reason), no_face=np.array(result.no_face))
+    else:
+        np.savez(buffer, crop=result.image, landmarks=result.landmarks, embedding=result.embedding)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_analysis(path: Path) -> dict[str, Any] | None:
+def _load_analysis(path: Path, name: str) -> Analysis | None:
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: (data[k].item() if data[k].ndim == 0 else data[k]) for k in data.files}
+            if "reason" in data.files:
+                return Skipped(str(data["reason"].item()), bool(data["no_face"].item()))
+            return AlignedRecord(data["crop"], data["landmarks"], data["embedding"], name)
     except (OSError, ValueError, KeyError) as exc:
         log.warning("%s: unreadable analysis cache entry (%s); redoing it", path, exc)
         return None
@@ -151,7 +161,7 @@ def _analysis_init(cfg: GenerateConfig) -> None:
     _ANALYSIS = FaceAnalysis(cfg)
 
 
-def _analysis_task(source: Source) -> dict[str, Any]:
+def _analysis_task(source: Source) -> Analysis:
     assert _ANALYSIS is not None
     return _ANALYSIS(source)
 
@@ -171,11 +181,11 @@ def analyze_faces(cfg: GenerateConfig, out: Path, workers: int = 0, progress: bo
 
     sources = list_sources(cfg.faces)
     cache_dir = out / ".cache" / "analysis"
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Analysis] = {}
     todo = []
     for source in sources:
         path = _cache_path(cache_dir, source, cfg)
-        cached = _load_analysis(path) if path.is_file() else None
+        cached = _load_analysis(path, source.name) if path.is_file() else None
         if cached is not None:
             results[source.name] = cached
         else:
@@ -185,7 +195,7 @@ def analyze_faces(cfg: GenerateConfig, out: Path, workers: int = 0, progress: bo
         bar = tqdm(total=len(todo), desc="analyse faces", unit="img", disable=not progress)
         if workers > 1:
             with pool_context().Pool(min(workers, len(todo)), _analysis_init, (cfg,)) as pool:
-                stream: Iterator[dict[str, Any]] = pool.imap(_analysis_task, [s for s, _ in todo])
+                stream: Iterator[Analysis] = pool.imap(_analysis_task, [s for s, _ in todo])
                 for (source, path), result in zip(todo, stream, strict=True):
                     _save_analysis(path, result)
                     results[source.name] = result
@@ -201,10 +211,10 @@ def analyze_faces(cfg: GenerateConfig, out: Path, workers: int = 0, progress: bo
     records, skipped = [], []
     for source in sources:
         result = results[source.name]
-        if result["status"] != "ok":
-            skipped.append({"file": source.name, "reason": str(result["reason"])})
-            continue
-        records.append(AlignedRecord(result["crop"], result["landmarks"], result["embedding"], source.name))
+        if isinstance(result, Skipped):
+            skipped.append({"file": source.name, "reason": result.reason})
+        else:
+            records.append(result)
     dims = {int(r.embedding.shape[0]) for r in records}
     return FacePool(records, skipped, dims.pop() if len(dims) == 1 else 0)
 
@@ -220,7 +230,7 @@ def analyze_identity(cfg: GenerateConfig) -> AlignedRecord:
     if source.path is not None and not source.path.is_file():
         raise ImageReadError(f"identity photo {spec}: no such file")
     result = FaceAnalysis(cfg)(source, single=True)
-    if result["status"] != "ok":
-        error = NoFaceError if "face" in str(result["reason"]) else ImageReadError
-        raise error(f"identity photo {spec}: {result['reason']}")
-    return AlignedRecord(result["crop"], result["landmarks"], result["embedding"], f"identity:{source.name}")
+    if isinstance(result, Skipped):
+        error = NoFaceError if result.no_face or result.reason.startswith("profile") else ImageReadError
+        raise error(f"identity photo {spec}: {result.reason}")
+    return dataclasses.replace(result, name=f"identity:{source.name}")

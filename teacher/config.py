@@ -16,7 +16,7 @@ from pocketswap.teacher.augment import (
 log = logging.getLogger(__name__)
 
 SAMPLES = "samples"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CHUNK = 4  # pairs per worker task
 
 

@@ -33,8 +33,8 @@ def records(analysis) -> dict[str, AlignedRecord]:
     out = {}
     for name in NAMES:
         result = analysis(Source(name))
-        assert result["status"] == "ok", (name, result["reason"])
-        out[name] = AlignedRecord(result["crop"], result["landmarks"], result["embedding"], name)
+        assert isinstance(result, AlignedRecord), (name, result)
+        out[name] = result
     return out
 
 
