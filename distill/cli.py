@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
-from pocketswap.cli import output_dir, output_file
+from pocketswap.cli import add_config_flags, config_flags, output_dir, output_file
 from pocketswap.config import distributed_rank
 from pocketswap.distill.config import TrainConfig  # light: no torch
 
@@ -37,12 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--stop-after", type=int, metavar="N", help="stop after N steps of this call (with a checkpoint)"
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    helps = TrainConfig.help_texts()
-    options = train.add_argument_group("config fields (override --config)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        options.add_argument(flag, dest=f"cfg_{f.name}", metavar="V", help=f"{helps[f.name]} (default: {default})")
+    add_config_flags(train, TrainConfig)
     train.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="more overrides")
     train.set_defaults(handler=_train)
 
@@ -105,7 +99,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pocketswap.distill.config import load_config, parse_overrides, parse_value
+    from pocketswap.distill.config import load_config, parse_overrides
     from pocketswap.distill.train import train
     from pocketswap.errors import ConfigError
 
@@ -119,11 +113,7 @@ def _train(args: argparse.Namespace) -> int:
             data = Path(json.loads((args.out / "run.json").read_text())["data"])
     if data is None:
         raise ConfigError("--data DATASET is required")
-    flags = {
-        name[4:]: parse_value(value)
-        for name, value in vars(args).items()
-        if name.startswith("cfg_") and value is not None
-    }
+    flags = config_flags(args, TrainConfig)
     overrides = {**flags, **parse_overrides(args.overrides)}
     if "student" in flags and not isinstance(flags["student"], dict):
         raise ConfigError("config field 'student' must be a mapping, e.g. --student '{size: 128}'")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocketswap.config import coerce, load_yaml
+from pocketswap.config import coerce, config_field, load_yaml, parse_value
 from pocketswap.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -24,10 +24,7 @@ SPLIT_BY = ("identity", "attribute")
 FREEZABLE = ("encoder", "decoder", "head", "hypernet", "spatial")
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+_f = config_field
 
 
 @dataclass(frozen=True)
@@ -163,10 +160,6 @@ class TrainConfig:
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("field '", "field 'student.", 1)) from exc
 
-    @staticmethod
-    def help_texts() -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
-
 
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -206,27 +199,6 @@ def _closest(name: str, known: set[str]) -> str | None:
 
     match = difflib.get_close_matches(name.replace("-", "_"), sorted(known), n=1)
     return match[0] if match else None
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as a YAML scalar/list (``2e-3`` -> 0.002, ``true`` -> True, ``[a, b]``)."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str) and _looks_float(value):
-        return float(value)  # YAML 1.1 reads "2e-3" as a string
-    return value
-
-
-def _looks_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -29,6 +29,44 @@ log = logging.getLogger("pocketswap")
 MIN_CROP, MAX_CROP = 16, 1024
 
 
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_class: type, *, types: dict | None = None, skip: tuple[str, ...] = ()
+) -> None:
+    """One ``--field-name`` flag per field of the dataclass config ``config_class`` (help text and allowed
+    values from :func:`pocketswap.config.config_field`); read them back with :func:`config_flags`.
+    ``types``: argparse types for fields checked at parse time (e.g. an output folder)."""
+    import dataclasses
+
+    group = parser.add_argument_group("config fields (override --config)")
+    for f in dataclasses.fields(config_class):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f"cfg_{f.name}",
+            metavar="V",
+            type=(types or {}).get(f.name),
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata.get('help', '')} (default: {default})",
+        )
+
+
+def config_flags(args: argparse.Namespace, config_class: type) -> dict:
+    """The config fields given as flags: text parsed as YAML values (``2e-3``, ``true``, ``[a, b]``)
+    except for plain-text fields, which keep the text as typed (a folder named ``2024``)."""
+    import typing
+
+    from pocketswap.config import parse_value
+
+    hints = typing.get_type_hints(config_class)
+    given = {name[4:]: value for name, value in vars(args).items() if name.startswith("cfg_") and value is not None}
+    return {
+        name: parse_value(value) if isinstance(value, str) and hints.get(name) not in (str, str | None) else value
+        for name, value in given.items()
+    }
+
+
 def int_range(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high] (high None: no upper bound), else one clear line."""
 

@@ -142,3 +142,32 @@ def distributed_rank() -> tuple[int, int]:
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"invalid RANK={rank} for WORLD_SIZE={world}")
     return rank, world
+
+
+def config_field(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text (and allowed values): the CLI's flags are made from these."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as a YAML scalar/list (``2e-3`` -> 0.002, ``true`` -> True, ``[a, b]``)."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_float(value):
+        return float(value)  # YAML 1.1 reads "2e-3" as a string
+    return value
+
+
+def _looks_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pocketswap.cli import MAX_CROP, MIN_CROP, int_range, output_dir, output_file
+from pocketswap.cli import MAX_CROP, MIN_CROP, add_config_flags, config_flags, int_range, output_dir, output_file
 from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.teacher.config import GenerateConfig  # light: no model imports
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Find and align faces, sample identity/attribute pairs, run the teacher and write "
         "WebDataset-style tar shards. Reruns resume; under torchrun each rank writes its own shards.",
     )
-    gen.add_argument("--faces", default=None, help="folder of face images (recursive) or 'samples' (default)")
-    gen.add_argument("--out", type=output_dir, default=None, help="output dataset folder")
-    gen.add_argument("--pairs", type=int, default=None, help="number of pairs (default 1000)")
-    gen.add_argument("--teacher", default=None, help="'geometric' (default) or [inswapper|simswap|ghost:]PATH.onnx")
-    gen.add_argument("--size", type=int_range(MIN_CROP, MAX_CROP), default=None, help="aligned crop size (default 224)")
-    gen.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    gen.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default 0)")
-    gen.add_argument("--same-identity-share", type=float, default=None, help="share of reconstruction pairs (0.1)")
-    gen.add_argument("--shard-size", type=int, default=None, help="pairs per shard (default 256)")
-    gen.add_argument("--encoder", default=None, help="embedding stored per pair: dlib (default) or ARCFACE.onnx")
-    gen.add_argument("--identity-encoder", default=None, help="ArcFace .onnx used by ONNX teachers (required for them)")
-    gen.add_argument("--detector", default=None, choices=["short", "full", "auto"], help="face detector (auto)")
     gen.add_argument("--no-augment", action="store_true", help="turn all augmentations off")
     gen.add_argument("--config", default=None, help="YAML file with any of these settings (flags override it)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(
+        gen,
+        GenerateConfig,
+        types={"out": output_dir, "size": int_range(MIN_CROP, MAX_CROP), "workers": int_range(0)},
+        skip=("teacher_config", "augment"),
+    )
     gen.set_defaults(handler=_generate)
 
     preview = commands.add_parser("preview", help="grid of identity | attribute | teacher output | mask")
@@ -58,22 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from pocketswap.errors import ConfigError
-    from pocketswap.teacher.generate import GenerateConfig, generate
+    from pocketswap.teacher.generate import generate
 
-    overrides = {
-        "faces": args.faces,
-        "out": args.out,
-        "pairs": args.pairs,
-        "teacher": args.teacher,
-        "size": args.size,
-        "seed": args.seed,
-        "workers": args.workers,
-        "same_identity_share": args.same_identity_share,
-        "shard_size": args.shard_size,
-        "encoder": args.encoder,
-        "identity_encoder": args.identity_encoder,
-        "detector": args.detector,
-    }
+    overrides = config_flags(args, GenerateConfig)
     cfg = GenerateConfig.load(args.config, **overrides)
     if args.no_augment:
         from dataclasses import replace

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketswap.config import check_range, from_dict, load_yaml, to_dict
+from pocketswap.config import check_range, config_field, from_dict, load_yaml, to_dict
 from pocketswap.errors import ConfigError
 from pocketswap.teacher.augment import (
     AugmentConfig,
@@ -25,22 +25,24 @@ CHUNK = 4  # pairs per worker task
 class GenerateConfig:
     """Settings of `pocketswap teacher generate` (YAML keys have the same names)."""
 
-    out: str = ""  # output dataset folder
-    faces: str = SAMPLES  # a folder of images (searched recursively) or "samples"
-    pairs: int = 1000
-    teacher: str = "geometric"  # "geometric" or [STYLE:]PATH.onnx
-    teacher_config: dict[str, Any] = field(default_factory=dict)  # the teacher's own options
-    size: int = 224  # aligned crop side (ArcFace template)
-    seed: int = 0
-    workers: int = 0  # processes on this machine (0 or 1: in-process)
-    same_identity_share: float = 0.1  # share of same-identity reconstruction pairs
-    shard_size: int = 256  # pairs per shard
-    encoder: str = "dlib"  # identity embedding stored with each pair: "dlib" or ARCFACE.onnx
-    identity_encoder: str | None = None  # ArcFace .onnx for ONNX teachers (defaults to `encoder`)
-    detector: str = "auto"  # BlazeFace model: short, full or auto
-    min_face_score: float = 0.5
-    max_yaw: float = 0.8  # skip profiles: |nose offset between the cheeks| above this (0 frontal, 1 profile)
-    identity: str = ""  # personalisation: this photo (or sample:NAME) is every pair's identity; "" = from the pool
+    out: str = config_field("", "output dataset folder")
+    faces: str = config_field(SAMPLES, "folder of face images (searched recursively) or 'samples'")
+    pairs: int = config_field(1000, "number of pairs")
+    teacher: str = config_field("geometric", "'geometric' or [inswapper|simswap|ghost:]PATH.onnx")
+    teacher_config: dict[str, Any] = field(default_factory=dict)  # the teacher's own options (YAML only)
+    size: int = config_field(224, "aligned crop side (ArcFace template)")
+    seed: int = config_field(0, "random seed")
+    workers: int = config_field(0, "worker processes on this machine (0 or 1: in-process)")
+    same_identity_share: float = config_field(0.1, "share of same-identity reconstruction pairs")
+    shard_size: int = config_field(256, "pairs per shard")
+    encoder: str = config_field("dlib", "identity embedding stored with each pair: dlib or ARCFACE.onnx")
+    identity_encoder: str | None = config_field(None, "ArcFace .onnx used by ONNX teachers (defaults to encoder)")
+    detector: str = config_field("auto", "face detector (BlazeFace range)", choices=("short", "full", "auto"))
+    min_face_score: float = config_field(0.5, "lowest detector score of a face to use")
+    max_yaw: float = config_field(
+        0.8, "skip profiles: nose offset between the cheeks above this (0 frontal, 1 profile)"
+    )
+    identity: str = config_field("", "one photo (or sample:NAME) as every pair's identity (personalisation)")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:

@@ -156,3 +156,20 @@ def test_bad_torchrun_environment_is_one_clear_error(monkeypatch, rank, world):
     monkeypatch.setenv("WORLD_SIZE", world)
     with pytest.raises(ConfigError, match="RANK"):
         distributed_rank()
+
+
+def test_config_flags_are_typed_by_their_field(tmp_path, capsys):
+    import argparse
+
+    from pocketswap.cli import add_config_flags, config_flags
+    from pocketswap.teacher.config import GenerateConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, GenerateConfig, skip=("teacher_config", "augment"))
+    args = parser.parse_args(["--faces", "2024", "--pairs", "12", "--same-identity-share", "2e-1"])
+    assert config_flags(args, GenerateConfig) == {"faces": "2024", "pairs": 12, "same_identity_share": 0.2}
+    assert main(["teacher", "generate", "--out", str(tmp_path / "d"), "--pairs", "many"]) == 2
+    assert "'pairs'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["teacher", "generate", "--out", str(tmp_path / "d"), "--detector", "big"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
