@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pocketswap.export.common import COMPRESSIONS, FORMATS
+from pocketswap.manifest import IDENTITY_MODES, PRECISIONS
+
 log = logging.getLogger(__name__)
 
 USAGE = """
@@ -48,9 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--encoder", default=None, help="identity encoder for photos: dlib (default) or ARCFACE.onnx")
     parser.add_argument("--no-parity-check", action="store_true", help="record parity but do not fail on it")
     group = parser.add_argument_group("export options")
-    group.add_argument("--format", default="tflite", help="tflite, coreml, onnx, a comma list, or all (default tflite)")
-    group.add_argument("--precision", default="fp32", help="fp32, fp16, int8, a comma list, or all (default fp32)")
-    group.add_argument("--identity-mode", default="baked", choices=["baked", "dynamic"], help="default baked")
+    group.add_argument(
+        "--format", default="tflite", help=f"{', '.join(FORMATS)}, a comma list, or all (default tflite)"
+    )
+    group.add_argument(
+        "--precision", default="fp32", help=f"{', '.join(PRECISIONS)}, a comma list, or all (default fp32)"
+    )
+    group.add_argument("--identity-mode", default="baked", choices=IDENTITY_MODES, help="default baked")
     group.add_argument(
         "--calibration", default=None, help="int8 calibration: DATASET folder, image DIR, crops .npy or 'samples'"
     )
@@ -60,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--compress",
         default="none",
-        choices=["none", "int8", "palettize6", "palettize4"],
+        choices=COMPRESSIONS,
         help="CoreML weight compression",
     )
     group.add_argument("--enroll", action="store_true", help="also export the identity encoder and hypernetwork")

@@ -15,8 +15,6 @@ from pocketswap.errors import PocketswapError
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "tflite", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8")
-IDENTITY_MODES = ("baked", "dynamic")
 COMPRESSIONS = ("none", "int8", "palettize6", "palettize4")
 
 

@@ -22,8 +22,6 @@ from pocketswap.export import data as export_data
 from pocketswap.export.common import (
     COMPRESSIONS,
     FORMATS,
-    IDENTITY_MODES,
-    PRECISIONS,
     ExportError,
     UnsupportedError,
     parse_list,
@@ -40,7 +38,15 @@ from pocketswap.export.job import (
 )
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
 from pocketswap.files import check_output_dir
-from pocketswap.manifest import IDENTITY_INPUT, IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS
+from pocketswap.manifest import (
+    IDENTITY_INPUT,
+    IDENTITY_MODES,
+    IMAGE_INPUT,
+    IMAGE_OUTPUT,
+    MASK_OUTPUT,
+    PRECISIONS,
+    STUDENT_OUTPUTS,
+)
 
 log = logging.getLogger(__name__)
 
