@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pocketswap.cli import int_range, output_file
+from pocketswap.cli import int_range, output_dir, output_file
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,6 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 DEFAULT_APP_MODEL = Path("runs/quickstart/artifacts/nano_baked_fp32.tflite")  # what `make demo` exports
+DEFAULT_UNIVERSAL = Path("runs/quickstart/run")  # the universal student `make demo` trains
 
 
 def _app(args: argparse.Namespace) -> int:
@@ -45,7 +46,10 @@ def _app(args: argparse.Namespace) -> int:
     if args.model is None and not model.exists():
         raise PocketswapError(f"no --model given and {model} does not exist: run `make demo` first or pass --model")
     identity = Path(args.identity) if args.identity else None
-    serve(AppOptions(model=model, identity=identity, threads=args.threads), host=args.host, port=args.port)
+    universal = Path(args.universal) if args.universal else (DEFAULT_UNIVERSAL if DEFAULT_UNIVERSAL.is_dir() else None)
+    options = AppOptions(model=model, identity=identity, threads=args.threads, universal=universal,
+                         work_dir=Path(args.work_dir))  # fmt: skip
+    serve(options, host=args.host, port=args.port)
     return 0
 
 
@@ -81,4 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=int_range(1, 65535), default=7860)
     a.add_argument("--threads", type=int_range(1), default=1, help="inference threads per browser tab")
+    a.add_argument("--universal", help=f"universal run the Personalize tab fine-tunes (default {DEFAULT_UNIVERSAL})")
+    a.add_argument("--work-dir", type=output_dir, default="runs/app", help="where Personalize writes (runs/app)")
     a.set_defaults(handler=_app)

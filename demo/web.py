@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.app import IdentityModels, draw_label, identity_files, mask_view
+from pocketswap.demo.personal_job import JobRequest, PersonalizeJob
 from pocketswap.demo.pipeline import STAGES, LiveSwapper, PipelineConfig
 from pocketswap.errors import PocketswapError
 from pocketswap.imageio import IMAGE_SUFFIXES
@@ -47,6 +49,9 @@ class AppOptions:
     identity: Path | None = None
     threads: int = 1
     max_upload_mb: int = 200
+    universal: Path | None = None  # the Personalize tab fine-tunes this universal run
+    work_dir: Path = Path("runs/app")  # where the Personalize tab writes its runs
+    personal_faces: str = "samples"  # attribute faces the Personalize tab trains against
 
     def __post_init__(self) -> None:
         if not self.model.exists():
@@ -144,6 +149,12 @@ class Session:
             self.models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), PipelineConfig()
         )
         self.virtual_camera = VirtualCamera()
+
+    def use_model(self, model: Path) -> None:
+        """Serve another baked artifact (the Personalize tab's result) in this tab."""
+        self.models = IdentityModels(model, [], self.models.threads)
+        self.settings.identity = 0
+        self.swapper.set_model(self.models.current())
 
     def configure(self, data: dict[str, Any]) -> None:
         settings = self.settings
@@ -288,6 +299,42 @@ def create_app(options: AppOptions):
 
     compared = comparison_run(options)
 
+    job = PersonalizeJob(options.universal)
+
+    async def personalize_start(request: Request) -> JSONResponse:
+        form = await request.form(max_part_size=limit)
+        try:
+            steps, pairs = int(form.get("steps") or 500), int(form.get("pairs") or 1024)
+            photo = form.get("photo")
+            if photo is not None and hasattr(photo, "read") and photo.filename:
+                suffix = Path(photo.filename).suffix.lower()
+                if suffix not in IMAGE_SUFFIXES:
+                    raise PocketswapError(f"the identity photo must be an image ({', '.join(IMAGE_SUFFIXES)})")
+                name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(photo.filename).stem)[:40]
+                identity = options.work_dir / "identities" / f"{name}{suffix}"
+                identity.parent.mkdir(parents=True, exist_ok=True)
+                identity.write_bytes(await photo.read())
+                spec = str(identity)
+            else:
+                spec = str(form.get("sample") or "").strip()
+                if not spec.startswith("sample:"):
+                    raise PocketswapError("give an identity photo or a sample:NAME")
+                name = spec.split(":", 1)[1]
+            request_ = JobRequest(spec, options.work_dir / f"personal-{name}", steps, pairs, options.personal_faces)
+            await asyncio.to_thread(job.start, request_)
+        except (PocketswapError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse(job.status())
+
+    async def personalize_status(_: Request) -> JSONResponse:
+        return JSONResponse(job.status())
+
+    async def personalize_preview(_: Request) -> Response:
+        path = job.preview()
+        if path is None:
+            return JSONResponse({"error": "no preview yet"}, status_code=404)
+        return Response(path.read_bytes(), media_type="image/png")
+
     async def compare(_: Request) -> JSONResponse:
         return JSONResponse(comparison(compared))
 
@@ -340,7 +387,7 @@ def create_app(options: AppOptions):
                 if message.get("type") == "websocket.disconnect":
                     break
                 if message.get("text") is not None:
-                    await _reply(websocket, _configure, session, message["text"])
+                    await _reply(websocket, partial(_configure, job=job), session, message["text"])
                 elif message.get("bytes") is not None:
                     await _reply(websocket, _frame, session, message["bytes"])
         except WebSocketDisconnect:
@@ -360,6 +407,9 @@ def create_app(options: AppOptions):
         Route("/", page),
         Route("/api/model", model),
         Route("/api/compare", compare),
+        Route("/api/personalize", personalize_start, methods=["POST"]),
+        Route("/api/personalize", personalize_status),
+        Route("/api/personalize/preview.png", personalize_preview),
         Route("/api/compare.png", compare_image),
         Route("/api/files", files, methods=["POST"]),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
@@ -370,10 +420,14 @@ def create_app(options: AppOptions):
     return app
 
 
-def _configure(session: Session, text: str) -> list[str]:
+def _configure(session: Session, text: str, job: PersonalizeJob) -> list[str]:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise PocketswapError("settings must be a JSON object")
+    if data.pop("use_personalised", False):
+        if job.artifact is None:
+            raise PocketswapError("no personalised model yet: run the Personalize tab first")
+        session.use_model(job.artifact)
     session.configure(data)
     return [json.dumps({"settings": {k: v for k, v in vars(session.settings).items() if not k.startswith("_")}})]
 

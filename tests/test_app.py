@@ -36,7 +36,14 @@ def server(tmp_path_factory):
     people.mkdir()
     for name in ("grace_hopper", "camera"):
         write_image(people / f"{name}.png", samples.load(name))
-    with serving_in_thread(create_app(AppOptions(model=checkpoint, identity=people))) as url:
+    pool = root / "pool"  # attribute faces of the Personalize tab (a few, to stay fast)
+    pool.mkdir()
+    for name in ("astronaut", "lfw_00", "lfw_01", "lfw_02", "lfw_03", "lfw_04", "lfw_05", "lfw_06"):
+        write_image(pool / f"{name}.png", samples.load(name))
+    universal = save_checkpoint(root / "universal", StudentNet(get_preset("nano", size=64)), extra={"step": 0})
+    options = AppOptions(model=checkpoint, identity=people, universal=universal, work_dir=root / "work",
+                         personal_faces=str(pool))  # fmt: skip
+    with serving_in_thread(create_app(options)) as url:
         yield url, root
 
 
@@ -103,6 +110,36 @@ def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
     split = _next_frames(page)
     assert np.abs(split - original)[:, :300].mean() < 2.0  # left half: the camera frame as it came
     assert not errors, errors
+
+
+def test_personalize_tab_trains_exports_and_switches_the_live_model(server, browser, tmp_path):
+    url, root = server
+    page = browser.new_page()
+    page.goto(url)
+    page.click("#camera")
+    _next_frames(page, 2)
+    page.click("nav button[data-tab=personalize]")
+    page.fill("#personal-steps", "2")
+    page.fill("#personal-pairs", "16")
+    page.click("#personal-run")
+    page.wait_for_function("['done', 'failed'].includes(document.getElementById('personal-status').dataset.state)",
+                           timeout=300_000)  # fmt: skip
+    status = page.text_content("#personal-status")
+    assert status.startswith("done"), status
+    artifact = next((root / "work" / "personal-grace_hopper" / "artifacts").glob("*.onnx"))
+    assert str(artifact) in status
+    page.screenshot(path=str(tmp_path / "personalize.png"), full_page=True)
+    page.click("#personal-use")
+    assert page.evaluate("document.querySelector('nav button[data-tab=live]').getAttribute('aria-selected')") == "true"
+    _next_frames(page, 3)  # the 64 px personalised model now swaps the live frames
+    assert page.text_content("#live-error") == ""
+    assert page.evaluate("document.getElementById('live-output').dataset.faces") == "1"
+
+    page.click("nav button[data-tab=personalize]")
+    page.fill("#personal-sample", "grace_hopper")  # not a photo nor sample:NAME
+    page.click("#personal-run")
+    page.wait_for_function("document.getElementById('personal-error').textContent.length > 0")
+    assert "sample:NAME" in page.text_content("#personal-error")
 
 
 def test_compare_tab_says_how_to_get_a_comparison(server, browser):
