@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
-from pocketswap.demo.source import ImageSource, open_source
+from pocketswap.demo.source import ImageSource, VideoSource, open_source
 from pocketswap.errors import PocketswapError
 from pocketswap.faces.align import align_face
 from pocketswap.imageio import IMAGE_SUFFIXES, write_image
@@ -243,7 +243,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     still = isinstance(source, ImageSource)
     writer = None
     if options.output is not None and not still:
-        writer = VideoWriter(options.output, source.fps)
+        audio = Path(str(options.source)) if isinstance(source, VideoSource) else None
+        writer = VideoWriter(options.output, source.fps, audio_from=audio)
     meter = StabilityMeter()
     frames = with_face = 0
     paused, show_mask, last = False, False, None

@@ -16,7 +16,14 @@ class VideoWriter:
     """Write RGB frames to a video file. The file is assembled under a temporary name and renamed
     on `close()`, so an interrupted run never leaves a truncated video under the final name."""
 
-    def __init__(self, path: str | Path, fps: float, notice: str | None = SYNTHETIC_MEDIA_NOTICE) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        notice: str | None = SYNTHETIC_MEDIA_NOTICE,
+        audio_from: str | Path | None = None,
+    ) -> None:
+        """``audio_from``: a video whose first audio track is copied (not re-encoded) into this one."""
         import av
 
         self.path = check_output(path, VIDEO_SUFFIXES, "video")
@@ -28,6 +35,17 @@ class VideoWriter:
         self._fps = max(1, round(fps))
         self._stream = None
         self.frames = 0
+        self._audio_source, self._audio = None, None
+        if audio_from is not None:
+            source = av.open(str(audio_from))
+            if source.streams.audio:
+                self._audio_source = source
+                self._audio = (
+                    source.streams.audio[0],
+                    self._container.add_stream_from_template(source.streams.audio[0]),
+                )
+            else:
+                source.close()
 
     def write(self, frame: np.ndarray) -> None:
         import av
@@ -46,11 +64,21 @@ class VideoWriter:
         if self._stream is not None:
             for packet in self._stream.encode():
                 self._container.mux(packet)
+        if self._audio is not None:
+            source_stream, stream = self._audio
+            for packet in self._audio_source.demux(source_stream):
+                if packet.dts is None:  # the demuxer's end-of-stream packet
+                    continue
+                packet.stream = stream
+                self._container.mux(packet)
+            self._audio_source.close()
         self._container.close()
         self._tmp.replace(self.path)
         return self.path
 
     def abort(self) -> None:
+        if self._audio_source is not None:
+            self._audio_source.close()
         self._container.close()
         self._tmp.unlink(missing_ok=True)
 

@@ -213,7 +213,7 @@ def swap_video_file(session: Session, source: Path, output: Path) -> dict[str, A
     video = VideoSource(source)
     frames = with_face = 0
     try:
-        with VideoWriter(output, video.fps) as writer:
+        with VideoWriter(output, video.fps, audio_from=source) as writer:
             for frame in video:
                 out, _, faces = session.process(frame)
                 writer.write(out)

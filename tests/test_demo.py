@@ -148,3 +148,32 @@ def test_windowed_video_plays_at_its_frame_rate_and_holds_the_last_frame(tmp_pat
     assert all(np.array_equal(frames[5], f) for f in frames[6:])
     headless = open_source(str(clip))
     assert len(list(headless)) == 6  # headless: decode speed, and the source ends
+
+
+def test_swapped_video_keeps_the_audio_track(tmp_path, checkpoint, identity):
+    source = tmp_path / "talk.mp4"
+    frames = list(synthetic_frames(frames=6, empty_every=0))
+    with av.open(str(source), "w") as container:  # a clip with a 440 Hz tone, as a phone records it
+        video = container.add_stream("libx264", rate=12)
+        video.width, video.height, video.pix_fmt = 640, 480, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(8192) / 16000)).astype(np.float32)
+        for start in range(0, tone.size, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start : start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, start
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+    out = tmp_path / "swapped.mp4"
+    assert main(["demo", "--model", str(checkpoint), "--identity", str(identity), "--source", str(source),
+                 "--output", str(out), "--headless"]) == 0  # fmt: skip
+    with av.open(str(out)) as container:
+        assert len(container.streams.audio) == 1 and container.streams.audio[0].codec_context.name == "aac"
+        audio_packets = sum(1 for p in container.demux(container.streams.audio[0]) if p.size)
+    assert audio_packets > 5
+    assert len(_frames(out)) == len(frames)
