@@ -1,10 +1,12 @@
 """`pocketswap app`: the live swap and file swaps in a browser page, served on localhost.
 
-One Starlette app: ``GET /`` is the page (``demo/page.html``: Live, Files and Model tabs); the live
+One Starlette app: ``GET /`` is the page (``demo/page.html``: Live, Files, Personalize, Compare and
+Model tabs); the live
 stream is a WebSocket (``/ws/live``) carrying JPEG frames from the browser's camera and swapped
 JPEG frames back, one in flight at a time, so a slow frame delays the next instead of queueing;
-``POST /api/files`` swaps an uploaded image or video; ``GET /api/model`` describes the model and
-its identities. Each browser tab (each WebSocket) owns its models and tracking state, so two tabs
+``POST /api/files`` swaps an uploaded image or video; ``/api/personalize`` runs one background
+personalisation (:mod:`pocketswap.demo.personal_job`); ``GET /api/compare`` and ``/api/model`` describe
+the model, its identities and the personalisation behind it. Each browser tab (each WebSocket) owns its models and tracking state, so two tabs
 never share an identity by accident. A frame that fails to decode or swap is reported to its tab
 and skipped; the session goes on.
 """
@@ -19,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
 VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 JPEG_QUALITY = 85
+VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
 
 
@@ -72,15 +75,14 @@ class LiveSettings:
     detect_every: int = 5
     identity: int = 0
     virtual_camera: bool = False
-    _views: tuple[str, ...] = field(default=("swap", "split", "mask"), repr=False)
 
     def update(self, data: dict[str, Any]) -> None:
         for key in ("swap", "label", "color_transfer", "all_faces", "virtual_camera"):
             if key in data:
                 setattr(self, key, bool(data[key]))
         if "view" in data:
-            if data["view"] not in self._views:
-                raise PocketswapError(f"view must be one of {', '.join(self._views)}, got {data['view']!r}")
+            if data["view"] not in VIEWS:
+                raise PocketswapError(f"view must be one of {', '.join(VIEWS)}, got {data['view']!r}")
             self.view = data["view"]
         for key, low in (("detect_every", 1), ("identity", 0)):
             if key in data:
@@ -226,18 +228,23 @@ def swap_video_file(session: Session, source: Path, output: Path) -> dict[str, A
     return {"frames": frames, "frames_with_face": with_face, "fps": video.fps}
 
 
-def describe_model(options: AppOptions, identities: list[Path]) -> dict[str, Any]:
-    """What the Model tab shows: the artifact's manifest (or the checkpoint's config) and the identities."""
+def model_manifest(model: Path):
+    """The artifact's manifest, or None for a checkpoint / run folder."""
     from pocketswap.manifest import ManifestError, read_manifest
 
-    info: dict[str, Any] = {"model": str(options.model), "identities": [_identity_name(p) for p in identities]}
     try:
-        info["manifest"] = read_manifest(options.model).to_dict()
-    except (ManifestError, OSError, AttributeError):
-        config = options.model / "config.json" if options.model.is_dir() else None
-        info["manifest"] = None
-        if config is not None and config.is_file():
-            info["checkpoint_config"] = json.loads(config.read_text())
+        return read_manifest(model)
+    except ManifestError:
+        return None
+
+
+def describe_model(options: AppOptions, identities: list[Path], manifest) -> dict[str, Any]:
+    """What the Model tab shows: the artifact's manifest (or the checkpoint's config) and the identities."""
+    info: dict[str, Any] = {"model": str(options.model), "identities": [_identity_name(p) for p in identities]}
+    info["manifest"] = manifest.to_dict() if manifest is not None else None
+    config = options.model / "config.json"
+    if manifest is None and config.is_file():
+        info["checkpoint_config"] = json.loads(config.read_text())
     return info
 
 
@@ -245,18 +252,13 @@ COMPARE_COLUMNS = ("teacher", "universal", "personalised", "attribute")
 COMPARE_FIELDS = ("same_person", "moved_closer", "id_distance", "psnr_face")
 
 
-def comparison_run(options: AppOptions) -> Path | None:
+def comparison_run(model: Path, manifest=None) -> Path | None:
     """The personalisation run behind the model (its ``eval.json`` + ``compare.png``): the model's own
     folder, or the checkpoint its manifest names."""
-    from pocketswap.manifest import ManifestError, read_manifest
-
-    candidates = [options.model, options.model.parent]
-    try:
-        checkpoint = (read_manifest(options.model).source or {}).get("checkpoint")
-        if checkpoint:
-            candidates += [Path(checkpoint), Path(checkpoint).parent]
-    except (ManifestError, OSError, AttributeError):
-        pass
+    candidates = [model, model.parent]
+    checkpoint = (manifest.source or {}).get("checkpoint") if manifest is not None else None
+    if checkpoint:
+        candidates += [Path(checkpoint), Path(checkpoint).parent]
     for folder in candidates:
         if (folder / "eval.json").is_file() and (folder / "compare.png").is_file():
             return folder
@@ -287,7 +289,8 @@ def create_app(options: AppOptions):
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
     identities = identity_files(options.identity)
-    info = describe_model(options, identities)
+    manifest = model_manifest(options.model)
+    info = describe_model(options, identities, manifest)
     Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
     limit = options.max_upload_mb * 1024 * 1024
 
@@ -297,7 +300,7 @@ def create_app(options: AppOptions):
     async def model(_: Request) -> JSONResponse:
         return JSONResponse(info)
 
-    compared = comparison_run(options)
+    compared = comparison_run(options.model, manifest)
 
     job = PersonalizeJob(options.universal)
 

@@ -13,7 +13,7 @@ import torch
 from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
 from pocketswap.cli import main
 from pocketswap.dataset import DatasetError, DatasetReader
-from pocketswap.demo.web import AppOptions, comparison, comparison_run
+from pocketswap.demo.web import comparison, comparison_run
 from pocketswap.distill.data import Split, make_split
 from pocketswap.distill.metrics import identity_transfer
 from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
@@ -146,7 +146,7 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     assert report["num_samples"] > 0 and all("same_person" in m for m in report["metrics"].values())
     assert {"astronaut.png"} <= set(json.loads((out / "run.json").read_text())["split"]["val_names"])
     assert (out / "compare.png").is_file()
-    shown = comparison(comparison_run(AppOptions(model=out / "best")))  # the app's Compare tab
+    shown = comparison(comparison_run(out / "best"))  # the app's Compare tab
     assert list(shown["rows"]) == ["teacher", "universal", "personalised", "attribute"]
     assert shown["rows"]["personalised"]["same_person"] == report["metrics"]["personalised"]["same_person"]
     # The person's real face in every pair: a mirrored or recoloured identity would be a second target.
