@@ -11,7 +11,7 @@ from pocketswap.cli import add_config_flags, config_flags, output_dir, output_fi
 from pocketswap.config import distributed_rank
 from pocketswap.distill.config import TrainConfig  # light: no torch
 
-PERSONALIZE_STEPS = 500  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
+PERSONALIZE_STEPS = 800  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -56,8 +56,11 @@ class TrainConfig:
     inside_weight: float = _f(3.0, "extra pixel weight inside the teacher mask for L1/SSIM (1: uniform)")
     w_outside: float = _f(0.5, "L1 to the attribute crop outside the teacher mask")
     w_id: float = _f(0.1, "1 - cosine of the dlib embedding of the output to the identity's")
-    w_mask: float = _f(0.2, "BCE of the student mask to the teacher mask")
+    w_mask: float = _f(1.0, "BCE of the student mask to the teacher mask")
     w_rec: float = _f(1.0, "L1 to the attribute on same-identity (reconstruction) pairs")
+    # What the live pipeline shows is the output pasted by the student's own mask: without these two
+    # terms at 1.0 the mask stays soft (0.5-0.8 inside the face) and ghosts the attribute's face back.
+    w_paste: float = _f(1.0, "L1 of the output blended over the attribute by the student mask, to the teacher output")
     w_feat: float = _f(0.0, "feature distillation from a PyTorch teacher (needs feature_teacher)")
     feature_teacher: str = _f("", "PyTorch teacher for w_feat: 'module:factory' or 'file.py:factory'")
     feature_layers: tuple[str, ...] = _f((), "feature pairs 'teacher_module=student_module'")
@@ -109,7 +112,8 @@ class TrainConfig:
         for name in ("lr", "d_lr", "hyper_lr_mult", "map_lr_mult"):
             if getattr(self, name) <= 0.0:
                 raise ConfigError(f"config field '{name}' must be a positive number, got {getattr(self, name)!r}")
-        for name in ("w_l1", "w_ssim", "w_outside", "w_id", "w_mask", "w_rec", "w_feat", "w_adv", "weight_decay"):
+        weights = ("w_l1", "w_ssim", "w_outside", "w_id", "w_mask", "w_rec", "w_paste", "w_feat", "w_adv")
+        for name in (*weights, "weight_decay"):
             _at_least(name, getattr(self, name), 0.0)
         _at_least("grad_clip", self.grad_clip, 0.0)
         _at_least("inside_weight", self.inside_weight, 1.0)

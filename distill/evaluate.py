@@ -2,7 +2,8 @@
 
 ``evaluate(RUN_DIR, HELDOUT)`` scores three columns on the same pairs:
 
-- ``student``: the EMA student's output;
+- ``student``: what the live pipeline shows: the EMA student's output blended over the attribute
+  crop by the student's own mask (:func:`pocketswap.student.network.composite`);
 - ``teacher``: the teacher's output from the dataset (PSNR/SSIM to itself would be trivially
   perfect, so they are ``null`` there);
 - ``attribute``: the unchanged input crop, the do-nothing baseline (its PSNR/SSIM say how much of
@@ -33,6 +34,7 @@ from pocketswap.distill import metrics as M
 from pocketswap.distill.data import Split, dataset_fingerprint, iter_batches, iter_split, to_uint8, to_unit
 from pocketswap.errors import ConfigError
 from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
+from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +184,9 @@ def evaluate(
     size = scfg.size
     with torch.no_grad():
         for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size):
-            image, _ = model(
-                to_unit(batch["attribute"]).to(dev),
-                batch["embedding"].to(dev),
-                to_unit(batch["identity_image"]).to(dev),
-            )
+            attribute = to_unit(batch["attribute"]).to(dev)
+            image, mask = model(attribute, batch["embedding"].to(dev), to_unit(batch["identity_image"]).to(dev))
+            image = composite(image.clamp(-1, 1), mask, attribute)
             images = {
                 "student": to_uint8(image),
                 "teacher": batch["output"].numpy(),

@@ -4,7 +4,9 @@ Terms (weights in `TrainConfig`): ``l1`` and ``ssim`` to the teacher output with
 teacher mask weighted up, ``outside`` (L1 to the attribute outside the mask, so the background
 stays the input's), ``id`` (1 - cosine of dlib embeddings of the output and of the identity crop;
 the dlib ResNet is frozen and differentiable), ``mask`` (BCE to the teacher mask) and ``rec`` (L1
-to the attribute on same-identity reconstruction pairs). The optional feature and adversarial
+to the attribute on same-identity reconstruction pairs) and ``paste`` (L1 of what the live pipeline shows:
+the output blended over the attribute by the student's own mask, to the teacher output; without it a
+soft mask ghosts the attribute's face back over a good output). The optional feature and adversarial
 terms live in :mod:`pocketswap.distill.features` and :mod:`pocketswap.distill.adversarial`.
 """
 
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketswap.distill.config import TrainConfig
+from pocketswap.student.network import composite
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -72,6 +75,13 @@ def soft_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> tor
     would raise), so a diverging run is reported as such."""
     prob = prob.clamp(eps, 1.0 - eps)
     return -(target * prob.log() + (1.0 - target) * (1.0 - prob).log()).mean()
+
+
+def face_psnr(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the PSNR (8-bit scale) inside ``mask`` [B,1,S,S] of [-1, 1] images."""
+    err = ((image - target) * 127.5).pow(2).mean(1, keepdim=True)
+    mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1e-6)
+    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean()
 
 
 def pixel_weights(mask: torch.Tensor, inside: float) -> torch.Tensor:
@@ -133,7 +143,7 @@ class DistillLoss(nn.Module):
     """The pixel, identity and mask terms; ``forward`` returns a dict of scalar tensors including
     ``total`` (the weighted sum). Terms with weight 0 are not computed (reported as 0)."""
 
-    TERMS = ("l1", "ssim", "outside", "id", "mask", "rec")
+    TERMS = ("l1", "ssim", "outside", "id", "mask", "rec", "paste")
 
     def __init__(self, config: TrainConfig, size: int, embedder: IdentityEmbedder | None = None) -> None:
         super().__init__()
@@ -144,6 +154,7 @@ class DistillLoss(nn.Module):
             "id": config.w_id,
             "mask": config.w_mask,
             "rec": config.w_rec,
+            "paste": config.w_paste,
         }
         self.inside = config.inside_weight
         self.embedder = embedder if embedder is not None or config.w_id == 0 else IdentityEmbedder(size)
@@ -175,6 +186,8 @@ class DistillLoss(nn.Module):
             terms["id"] = 1.0 - (self.embedder(image) * target_embedding).sum(1).mean()
         if self.weights["mask"]:
             terms["mask"] = soft_bce(mask, tmask)
+        if self.weights["paste"]:
+            terms["paste"] = masked_l1(composite(image, mask, attribute), teacher, weights)
         same = batch["same"]
         if self.weights["rec"] and bool(same.any()):
             terms["rec"] = (image[same] - attribute[same]).abs().mean()
@@ -187,6 +200,7 @@ __all__ = [
     "DlibChipWarp",
     "IdentityEmbedder",
     "arcface_to_dlib_theta",
+    "face_psnr",
     "masked_l1",
     "pixel_weights",
     "soft_bce",

@@ -47,7 +47,7 @@ from pocketswap.distill.data import (
 )
 from pocketswap.distill.features import FeatureDistiller, Trainee, load_teacher_module
 from pocketswap.distill.logs import MetricsLog, TensorBoard, image_grid, write_png
-from pocketswap.distill.losses import DistillLoss
+from pocketswap.distill.losses import DistillLoss, face_psnr
 from pocketswap.distill.setup import (
     Dist,
     auto_threads,
@@ -60,6 +60,7 @@ from pocketswap.distill.setup import (
 from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
 from pocketswap.files import atomic_write_bytes, atomic_write_json
+from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
 
@@ -383,9 +384,9 @@ class _Trainer:
             image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
             terms = self.loss_fn(image, mask, t)
             n = len(batch["keys"])
-            err = ((image.float().clamp(-1, 1) - t["output"]) * 127.5).pow(2).mean(1, keepdim=True)
-            mse = (err * t["mask"]).flatten(1).sum(1) / t["mask"].flatten(1).sum(1).clamp_min(1e-6)
-            terms["psnr_face"] = (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean()
+            image = image.float().clamp(-1, 1)
+            terms["psnr_face"] = face_psnr(image, t["output"], t["mask"])
+            terms["psnr_pasted"] = face_psnr(composite(image, mask.float(), t["attribute"]), t["output"], t["mask"])
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
             count += n
@@ -403,13 +404,14 @@ class _Trainer:
         b = self._grid_batch
         t = self._prepare(b)
         image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
+        pasted = composite(image.float().clamp(-1, 1), mask.float(), t["attribute"])
         grid = image_grid(
-            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(image),
+            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(pasted),
             mask[:, 0].float().cpu().numpy(),
         )  # fmt: skip
         write_png(self.out / "samples" / f"{run_state.step_name(self.step)}.png", grid)
         if self.tb is not None:
-            self.tb.image(self.step, "val/identity|attribute|teacher|student|mask", grid)
+            self.tb.image(self.step, "val/identity|attribute|teacher|student pasted|mask", grid)
 
     def checkpoint(self) -> None:
         ranks = self._gather(self._rank_state())

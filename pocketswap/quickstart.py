@@ -44,7 +44,7 @@ class QuickstartConfig:
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
     spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
-    personal_steps: int = 500  # fine-tuning steps of the demo identity's personalised student
+    personal_steps: int = 800  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
     @classmethod

@@ -58,6 +58,12 @@ Identity = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: (kernel
 Maps = tuple[dict[int, torch.Tensor], torch.Tensor | None]  # maps added to skips (by decoder block), to the logits
 
 
+def composite(image: torch.Tensor, mask: torch.Tensor, attribute: torch.Tensor) -> torch.Tensor:
+    """What the live pipeline shows, in crop space: the student's ``image`` blended over the
+    ``attribute`` crop by its own ``mask`` [B,1,S,S] (the pipeline pastes the crop back the same way)."""
+    return mask * image + (1.0 - mask) * attribute
+
+
 @dataclass(frozen=True)
 class ParamSlot:
     """One tensor inside the flat identity vector: ``params[:, offset : offset + numel].view(shape)``."""

@@ -21,7 +21,7 @@ from pocketswap.distill.config import TrainConfig, from_dict, load_config, parse
 from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_faces
 from pocketswap.distill.evaluate import COLUMNS, METRICS
 from pocketswap.distill.logs import read_metrics
-from pocketswap.distill.losses import DlibChipWarp, masked_l1, ssim_map
+from pocketswap.distill.losses import DistillLoss, DlibChipWarp, masked_l1, pixel_weights, ssim_map
 from pocketswap.distill.metrics import expression_error, head_pose, psnr, ssim
 from pocketswap.distill.train import TrainingDivergedError, train
 from pocketswap.errors import ConfigError
@@ -149,6 +149,25 @@ def test_masked_l1_ignores_pixels_outside_the_weights() -> None:
     assert float(masked_l1(x, y, left)) == pytest.approx(5.0)
     assert float(masked_l1(x, y, right)) == pytest.approx(0.0)
     assert float(masked_l1(x, y, left + right)) == pytest.approx(2.5)
+
+
+def test_paste_term_scores_what_the_pipeline_shows(faces) -> None:
+    """The student's image blended over the attribute by its own mask: a soft mask ghosts the
+    attribute's face back over a perfect image, and the paste term says so."""
+    attribute, swapped = (
+        torch.from_numpy(faces[n]["crop"]).permute(2, 0, 1)[None].float() / 127.5 - 1
+        for n in ("astronaut", "grace_hopper")
+    )
+    face = torch.from_numpy(hull_mask(faces["astronaut"]["landmarks"], SIZE, 0.06) > 0.5)[None, None].float()
+    teacher = face * swapped + (1 - face) * attribute
+    batch = {"output": teacher, "attribute": attribute, "identity_image": swapped, "mask": face,
+             "same": torch.zeros(1, dtype=torch.bool)}  # fmt: skip
+    loss = DistillLoss(fast_config(w_l1=0, w_ssim=0, w_outside=0, w_id=0, w_mask=0, w_rec=0, w_paste=1.0), SIZE)
+    assert float(loss(teacher, face, batch)["total"]) == pytest.approx(0.0, abs=1e-6)
+    ghost = loss(teacher, face * 0.5, batch)
+    half_way = masked_l1(0.5 * (teacher + attribute), teacher, pixel_weights(face, 3.0))
+    assert float(ghost["paste"]) == pytest.approx(float(half_way), rel=1e-4) and float(ghost["paste"]) > 0.05
+    assert float(ghost["l1"]) == 0.0  # the other terms are off
 
 
 def test_dlib_chip_warp_matches_opencv(faces) -> None:
