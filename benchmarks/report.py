@@ -268,9 +268,10 @@ def _classify(path: Path) -> tuple[str, object]:
 # Captions for the images the pipeline writes, by file-name pattern.
 DEFAULT_CAPTIONS = {
     "preview.png": "Dataset preview: identity | attribute | teacher output | mask",
-    "step-*.png": "Held-out pairs at the last validation: identity | attribute | teacher | student | student mask",
+    "step-*.png": "Held-out pairs at the last validation: identity | attribute | teacher | student (pasted by its "
+    "mask) | student mask",
     "compare.png": "Attribute faces held out of the personalisation: identity | attribute | teacher | universal "
-    "student | personalised student",
+    "student | personalised student (students pasted by their own masks, as the pipeline does)",
     "*_swapped.png": "Live-demo pipeline on a still photo (student artifact, paste-back, SYNTHETIC label)",
 }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,19 +107,19 @@ def person_of(name: str) -> str:
 
 
 def make_split(
-    manifest: dict[str, Any],
+    identities: Sequence[str],
     fraction: float,
     salt: int = 0,
     strict: bool = False,
     by: str = "identity",
     always: tuple[str, ...] = (),
 ) -> Split:
-    """Hold out ``round(fraction * N)`` of the manifest's N people (at least 1, at most N - 1), chosen
+    """Hold out ``round(fraction * N)`` of the dataset's N people (``identities``: its face names) (at least 1, at most N - 1), chosen
     by a salted hash of their names, with every photo of each (people are :func:`person_of` the face
     names): as identities (``by="identity"``) or as attribute faces (``by="attribute"``, for
     personalisation datasets whose pairs all share one identity). Faces or people named in ``always``
     (e.g. the photo a demo will swap into) are held out whatever the hash says."""
-    names = sorted({str(n) for n in manifest.get("identities", [])})
+    names = sorted({str(n) for n in identities})
     people: dict[str, list[str]] = {}
     for name in names:
         people.setdefault(person_of(name), []).append(name)
@@ -274,7 +274,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def dataset_fingerprint(reader: DatasetReader) -> str:
     """Short hash of the shard hashes: identifies a dataset's content."""
-    text = ",".join(s["sha256"] for s in reader.manifest["shards"])
+    text = ",".join(s.sha256 for s in reader.manifest.shards)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

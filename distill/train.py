@@ -147,7 +147,7 @@ class _Trainer:
             raise ConfigError(
                 f"config field 'student.embed_dim' is {self.scfg.embed_dim} but the dataset's embeddings have {dim}"
             )
-        template = self.reader.manifest.get("template", self.scfg.template)
+        template = self.reader.manifest.template
         if template != self.scfg.template:
             raise ConfigError(
                 f"the dataset's crops use the {template!r} template, the student field 'template' is {self.scfg.template!r}"
@@ -170,7 +170,7 @@ class _Trainer:
         if self.resume_from is not None and run_json.is_file():
             return Split.from_dict(json.loads(run_json.read_text())["split"])
         return make_split(
-            self.reader.manifest, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict, self.cfg.split_by,
+            self.reader.manifest.identities, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict, self.cfg.split_by,
             self.cfg.holdout,
         )  # fmt: skip
 
@@ -422,8 +422,8 @@ class _Trainer:
         final = root / run_state.step_name(self.step)
         tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
         extra = {"step": self.step, "run": str(self.out), "val": val, "dataset": str(self.data)}
-        if "identity" in self.reader.manifest:  # a one-identity (personalised) student says whose it is
-            extra["identity"] = identity_record(self.reader.manifest["identity"])
+        if self.reader.manifest.identity is not None:  # a one-identity (personalised) student says whose it is
+            extra["identity"] = identity_record(self.reader.manifest.identity)
         from pocketswap.checkpoint import save_checkpoint
 
         improved = bool(val) and val["loss"] < self.best_val

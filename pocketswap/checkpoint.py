@@ -228,11 +228,11 @@ def checkpoint_encoder(extra: dict[str, Any], embed_dim: int, encoder: str | Non
         return extra["encoder"]
     dataset = extra.get("dataset")
     if isinstance(dataset, str):
-        from pocketswap.dataset import read_manifest
+        from pocketswap.dataset import read_dataset_manifest
         from pocketswap.errors import PocketswapError
 
         try:
-            named = read_manifest(dataset)["embedding"].get("encoder")
+            named = read_dataset_manifest(dataset).embedding.get("encoder")
             if isinstance(named, str):
                 return named
         except PocketswapError:

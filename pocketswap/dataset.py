@@ -19,6 +19,7 @@ Shards are written to a temporary file and renamed when complete, with fixed tar
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -252,47 +253,98 @@ _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
-    """Check a manifest's structure; DatasetError names the first bad field."""
-    if not isinstance(manifest, dict):
-        raise DatasetError(f"{where}: expected a JSON object")
-    for name, kind in _MANIFEST_FIELDS.items():
-        if name not in manifest:
-            raise DatasetError(f"{where}: missing field '{name}'")
-        if not isinstance(manifest[name], kind) or isinstance(manifest[name], bool):
-            raise DatasetError(f"{where}: field '{name}' has the wrong type ({type(manifest[name]).__name__})")
-    if manifest["format"] != FORMAT:
-        raise DatasetError(f"{where}: field 'format' is {manifest['format']!r}, expected {FORMAT!r}")
-    if manifest["format_version"] > FORMAT_VERSION:
-        raise DatasetError(
-            f"{where}: field 'format_version' is {manifest['format_version']}, this pocketswap reads <= {FORMAT_VERSION}"
+@dataclass
+class DatasetManifest:
+    """A dataset's ``manifest.json``: what the teacher wrote and every reader trusts.
+
+    ``identity`` is set on one-identity (personalisation) datasets: ``{"source", "name", "embedding"}``.
+    ``extra`` keeps the informational fields (teacher config fingerprint, version, counts by kind)."""
+
+    size: int
+    num_samples: int
+    shards: list[ShardInfo]
+    teacher: dict[str, Any]
+    embedding: dict[str, Any]  # {"encoder": name, "dim": D}
+    seed: int
+    counts: dict[str, Any]
+    identities: list[str]
+    skipped: list[Any]
+    template: str = "arcface"
+    identity: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embedding["dim"])
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> DatasetManifest:
+        """Parse and check a manifest; DatasetError names the first bad field."""
+        if not isinstance(data, dict):
+            raise DatasetError(f"{where}: expected a JSON object")
+        for name, kind in _MANIFEST_FIELDS.items():
+            if name not in data:
+                raise DatasetError(f"{where}: missing field '{name}'")
+            if not isinstance(data[name], kind) or isinstance(data[name], bool):
+                raise DatasetError(f"{where}: field '{name}' has the wrong type ({type(data[name]).__name__})")
+        if data["format"] != FORMAT:
+            raise DatasetError(f"{where}: field 'format' is {data['format']!r}, expected {FORMAT!r}")
+        if data["format_version"] > FORMAT_VERSION:
+            raise DatasetError(
+                f"{where}: field 'format_version' is {data['format_version']}, this pocketswap reads <= {FORMAT_VERSION}"
+            )
+        shards = []
+        for i, shard in enumerate(data["shards"]):
+            if not isinstance(shard, dict) or not {"name", "samples", "bytes", "sha256"} <= set(shard):
+                raise DatasetError(f"{where}: field 'shards[{i}]' needs name, samples, bytes and sha256")
+            shards.append(
+                ShardInfo(str(shard["name"]), int(shard["samples"]), int(shard["bytes"]), str(shard["sha256"]))
+            )
+        total = sum(s.samples for s in shards)
+        if total != data["num_samples"]:
+            raise DatasetError(f"{where}: field 'num_samples' is {data['num_samples']} but the shards hold {total}")
+        if "dim" not in data["embedding"]:
+            raise DatasetError(f"{where}: field 'embedding.dim' is missing")
+        if data.get("identity") is not None and not isinstance(data["identity"], dict):
+            raise DatasetError(f"{where}: field 'identity' must be an object")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "shards"}
+        return cls(
+            shards=shards,
+            extra={k: v for k, v in data.items() if k not in known and k != "shards"},
+            **{k: v for k, v in data.items() if k in known},
         )
-    total = 0
-    for i, shard in enumerate(manifest["shards"]):
-        if not isinstance(shard, dict) or not {"name", "samples", "bytes", "sha256"} <= set(shard):
-            raise DatasetError(f"{where}: field 'shards[{i}]' needs name, samples, bytes and sha256")
-        total += int(shard["samples"])
-    if total != manifest["num_samples"]:
-        raise DatasetError(f"{where}: field 'num_samples' is {manifest['num_samples']} but the shards hold {total}")
-    if "dim" not in manifest["embedding"]:
-        raise DatasetError(f"{where}: field 'embedding.dim' is missing")
-    return manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "format": self.format, "format_version": self.format_version, "size": self.size,
+            "template": self.template, "seed": self.seed, "num_samples": self.num_samples,
+            "counts": self.counts, "teacher": self.teacher, "embedding": self.embedding,
+            "shards": [s.to_dict() for s in self.shards], "identities": self.identities, "skipped": self.skipped,
+        }  # fmt: skip
+        if self.identity is not None:
+            out["identity"] = self.identity
+        return out | self.extra
 
 
-def read_manifest(root: str | Path) -> dict[str, Any]:
+def read_dataset_manifest(root: str | Path) -> DatasetManifest:
+    """The manifest of the dataset folder ``root`` (DatasetError if missing or malformed)."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{root}: not a dataset (no {MANIFEST}; is generation finished?)")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except ValueError as exc:
         raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
-    return validate_manifest(manifest, str(path))
+    return DatasetManifest.from_dict(data, str(path))
 
 
-def write_manifest(root: str | Path, manifest: dict[str, Any]) -> Path:
-    validate_manifest(manifest)
-    return atomic_write_json(Path(root) / MANIFEST, manifest)
+def write_dataset_manifest(root: str | Path, manifest: DatasetManifest) -> Path:
+    """Write ``root/manifest.json`` atomically (checked by the same rules as reading it)."""
+    data = manifest.to_dict()
+    DatasetManifest.from_dict(data)
+    return atomic_write_json(Path(root) / MANIFEST, data)
 
 
 def shuffle_stream(stream: Iterable[T], buffer: int, rng: np.random.Generator) -> Iterator[T]:
@@ -324,15 +376,15 @@ class DatasetReader:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        self.shards = [self.root / s["name"] for s in self.manifest["shards"]]
+        self.manifest = read_dataset_manifest(self.root)
+        self.shards = [self.root / s.name for s in self.manifest.shards]
         missing = [p.name for p in self.shards if not p.is_file()]
         if missing:
             raise DatasetError(f"{self.root}: manifest lists missing shard(s): {', '.join(missing[:5])}")
         damaged = [
-            f"{p.name} ({p.stat().st_size} bytes, manifest: {info['bytes']})"
-            for info, p in zip(self.manifest["shards"], self.shards, strict=True)
-            if p.stat().st_size != info["bytes"]
+            f"{p.name} ({p.stat().st_size} bytes, manifest: {info.bytes})"
+            for info, p in zip(self.manifest.shards, self.shards, strict=True)
+            if p.stat().st_size != info.bytes
         ]
         if damaged:
             raise DatasetError(
@@ -342,14 +394,14 @@ class DatasetReader:
 
     @property
     def size(self) -> int:
-        return int(self.manifest["size"])
+        return self.manifest.size
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.manifest["embedding"]["dim"])
+        return self.manifest.embedding_dim
 
     def __len__(self) -> int:
-        return int(self.manifest["num_samples"])
+        return self.manifest.num_samples
 
     def __iter__(self) -> Iterator[Sample]:
         return self.iter_samples()
@@ -385,11 +437,11 @@ class DatasetReader:
         Returns a report; raises DatasetError on the first problem."""
         size = self.size
         checked = 0
-        for info, path in zip(self.manifest["shards"], self.shards, strict=True):
-            if path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
+        for info, path in zip(self.manifest.shards, self.shards, strict=True):
+            if path.stat().st_size != info.bytes or file_sha256(path) != info.sha256:
                 raise DatasetError(f"{path}: size or sha256 differs from the manifest (corrupt or modified)")
             if not deep:
-                checked += info["samples"]
+                checked += info.samples
                 continue
             count = 0
             for sample in iter_shard(path):
@@ -403,7 +455,7 @@ class DatasetReader:
                 if sample.attr_landmarks.shape != (468, 3):
                     raise DatasetError(f"{path.name}:{sample.key}: attr_lmk is {sample.attr_landmarks.shape}")
                 count += 1
-            if count != info["samples"]:
-                raise DatasetError(f"{path.name}: holds {count} samples, manifest says {info['samples']}")
+            if count != info.samples:
+                raise DatasetError(f"{path.name}: holds {count} samples, manifest says {info.samples}")
             checked += count
         return {"shards": len(self.shards), "samples": checked, "deep": deep}

@@ -74,9 +74,7 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"  {item['file']}: {item['reason']}")
     if result.manifest is not None:
         m = result.manifest
-        print(
-            f"dataset {cfg.out}: {m['num_samples']} samples, {len(m['shards'])} shard(s), {m['num_identities']} identities"
-        )
+        print(f"dataset {cfg.out}: {m.num_samples} samples, {len(m.shards)} shard(s), {len(m.identities)} identities")
     return 0
 
 

@@ -20,14 +20,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pocketswap.config import distributed_rank
-from pocketswap.dataset import (
-    ShardWriter,
-    shard_name,
-    write_manifest,
-)
+from pocketswap.dataset import DatasetManifest, ShardWriter, shard_name, write_dataset_manifest
 from pocketswap.errors import ConfigError, NoFaceError
 from pocketswap.files import atomic_write_json
 from pocketswap.teacher.analysis import analyze_faces, analyze_identity
@@ -56,7 +51,7 @@ class GenerateResult:
     pairs_written: int
     seconds: float
     skipped: list[dict[str, str]]
-    manifest: dict[str, Any] | None
+    manifest: DatasetManifest | None
     startup_seconds: float = 0.0  # until the first chunk of pairs arrived (worker start, model loads)
     first_chunk: int = 0  # pairs in that first chunk
 
@@ -168,10 +163,10 @@ def generate(
         manifest = build_manifest(cfg, pool, teacher, records)  # type: ignore[arg-type]
         if fixed is not None:
             source = cfg.identity if cfg.identity.startswith("sample:") else str(Path(cfg.identity).resolve())
-            manifest["identity"] = {"source": source, "name": fixed.name,
-                                    "embedding": [float(v) for v in fixed.embedding]}  # fmt: skip
-        write_manifest(out, manifest)
-        log.info("wrote %s (%d samples in %d shards)", out / "manifest.json", manifest["num_samples"], len(records))
+            manifest.identity = {"source": source, "name": fixed.name,
+                                 "embedding": [float(v) for v in fixed.embedding]}  # fmt: skip
+        write_dataset_manifest(out, manifest)
+        log.info("wrote %s (%d samples in %d shards)", out / "manifest.json", manifest.num_samples, len(records))
     else:
         missing = sum(r is None for r in records)
         log.info(

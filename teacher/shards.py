@@ -11,9 +11,8 @@ from typing import Any
 
 from pocketswap import __version__
 from pocketswap.dataset import (
-    FORMAT,
-    FORMAT_VERSION,
     MEMBERS,
+    DatasetManifest,
     ShardInfo,
     iter_shard_members,
     shard_name,
@@ -121,26 +120,26 @@ def check_fingerprint(out: Path, fingerprint: dict[str, Any]) -> None:
 
 def build_manifest(
     cfg: GenerateConfig, pool: FacePool, teacher: Teacher, records: list[dict[str, Any]]
-) -> dict[str, Any]:
+) -> DatasetManifest:
+    """The manifest of a finished dataset from its shard records."""
     counts: Counter[str] = Counter()
     for record in records:
         counts.update(record.get("counts", {}))
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pocketswap_version": __version__,
-        "size": cfg.size,
-        "template": "arcface",
-        "seed": cfg.seed,
-        "num_samples": sum(r["samples"] for r in records),
-        "pairs_per_shard": cfg.shard_size,
-        "counts": {"pairs": cfg.pairs, **dict(sorted(counts.items()))},
-        "teacher": {"name": teacher.name, "config": teacher.config(), "config_hash": teacher.config_hash()},
-        "embedding": {"encoder": cfg.encoder, "dim": pool.embedding_dim},
-        "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256")} for r in records],
-        "identities": [r.name for r in pool.records],
-        "num_identities": len(pool.records),
-        "skipped": pool.skipped,
-        "num_skipped": len(pool.skipped),
-        "config": cfg.fingerprint(),
-    }
+    return DatasetManifest(
+        size=cfg.size,
+        seed=cfg.seed,
+        num_samples=sum(r["samples"] for r in records),
+        counts={"pairs": cfg.pairs, **dict(sorted(counts.items()))},
+        teacher={"name": teacher.name, "config": teacher.config(), "config_hash": teacher.config_hash()},
+        embedding={"encoder": cfg.encoder, "dim": pool.embedding_dim},
+        shards=[ShardInfo(r["name"], r["samples"], r["bytes"], r["sha256"]) for r in records],
+        identities=[r.name for r in pool.records],
+        skipped=pool.skipped,
+        extra={
+            "pocketswap_version": __version__,
+            "pairs_per_shard": cfg.shard_size,
+            "num_identities": len(pool.records),
+            "num_skipped": len(pool.skipped),
+            "config": cfg.fingerprint(),
+        },
+    )

@@ -17,14 +17,14 @@ import pytest
 from pocketswap.dataset import (
     MANIFEST,
     DatasetError,
+    DatasetManifest,
     DatasetReader,
     Sample,
     ShardWriter,
     decode_sample,
     encode_sample,
     iter_shard,
-    read_manifest,
-    validate_manifest,
+    read_dataset_manifest,
 )
 from pocketswap.errors import ConfigError, PocketswapError
 from pocketswap.teacher.generate import GenerateConfig, generate
@@ -95,7 +95,13 @@ def test_manifest_validation_names_the_field():
         "identities": [],
         "skipped": [],
     }
-    validate_manifest(good)
+    parsed = DatasetManifest.from_dict(good)
+    assert parsed.shards[0].samples == 2 and parsed.embedding_dim == 128 and parsed.identity is None
+    assert DatasetManifest.from_dict({**good, "note": "kept"}).to_dict() == {
+        **good,
+        "template": "arcface",
+        "note": "kept",
+    }
     for field, value, pattern in [
         ("num_samples", 3, "num_samples"),
         ("format", "other", "format"),
@@ -104,11 +110,11 @@ def test_manifest_validation_names_the_field():
         ("embedding", {}, "embedding.dim"),
     ]:
         with pytest.raises(DatasetError, match=pattern):
-            validate_manifest({**good, field: value})
+            DatasetManifest.from_dict({**good, field: value})
     broken = dict(good)
     del broken["seed"]
     with pytest.raises(DatasetError, match="'seed'"):
-        validate_manifest(broken)
+        DatasetManifest.from_dict(broken)
 
 
 # -- generation ----------------------------------------------------------------------------------
@@ -156,12 +162,12 @@ def test_generated_dataset_is_valid(reference):
     reader = DatasetReader(reference)
     assert len(reader) == PAIRS and reader.size == 224 and reader.embedding_dim == 128
     assert reader.verify(deep=True) == {"shards": 4, "samples": PAIRS, "deep": True}
-    manifest = read_manifest(reference)
-    assert [s["samples"] for s in manifest["shards"]] == [3, 3, 3, 1]
-    assert manifest["teacher"]["name"] == "geometric" and len(manifest["teacher"]["config_hash"]) == 16
-    assert manifest["seed"] == SEED and manifest["embedding"] == {"encoder": "dlib", "dim": 128}
-    assert manifest["counts"]["cross"] + manifest["counts"].get("same", 0) == PAIRS
-    assert sorted(manifest["identities"]) == sorted(
+    manifest = read_dataset_manifest(reference)
+    assert [s.samples for s in manifest.shards] == [3, 3, 3, 1]
+    assert manifest.teacher["name"] == "geometric" and len(manifest.teacher["config_hash"]) == 16
+    assert manifest.seed == SEED and manifest.embedding == {"encoder": "dlib", "dim": 128}
+    assert manifest.counts["cross"] + manifest.counts.get("same", 0) == PAIRS
+    assert sorted(manifest.identities) == sorted(
         [
             "astronaut.png",
             "people/grace_hopper.jpg",
@@ -171,7 +177,7 @@ def test_generated_dataset_is_valid(reference):
             "people/lfw_05.png",
         ]
     )
-    skipped = {item["file"]: item["reason"] for item in manifest["skipped"]}
+    skipped = {item["file"]: item["reason"] for item in manifest.skipped}
     assert set(skipped) == {"corrupt.jpg", "landscape.png"}
     assert "unreadable" in skipped["corrupt.jpg"] and "no face" in skipped["landscape.png"]
     keys = []
@@ -182,8 +188,8 @@ def test_generated_dataset_is_valid(reference):
         assert abs(float(np.linalg.norm(sample.id_embedding)) - 1.0) < 1e-4
         assert sample.attr_landmarks.shape == (468, 3)
         meta = sample.meta
-        assert meta["teacher"] == "geometric" and meta["teacher_config_hash"] == manifest["teacher"]["config_hash"]
-        assert meta["pair"] in ("cross", "same") and meta["attribute"] in manifest["identities"]
+        assert meta["teacher"] == "geometric" and meta["teacher_config_hash"] == manifest.teacher["config_hash"]
+        assert meta["pair"] in ("cross", "same") and meta["attribute"] in manifest.identities
         if meta["pair"] == "cross":
             assert meta["attribute"] not in meta["identity_sources"]
             face = sample.mask > 0.9
@@ -276,7 +282,7 @@ def test_two_rank_processes_like_torchrun(faces_dir, reference, tmp_path):
     assert "rank 0/2: wrote 6 pairs in 2 shard(s)" in logs[0]
     assert "rank 1/2: wrote 4 pairs in 2 shard(s)" in logs[1]
     assert _shards(out) == _shards(reference)
-    assert read_manifest(out)["shards"] == read_manifest(reference)["shards"]
+    assert read_dataset_manifest(out).shards == read_dataset_manifest(reference).shards
 
 
 @pytest.mark.slow
@@ -290,12 +296,12 @@ def test_cli_generate_from_samples_and_preview(tmp_path):
         main(["teacher", "generate", "--faces", "samples", "--out", str(out), "--config", str(config), "--no-progress"])
         == 0
     )
-    manifest = read_manifest(out)
-    assert manifest["num_samples"] == 6 and manifest["counts"]["occluded"] == 6
-    assert manifest["config"]["augment"]["occluder"]["prob"] == 1.0
-    skipped = {item["file"] for item in manifest["skipped"]}
-    assert "camera" in skipped and "astronaut" in manifest["identities"] and "grace_hopper" in manifest["identities"]
-    assert manifest["num_identities"] + manifest["num_skipped"] == 103
+    manifest = read_dataset_manifest(out)
+    assert manifest.num_samples == 6 and manifest.counts["occluded"] == 6
+    assert manifest.extra["config"]["augment"]["occluder"]["prob"] == 1.0
+    skipped = {item["file"] for item in manifest.skipped}
+    assert "camera" in skipped and "astronaut" in manifest.identities and "grace_hopper" in manifest.identities
+    assert manifest.extra["num_identities"] + manifest.extra["num_skipped"] == 103
     grid = tmp_path / "grid.png"
     assert main(["teacher", "preview", str(out), "--out", str(grid), "--rows", "3"]) == 0
     assert cv2.imread(str(grid)).shape == (3 * 224, 4 * 224, 3)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pocketswap.checkpoint import load_checkpoint
-from pocketswap.dataset import Sample, ShardWriter, shard_name, write_manifest
+from pocketswap.dataset import DatasetManifest, Sample, ShardWriter, shard_name, write_dataset_manifest
 from pocketswap.distill.config import TrainConfig, from_dict, load_config, parse_overrides
 from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_faces
 from pocketswap.distill.evaluate import COLUMNS, METRICS
@@ -100,22 +100,12 @@ def write_dataset(root: Path, faces: dict[str, dict[str, np.ndarray]], pairs: in
                         meta,
                     )  # fmt: skip
                 )
-            shards.append(writer.close().to_dict())
-    manifest = {
-        "format": "pocketswap-paired-faces",
-        "format_version": 1,
-        "size": SIZE,
-        "template": "arcface",
-        "num_samples": pairs,
-        "shards": shards,
-        "teacher": {"name": "paste"},
-        "embedding": {"encoder": "dlib", "dim": 128},
-        "seed": 0,
-        "counts": {"pairs": pairs},
-        "identities": names,
-        "skipped": [],
-    }
-    write_manifest(root, manifest)
+            shards.append(writer.close())
+    manifest = DatasetManifest(
+        size=SIZE, num_samples=pairs, shards=shards, teacher={"name": "paste"},
+        embedding={"encoder": "dlib", "dim": 128}, seed=0, counts={"pairs": pairs}, identities=names, skipped=[],
+    )  # fmt: skip
+    write_dataset_manifest(root, manifest)
     return root
 
 
@@ -223,9 +213,9 @@ def test_bad_config_field_is_named(tmp_path: Path, dataset: Path) -> None:
 
 # -- data ----------------------------------------------------------------------------------------
 def test_split_holds_out_identities(dataset: Path) -> None:
-    from pocketswap.dataset import read_manifest
+    from pocketswap.dataset import read_dataset_manifest
 
-    split = make_split(read_manifest(dataset), 0.34, salt=0)
+    split = make_split(read_dataset_manifest(dataset).identities, 0.34, salt=0)
     assert len(split.val_names) == 2
     train_faces, val_identities = set(), set()
     for sample in iter_split(dataset, split, "train"):
@@ -241,17 +231,17 @@ def test_split_holds_out_identities(dataset: Path) -> None:
 def test_split_keeps_every_photo_of_a_person_on_one_side() -> None:
     """Per-person folders (VGGFace2/CelebA layouts): held-out identity metrics must not leak."""
     faces = [f"{person}/{i:03d}.jpg" for person in ("ada", "bob", "cy", "dee", "eve", "fay") for i in range(4)]
-    split = make_split({"identities": faces}, 0.34, salt=1)
+    split = make_split(faces, 0.34, salt=1)
     held = {face.split("/")[0] for face in split.val_names}
     assert len(held) == 2 and len(split.val_names) == 8  # two whole people, all four photos each
-    pinned = make_split({"identities": faces}, 0.2, always=("eve",))
+    pinned = make_split(faces, 0.2, always=("eve",))
     assert {f for f in faces if f.startswith("eve/")} <= pinned.val_names
-    single = make_split({"identities": ["a.jpg", "b.jpg", "c.jpg"]}, 0.34)
+    single = make_split(["a.jpg", "b.jpg", "c.jpg"], 0.34)
     assert len(single.val_names) == 1  # loose files: one photo, one person
 
 
 def test_stream_positions_resume_exactly(dataset: Path) -> None:
-    split = make_split({"identities": list(FACES)}, 0.34)
+    split = make_split(list(FACES), 0.34)
     keys = lambda batch: batch["keys"]  # noqa: E731
     straight = iter(TrainStream(dataset, split, 4, seed=3, shuffle_buffer=8))
     expected = [keys(next(straight)) for _ in range(12)]  # several epochs of ~25 train pairs
@@ -271,7 +261,7 @@ def test_stream_resumes_across_dataloader_workers(dataset: Path) -> None:
     """With 2 workers, saved per-part positions plus the batch count continue the round-robin order."""
     from torch.utils.data import DataLoader
 
-    split = make_split({"identities": list(FACES)}, 0.34)
+    split = make_split(list(FACES), 0.34)
 
     def batches(positions=None, rotation=0):
         stream = TrainStream(

@@ -161,7 +161,7 @@ def test_calibration_sources(tmp_path):
     """Dataset folder (attribute crops + embeddings), photo folder (detected + aligned), crops .npy."""
     import cv2
 
-    from pocketswap.dataset import Sample, ShardWriter, write_manifest
+    from pocketswap.dataset import DatasetManifest, Sample, ShardWriter, write_dataset_manifest
     from pocketswap.export.data import load_calibration, sample_crops
     from pocketswap.faces import samples
 
@@ -172,12 +172,9 @@ def test_calibration_sources(tmp_path):
             mask = np.ones((128, 128), np.float32)
             writer.write(Sample(f"k{i}", crop, crop, crop, mask, emb, np.zeros((468, 3), np.float32), {}))
         info = writer.close()
-    manifest = {
-        "format": "pocketswap-paired-faces", "format_version": 1, "size": 128, "num_samples": info.samples,
-        "shards": [info.to_dict()], "teacher": {}, "embedding": {"dim": 128}, "seed": 0, "counts": {},
-        "identities": [], "skipped": [],
-    }  # fmt: skip
-    write_manifest(tmp_path / "ds", manifest)
+    manifest = DatasetManifest(size=128, num_samples=info.samples, shards=[info], teacher={},
+                               embedding={"dim": 128}, seed=0, counts={}, identities=[], skipped=[])  # fmt: skip
+    write_dataset_manifest(tmp_path / "ds", manifest)
     calib = load_calibration(tmp_path / "ds", 96, limit=2)
     assert calib.crops.shape == (2, 96, 96, 3) and calib.embeddings.shape == (2, 128)
 

@@ -62,15 +62,15 @@ def test_zero_identity_maps_change_nothing():
 
 
 def test_attribute_split_and_holdout():
-    manifest = {"identities": [f"face_{i}" for i in range(20)]}
-    split = make_split(manifest, 0.1, by="attribute", always=("face_7",))
+    faces = [f"face_{i}" for i in range(20)]
+    split = make_split(faces, 0.1, by="attribute", always=("face_7",))
     assert "face_7" in split.val_names and len(split.val_names) == 2
     meta = {"identity": "identity:me", "identity_sources": ["identity:me"], "attribute": "face_7"}
     assert split.role("k", meta) == "val"
-    assert split.role("k", {**meta, "attribute": sorted(set(manifest["identities"]) - split.val_names)[0]}) == "train"
+    assert split.role("k", {**meta, "attribute": sorted(set(faces) - split.val_names)[0]}) == "train"
     assert Split.from_dict(split.to_dict()) == split
     with pytest.raises(DatasetError, match="holdout"):
-        make_split(manifest, 0.1, by="attribute", always=("nobody",))
+        make_split(faces, 0.1, by="attribute", always=("nobody",))
 
 
 def test_identity_transfer_figures():
@@ -85,17 +85,17 @@ def test_fixed_identity_pairs(pool, tmp_path):
     cfg = GenerateConfig(out=str(tmp_path / "data"), faces=str(pool), pairs=16, size=64, identity="sample:grace_hopper",
                          shard_size=8, same_identity_share=0.25)  # fmt: skip
     manifest = generate(cfg, progress=False).manifest
-    assert manifest["identity"]["name"] == "identity:grace_hopper" and len(manifest["identity"]["embedding"]) == 128
-    assert "grace_hopper.png" not in manifest["identities"]  # the identity's own photo is no attribute
+    assert manifest.identity["name"] == "identity:grace_hopper" and len(manifest.identity["embedding"]) == 128
+    assert "grace_hopper.png" not in manifest.identities  # the identity's own photo is no attribute
     reader = DatasetReader(tmp_path / "data")
-    embedding = np.asarray(manifest["identity"]["embedding"], np.float32)
+    embedding = np.asarray(manifest.identity["embedding"], np.float32)
     kinds = set()
     for sample in reader:
         assert sample.meta["identity"] == "identity:grace_hopper"
         assert np.allclose(sample.id_embedding, embedding, atol=1e-6)
         kinds.add(sample.meta["pair"])
         if sample.meta["pair"] == "cross":
-            assert sample.meta["attribute"] in manifest["identities"]
+            assert sample.meta["attribute"] in manifest.identities
     assert kinds == {"same", "cross"}
 
 
