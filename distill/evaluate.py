@@ -252,6 +252,7 @@ def evaluate(
         "gap_teacher_minus_student": gap,
         "per_swap": per_swap,
         "notes": {
+            "pasted": "student columns score the output pasted over the attribute crop by its own mask, as the pipeline shows it",
             "teacher.psnr_face": "n/a: the teacher output is the reference (attribute column: copy-the-input baseline)",
             "face_region": "PSNR/SSIM weighted by the teacher mask",
             "identity": "dlib cosine of the ArcFace-aligned crop (warped to dlib's chip) to the identity crop's",
