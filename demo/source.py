@@ -83,6 +83,7 @@ class VideoSource:
             raise ImageReadError(f"{path}: not a video OpenCV can decode")
         self._first: np.ndarray | None = first
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        self.frame_count = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # 0: the container does not say
         self.realtime = realtime
         self.dropped = 0
 

@@ -19,7 +19,7 @@ import logging
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
 VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progress?job=ID`
 JPEG_QUALITY = 85
 VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
@@ -207,8 +208,11 @@ def swap_image_bytes(session: Session, data: bytes) -> bytes:
     return png.tobytes()
 
 
-def swap_video_file(session: Session, source: Path, output: Path) -> dict[str, Any]:
-    """Swap every frame of a video into ``output`` (.mp4) at the source's frame rate."""
+def swap_video_file(
+    session: Session, source: Path, output: Path, on_frame: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """Swap every frame of a video into ``output`` (.mp4) at the source's frame rate; ``on_frame(done,
+    total)`` after each frame (``total``: the container's frame count, 0 if unknown)."""
     from pocketswap.demo.source import VideoSource
     from pocketswap.demo.video import VideoWriter
 
@@ -221,6 +225,8 @@ def swap_video_file(session: Session, source: Path, output: Path) -> dict[str, A
                 writer.write(out)
                 frames += 1
                 with_face += bool(faces)
+                if on_frame is not None:
+                    on_frame(frames, video.frame_count)
     finally:
         video.close()
     if frames == 0:
@@ -346,6 +352,12 @@ def create_app(options: AppOptions):
             return JSONResponse({"error": "no personalisation run behind this model"}, status_code=404)
         return Response((compared / "compare.png").read_bytes(), media_type="image/png")
 
+    file_jobs: dict[str, dict[str, Any]] = {}  # progress of the newest video swaps, by the page's job id
+
+    async def files_progress(request: Request) -> JSONResponse:
+        found = file_jobs.get(request.query_params.get("job", ""))
+        return JSONResponse(found) if found else JSONResponse({"error": "no such job"}, status_code=404)
+
     async def files(request: Request) -> Response:
         if int(request.headers.get("content-length") or 0) > limit:
             return JSONResponse({"error": f"upload larger than {options.max_upload_mb} MB"}, status_code=413)
@@ -362,17 +374,29 @@ def create_app(options: AppOptions):
                 png = await asyncio.to_thread(swap_image_bytes, session, data)
                 return Response(png, media_type="image/png", headers=_attachment(upload.filename, ".png"))
             if suffix in VIDEO_UPLOAD_SUFFIXES:
-                return await _video_response(session, data, suffix, upload.filename)
+                return await _video_response(session, data, suffix, upload.filename, str(form.get("job") or ""))
         except (PocketswapError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         allowed = ", ".join((*IMAGE_SUFFIXES, *VIDEO_UPLOAD_SUFFIXES))
         return JSONResponse({"error": f"unsupported file type {suffix or '(none)'}; use {allowed}"}, status_code=415)
 
-    async def _video_response(session: Session, data: bytes, suffix: str, name: str | None) -> Response:
+    async def _video_response(session: Session, data: bytes, suffix: str, name: str | None, job: str) -> Response:
+        progress = {"frames": 0, "total": 0, "done": False}
+        if job:
+            file_jobs[job[:64]] = progress
+            while len(file_jobs) > MAX_FILE_JOBS:
+                file_jobs.pop(next(iter(file_jobs)))
+
+        def on_frame(frames: int, total: int) -> None:
+            progress.update(frames=frames, total=total)
+
         with tempfile.TemporaryDirectory(prefix="pocketswap-app-") as tmp:
             source, output = Path(tmp) / f"in{suffix}", Path(tmp) / "swapped.mp4"
             source.write_bytes(data)
-            summary = await asyncio.to_thread(swap_video_file, session, source, output)
+            try:
+                summary = await asyncio.to_thread(swap_video_file, session, source, output, on_frame)
+            finally:
+                progress["done"] = True
             headers = _attachment(name, ".mp4") | {"X-Pocketswap-Summary": json.dumps(summary)}
             return Response(output.read_bytes(), media_type="video/mp4", headers=headers)
 
@@ -415,6 +439,7 @@ def create_app(options: AppOptions):
         Route("/api/personalize/preview.png", personalize_preview),
         Route("/api/compare.png", compare_image),
         Route("/api/files", files, methods=["POST"]),
+        Route("/api/files/progress", files_progress),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
         WebSocketRoute("/ws/live", live),
     ]

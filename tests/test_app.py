@@ -17,6 +17,7 @@ from pocketswap.benchmarks.app import chromium_path, launch_chromium
 from pocketswap.checkpoint import save_checkpoint
 from pocketswap.cli import main
 from pocketswap.demo.clip import synthetic_frames, write_y4m
+from pocketswap.demo.video import VideoWriter
 from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
 from pocketswap.errors import PocketswapError
 from pocketswap.faces import samples
@@ -168,6 +169,25 @@ def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_
     page.click("#file-run")
     page.wait_for_function("document.getElementById('file-error').textContent.length > 0", timeout=60_000)
     assert "no face" in page.text_content("#file-error")
+
+
+def test_files_tab_swaps_a_video_with_progress(server, browser):
+    url, root = server
+    clip = root / "clip.mp4"
+    with VideoWriter(clip, 10.0, notice=None) as writer:
+        for frame in synthetic_frames("astronaut", frames=12, empty_every=0):
+            writer.write(frame)
+    page = browser.new_page()
+    page.goto(url)
+    page.click("nav button[data-tab=files]")
+    page.set_input_files("#file-input", str(clip))
+    page.click("#file-run")
+    page.wait_for_function("document.querySelector('#file-result video')?.readyState > 0", timeout=60_000)
+    assert page.text_content("#file-error") == ""
+    job = page.get_attribute("#file-progress", "data-job")
+    progress = page.request.get(f"{url}/api/files/progress?job={job}").json()
+    assert progress == {"frames": 12, "total": 12, "done": True}
+    assert page.request.get(f"{url}/api/files/progress?job=nobody").status == 404
 
 
 def test_bad_settings_and_models_are_one_clear_error(tmp_path):
