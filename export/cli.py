@@ -1,7 +1,7 @@
 """`pocketswap export ...`: student checkpoints -> ONNX / TFLite / CoreML artifacts, and `export patch`.
 
-Both forms share one parser: the first positional is a checkpoint / run folder, or the word ``patch``
-followed by the model to patch (write ``./patch`` for a checkpoint folder literally named "patch").
+``export patch`` is a subcommand with its own parser (:func:`patch_parser`): :func:`pocketswap.cli.main`
+sends ``export patch ...`` to it (write ``./patch`` to export a checkpoint folder literally named "patch").
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ USAGE = """
   pocketswap export RUN_DIR|CHECKPOINT --identity FACE.jpg|sample:NAME|EMB.npy [--format tflite|coreml|onnx|all]
                     [--precision fp32|fp16|int8|all] [--identity-mode baked|dynamic] [--calibration DATASET|DIR|samples]
                     [--image-input] [--compress none|int8|palettize6|palettize4] [--enroll] [--benchmark] --out DIR
-  pocketswap export patch MODEL.tflite|MODEL.mlpackage --identity FACE.jpg|EMB.npy --checkpoint CKPT --out NEW"""
+  pocketswap export patch MODEL.tflite|MODEL.mlpackage --identity FACE.jpg|EMB.npy --checkpoint CKPT --out NEW
+                    (see `pocketswap export patch --help`)"""
 
 EPILOG = """examples:
   pocketswap export runs/nano --identity face.jpg --format all --precision fp32,fp16,int8 --calibration data/pairs --out exports/
@@ -42,14 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "source", metavar="RUN_DIR|CHECKPOINT|patch", help="checkpoint folder or run folder; or 'patch'"
-    )
-    parser.add_argument("model", nargs="?", metavar="MODEL", help="(patch only) the baked .tflite/.mlpackage to patch")
+    parser.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="checkpoint folder or run folder")
     parser.add_argument("--identity", help="face photo, sample:NAME or .npy embedding of the identity")
-    parser.add_argument("--out", required=True, help="output folder (export) or output file (patch)")
-    parser.add_argument("--encoder", default=None, help="identity encoder for photos: dlib (default) or ARCFACE.onnx")
-    parser.add_argument("--no-parity-check", action="store_true", help="record parity but do not fail on it")
+    parser.add_argument("--out", required=True, help="output folder")
+    _common_flags(parser)
     group = parser.add_argument_group("export options")
     group.add_argument(
         "--format", default="tflite", help=f"{', '.join(FORMATS)}, a comma list, or all (default tflite)"
@@ -73,28 +70,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--enroll", action="store_true", help="also export the identity encoder and hypernetwork")
     group.add_argument("--benchmark", action="store_true", help="run LiteRT's benchmark (1 thread) on each .tflite")
     group.add_argument("--name", default=None, help="artifact name stem (default PRESET_MODE)")
-    patch_group = parser.add_argument_group("patch options")
-    patch_group.add_argument("--checkpoint", help="(patch) the checkpoint the model was exported from")
-    parser.set_defaults(handler=_handle)
+    parser.set_defaults(handler=_export)
 
 
-def _handle(args: argparse.Namespace) -> int:
-    from pocketswap.errors import ConfigError
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", default=None, help="identity encoder for photos: dlib (default) or ARCFACE.onnx")
+    parser.add_argument("--no-parity-check", action="store_true", help="record parity but do not fail on it")
 
-    if args.source == "patch":
-        missing = [
-            flag
-            for flag, value in (("MODEL", args.model), ("--identity", args.identity), ("--checkpoint", args.checkpoint))
-            if not value
-        ]
-        if missing:
-            raise ConfigError(f"export patch needs {', '.join(missing)}")
-        return _patch(args)
-    if args.model:
-        raise ConfigError(f"unexpected argument {args.model!r} (only `export patch` takes a MODEL)")
-    if args.checkpoint:
-        raise ConfigError("--checkpoint belongs to `export patch`; pass the checkpoint as the first argument")
-    return _export(args)
+
+def patch_parser() -> argparse.ArgumentParser:
+    """The parser of ``pocketswap export patch``."""
+    parser = argparse.ArgumentParser(
+        prog="pocketswap export patch",
+        description="Rewrite the identity weights of a baked .tflite / .mlpackage for another face, without "
+        "re-conversion (the model's manifest says where they are; parity is checked against PyTorch).",
+        epilog="example:\n  pocketswap export patch exports/nano_baked_fp16.tflite --identity other.jpg "
+        "--checkpoint runs/nano --out other.tflite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="the baked .tflite or .mlpackage to patch")
+    parser.add_argument("--identity", required=True, help="face photo, sample:NAME or .npy embedding")
+    parser.add_argument(
+        "--checkpoint", required=True, help="the checkpoint (or run folder) the model was exported from"
+    )
+    parser.add_argument("--out", required=True, help="output file (.tflite / .mlpackage)")
+    _common_flags(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(handler=_patch, command="export patch")
+    return parser
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -125,8 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nested_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """``export patch ...``: the subcommand's own parser and its arguments (top-level flags kept)."""
+    first = next((i for i, token in enumerate(argv) if not token.startswith("-")), None)
+    if first is None or argv[first : first + 2] != ["export", "patch"]:
+        return None
+    from pocketswap.export.cli import patch_parser
+
+    return patch_parser(), argv[:first] + argv[first + 2 :]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    nested = _nested_parser(argv)
+    parser, argv = nested if nested is not None else (build_parser(), argv)
     args, extra = parser.parse_known_args(argv)
     # FIELD=VALUE overrides may also follow options (`personalize RUN --out D lr=1e-3`)
     if (

@@ -196,17 +196,23 @@ def test_calibration_sources(tmp_path):
         load_calibration(tmp_path / "missing", 128)
 
 
-def test_cli_parses_export_and_patch_forms(workspace):
-    from pocketswap.cli import build_parser, main
+def test_cli_parses_export_and_patch_forms(workspace, capsys):
+    from pocketswap.cli import _nested_parser, build_parser, main
 
     parser = build_parser()
     args = parser.parse_args(["export", "runs/x", "--identity", "a.npy", "--precision", "fp32,fp16", "--out", "o"])
-    assert (args.source, args.model, args.precision) == ("runs/x", None, "fp32,fp16")
-    args = parser.parse_args(
-        ["export", "patch", "m.tflite", "--identity", "b.npy", "--checkpoint", "c", "--out", "n.tflite"]
-    )
-    assert (args.source, args.model, args.checkpoint) == ("patch", "m.tflite", "c")
-    assert main(["export", "patch", "m.tflite", "--identity", "b.npy", "--out", "n.tflite"]) == 2  # no --checkpoint
+    assert (args.source, args.precision) == ("runs/x", "fp32,fp16")
+    patch, rest = _nested_parser(["-v", "export", "patch", "m.tflite", "--identity", "b.npy", "--checkpoint", "c",
+                                  "--out", "n.tflite"])  # fmt: skip
+    args = patch.parse_args(rest)
+    assert (args.model, args.checkpoint, args.out, args.verbose) == ("m.tflite", "c", "n.tflite", True)
+    assert _nested_parser(["export", "./patch", "--out", "o"]) is None  # a checkpoint folder named "patch"
+    with pytest.raises(SystemExit) as exit_info:  # argparse names the missing flag, exit status 2
+        main(["export", "patch", "m.tflite", "--identity", "b.npy", "--out", "n.tflite"])
+    assert exit_info.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "patch", "--help"])
+    assert "pocketswap export patch" in capsys.readouterr().out
 
 
 # -- slow: real conversions ----------------------------------------------------------------------
