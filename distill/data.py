@@ -114,9 +114,9 @@ def make_split(
     by: str = "identity",
     always: tuple[str, ...] = (),
 ) -> Split:
-    """Hold out ``round(fraction * N)`` of the dataset's N people (``identities``: its face names) (at least 1, at most N - 1), chosen
-    by a salted hash of their names, with every photo of each (people are :func:`person_of` the face
-    names): as identities (``by="identity"``) or as attribute faces (``by="attribute"``, for
+    """Hold out ``round(fraction * N)`` of the N people among the face names ``identities`` (at least 1,
+    at most N - 1), chosen by a salted hash of their names, with every photo of each (people are
+    :func:`person_of` the face names): as identities (``by="identity"``) or as attribute faces (``by="attribute"``, for
     personalisation datasets whose pairs all share one identity). Faces or people named in ``always``
     (e.g. the photo a demo will swap into) are held out whatever the hash says."""
     names = sorted({str(n) for n in identities})
