@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("page.html")
 VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progress?job=ID`
+MAX_JOB_ID = 64  # characters of a job id that count
 JPEG_QUALITY = 85
 VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
@@ -355,7 +356,7 @@ def create_app(options: AppOptions):
     file_jobs: dict[str, dict[str, Any]] = {}  # progress of the newest video swaps, by the page's job id
 
     async def files_progress(request: Request) -> JSONResponse:
-        found = file_jobs.get(request.query_params.get("job", ""))
+        found = file_jobs.get(request.query_params.get("job", "")[:MAX_JOB_ID])
         return JSONResponse(found) if found else JSONResponse({"error": "no such job"}, status_code=404)
 
     async def files(request: Request) -> Response:
@@ -383,7 +384,7 @@ def create_app(options: AppOptions):
     async def _video_response(session: Session, data: bytes, suffix: str, name: str | None, job: str) -> Response:
         progress = {"frames": 0, "total": 0, "done": False}
         if job:
-            file_jobs[job[:64]] = progress
+            file_jobs[job[:MAX_JOB_ID]] = progress
             while len(file_jobs) > MAX_FILE_JOBS:
                 file_jobs.pop(next(iter(file_jobs)))
 

@@ -59,7 +59,7 @@ class TrainConfig:
     w_mask: float = _f(1.0, "BCE of the student mask to the teacher mask")
     w_rec: float = _f(1.0, "L1 to the attribute on same-identity (reconstruction) pairs")
     # What the live pipeline shows is the output pasted by the student's own mask: without these two
-    # terms at 1.0 the mask stays soft (0.5-0.8 inside the face) and ghosts the attribute's face back.
+    # terms at 1.0 the mask stays soft (distill eval's mask_coverage 0.51) and ghosts the attribute's face back.
     w_paste: float = _f(1.0, "L1 of the output blended over the attribute by the student mask, to the teacher output")
     w_feat: float = _f(0.0, "feature distillation from a PyTorch teacher (needs feature_teacher)")
     feature_teacher: str = _f("", "PyTorch teacher for w_feat: 'module:factory' or 'file.py:factory'")

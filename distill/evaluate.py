@@ -48,6 +48,7 @@ METRICS = (
     "same_person",
     "moved_closer",
     "id_retrieval_top1",
+    "mask_coverage",
     "expression_error",
     "pose_error_deg",
     "yaw_error_deg",
@@ -55,10 +56,12 @@ METRICS = (
     "roll_error_deg",
     "landmarks_detected",
 )
-LANDMARK_METRICS = METRICS[7:]  # need a face re-detected on the output
+LANDMARK_METRICS = METRICS[METRICS.index("expression_error") :]  # need a face re-detected on the output
 HIGHER_IS_BETTER = {
-    "psnr_face", "ssim_face", "id_cosine", "same_person", "moved_closer", "id_retrieval_top1", "landmarks_detected",
+    "psnr_face", "ssim_face", "id_cosine", "same_person", "moved_closer", "id_retrieval_top1", "mask_coverage",
+    "landmarks_detected",
 }  # fmt: skip
+CORE = 0.9  # teacher mask above this: the face's core, which a student's mask should cover
 
 
 def _run_dir(run: Path, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
@@ -95,6 +98,7 @@ class _Column:
     def __init__(self) -> None:
         self.psnr: list[float] = []
         self.ssim: list[float] = []
+        self.coverage: list[float] = []  # mean mask over the teacher mask's core (students, teacher)
         self.embeddings: list[np.ndarray] = []
         self.expression: list[float] = []
         self.pose: list[np.ndarray] = []
@@ -117,6 +121,7 @@ class _Column:
             **transfer,
             # retrieval among one identity (a personalisation dataset) would be trivially 1
             "id_retrieval_top1": M.retrieval_top1(emb, labels, *gallery) if n and len(gallery[1]) > 1 else None,
+            "mask_coverage": _mean(self.coverage),
             "expression_error": _mean(self.expression),
             "pose_error_deg": _mean(np.linalg.norm(pose, axis=1).tolist()),
             "yaw_error_deg": _mean(np.abs(pose[:, 0]).tolist()),
@@ -193,12 +198,18 @@ def evaluate(
                 "attribute": batch["attribute"].numpy(),
             }
             teacher, masks, refs = batch["output"].numpy(), batch["mask"].numpy(), batch["landmarks"].numpy()
+            core = masks > CORE
+            masks_by_column = {"student": mask[:, 0].float().cpu().numpy(), "teacher": masks}
             targets.append(scorer.embed(batch["identity_image"].numpy()))
             labels += batch["identity"]
             keys += batch["keys"]
             for name, column in columns.items():
                 crops = images[name]
                 column.embeddings.append(scorer.embed(crops))
+                if name in masks_by_column:
+                    column.coverage += [
+                        float(m[c].mean()) for m, c in zip(masks_by_column[name], core, strict=True) if c.any()
+                    ]
                 for i, crop in enumerate(crops):
                     if name != "teacher":
                         column.psnr.append(M.psnr(crop, teacher[i], masks[i]))
@@ -255,6 +266,8 @@ def evaluate(
             "pasted": "student columns score the output pasted over the attribute crop by its own mask, as the pipeline shows it",
             "teacher.psnr_face": "n/a: the teacher output is the reference (attribute column: copy-the-input baseline)",
             "face_region": "PSNR/SSIM weighted by the teacher mask",
+            "mask_coverage": f"mean of the column's mask where the teacher's is above {CORE} (a soft student mask "
+            "ghosts the attribute's face back over the swap)",
             "identity": "dlib cosine of the ArcFace-aligned crop (warped to dlib's chip) to the identity crop's",
             "id_distance": "dlib cosine distance (1 - cos) of the swapped crop to the identity crop",
             "same_person": f"share of swaps with id_distance below dlib's same-person threshold "

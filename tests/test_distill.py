@@ -440,6 +440,8 @@ def test_eval_reports_every_metric_for_student_and_teacher(tmp_path: Path, datas
     student, teacher, attribute = (report["metrics"][c] for c in COLUMNS)
     assert all(student[m] is not None for m in ("psnr_face", "ssim_face", "id_cosine", "id_retrieval_top1"))
     assert teacher["psnr_face"] is None and attribute["psnr_face"] is not None
+    assert 0.0 <= student["mask_coverage"] <= 1.0 and teacher["mask_coverage"] > 0.95  # the teacher's own core
+    assert attribute["mask_coverage"] is None
     assert teacher["id_cosine"] > attribute["id_cosine"]  # the stand-in teacher does paste the identity in
     assert teacher["landmarks_detected"] > 0 and teacher["expression_error"] is not None
     assert "psnr_face" in capsys.readouterr().out
