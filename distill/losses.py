@@ -181,8 +181,11 @@ class DistillLoss(nn.Module):
             terms["outside"] = masked_l1(image, attribute, 1.0 - tmask)
         if self.weights["id"] and self.embedder is not None:
             if target_embedding is None:
+                identity = batch["identity_image"]
+                if bool((identity == identity[:1]).all()):
+                    identity = identity[:1]  # one identity repeated (personalisation batches): embed it once
                 with torch.no_grad():
-                    target_embedding = self.embedder(batch["identity_image"])
+                    target_embedding = self.embedder(identity)
             terms["id"] = 1.0 - (self.embedder(image) * target_embedding).sum(1).mean()
         if self.weights["mask"]:
             terms["mask"] = soft_bce(mask, tmask)

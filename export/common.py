@@ -9,12 +9,45 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from pocketswap.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "tflite", "coreml")
+
+@dataclass(frozen=True)
+class Format:
+    """One artifact format: file suffix, tensor layout, and whether it is converted from the ONNX graph
+    (then int8 needs calibration crops; CoreML converts the PyTorch module and compresses weights instead)."""
+
+    name: str
+    suffix: str
+    layout: str
+    from_onnx: bool
+
+    def path(self, folder: Path, stem: str, precision: str, tag: str = "") -> Path:
+        """``folder/STEM_PRECISION[TAG]SUFFIX``: the one naming rule of every artifact."""
+        return folder / f"{stem}_{precision}{tag}{self.suffix}"
+
+
+FORMAT_TABLE = {
+    f.name: f
+    for f in (
+        Format("onnx", ".onnx", "NCHW", from_onnx=True),
+        Format("tflite", ".tflite", "NHWC", from_onnx=True),
+        Format("coreml", ".mlpackage", "NCHW", from_onnx=False),
+    )
+}
+FORMATS = tuple(FORMAT_TABLE)
+
+
+def needs_onnx(formats: list[str]) -> bool:
+    """Whether any of ``formats`` is converted from the ONNX graph."""
+    return any(FORMAT_TABLE[f].from_onnx for f in formats)
+
+
 COMPRESSIONS = ("none", "int8", "palettize6", "palettize4")
 
 

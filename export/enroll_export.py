@@ -14,6 +14,7 @@ import torch
 
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
+from pocketswap.export.common import FORMAT_TABLE, needs_onnx
 from pocketswap.export.job import Artifact, Job, converter_versions, layout_shape, random_embedding
 from pocketswap.files import file_sha256
 from pocketswap.manifest import IDENTITY_INPUT, Manifest, TensorInfo, artifact_size, write_manifest
@@ -140,9 +141,10 @@ def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisi
 
     def finish(path: Path, runtime: str, precision: str, record: dict, ops: dict, **more) -> Artifact:
         in_info = spec.in_info
-        if runtime == "tflite" and len(in_info.shape) == 4:
+        layout = FORMAT_TABLE[runtime].layout
+        if len(in_info.shape) == 4 and in_info.layout != layout:
             in_info = TensorInfo(
-                **{**in_info.to_dict(), "shape": layout_shape(in_info.shape, "NHWC"), "layout": "NHWC"}
+                **{**in_info.to_dict(), "shape": layout_shape(in_info.shape, layout), "layout": layout}
             )
         manifest = Manifest(
             artifact=path.name, kind=spec.kind, runtime=runtime, precision=precision, inputs=[in_info],
@@ -156,11 +158,11 @@ def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisi
     example = (torch.from_numpy(spec.cases[0][1]),)
     onnx_path = job.work / f"{spec.stem}.onnx"
     artifacts = []
-    if {"onnx", "tflite"} & set(formats):
+    if needs_onnx(formats):
         onnx_export.export_onnx(module, example, onnx_path, [in_name], [out_name])
     if "onnx" in formats:
         for precision in precisions:
-            path = job.stage / f"{spec.stem}_{precision}.onnx"
+            path = FORMAT_TABLE["onnx"].path(job.stage, spec.stem, precision)
             if precision == "fp32":
                 shutil.copyfile(onnx_path, path)
             else:
@@ -174,7 +176,7 @@ def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisi
             onnx_path, job.work / f"tflite-{spec.stem}", precisions, crops, None, flat_inputs=flat
         )
         for precision in precisions:
-            path = job.stage / f"{spec.stem}_{precision}.tflite"
+            path = FORMAT_TABLE["tflite"].path(job.stage, spec.stem, precision)
             shutil.copyfile(raw[precision], path)
             tflite.finalize(path, {in_name: 0}, {out_name: 0})
             record = checked(TFLiteRunner(path), precision, path.name)
@@ -182,7 +184,7 @@ def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisi
             artifacts.append(finish(path, "tflite", precision, record, ops, delegation=tflite.delegation(path)))
     if "coreml" in formats:
         for precision in precisions:
-            path = job.stage / f"{spec.stem}_{precision}.mlpackage"
+            path = FORMAT_TABLE["coreml"].path(job.stage, spec.stem, precision)
             shape = tuple(spec.in_info.shape)
             coreml.convert(
                 module,

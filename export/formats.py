@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
-from pocketswap.export.common import ExportError, UnsupportedError
+from pocketswap.export.common import FORMAT_TABLE, ExportError, UnsupportedError, needs_onnx
 from pocketswap.export.job import (
     Artifact,
     Job,
@@ -35,7 +36,7 @@ def export_formats(job: Job, formats, precisions, image_input, compress, benchma
     onnx_path = job.work / f"{job.name}.onnx"
     input_names = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
     steps: list[tuple[str, Callable[[], list[Artifact]]]] = []
-    if {"onnx", "tflite"} & set(formats):
+    if needs_onnx(formats):
         steps.append(("onnx export", lambda: _onnx_base(job, onnx_path, input_names, "tflite" in formats)))
     if "onnx" in formats:
         steps.append(("onnx", lambda: _onnx_artifacts(job, onnx_path, precisions)))
@@ -46,8 +47,11 @@ def export_formats(job: Job, formats, precisions, image_input, compress, benchma
             steps.append((f"coreml {precision}", lambda p=precision: [_coreml_artifact(job, p, image_input, compress)]))
     artifacts: list[Artifact] = []
     for label, step in tqdm(steps, desc="export", unit="step", leave=False, disable=None):
-        log.info("export: %s", label)
-        artifacts += step()
+        started = time.perf_counter()
+        made = step()
+        log.info("export: %s done in %.1f s%s", label, time.perf_counter() - started,
+                 "".join(f"; {a.path.name}" for a in made))  # fmt: skip
+        artifacts += made
     return artifacts
 
 
@@ -64,19 +68,20 @@ def _onnx_artifacts(job: Job, base: Path, precisions: list[str]) -> list[Artifac
 
     out = []
     for precision in precisions:
-        path = job.stage / f"{job.name}_{precision}.onnx"
+        fmt = FORMAT_TABLE["onnx"]
+        path = fmt.path(job.stage, job.name, precision)
         if precision == "fp32":
             shutil.copyfile(base, path)
         elif precision == "fp16":
             onnx_export.convert_onnx_fp16(base, path)
         else:
-            onnx_export.quantize_onnx_int8(base, path, calibration_feeds(job, layout="NCHW"))
+            onnx_export.quantize_onnx_int8(base, path, calibration_feeds(job, layout=fmt.layout))
 
         def run(feeds, p=path):
             return dict(zip(STUDENT_OUTPUTS, onnx_export.run_onnx(p, feeds), strict=True))
 
         record = artifact_parity(job, run, precision, path.name)
-        out.append(finish(job, path, "onnx", precision, "NCHW", parity=record, ops=onnx_export.onnx_ops(path)))
+        out.append(finish(job, path, fmt.name, precision, fmt.layout, parity=record, ops=onnx_export.onnx_ops(path)))
     return out
 
 
@@ -86,9 +91,10 @@ def _onnx_artifacts(job: Job, base: Path, precisions: list[str]) -> list[Artifac
 def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmark: bool) -> list[Artifact]:
     from pocketswap.export import tflite
 
+    fmt = FORMAT_TABLE["tflite"]
     calib = None
     if "int8" in precisions:
-        feeds = calibration_feeds(job, layout="NHWC")
+        feeds = calibration_feeds(job, layout=fmt.layout)
         calib = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
     crops = np.stack([c for _, c in export_data.sample_crops(job.config.size, job.config.template)])
     raw = tflite.convert_onnx(
@@ -101,7 +107,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
     )
     out = []
     for precision in precisions:
-        path = job.stage / f"{job.name}_{precision}.tflite"
+        path = fmt.path(job.stage, job.name, precision)
         shutil.copyfile(raw[precision], path)
         _name_tflite_io(job, path)
         runner = TFLiteRunner(path)
@@ -113,7 +119,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
             fields["patch"] = _patch_record(job, path, "tflite")
         if benchmark:
             fields["extra"] = {"benchmark_host": _bench(path)}
-        out.append(finish(job, path, "tflite", precision, "NHWC", **fields))
+        out.append(finish(job, path, fmt.name, precision, fmt.layout, **fields))
     return out
 
 
@@ -147,7 +153,7 @@ def _name_tflite_io(job: Job, path: Path) -> None:
 
 
 def _check_io(job: Job, path: Path, inputs: list[dict], outputs: list[dict]) -> None:
-    expected_in, expected_out = io_tensors(job, "NHWC")
+    expected_in, expected_out = io_tensors(job, FORMAT_TABLE["tflite"].layout)
     got = [(d["name"], d["shape"]) for d in inputs], [(d["name"], d["shape"]) for d in outputs]
     want = [(t.name, t.shape) for t in expected_in], [(t.name, t.shape) for t in expected_out]
     if sorted(got[0]) != sorted(want[0]) or sorted(got[1]) != sorted(want[1]):
@@ -182,9 +188,10 @@ def _patch_record(job: Job, path: Path, kind: str) -> dict | None:
 def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str) -> Artifact:
     from pocketswap.export import coreml
 
+    fmt = FORMAT_TABLE["coreml"]
     effective = "int8" if precision == "int8" and compress == "none" else compress
-    suffix = ("_image" if image_input else "") + (f"_{compress}" if compress != "none" else "")
-    path = job.stage / f"{job.name}_{precision}{suffix}.mlpackage"
+    tag = ("_image" if image_input else "") + (f"_{compress}" if compress != "none" else "")
+    path = fmt.path(job.stage, job.name, precision, tag)
     s = job.config.size
     specs = [coreml.InputSpec(IMAGE_INPUT, (1, 3, s, s), is_image=True)]
     if job.mode == "dynamic":
@@ -258,11 +265,11 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
     if job.mode == "baked" and effective == "none":
         fields["patch"] = _patch_record(job, path, "coreml")
     image_dtype = "image (RGB, scale 1/127.5, bias -1)" if image_input else "float32"
-    io = io_tensors(job, "NCHW", image_dtype)
+    io = io_tensors(job, fmt.layout, image_dtype)
     if image_input:
         io[0][0].range = [0.0, 255.0]
         io[0][0].description = "aligned face crop as an RGB image (CVPixelBuffer); mapped to [-1, 1] inside the model"
-    return finish(job, path, "coreml", precision, "NCHW", io=io, **fields)
+    return finish(job, path, fmt.name, precision, fmt.layout, io=io, **fields)
 
 
 def _check_coreml_io(job: Job, path: Path, info: dict, image_input: bool) -> None:

@@ -24,6 +24,7 @@ from pocketswap.export.common import (
     FORMATS,
     ExportError,
     UnsupportedError,
+    needs_onnx,
     parse_list,
 )
 from pocketswap.export.enroll_export import export_enrollment
@@ -92,7 +93,7 @@ def export_model(
     net, config, extra, ckpt_dir, ckpt_sha = export_data.load_student(source)
     size = config.size
     calib = None
-    if "int8" in precisions_l and ({"tflite", "onnx"} & set(formats_l)):
+    if "int8" in precisions_l and needs_onnx(formats_l):
         calib = export_data.load_calibration(calibration, size, config.template, CALIBRATION_LIMIT)
         log.info("int8 calibration: %d crops from %s", len(calib.crops), calib.source)
     encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder)
