@@ -56,6 +56,9 @@ class TrainConfig:
     inside_weight: float = _f(3.0, "extra pixel weight inside the teacher mask for L1/SSIM (1: uniform)")
     w_outside: float = _f(0.5, "L1 to the attribute crop outside the teacher mask")
     w_id: float = _f(0.1, "1 - cosine of the dlib embedding of the output to the identity's")
+    id_samples: int = _f(
+        0, "score the identity term on the first N samples of each batch (0: all; it is the costliest term)"
+    )
     w_mask: float = _f(1.0, "BCE of the student mask to the teacher mask")
     w_rec: float = _f(1.0, "L1 to the attribute on same-identity (reconstruction) pairs")
     # What the live pipeline shows is the output pasted by the student's own mask: without these two
@@ -102,7 +105,16 @@ class TrainConfig:
         self.student_config()  # names a bad 'student.<field>'
         for name in ("steps", "batch_size"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "adv_start", "val_samples", "num_workers", "threads", "split_seed", "seed"):
+        for name in (
+            "warmup_steps",
+            "adv_start",
+            "id_samples",
+            "val_samples",
+            "num_workers",
+            "threads",
+            "split_seed",
+            "seed",
+        ):
             _at_least(name, getattr(self, name), 0)
         for name in ("log_every", "image_every", "checkpoint_every", "keep_last", "shuffle_buffer", "d_channels"):
             _at_least(name, getattr(self, name), 1)

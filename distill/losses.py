@@ -157,6 +157,7 @@ class DistillLoss(nn.Module):
             "paste": config.w_paste,
         }
         self.inside = config.inside_weight
+        self.id_samples = config.id_samples
         self.embedder = embedder if embedder is not None or config.w_id == 0 else IdentityEmbedder(size)
 
     def forward(
@@ -186,7 +187,8 @@ class DistillLoss(nn.Module):
                     identity = identity[:1]  # one identity repeated (personalisation batches): embed it once
                 with torch.no_grad():
                     target_embedding = self.embedder(identity)
-            terms["id"] = 1.0 - (self.embedder(image) * target_embedding).sum(1).mean()
+            scored = slice(0, self.id_samples or None)
+            terms["id"] = 1.0 - (self.embedder(image[scored]) * target_embedding[scored]).sum(1).mean()
         if self.weights["mask"]:
             terms["mask"] = soft_bce(mask, tmask)
         if self.weights["paste"]:

@@ -39,6 +39,7 @@ from torch import nn
 
 from pocketswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from pocketswap.errors import CheckpointError
+from pocketswap.files import atomic_path, atomic_write_bytes, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,9 @@ def save_state(directory: Path, tree: Any) -> None:
 
     structure, tensors = flatten(tree)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{STATE_TENSORS}.{uuid.uuid4().hex[:8]}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, directory / STATE_TENSORS)
-    tmp = directory / f".{STATE_JSON}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(structure) + "\n")
-    os.replace(tmp, directory / STATE_JSON)
+    with atomic_path(directory / STATE_TENSORS) as tmp:
+        save_file(tensors, str(tmp))
+    atomic_write_bytes(directory / STATE_JSON, (json.dumps(structure) + "\n").encode())
 
 
 def load_state(directory: Path) -> Any:
@@ -137,17 +135,6 @@ def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run: Path) -> Path | None:
     found = list_checkpoints(run)
     return found[-1][1] if found else None
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory into place, replacing an existing one."""
-    trash = None
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def point_last(run: Path, target: Path) -> None:
@@ -239,7 +226,6 @@ __all__ = [
     "load_state",
     "point_last",
     "prune",
-    "replace_dir",
     "save_state",
     "step_name",
     "unflatten",

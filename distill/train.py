@@ -59,7 +59,7 @@ from pocketswap.distill.setup import (
 )
 from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
-from pocketswap.files import atomic_write_bytes, atomic_write_json
+from pocketswap.files import atomic_write_bytes, atomic_write_json, replace_dir
 from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
@@ -431,7 +431,7 @@ class _Trainer:
             self.best_val, self.best_step = val["loss"], self.step
         save_checkpoint(tmp, self.ema, self.scfg, extra=extra)
         run_state.save_state(tmp, self._train_state(ranks))
-        run_state.replace_dir(tmp, final)
+        replace_dir(tmp, final)
         run_state.point_last(self.out, final)
         self.last_checkpoint = final
         if improved:

@@ -20,6 +20,7 @@ import logging
 import shutil
 import struct
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import ExportError, UnsupportedError
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
-from pocketswap.files import check_output, file_sha256
+from pocketswap.files import atomic_write_bytes, check_output, file_sha256, replace_dir
 from pocketswap.manifest import IMAGE_INPUT, STUDENT_OUTPUTS, Manifest, artifact_size, read_manifest, write_manifest
 from pocketswap.runtime import TFLiteRunner
 
@@ -256,27 +257,21 @@ def patch_artifact(src: str | Path, dst: str | Path, record: dict, tensors: dict
         start = time.perf_counter()
         data = patch_bytes(src.read_bytes(), record, tensors)
         elapsed = time.perf_counter() - start
-        _atomic_bytes(dst, bytes(data))
+        atomic_write_bytes(dst, bytes(data))
         return elapsed
     if record["kind"] == "coreml":
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        start = time.perf_counter()
-        weights = tmp / record["file"]
-        weights.write_bytes(bytes(patch_bytes(weights.read_bytes(), record, tensors)))
-        elapsed = time.perf_counter() - start
-        if dst.exists():
-            shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-        tmp.rename(dst)
+        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            shutil.copytree(src, tmp)
+            start = time.perf_counter()
+            weights = tmp / record["file"]
+            weights.write_bytes(bytes(patch_bytes(weights.read_bytes(), record, tensors)))
+            elapsed = time.perf_counter() - start
+            replace_dir(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return elapsed
     raise UnsupportedError(f"unknown patch kind {record['kind']!r}")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    from pocketswap.files import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
 
 
 def read_tensor(data: bytes, entry: dict) -> np.ndarray:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from torch import nn
 
 from pocketswap import __version__
 from pocketswap.errors import CheckpointError, ConfigError
+from pocketswap.files import atomic_path, atomic_write_bytes
 from pocketswap.student.config import StudentConfig
 from pocketswap.student.network import StudentNet
 
@@ -119,13 +119,9 @@ def save_checkpoint(
     directory = checkpoint_dir(path)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / f".{WEIGHTS_NAME}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: meta_text})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _atomic_write_text(directory / CONFIG_NAME, meta_text + "\n")
+    atomic_write_bytes(directory / CONFIG_NAME, (meta_text + "\n").encode())
     log.info("saved %s checkpoint (%s) to %s", config.name, type(model).__name__, directory)
     return directory
 
@@ -301,15 +297,6 @@ def _safetensors_metadata(path: Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         text = (f.metadata() or {}).get(_META_KEY)
     return json.loads(text) if text else {}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:

@@ -3,9 +3,13 @@ Ctrl-C or a full disk never leaves a half-written file under the final name, nor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +57,38 @@ def check_output_dir(path: str | Path, what: str = "output folder", create: bool
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder (removed on any failure)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path`` for a writer that wants a file name (safetensors, cv2, …);
+    it replaces ``path`` when the block ends normally and is removed on any failure."""
     path = check_output(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder (removed on any failure)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder ``tmp`` into place as ``final``, replacing an existing one (the old one is
+    renamed aside first, so ``final`` is never half-written)."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True) if trash.is_dir() else trash.unlink(missing_ok=True)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
