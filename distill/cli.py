@@ -10,8 +10,7 @@ from pathlib import Path
 from pocketswap.cli import add_config_flags, config_flags, output_dir, output_file
 from pocketswap.config import distributed_rank
 from pocketswap.distill.config import TrainConfig  # light: no torch
-
-PERSONALIZE_STEPS = 800  # pocketswap.distill.personalize.DEFAULTS["steps"] (kept light: no torch import here)
+from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS  # light too
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=lambda t: Path(output_dir(t)), required=True, metavar="DIR", help="output run folder"
     )
     personal.add_argument("--faces", default="samples", help="attribute faces: a folder of photos/frames, or samples")
-    personal.add_argument("--steps", type=int, help=f"fine-tuning steps (default {PERSONALIZE_STEPS})")
+    personal.add_argument("--steps", type=int, help=f"fine-tuning steps (default {PERSONALIZE_DEFAULTS['steps']})")
     personal.add_argument("--pairs", type=int, default=1024, help="teacher pairs to generate (default 1024)")
     personal.add_argument("--workers", type=int, default=2, help="pair-generation processes (default 2)")
     personal.add_argument("--seed", type=int, default=0)

@@ -1,56 +1,65 @@
 """Enrollment artifacts (the modules of :mod:`pocketswap.export.enroll`): the identity encoder, the
-hypernetwork and the baked-weights model, converted per format with parity and manifests."""
+hypernetwork and the baked-weights model, each described as an export :class:`Job` and converted,
+parity-checked and given its manifest by the student's own :func:`export_formats`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pocketswap.export import data as export_data
-from pocketswap.export import parity
-from pocketswap.export.common import FORMAT_TABLE, needs_onnx
-from pocketswap.export.job import Artifact, Job, converter_versions, layout_shape, random_embedding
-from pocketswap.files import file_sha256
-from pocketswap.manifest import IDENTITY_INPUT, Manifest, TensorInfo, artifact_size, write_manifest
-from pocketswap.runtime import TFLiteRunner
+from pocketswap.export.formats import export_formats
+from pocketswap.export.job import Artifact, Job, random_embedding
+from pocketswap.manifest import IDENTITY_INPUT, TensorInfo
 
 log = logging.getLogger(__name__)
 
 # -- enrollment artifacts ------------------------------------------------------------------------
 
 
-@dataclass
-class _EnrollSpec:
-    """One enrollment model: wrapper module, PyTorch reference, parity cases and manifest fields."""
-
-    stem: str
-    kind: str
-    module: torch.nn.Module
-    reference: Callable[[np.ndarray], np.ndarray]
-    cases: list[tuple[str, np.ndarray]]
-    in_info: TensorInfo
-    out_info: TensorInfo
-    fields: dict
-
-
 def export_enrollment(job: Job, formats: list[str], precisions: list[str], students: list[Artifact]) -> list[Artifact]:
-    """The identity encoder, the hypernetwork and (baked TFLite) the baked-weights model, fp32/fp16, per format."""
+    """The identity encoder, the hypernetwork and (baked TFLite) the baked-weights model, fp32/fp16, per
+    format: each is a :class:`Job` converted by the same :func:`export_formats` as the student."""
     float_precisions = [p for p in precisions if p != "int8"] or ["fp32"]
     if "int8" in precisions:
         log.info("enrollment models are exported in %s only (they run once per identity)", ", ".join(float_precisions))
     out = []
-    for spec in _enroll_specs(job, students):
-        out += _export_enroll_spec(job, spec, formats, float_precisions)
+    for spec in _enroll_jobs(job, students):
+        out += export_formats(spec, formats, float_precisions, image_input=False, compress="none", benchmark=False)
     return out
 
 
-def _enroll_specs(job: Job, students: list[Artifact]) -> list[_EnrollSpec]:
+def _enroll_job(
+    student: Job, name: str, kind: str, module: torch.nn.Module, reference: Callable[[np.ndarray], np.ndarray],
+    cases: list[tuple[str, np.ndarray]], inputs: TensorInfo, outputs: TensorInfo, fields: dict,
+) -> Job:  # fmt: skip
+    """A one-input, one-output enrollment model as an export Job (manifest: ``kind``, the student's source, ``fields``)."""
+    module = module.eval()
+
+    def named_reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {outputs.name: reference(feeds[inputs.name])}
+
+    return dataclasses.replace(
+        student,
+        kind=kind,
+        name=name,
+        module=module,
+        cases=[(case, {inputs.name: value}) for case, value in cases],
+        reference=named_reference,
+        base_manifest={"kind": kind, "source": student.base_manifest.get("source", {}), **fields},
+        inputs=[inputs],
+        outputs=[outputs],
+        peaks={outputs.name: 2.0},
+        identity_names=[],
+        calibration=None,
+    )
+
+
+def _enroll_jobs(job: Job, students: list[Artifact]) -> list[Job]:
     from pocketswap.export import enroll, patch
 
     rng = np.random.default_rng(3)
@@ -74,16 +83,16 @@ def _enroll_specs(job: Job, students: list[Artifact]) -> list[_EnrollSpec]:
     def hyper_reference(emb: np.ndarray) -> np.ndarray:
         return job.net.identity_params(torch.from_numpy(emb)).numpy()
 
-    specs = [
-        _EnrollSpec(
-            "dlib_encoder", "identity_encoder", encoder, encoder_reference, chips,
+    jobs = [
+        _enroll_job(
+            job, "dlib_encoder", "identity_encoder", encoder, encoder_reference, chips,
             TensorInfo("chip", [1, 3, 150, 150], "float32", "NCHW", [0.0, 255.0], "RGB face chip aligned to the dlib template"),
             TensorInfo("embedding", [1, 128], "float32", "NC", [-1.0, 1.0], "L2-normalised identity embedding"),
             {"template": "dlib", "crop_size": 150, "template_points": _template_points(150, "dlib")},
         ),
-        _EnrollSpec(
-            f"{job.config.name}_hypernet", "hypernetwork", enroll.HyperParamsModule(job.net), hyper_reference, embs, emb_info,
-            TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "identity vector of the dynamic student"),
+        _enroll_job(
+            job, f"{job.config.name}_hypernet", "hypernetwork", enroll.HyperParamsModule(job.net), hyper_reference, embs,
+            emb_info, TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "identity vector of the dynamic student"),
             {"preset": job.config.name, "extra": {"identity_layout": layout}},
         ),
     ]  # fmt: skip
@@ -98,9 +107,9 @@ def _enroll_specs(job: Job, students: list[Artifact]) -> list[_EnrollSpec]:
             return np.concatenate(flat)[None]
 
         n = sum(int(np.prod(e["torch_shape"])) for e in entries)
-        specs.append(
-            _EnrollSpec(
-                f"{job.config.name}_baked_weights", "hypernetwork", enroll.BakedWeightsModule(job.net, entries),
+        jobs.append(
+            _enroll_job(
+                job, f"{job.config.name}_baked_weights", "hypernetwork", enroll.BakedWeightsModule(job.net, entries),
                 baked_reference, embs, emb_info,
                 TensorInfo("weights", [1, n], "float32", "NC", None, "identity tensors of the baked TFLite student, in patch order"),
                 {
@@ -112,96 +121,10 @@ def _enroll_specs(job: Job, students: list[Artifact]) -> list[_EnrollSpec]:
                 },
             )
         )  # fmt: skip
-    return specs
+    return jobs
 
 
 def _template_points(size: int, template: str) -> list[list[float]]:
     from pocketswap.faces.align import template_points
 
     return np.round(template_points(size, template), 3).tolist()
-
-
-def _export_enroll_spec(job: Job, spec: _EnrollSpec, formats: list[str], precisions: list[str]) -> list[Artifact]:
-    from pocketswap.export import coreml, onnx_export, tflite
-
-    in_name, out_name = spec.in_info.name, spec.out_info.name
-    cases = [(name, {in_name: value}) for name, value in spec.cases]
-    peaks = {out_name: 2.0}
-    module = spec.module.eval()
-
-    def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {out_name: spec.reference(feeds[in_name])}
-
-    def checked(run, precision: str, name: str, what: str = "pytorch-fp32") -> dict:
-        record = parity.summarize(parity.evaluate(cases, reference, run, peaks), precision, what)
-        log.info("%s parity: max abs %.3g (%s)", name, record["max_abs"], "ok" if record["passed"] else "FAILED")
-        if job.check:
-            parity.check(record, name)
-        return record
-
-    def finish(path: Path, runtime: str, precision: str, record: dict, ops: dict, **more) -> Artifact:
-        in_info = spec.in_info
-        layout = FORMAT_TABLE[runtime].layout
-        if len(in_info.shape) == 4 and in_info.layout != layout:
-            in_info = TensorInfo(
-                **{**in_info.to_dict(), "shape": layout_shape(in_info.shape, layout), "layout": layout}
-            )
-        manifest = Manifest(
-            artifact=path.name, kind=spec.kind, runtime=runtime, precision=precision, inputs=[in_info],
-            outputs=[spec.out_info], parity=record, ops=ops, file_size_bytes=artifact_size(path),
-            sha256=file_sha256(path), converters=converter_versions(runtime), source=job.base_manifest.get("source", {}),
-            **spec.fields, **more,
-        )  # fmt: skip
-        write_manifest(path, manifest)
-        return Artifact(path, manifest)
-
-    example = (torch.from_numpy(spec.cases[0][1]),)
-    onnx_path = job.work / f"{spec.stem}.onnx"
-    artifacts = []
-    if needs_onnx(formats):
-        onnx_export.export_onnx(module, example, onnx_path, [in_name], [out_name])
-    if "onnx" in formats:
-        for precision in precisions:
-            path = FORMAT_TABLE["onnx"].path(job.stage, spec.stem, precision)
-            if precision == "fp32":
-                shutil.copyfile(onnx_path, path)
-            else:
-                onnx_export.convert_onnx_fp16(onnx_path, path)
-            record = checked(lambda f, p=path: {out_name: onnx_export.run_onnx(p, f)[0]}, precision, path.name)
-            artifacts.append(finish(path, "onnx", precision, record, onnx_export.onnx_ops(path)))
-    if "tflite" in formats:
-        crops = np.stack([c for _, c in export_data.sample_crops(job.config.size, job.config.template)])
-        flat = [] if len(spec.in_info.shape) == 4 else [in_name]
-        raw = tflite.convert_onnx(
-            onnx_path, job.work / f"tflite-{spec.stem}", precisions, crops, None, flat_inputs=flat
-        )
-        for precision in precisions:
-            path = FORMAT_TABLE["tflite"].path(job.stage, spec.stem, precision)
-            shutil.copyfile(raw[precision], path)
-            tflite.finalize(path, {in_name: 0}, {out_name: 0})
-            record = checked(TFLiteRunner(path), precision, path.name)
-            ops = tflite.list_ops(path)
-            artifacts.append(finish(path, "tflite", precision, record, ops, delegation=tflite.delegation(path)))
-    if "coreml" in formats:
-        for precision in precisions:
-            path = FORMAT_TABLE["coreml"].path(job.stage, spec.stem, precision)
-            shape = tuple(spec.in_info.shape)
-            coreml.convert(
-                module,
-                example,
-                [coreml.InputSpec(in_name, shape)],
-                [out_name],
-                path,
-                precision,
-                description=f"pocketswap {spec.stem}",
-            )
-            clone, _, missing = coreml.with_artifact_weights(module, path)
-
-            @torch.no_grad()
-            def run(feeds, c=clone):
-                return {out_name: c(torch.from_numpy(feeds[in_name])).numpy()}
-
-            record = checked(run, precision, path.name, "pytorch-fp32 vs pytorch with the artifact's weights")
-            record["weights_missing"] = missing
-            artifacts.append(finish(path, "coreml", precision, record, coreml.inspect(path)["ops"]))
-    return artifacts

@@ -26,7 +26,7 @@ from pocketswap.export.job import (
     finish,
     io_tensors,
 )
-from pocketswap.manifest import IDENTITY_INPUT, IMAGE_INPUT, STUDENT_OUTPUTS
+from pocketswap.manifest import IMAGE_INPUT
 from pocketswap.runtime import TFLiteRunner
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,21 @@ log = logging.getLogger(__name__)
 
 def export_formats(job: Job, formats, precisions, image_input, compress, benchmark) -> list[Artifact]:
     onnx_path = job.work / f"{job.name}.onnx"
-    input_names = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
     steps: list[tuple[str, Callable[[], list[Artifact]]]] = []
     if needs_onnx(formats):
-        steps.append(("onnx export", lambda: _onnx_base(job, onnx_path, input_names, "tflite" in formats)))
+        steps.append((f"{job.name} onnx graph", lambda: _onnx_base(job, onnx_path, "tflite" in formats)))
     if "onnx" in formats:
-        steps.append(("onnx", lambda: _onnx_artifacts(job, onnx_path, precisions)))
+        steps.append((f"{job.name} onnx", lambda: _onnx_artifacts(job, onnx_path, precisions)))
     if "tflite" in formats:
-        steps.append(("tflite", lambda: _tflite_artifacts(job, onnx_path, precisions, benchmark)))
+        steps.append((f"{job.name} tflite", lambda: _tflite_artifacts(job, onnx_path, precisions, benchmark)))
     if "coreml" in formats:
         for precision in precisions:
-            steps.append((f"coreml {precision}", lambda p=precision: [_coreml_artifact(job, p, image_input, compress)]))
+            steps.append(
+                (
+                    f"{job.name} coreml {precision}",
+                    lambda p=precision: [_coreml_artifact(job, p, image_input, compress)],
+                )
+            )
     artifacts: list[Artifact] = []
     for label, step in tqdm(steps, desc="export", unit="step", leave=False, disable=None):
         started = time.perf_counter()
@@ -55,11 +59,12 @@ def export_formats(job: Job, formats, precisions, image_input, compress, benchma
     return artifacts
 
 
-def _onnx_base(job: Job, path: Path, input_names: list[str], lint_tflite: bool) -> list[Artifact]:
+def _onnx_base(job: Job, path: Path, lint_tflite: bool) -> list[Artifact]:
     from pocketswap.export import onnx_export
 
-    onnx_export.export_onnx(job.module, example_inputs(job), path, input_names, list(STUDENT_OUTPUTS))
-    onnx_export.lint_onnx(path, "tflite" if lint_tflite else "onnx")
+    onnx_export.export_onnx(job.module, example_inputs(job), path, job.input_names, job.output_names)
+    if job.is_student:  # the phone-side model: only ops the target runtime delegates
+        onnx_export.lint_onnx(path, "tflite" if lint_tflite else "onnx")
     return []
 
 
@@ -78,7 +83,7 @@ def _onnx_artifacts(job: Job, base: Path, precisions: list[str]) -> list[Artifac
             onnx_export.quantize_onnx_int8(base, path, calibration_feeds(job, layout=fmt.layout))
 
         def run(feeds, p=path):
-            return dict(zip(STUDENT_OUTPUTS, onnx_export.run_onnx(p, feeds), strict=True))
+            return dict(zip(job.output_names, onnx_export.run_onnx(p, feeds), strict=True))
 
         record = artifact_parity(job, run, precision, path.name)
         out.append(finish(job, path, fmt.name, precision, fmt.layout, parity=record, ops=onnx_export.onnx_ops(path)))
@@ -99,11 +104,11 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
     crops = np.stack([c for _, c in export_data.sample_crops(job.config.size, job.config.template)])
     raw = tflite.convert_onnx(
         onnx_path,
-        job.work / "tflite",
+        job.work / f"tflite-{job.name}",
         precisions,
         crops,
         calib,
-        flat_inputs=[IDENTITY_INPUT] if job.mode == "dynamic" else (),
+        flat_inputs=[t.name for t in job.inputs if len(t.shape) != 4],
     )
     out = []
     for precision in precisions:
@@ -115,7 +120,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
         fields = {"parity": record, "ops": tflite.list_ops(path), "delegation": tflite.delegation(path)}
         inputs, outputs = tflite.io_details(path)
         _check_io(job, path, inputs, outputs)
-        if job.mode == "baked" and precision in ("fp32", "fp16"):
+        if job.is_student and job.mode == "baked" and precision in ("fp32", "fp16"):
             fields["patch"] = _patch_record(job, path, "tflite")
         if benchmark:
             fields["extra"] = {"benchmark_host": _bench(path)}
@@ -128,10 +133,11 @@ def _name_tflite_io(job: Job, path: Path) -> None:
     from pocketswap.export import tflite
 
     inputs, outputs = tflite.io_details(path)
-    wanted = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
     in_pos = {}
-    for name in wanted:
+    for name in job.input_names:
         hits = [i for i, d in enumerate(inputs) if name in d["name"]]
+        if not hits and len(inputs) == 1 == len(job.inputs):
+            hits = [0]  # one input whatever the converter called it
         if len(hits) != 1:
             raise ExportError(f"{path.name}: cannot find input {name!r} among {[d['name'] for d in inputs]}")
         in_pos[name] = hits[0]
@@ -192,26 +198,28 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
     effective = "int8" if precision == "int8" and compress == "none" else compress
     tag = ("_image" if image_input else "") + (f"_{compress}" if compress != "none" else "")
     path = fmt.path(job.stage, job.name, precision, tag)
-    s = job.config.size
-    specs = [coreml.InputSpec(IMAGE_INPUT, (1, 3, s, s), is_image=True)]
-    if job.mode == "dynamic":
-        specs.append(coreml.InputSpec(IDENTITY_INPUT, (1, int(job.net.num_identity_params))))
+    specs = [
+        coreml.InputSpec(t.name, tuple(t.shape), is_image=job.is_student and t.name == IMAGE_INPUT) for t in job.inputs
+    ]
+    if job.is_student:
+        description = (
+            f"pocketswap {job.config.name} face-swap student ({job.mode} identity). Outputs are synthetic media."
+        )
+        metadata = {"preset": job.config.name, "identity_mode": job.mode, "crop_size": job.config.size,
+                    "template": job.config.template}  # fmt: skip
+    else:
+        description, metadata = f"pocketswap {job.name} ({job.kind})", None
     coreml.convert(
         job.module,
         example_inputs(job),
         specs,
-        STUDENT_OUTPUTS,
+        job.output_names,
         path,
         precision=precision,
         image_input=image_input,
         compress=effective,
-        description=f"pocketswap {job.config.name} face-swap student ({job.mode} identity). Outputs are synthetic media.",
-        metadata={
-            "preset": job.config.name,
-            "identity_mode": job.mode,
-            "crop_size": s,
-            "template": job.config.template,
-        },
+        description=description,
+        metadata=metadata,
     )
     info = coreml.inspect(path)
     _check_coreml_io(job, path, info, image_input)
@@ -222,10 +230,7 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
 
     @torch.no_grad()
     def run_weights(feeds):
-        args = [torch.from_numpy(feeds[IMAGE_INPUT])]
-        if job.mode == "dynamic":
-            args.append(torch.from_numpy(feeds[IDENTITY_INPUT]))
-        return {k: v.numpy() for k, v in zip(STUDENT_OUTPUTS, clone(*args), strict=True)}
+        return _named(job, clone(*[torch.from_numpy(feeds[n]) for n in job.input_names]))
 
     if effective == "none":
         tolerance = parity.TOLERANCES["fp32" if precision == "fp32" else "fp16"]
@@ -238,47 +243,48 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
     record["weights_replaced"] = replaced
     record["weights_missing"] = missing
     fields = {"parity": record, "ops": info["ops"], "extra": {}}
-    if precision != "fp32":  # FLOAT16 compute, emulated on the CPU: the artifact's weights, half activations
+    if job.is_student and precision != "fp32":  # FLOAT16 compute, emulated on the CPU: weights, half activations
         half = copy.deepcopy(clone).half()
 
         @torch.no_grad()
         def run_half(feeds):
-            args = [torch.from_numpy(feeds[IMAGE_INPUT]).half()]
-            if job.mode == "dynamic":
-                args.append(torch.from_numpy(feeds[IDENTITY_INPUT]).half())
-            return {k: v.float().numpy() for k, v in zip(STUDENT_OUTPUTS, half(*args), strict=True)}
+            return _named(job, half(*[torch.from_numpy(feeds[n]).half() for n in job.input_names]))
 
         reference = "pytorch-fp32 vs pytorch float16 with the artifact's weights (CPU emulation of FLOAT16 compute)"
         fields["extra"]["fp16_compute_emulation"] = artifact_parity(
             job, run_half, precision, f"{path.name} (fp16 compute emulation)", reference, tolerance
         )
-    if coreml.can_predict():
+    if job.is_student and coreml.can_predict():
         device = artifact_parity(
             job, lambda f: coreml.predict(path, f, image_input), precision, path.name, "pytorch-fp32 vs CoreML predict"
         )
         fields["extra"]["coreml_predict_parity"] = device
-    else:
+    elif job.is_student:
         fields["extra"]["coreml_predict_parity"] = "not run: CoreML predict() needs macOS"
     fields["extra"]["compression"] = effective
     fields["extra"]["compute_precision"] = "FLOAT32" if precision == "fp32" else "FLOAT16"
     fields["extra"]["minimum_deployment_target"] = "iOS16"
-    if job.mode == "baked" and effective == "none":
+    if job.is_student and job.mode == "baked" and effective == "none":
         fields["patch"] = _patch_record(job, path, "coreml")
-    image_dtype = "image (RGB, scale 1/127.5, bias -1)" if image_input else "float32"
-    io = io_tensors(job, fmt.layout, image_dtype)
+    io = io_tensors(job, fmt.layout, "image (RGB, scale 1/127.5, bias -1)" if image_input else None)
     if image_input:
         io[0][0].range = [0.0, 255.0]
         io[0][0].description = "aligned face crop as an RGB image (CVPixelBuffer); mapped to [-1, 1] inside the model"
     return finish(job, path, fmt.name, precision, fmt.layout, io=io, **fields)
 
 
+def _named(job: Job, outputs) -> dict[str, np.ndarray]:
+    """A module's output tensor(s) as ``{output name: float32 array}``."""
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    return {k: v.float().numpy() for k, v in zip(job.output_names, outputs, strict=True)}
+
+
 def _check_coreml_io(job: Job, path: Path, info: dict, image_input: bool) -> None:
     names_in = [f["name"] for f in info["inputs"]]
     names_out = [f["name"] for f in info["outputs"]]
-    want_in = [IMAGE_INPUT] + ([IDENTITY_INPUT] if job.mode == "dynamic" else [])
-    if names_in != want_in or names_out != list(STUDENT_OUTPUTS) or not info["is_ml_program"]:
+    if names_in != job.input_names or names_out != job.output_names or not info["is_ml_program"]:
         raise ExportError(
-            f"{path.name}: CoreML I/O {names_in} -> {names_out}, expected {want_in} -> {list(STUDENT_OUTPUTS)}"
+            f"{path.name}: CoreML I/O {names_in} -> {names_out}, expected {job.input_names} -> {job.output_names}"
         )
     image = info["inputs"][0]
     if (image["type"] == "image") != image_input:

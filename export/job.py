@@ -48,7 +48,10 @@ class Artifact:
 
 @dataclass
 class Job:
-    """Shared state of one export_model call."""
+    """One model to export (the spec every format converts): its module, named tensors (canonical
+    NCHW/NC forms), parity cases and PyTorch reference, the manifest fields all its artifacts carry;
+    plus the student context (network, identity, calibration) that student artifacts also use.
+    Student and enrollment models (:mod:`pocketswap.export.enroll_export`) are both Jobs."""
 
     net: torch.nn.Module
     config: object
@@ -64,6 +67,22 @@ class Job:
     calibration: export_data.CalibrationSet | None
     check: bool
     name: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    peaks: dict[str, float]
+    kind: str = "student"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def is_student(self) -> bool:
+        return self.kind == "student"
 
 
 def random_embedding(dim: int, seed: int) -> np.ndarray:
@@ -71,34 +90,45 @@ def random_embedding(dim: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def io_tensors(job: Job, layout: str, image_dtype: str = "float32") -> tuple[list[TensorInfo], list[TensorInfo]]:
-    s = job.config.size
-    shape = (lambda c: [1, s, s, c]) if layout == "NHWC" else (lambda c: [1, c, s, s])
-    inputs = [TensorInfo(IMAGE_INPUT, shape(3), image_dtype, layout, [-1.0, 1.0], "aligned face crop (target)")]
-    if job.mode == "dynamic":
-        p = int(job.net.num_identity_params)
+def student_tensors(job_net: torch.nn.Module, size: int, mode: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The student's named inputs and outputs in their canonical (NCHW / NC) form."""
+    inputs = [TensorInfo(IMAGE_INPUT, [1, 3, size, size], "float32", "NCHW", [-1.0, 1.0], "aligned face crop (target)")]
+    if mode == "dynamic":
+        p = int(job_net.num_identity_params)
         inputs.append(
             TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "flat identity vector from the hypernetwork")
         )
     outputs = [
-        TensorInfo(IMAGE_OUTPUT, shape(3), "float32", layout, [-1.0, 1.0], "swapped face crop"),
-        TensorInfo(MASK_OUTPUT, shape(1), "float32", layout, [0.0, 1.0], "blend mask"),
+        TensorInfo(IMAGE_OUTPUT, [1, 3, size, size], "float32", "NCHW", [-1.0, 1.0], "swapped face crop"),
+        TensorInfo(MASK_OUTPUT, [1, 1, size, size], "float32", "NCHW", [0.0, 1.0], "blend mask"),
     ]
+    return inputs, outputs
+
+
+def io_tensors(job: Job, layout: str, image_dtype: str | None = None) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """``job``'s tensors as a format stores them: 4-D ones in ``layout``; ``image_dtype`` replaces the
+    student image input's dtype (CoreML image inputs)."""
+
+    def placed(t: TensorInfo) -> TensorInfo:
+        if len(t.shape) != 4 or t.layout == layout:
+            return TensorInfo(**t.to_dict())
+        return TensorInfo(**{**t.to_dict(), "shape": layout_shape(t.shape, layout), "layout": layout})
+
+    inputs, outputs = [placed(t) for t in job.inputs], [placed(t) for t in job.outputs]
+    if image_dtype is not None:
+        inputs[0].dtype = image_dtype
     return inputs, outputs
 
 
 def example_inputs(job: Job) -> tuple[torch.Tensor, ...]:
     feeds = job.cases[0][1]
-    args = [torch.from_numpy(feeds[IMAGE_INPUT])]
-    if job.mode == "dynamic":
-        args.append(torch.from_numpy(feeds[IDENTITY_INPUT]))
-    return tuple(args)
+    return tuple(torch.from_numpy(feeds[name]) for name in job.input_names)
 
 
 def artifact_parity(
     job: Job, run: Callable, precision: str, artifact: str, reference: str = "pytorch-fp32", tolerance=None
 ) -> dict:
-    results = parity.evaluate(job.cases, job.reference, run, parity.PEAKS)
+    results = parity.evaluate(job.cases, job.reference, run, job.peaks)
     record = parity.summarize(results, precision, reference, tolerance)
     log.info(
         "%s parity [%s]: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s)",
@@ -174,4 +204,5 @@ def calibration_params(job: Job, n: int) -> np.ndarray:
 
 
 def layout_shape(shape: list[int], layout: str) -> list[int]:
+    """An NCHW shape in ``layout`` (NHWC moves channels last; other shapes are kept)."""
     return [shape[0], shape[2], shape[3], shape[1]] if len(shape) == 4 and layout == "NHWC" else list(shape)

@@ -19,6 +19,7 @@ import torch
 from pocketswap.checkpoint import checkpoint_encoder, locked_identity
 from pocketswap.errors import ConfigError
 from pocketswap.export import data as export_data
+from pocketswap.export import parity
 from pocketswap.export.common import (
     COMPRESSIONS,
     FORMATS,
@@ -36,6 +37,7 @@ from pocketswap.export.job import (
     Artifact,
     Job,
     random_embedding,
+    student_tensors,
 )
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
 from pocketswap.files import check_output_dir
@@ -213,6 +215,7 @@ def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
         base["extra"]["identity_layout"] = [
             {"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in net.param_layout()
         ]
+    inputs, outputs = student_tensors(net, size, mode)
     return Job(
         net=net,
         config=config,
@@ -229,6 +232,9 @@ def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
         calibration=calib,
         check=check,
         name=name,
+        inputs=inputs,
+        outputs=outputs,
+        peaks=dict(parity.PEAKS),
     )
 
 

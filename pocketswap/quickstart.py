@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketswap.cli import output_dir
+from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS
 from pocketswap.errors import PocketswapError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class QuickstartConfig:
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
     spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
-    personal_steps: int = 800  # fine-tuning steps of the demo identity's personalised student
+    personal_steps: int = PERSONALIZE_DEFAULTS["steps"]  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
     @classmethod
