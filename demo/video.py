@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.files import check_output
+from pocketswap.files import PendingFile
 from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -26,8 +26,8 @@ class VideoWriter:
         """``audio_from``: a video whose first audio track is copied (not re-encoded) into this one."""
         import av
 
-        self.path = check_output(path, VIDEO_SUFFIXES, "video")
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._file = PendingFile(path, VIDEO_SUFFIXES, "video")
+        self.path, self._tmp = self._file.path, self._file.tmp
         self._container = av.open(str(self._tmp), "w")
         if notice:
             self._container.metadata["comment"] = notice
@@ -73,14 +73,13 @@ class VideoWriter:
                 self._container.mux(packet)
             self._audio_source.close()
         self._container.close()
-        self._tmp.replace(self.path)
-        return self.path
+        return self._file.commit()
 
     def abort(self) -> None:
         if self._audio_source is not None:
             self._audio_source.close()
         self._container.close()
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from pocketswap.errors import PocketswapError
-from pocketswap.files import atomic_write_json, file_sha256
+from pocketswap.files import PendingFile, atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,9 +163,8 @@ class ShardWriter:
     reproducible. Use as a context manager: an exception aborts and removes the temporary file."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        self._file = PendingFile(path, what="shard")
+        self.path, self.tmp = self._file.path, self._file.tmp
         self._tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed by close()/abort()
         self.count = 0
 
@@ -192,12 +191,12 @@ class ShardWriter:
             os.fsync(handle.fileno())
         size = self.tmp.stat().st_size
         digest = file_sha256(self.tmp)
-        os.replace(self.tmp, self.path)
+        self._file.commit()
         return ShardInfo(self.path.name, self.count, size, digest)
 
     def abort(self) -> None:
         self._tar.close()
-        self.tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> ShardWriter:
         return self

@@ -57,19 +57,50 @@ def check_output_dir(path: str | Path, what: str = "output folder", create: bool
     return path
 
 
+def temp_path(path: Path) -> Path:
+    """The temp name a file is written under before it replaces ``path``: hidden, unique, same folder
+    and same suffix (writers such as PyAV and cv2 choose the format by suffix)."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def temp_glob(name: str) -> str:
+    """Glob of the temp files :func:`temp_path` makes for the file ``name`` (to sweep leftovers of a killed run)."""
+    stem, suffix = os.path.splitext(name)
+    return f".{stem}.*.tmp{suffix}"
+
+
+class PendingFile:
+    """A file that a streaming writer fills under :func:`temp_path` and then :meth:`commit`\\ s into place
+    (or :meth:`discard`\\ s): the final name never holds a half-written file."""
+
+    def __init__(self, path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output") -> None:
+        self.path = check_output(path, suffixes, what)
+        self.tmp = temp_path(self.path)
+
+    def commit(self) -> Path:
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path`` for a writer that wants a file name (safetensors, cv2, …);
     it replaces ``path`` when the block ends normally and is removed on any failure."""
-    path = check_output(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pending = PendingFile(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield pending.tmp
+        pending.commit()
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {pending.path}: {exc.strerror or exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        pending.discard()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

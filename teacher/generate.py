@@ -24,7 +24,7 @@ from pathlib import Path
 from pocketswap.config import distributed_rank
 from pocketswap.dataset import DatasetManifest, ShardWriter, shard_name, write_dataset_manifest
 from pocketswap.errors import ConfigError, NoFaceError
-from pocketswap.files import atomic_write_json
+from pocketswap.files import atomic_write_json, temp_glob
 from pocketswap.teacher.analysis import analyze_faces, analyze_identity
 from pocketswap.teacher.config import CHUNK, GenerateConfig
 from pocketswap.teacher.pairs import build_teacher, make_pairs
@@ -103,7 +103,7 @@ def generate(
 
     mine = [s for s in range(cfg.num_shards()) if s % world_size == rank]
     for shard in mine:  # temporary files of interrupted runs
-        for stale in out.glob(f".{shard_name(shard)}.tmp*"):
+        for stale in out.glob(temp_glob(shard_name(shard))):
             stale.unlink(missing_ok=True)
     todo = [s for s in mine if not shard_complete(cfg, out, s)]
     log.info(

@@ -27,6 +27,7 @@ from pocketswap.dataset import (
     read_dataset_manifest,
 )
 from pocketswap.errors import ConfigError, PocketswapError
+from pocketswap.files import temp_path
 from pocketswap.teacher.generate import GenerateConfig, generate
 
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_05")
@@ -224,7 +225,7 @@ def test_resume_after_interruption(faces_dir, reference, tmp_path):
     data[5000] ^= 0xFF  # silent corruption: caught by the checksum record
     (out / "shard-000001.tar").write_bytes(bytes(data))
     (out / ".shards" / "shard-000000.tar.json").unlink()  # died between rename and record: recovered
-    (out / ".shard-000002.tar.tmp12345").write_bytes(b"partial")
+    temp_path(out / "shard-000002.tar").write_bytes(b"partial")  # a writer killed mid-shard
     result = generate(_config(faces_dir, out), progress=False)
     assert result.shards_written == 2 and result.shards_skipped == 2  # shards 1 and 3 redone
     assert _shards(out) == _shards(reference)
