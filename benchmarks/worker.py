@@ -145,8 +145,9 @@ def _load_checkpoint(target: str, threads: int) -> Loaded:
     start = time.perf_counter()
     model, config, _ = load_checkpoint(resolve_checkpoint(target))
     embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
-    baked = model.bake(embedding).eval()
     image = torch.rand(1, 3, config.size, config.size) * 2 - 1
+    # a spatial-identity student also bakes the identity's aligned crop (any crop times the same)
+    baked = model.bake(embedding, image if config.identity_encoder else None).eval()
     torch.set_num_threads(threads)
 
     def run() -> None:

@@ -12,6 +12,7 @@ from pocketswap.benchmarks.references import count_params_and_macs, mobilefacesw
 from pocketswap.benchmarks.roofline import estimate_presets, load_profiles
 from pocketswap.cli import main
 from pocketswap.errors import ConfigError
+from pocketswap.student import StudentNet, get_preset
 
 
 def _export_convnet(path, width: int) -> None:
@@ -75,6 +76,16 @@ def test_latency_records_for_onnx_and_json(tmp_path, capsys):
     assert [r["threads"] for r in records] == [1, 2]
 
 
+def test_latency_of_checkpoints_with_and_without_a_spatial_identity_encoder(tmp_path):
+    from pocketswap.checkpoint import save_checkpoint
+
+    for encoder in (False, True):  # a spatial-identity student bakes an identity crop too
+        config = get_preset("nano").replace(identity_encoder=encoder)
+        checkpoint = save_checkpoint(tmp_path / f"ckpt-{encoder}", StudentNet(config).eval())
+        record = bench_artifact(checkpoint, threads=1, runs=3)
+        assert record.runtime == "torch-eager" and record.median_ms > 0 and record.size_mb > 0
+
+
 def test_corrupt_and_truncated_artifacts_are_one_line(tmp_path, capsys):
     model = tmp_path / "m.onnx"
     _export_convnet(model, 8)
@@ -117,7 +128,6 @@ def test_quality_on_a_user_folder_scores_student_and_teacher(tmp_path):
     from pocketswap.checkpoint import save_checkpoint
     from pocketswap.faces import samples
     from pocketswap.imageio import write_image
-    from pocketswap.student import StudentNet, get_preset
 
     faces = tmp_path / "faces"
     for name in ("astronaut", "grace_hopper", "lfw_01"):
