@@ -71,9 +71,9 @@ def _onnx_base(job: Job, path: Path, lint_tflite: bool) -> list[Artifact]:
 def _onnx_artifacts(job: Job, base: Path, precisions: list[str]) -> list[Artifact]:
     from pocketswap.export import onnx_export
 
+    fmt = FORMAT_TABLE["onnx"]
     out = []
     for precision in precisions:
-        fmt = FORMAT_TABLE["onnx"]
         path = fmt.path(job.stage, job.name, precision)
         if precision == "fp32":
             shutil.copyfile(base, path)
