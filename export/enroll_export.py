@@ -28,8 +28,8 @@ def export_enrollment(job: Job, formats: list[str], precisions: list[str], stude
     if "int8" in precisions:
         log.info("enrollment models are exported in %s only (they run once per identity)", ", ".join(float_precisions))
     out = []
-    for spec in _enroll_jobs(job, students):
-        out += export_formats(spec, formats, float_precisions, image_input=False, compress="none", benchmark=False)
+    for enrolled in _enroll_jobs(job, students):
+        out += export_formats(enrolled, formats, float_precisions, image_input=False, compress="none", benchmark=False)
     return out
 
 

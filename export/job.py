@@ -90,11 +90,11 @@ def random_embedding(dim: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def student_tensors(job_net: torch.nn.Module, size: int, mode: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
+def student_tensors(net: torch.nn.Module, size: int, mode: str) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """The student's named inputs and outputs in their canonical (NCHW / NC) form."""
     inputs = [TensorInfo(IMAGE_INPUT, [1, 3, size, size], "float32", "NCHW", [-1.0, 1.0], "aligned face crop (target)")]
     if mode == "dynamic":
-        p = int(job_net.num_identity_params)
+        p = int(net.num_identity_params)
         inputs.append(
             TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "flat identity vector from the hypernetwork")
         )
