@@ -84,7 +84,9 @@ def _pipeline(args: argparse.Namespace) -> int:
             records.append(r)
             print(
                 f"{r.model} ({threads} thr): detect {r.detect_ms:.2f} + landmarks {r.landmarks_ms:.2f} "
-                f"(track {r.track_ms:.2f}) + align {r.align_ms:.2f} + swap {r.swap_ms:.2f} + paste {r.paste_ms:.2f} "
+                f"(track {r.track_ms:.2f}) + align {r.align_ms:.2f} + swap {r.swap_ms:.2f}"
+                + (f" (of which identity warp {r.warp_ms:.2f})" if r.warp_ms else "")
+                + f" + paste {r.paste_ms:.2f} "
                 f"= {r.total_ms:.2f} ms ({r.fps_detecting:.0f} FPS; {r.fps_tracking:.0f} FPS when tracking)"
             )
     if args.json:

@@ -3,7 +3,9 @@
 Stages are timed separately on the same frame (median over many runs, after warm-up), with the
 thread count applied to LiteRT, OpenCV and the swap model alike. `total` is the sum of stage
 medians for a frame on which the detector runs; `total_tracking` replaces detection + landmarks
-by landmark tracking, which is what the demo does on most frames (`--detect-every`).
+by landmark tracking, which is what the demo does on most frames (`--detect-every`). For models
+that read the warped identity, `swap` includes warping the identity texture onto the frame's
+landmarks, and `warp` is that warp alone.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PipelineRecord:
     fps_detecting: float
     fps_tracking: float
     device: str
+    warp_ms: float = 0.0  # identity texture -> frame landmarks (part of swap_ms; 0 for other models)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,18 +57,21 @@ def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, thr
     landmarks = mesh.from_detection(frame, detection).landmarks
     face = Face(box=detection.box, score=detection.score, landmarks=landmarks)
     aligned = align_face(frame, face.keypoints, model.size, model.template)
-    swapped, mask = model(aligned.crop)
-    medians = {
-        name: float(np.median(time_callable(fn, runs)))
-        for name, fn in (
-            ("detect", lambda: detector(frame)),
-            ("landmarks", lambda: mesh.from_detection(frame, detection)),
-            ("track", lambda: mesh.track(frame, landmarks)),
-            ("align", lambda: align_face(frame, face.keypoints, model.size, model.template)),
-            ("swap", lambda: model(aligned.crop)),
-            ("paste", lambda: paste_back(frame, swapped, aligned.matrix, mask=mask, match_color=True)),
-        )
-    }
+    crop_landmarks = aligned.landmarks_in_crop(landmarks) if model.needs_landmarks else None
+    swapped, mask = model(aligned.crop, crop_landmarks)
+    stages = [
+        ("detect", lambda: detector(frame)),
+        ("landmarks", lambda: mesh.from_detection(frame, detection)),
+        ("track", lambda: mesh.track(frame, landmarks)),
+        ("align", lambda: align_face(frame, face.keypoints, model.size, model.template)),
+        ("swap", lambda: model(aligned.crop, crop_landmarks)),
+        ("paste", lambda: paste_back(frame, swapped, aligned.matrix, mask=mask, match_color=True)),
+    ]
+    if model.needs_landmarks:
+        from pocketswap.faces.warp import warp_identity
+
+        stages.append(("warp", lambda: warp_identity(*model.texture, crop_landmarks)))
+    medians = {name: float(np.median(time_callable(fn, runs))) for name, fn in stages}
     tail = medians["align"] + medians["swap"] + medians["paste"]
     total = medians["detect"] + medians["landmarks"] + tail
     total_tracking = medians["track"] + tail

@@ -146,13 +146,15 @@ def _load_checkpoint(target: str, threads: int) -> Loaded:
     model, config, _ = load_checkpoint(resolve_checkpoint(target))
     embedding = torch.nn.functional.normalize(torch.randn(1, config.embed_dim), dim=1)
     image = torch.rand(1, 3, config.size, config.size) * 2 - 1
-    # a spatial-identity student also bakes the identity's aligned crop (any crop times the same)
+    # a spatial-identity student also bakes the identity's aligned crop (any crop times the same); a
+    # warped-identity student reads one per frame as its second input
     baked = model.bake(embedding, image if config.identity_encoder else None).eval()
+    inputs = (image, image) if config.identity_warp else (image,)
     torch.set_num_threads(threads)
 
     def run() -> None:
         with torch.inference_mode():
-            baked(image)
+            baked(*inputs)
 
     size_mb = round(sum(p.numel() * p.element_size() for p in baked.parameters()) / 2**20, 3)
     return Loaded(run, (time.perf_counter() - start) * 1e3, size_mb, {"preset": config.name, "precision": "fp32"})

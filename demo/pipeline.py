@@ -91,8 +91,9 @@ class LiveSwapper:
         for face in smoothed if self.config.swap else []:
             start = time.perf_counter()
             aligned = align_face(frame, face.keypoints, self.model.size, self.model.template)
+            landmarks = aligned.landmarks_in_crop(face.landmarks) if self.model.needs_landmarks else None
             t1 = time.perf_counter()
-            swapped, mask = self.model(aligned.crop)
+            swapped, mask = self.model(aligned.crop, landmarks)
             t2 = time.perf_counter()
             out = paste_back(out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer)
             t3 = time.perf_counter()

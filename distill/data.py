@@ -32,6 +32,7 @@ from pocketswap.dataset import (
     iter_shard_members,
     shuffle_stream,
 )
+from pocketswap.faces.warp import warp_identity
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,11 @@ def decode(item: Members) -> Sample:
 
 
 # -- batches -------------------------------------------------------------------------------------
-def collate(samples: list[Sample]) -> dict[str, Any]:
+def collate(samples: list[Sample], warp: bool = False) -> dict[str, Any]:
     """Stack samples into CPU tensors: images uint8 [B,S,S,3], mask float [B,S,S], embedding [B,D],
-    landmarks [B,468,3], ``same`` bool [B]; ``keys`` and ``identity`` (names) as lists."""
-    return {
+    landmarks [B,468,3], ``same`` bool [B]; ``keys`` and ``identity`` (names) as lists. ``warp``: also
+    ``identity_warped`` uint8 [B,S,S,3], each identity crop warped onto its attribute's landmarks."""
+    batch = {
         "identity_image": torch.from_numpy(np.stack([s.identity for s in samples])),
         "attribute": torch.from_numpy(np.stack([s.attribute for s in samples])),
         "output": torch.from_numpy(np.stack([s.output for s in samples])),
@@ -186,6 +188,22 @@ def collate(samples: list[Sample]) -> dict[str, Any]:
         "keys": [s.key for s in samples],
         "identity": [str(s.meta.get("identity", s.key)) for s in samples],
     }
+    if warp:
+        missing = next((s.key for s in samples if s.id_landmarks is None), None)
+        if missing is not None:
+            raise DatasetError(
+                f"sample {missing} has no identity landmarks (id_lmk.npy): students with 'identity_warp' need a "
+                "dataset written by this version (`pocketswap teacher generate` again)"
+            )
+        warped = [warp_identity(s.identity, s.id_landmarks, s.attr_landmarks) for s in samples]
+        batch["identity_warped"] = torch.from_numpy(np.stack(warped))
+    return batch
+
+
+def identity_input(batch: dict[str, Any]) -> torch.Tensor:
+    """The identity image a student reads, as float [B,3,S,S] in [-1, 1]: the warped identity when the
+    batch carries it (``collate(..., warp=True)``), else the aligned identity crop."""
+    return to_unit(batch["identity_warped"] if "identity_warped" in batch else batch["identity_image"])
 
 
 class TrainStream(IterableDataset):
@@ -208,6 +226,7 @@ class TrainStream(IterableDataset):
         num_workers: int = 0,
         positions: dict[int, tuple[int, int]] | None = None,
         rotation: int = 0,
+        warp: bool = False,
     ) -> None:
         super().__init__()
         self.shards = list(DatasetReader(root).shards)
@@ -215,6 +234,7 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
         self.positions = dict(positions or {})
         self.rotation = rotation
+        self.warp = warp
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -232,7 +252,7 @@ class TrainStream(IterableDataset):
                     continue
                 batch.append(decode(item))
                 if len(batch) == self.batch_size:
-                    yield {**collate(batch), "_part": local, "_epoch": epoch, "_offset": seen}
+                    yield {**collate(batch, self.warp), "_part": local, "_epoch": epoch, "_offset": seen}
                     batch = []
             if seen == 0:
                 raise DatasetError(
@@ -250,15 +270,16 @@ def iter_split(root: str | Path, split: Split | None, which: str, limit: int | N
         yield decode(item)
 
 
-def iter_batches(samples: Iterator[Sample], batch_size: int) -> Iterator[dict[str, Any]]:
+def iter_batches(samples: Iterator[Sample], batch_size: int, warp: bool = False) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``samples`` (the last one may be short); ``warp`` as in :func:`collate`."""
     batch: list[Sample] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) == batch_size:
-            yield collate(batch)
+            yield collate(batch, warp)
             batch = []
     if batch:
-        yield collate(batch)
+        yield collate(batch, warp)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -308,6 +329,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, to
         "attribute": to_unit(batch["attribute"]).to(device),
         "output": to_unit(batch["output"]).to(device),
         "identity_image": to_unit(batch["identity_image"]).to(device),
+        "identity_input": identity_input(batch).to(device),
         "mask": batch["mask"].unsqueeze(1).to(device),
         "embedding": batch["embedding"].to(device),
         "same": batch["same"].to(device),
@@ -319,6 +341,7 @@ __all__ = [
     "TrainStream",
     "collate",
     "dataset_fingerprint",
+    "identity_input",
     "iter_batches",
     "iter_split",
     "make_split",

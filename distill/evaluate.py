@@ -31,7 +31,15 @@ import torch
 from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
 from pocketswap.dataset import DatasetReader
 from pocketswap.distill import metrics as M
-from pocketswap.distill.data import Split, dataset_fingerprint, iter_batches, iter_split, to_uint8, to_unit
+from pocketswap.distill.data import (
+    Split,
+    dataset_fingerprint,
+    identity_input,
+    iter_batches,
+    iter_split,
+    to_uint8,
+    to_unit,
+)
 from pocketswap.errors import ConfigError
 from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
 from pocketswap.student.network import composite
@@ -188,9 +196,9 @@ def evaluate(
         bar = tqdm(total=max_samples, unit="pair", desc="eval", dynamic_ncols=True)
     size = scfg.size
     with torch.no_grad():
-        for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size):
+        for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size, scfg.identity_warp):
             attribute = to_unit(batch["attribute"]).to(dev)
-            image, mask = model(attribute, batch["embedding"].to(dev), to_unit(batch["identity_image"]).to(dev))
+            image, mask = model(attribute, batch["embedding"].to(dev), identity_input(batch).to(dev))
             image = composite(image.clamp(-1, 1), mask, attribute)
             images = {
                 "student": to_uint8(image),

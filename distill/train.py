@@ -284,6 +284,7 @@ class _Trainer:
         stream = TrainStream(
             self.data, self.split, self.cfg.batch_size, self.cfg.seed, self.cfg.shuffle_buffer,
             self.ctx.rank, self.ctx.world, self.cfg.num_workers, self.positions, self.batches % self.workers,
+            warp=self.scfg.identity_warp,
         )  # fmt: skip
         return stream_loader(stream, self.cfg.num_workers, self.cfg.seed + self.ctx.rank)
 
@@ -303,7 +304,7 @@ class _Trainer:
         if self.trainee.distiller is not None:
             teacher_features = self.trainee.distiller.teacher_features(t["attribute"], t["embedding"])
         with self._autocast():
-            image, mask, feat = self.model(t["attribute"], t["embedding"], teacher_features, t["identity_image"])
+            image, mask, feat = self.model(t["attribute"], t["embedding"], teacher_features, t["identity_input"])
         terms = self.loss_fn(image, mask, t)
         terms["feat"] = feat.float()
         total = terms["total"] + cfg.w_feat * terms["feat"]
@@ -379,9 +380,9 @@ class _Trainer:
         sums: dict[str, float] = {}
         count = 0
         samples = iter_split(self.data, self.split, "val", limit=self.cfg.val_samples)
-        for batch in iter_batches(samples, self.cfg.batch_size):
+        for batch in iter_batches(samples, self.cfg.batch_size, self.scfg.identity_warp):
             t = self._prepare(batch)
-            image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
+            image, mask = self.ema(t["attribute"], t["embedding"], t["identity_input"])
             terms = self.loss_fn(image, mask, t)
             n = len(batch["keys"])
             image = image.float().clamp(-1, 1)
@@ -397,13 +398,14 @@ class _Trainer:
     @torch.no_grad()
     def _grid(self, batch: dict[str, Any]) -> None:
         if self._grid_batch is None:
-            val = next(iter_batches(iter_split(self.data, self.split, "val", limit=GRID_ROWS), GRID_ROWS), None)
+            rows = iter_split(self.data, self.split, "val", limit=GRID_ROWS)
+            val = next(iter_batches(rows, GRID_ROWS, self.scfg.identity_warp), None)
             self._grid_batch = (
                 val if val is not None else {k: v[:GRID_ROWS] for k, v in batch.items() if not k.startswith("_")}
             )
         b = self._grid_batch
         t = self._prepare(b)
-        image, mask = self.ema(t["attribute"], t["embedding"], t["identity_image"])
+        image, mask = self.ema(t["attribute"], t["embedding"], t["identity_input"])
         pasted = composite(image.float().clamp(-1, 1), mask.float(), t["attribute"])
         grid = image_grid(
             b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(pasted),

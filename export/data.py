@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,10 +28,18 @@ SAMPLES_SPEC = "samples"
 
 def align_photo(image: np.ndarray, size: int, template: str, source: str = "image") -> np.ndarray:
     """Detect the largest face and align it to ``template`` at ``size`` px (raises NoFaceError)."""
+    return align_photo_landmarks(image, size, template, source)[0]
+
+
+def align_photo_landmarks(
+    image: np.ndarray, size: int, template: str, source: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`align_photo` and the face's (468, 3) landmarks in crop pixels."""
     from pocketswap.faces.align import align_face
 
     face = shared_analyzer().detect_one(image, source=source)
-    return align_face(image, face.keypoints, size, template).crop
+    aligned = align_face(image, face.keypoints, size, template)
+    return aligned.crop, aligned.landmarks_in_crop(face.landmarks)
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -41,25 +50,33 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _sample_crops(names: tuple[str, ...], size: int, template: str) -> tuple[tuple[str, np.ndarray], ...]:
+def _sample_faces(names: tuple[str, ...], size: int, template: str) -> tuple[tuple[str, np.ndarray, Any], ...]:
     from pocketswap.faces import samples
 
     out = []
     for name in names:
         image = samples.load(name)
         try:
-            out.append((f"face:{name}", align_photo(image, size, template, source=name)))
+            out.append((f"face:{name}", *align_photo_landmarks(image, size, template, source=name)))
         except (NoFaceError, ImportError, PocketswapError) as exc:
             log.warning("%s: %s; using a centre crop for parity", name, exc)
-            out.append((f"centre:{name}", centre_crop(image, size)))
+            out.append((f"centre:{name}", centre_crop(image, size), None))
     return tuple(out)
+
+
+def sample_faces(
+    size: int, template: str = "arcface", names: tuple[str, ...] = PARITY_SAMPLES
+) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(case name, SxSx3 uint8 RGB crop, (468, 3) crop landmarks or None for a centre crop) for bundled
+    sample faces aligned like the student's input."""
+    return list(_sample_faces(tuple(names), int(size), template))
 
 
 def sample_crops(
     size: int, template: str = "arcface", names: tuple[str, ...] = PARITY_SAMPLES
 ) -> list[tuple[str, np.ndarray]]:
-    """(case name, SxSx3 uint8 RGB crop) for bundled sample faces aligned like the student's input."""
-    return list(_sample_crops(tuple(names), int(size), template))
+    """(case name, SxSx3 uint8 RGB crop) of :func:`sample_faces`."""
+    return [(case, crop) for case, crop, _ in sample_faces(size, template, names)]
 
 
 def to_model_input(crops: np.ndarray) -> np.ndarray:
@@ -158,8 +175,9 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
 
 
-def identity_crop(spec: str | Path, size: int, template: str = "arcface") -> np.ndarray:
-    """The aligned SxS uint8 RGB crop of the face in a photo / ``sample:NAME`` (spatial-identity students)."""
+def identity_face(spec: str | Path, size: int, template: str = "arcface") -> tuple[np.ndarray, np.ndarray]:
+    """(aligned SxS uint8 RGB crop, its (468, 3) landmarks in crop pixels) of the face in a photo /
+    ``sample:NAME`` (spatial-identity students read the crop, warped-identity students both)."""
     from pocketswap.faces.align import align_face
     from pocketswap.faces.samples import load_image_or_sample
 
@@ -168,7 +186,8 @@ def identity_crop(spec: str | Path, size: int, template: str = "arcface") -> np.
         raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
     image = load_image_or_sample(text)
     face = shared_analyzer().detect_one(image, source=text)
-    return align_face(image, face.keypoints, size, template).crop
+    aligned = align_face(image, face.keypoints, size, template)
+    return aligned.crop, aligned.landmarks_in_crop(face.landmarks)
 
 
 def load_student(source: str | Path):

@@ -19,6 +19,7 @@ from pocketswap.manifest import (
     IMAGE_INPUT,
     IMAGE_OUTPUT,
     MASK_OUTPUT,
+    WARPED_IDENTITY_INPUT,
     Manifest,
     TensorInfo,
     artifact_size,
@@ -71,6 +72,7 @@ class Job:
     outputs: list[TensorInfo]
     peaks: dict[str, float]
     kind: str = "student"
+    identity_texture: np.ndarray | None = None  # [1,3,S,S] identity crop (warped-identity students' calibration)
 
     @property
     def input_names(self) -> list[str]:
@@ -97,6 +99,17 @@ def student_tensors(net: torch.nn.Module, size: int, mode: str) -> tuple[list[Te
         p = int(net.num_identity_params)
         inputs.append(
             TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "flat identity vector from the hypernetwork")
+        )
+    if net.config.identity_warp:
+        inputs.append(
+            TensorInfo(
+                WARPED_IDENTITY_INPUT,
+                [1, 3, size, size],
+                "float32",
+                "NCHW",
+                [-1.0, 1.0],
+                "the manifest's identity_texture mesh-warped onto this frame's landmarks (crop pixels)",
+            )  # fmt: skip
         )
     outputs = [
         TensorInfo(IMAGE_OUTPUT, [1, 3, size, size], "float32", "NCHW", [-1.0, 1.0], "swapped face crop"),
@@ -188,6 +201,9 @@ def calibration_feeds(job: Job, layout: str) -> list[dict[str, np.ndarray]]:
         feed = {IMAGE_INPUT: image.transpose(0, 2, 3, 1) if layout == "NHWC" else image}
         if params is not None:
             feed[IDENTITY_INPUT] = params[i : i + 1]
+        if job.identity_texture is not None:  # the unwarped texture: the same pixel statistics
+            texture = job.identity_texture
+            feed[WARPED_IDENTITY_INPUT] = texture.transpose(0, 2, 3, 1) if layout == "NHWC" else texture
         feeds.append(feed)
     return feeds
 

@@ -40,6 +40,7 @@ from pocketswap.export.job import (
     student_tensors,
 )
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
+from pocketswap.faces.warp import warp_identity
 from pocketswap.files import check_output_dir
 from pocketswap.manifest import (
     IDENTITY_INPUT,
@@ -49,6 +50,8 @@ from pocketswap.manifest import (
     MASK_OUTPUT,
     PRECISIONS,
     STUDENT_OUTPUTS,
+    WARPED_IDENTITY_INPUT,
+    encode_texture,
 )
 
 log = logging.getLogger(__name__)
@@ -109,12 +112,12 @@ def export_model(
             "this student has a spatial identity encoder ('identity_encoder'): it exports baked, without --enroll "
             "(its identity maps would be a second run-time input)"
         )
-    identity_crop = None
+    face = None
     if identity is not None:
         emb, identity_source = identity_embedding(identity, config.embed_dim, encoder_name)
         emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
         if config.identity_encoder:
-            identity_crop = export_data.identity_crop(identity, size, config.template)
+            face = export_data.identity_face(identity, size, config.template)
     else:
         emb = random_embedding(config.embed_dim, seed=7)
         identity_source = "supplied at run time (parity used a random embedding)"
@@ -126,7 +129,7 @@ def export_model(
     done = False
     try:
         job = make_job(
-            net, config, identity_mode, emb, identity_crop, stage, calib, check_parity,
+            net, config, identity_mode, emb, face, stage, calib, check_parity,
             name or f"{config.name}_{identity_mode}",
         )  # fmt: skip
         job.base_manifest.update(
@@ -151,14 +154,16 @@ def export_model(
             out_dir.rmdir()
 
 
-def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
+def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
+    """The student's export Job; ``face``: (identity crop, its landmarks) for spatial-identity students."""
     work = stage / "work"
     work.mkdir()
     size = config.size
     emb_t = torch.from_numpy(emb).reshape(1, -1)
-    crop_t = None if crop is None else torch.from_numpy(export_data.to_model_input(crop))
+    crop_t = None if face is None else torch.from_numpy(export_data.to_model_input(face[0]))
     module = net.bake(emb_t, crop_t) if mode == "baked" else net.dynamic()
     params = net.identity_params(emb_t).numpy() if mode == "dynamic" else None
+    warped = config.identity_warp
     rng = np.random.default_rng(0)
     cases = []
     for i in range(NUM_RANDOM_CASES):
@@ -166,26 +171,32 @@ def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
         if mode == "dynamic":
             other = torch.from_numpy(random_embedding(config.embed_dim, seed=100 + i)).reshape(1, -1)
             feeds[IDENTITY_INPUT] = net.identity_params(other).numpy()
+        if warped:
+            feeds[WARPED_IDENTITY_INPUT] = rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
         cases.append((f"random-{i}", feeds))
-    for case, crop in export_data.sample_crops(size, config.template):
+    for case, crop, landmarks in export_data.sample_faces(size, config.template):
         feeds = {IMAGE_INPUT: export_data.to_model_input(crop)}
         if mode == "dynamic":
             feeds[IDENTITY_INPUT] = params
+        if warped:  # the identity's texture on this face, as the pipeline feeds it
+            texture = face[0] if landmarks is None else warp_identity(*face, landmarks)
+            feeds[WARPED_IDENTITY_INPUT] = export_data.to_model_input(texture)
         cases.append((case, feeds))
 
     @torch.no_grad()
     def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(feeds[IMAGE_INPUT])]
-        if mode == "dynamic":
-            args.append(torch.from_numpy(feeds[IDENTITY_INPUT]))
+        args = [torch.from_numpy(feeds[name]) for name in inputs_named]
         return {k: v.numpy() for k, v in zip(STUDENT_OUTPUTS, module(*args), strict=True)}
 
     from pocketswap.export.patch import identity_dependent_names
     from pocketswap.faces.align import template_points
 
+    inputs, outputs = student_tensors(net, size, mode)
+    inputs_named = [t.name for t in inputs]
     with torch.no_grad():  # the exported form against the training network itself, on a real face
         feeds = cases[-1][1]
-        want = net(torch.from_numpy(feeds[IMAGE_INPUT]), emb_t, crop_t)
+        seen = torch.from_numpy(feeds[WARPED_IDENTITY_INPUT]) if warped else crop_t
+        want = net(torch.from_numpy(feeds[IMAGE_INPUT]), emb_t, seen)
         got = reference(feeds)
     fold_error = max(float(np.abs(w.numpy() - got[k]).max()) for k, w in zip(STUDENT_OUTPUTS, want, strict=True))
     if fold_error > 1e-4:
@@ -215,7 +226,8 @@ def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
         base["extra"]["identity_layout"] = [
             {"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in net.param_layout()
         ]
-    inputs, outputs = student_tensors(net, size, mode)
+    if warped:
+        base["identity_texture"] = encode_texture(*face)
     return Job(
         net=net,
         config=config,
@@ -235,6 +247,7 @@ def make_job(net, config, mode, emb, crop, stage, calib, check, name) -> Job:
         inputs=inputs,
         outputs=outputs,
         peaks=dict(parity.PEAKS),
+        identity_texture=None if not warped else export_data.to_model_input(face[0]),
     )
 
 

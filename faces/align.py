@@ -85,6 +85,15 @@ class AlignedFace:
     size: int
     template: str
 
+    def landmarks_in_crop(self, landmarks: np.ndarray) -> np.ndarray:
+        """(N, 2|3) image landmarks -> crop pixels (float32); a z column is scaled with the crop."""
+        matrix = self.matrix.astype(np.float64)
+        points = np.asarray(landmarks, np.float64).copy()
+        points[:, :2] = points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+        if points.shape[1] > 2:
+            points[:, 2] *= float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        return points.astype(np.float32)
+
 
 def align_face(image: np.ndarray, keypoints: np.ndarray, size: int = 224, template: str = "arcface") -> AlignedFace:
     """Warp the face with these 5 keypoints onto the template, giving a `size` x `size` crop."""

@@ -10,6 +10,8 @@ A dataset is a folder with WebDataset-style tar shards and a ``manifest.json``::
   teacher's swap (the student's target); ``mask.png``: 8-bit blend mask; all SxS, RGB/grey.
 - ``id_emb.npy``: (D,) float32 L2-normalised identity embedding (encoder named in the manifest).
 - ``attr_lmk.npy``: (468, 3) float32 FaceMesh landmarks of the attribute crop, crop pixels.
+- ``id_lmk.npy`` (optional; needed by warped-identity students):
+  (468, 3) float32 landmarks of the identity crop, crop pixels.
 - ``KEY.json``: per-sample metadata (teacher name and config hash, pair type, source names, ...).
 
 Shards are written to a temporary file and renamed when complete, with fixed tar metadata
@@ -45,6 +47,7 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 # Member suffixes in the order they are written.
 MEMBERS = ("id.png", "attr.png", "out.png", "mask.png", "id_emb.npy", "attr_lmk.npy", "json")
+OPTIONAL_MEMBERS = ("id_lmk.npy",)  # written after MEMBERS when the sample has them
 
 
 class DatasetError(PocketswapError):
@@ -63,6 +66,7 @@ class Sample:
     id_embedding: np.ndarray
     attr_landmarks: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    id_landmarks: np.ndarray | None = None  # (468, 3) identity crop landmarks (optional member)
 
 
 def shard_name(index: int) -> str:
@@ -117,7 +121,11 @@ def encode_sample(sample: Sample) -> list[tuple[str, bytes]]:
         "attr_lmk.npy": _npy(np.asarray(sample.attr_landmarks, np.float32)),
         "json": json.dumps(sample.meta, sort_keys=True, separators=(",", ":")).encode(),
     }
-    return [(f"{sample.key}.{suffix}", payload[suffix]) for suffix in MEMBERS]
+    if sample.id_landmarks is not None:
+        payload["id_lmk.npy"] = _npy(np.asarray(sample.id_landmarks, np.float32))
+    return [
+        (f"{sample.key}.{suffix}", payload[suffix]) for suffix in (*MEMBERS, *OPTIONAL_MEMBERS) if suffix in payload
+    ]
 
 
 def decode_sample(key: str, members: dict[str, bytes], where: str = "") -> Sample:
@@ -139,6 +147,9 @@ def decode_sample(key: str, members: dict[str, bytes], where: str = "") -> Sampl
         id_embedding=_unnpy(members["id_emb.npy"], f"{where}.id_emb.npy").astype(np.float32),
         attr_landmarks=_unnpy(members["attr_lmk.npy"], f"{where}.attr_lmk.npy").astype(np.float32),
         meta=meta,
+        id_landmarks=(
+            _unnpy(members["id_lmk.npy"], f"{where}.id_lmk.npy").astype(np.float32) if "id_lmk.npy" in members else None
+        ),
     )
 
 

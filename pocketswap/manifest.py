@@ -22,6 +22,10 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
   baked identity's embedding, so a consumer can tell whether a photo shows the same person).
 - ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
+- ``identity_texture``: null, or for students that read the warped identity (input ``identity_warped``)
+  ``{size, png_base64, landmarks}``: the aligned identity crop (PNG) and its 468 landmarks (x, y crop
+  pixels). Per frame, warp that texture onto the frame's landmarks (crop pixels) with a piecewise-affine
+  mesh warp (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh draw) and feed it.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
 """
 
@@ -48,6 +52,7 @@ IDENTITY_MODES = ("baked", "dynamic")
 # Tensor names of every student artifact (ONNX names, TFLite signature and tensor names, CoreML features).
 IMAGE_INPUT = "image"
 IDENTITY_INPUT = "identity"
+WARPED_IDENTITY_INPUT = "identity_warped"
 IMAGE_OUTPUT = "swapped"
 MASK_OUTPUT = "mask"
 STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
@@ -99,6 +104,7 @@ class Manifest:
     ops: dict[str, int] = field(default_factory=dict)
     delegation: dict[str, Any] | None = None
     patch: dict[str, Any] | None = None
+    identity_texture: dict[str, Any] | None = None
     converters: dict[str, str] = field(default_factory=dict)
     pocketswap_version: str = __version__
     created_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -180,6 +186,39 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, where=str(path))
 
 
+def encode_texture(crop: Any, landmarks: Any) -> dict[str, Any]:
+    """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop and its (468, 2+) landmarks."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.asarray(crop, np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ManifestError("cannot encode the identity texture as PNG")
+    points = np.round(np.asarray(landmarks, np.float64)[:, :2], 3).tolist()
+    return {"size": int(crop.shape[0]), "png_base64": base64.b64encode(png.tobytes()).decode(), "landmarks": points}
+
+
+def decode_texture(texture: dict[str, Any], where: str = "manifest") -> tuple[Any, Any]:
+    """(crop uint8 RGB, landmarks float32 (N, 2)) from a manifest's ``identity_texture``."""
+    import base64
+    import binascii
+
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.frombuffer(base64.b64decode(texture["png_base64"], validate=True), np.uint8)
+        crop = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        landmarks = np.asarray(texture["landmarks"], np.float32)
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ManifestError(f"{where}: field 'identity_texture' is malformed ({exc})") from exc
+    if crop is None or landmarks.ndim != 2 or landmarks.shape[1] != 2:
+        raise ManifestError(f"{where}: field 'identity_texture' holds no PNG crop with (N, 2) landmarks")
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), landmarks
+
+
 def artifact_size(path: str | Path) -> int:
     """Bytes of a file, or the total of a directory's files."""
     path = Path(path)
@@ -194,6 +233,8 @@ __all__ = [
     "ManifestError",
     "TensorInfo",
     "artifact_size",
+    "decode_texture",
+    "encode_texture",
     "manifest_path",
     "read_manifest",
     "write_manifest",

@@ -2,7 +2,9 @@
 
 `load_swap_model(path)` accepts a baked ``.tflite`` (LiteRT with XNNPACK), ``.onnx`` (ONNX Runtime),
 ``.mlpackage`` (CoreML, macOS only) or a student checkpoint (PyTorch; needs an identity embedding).
-Every model maps an aligned SxSx3 uint8 RGB crop to (swapped crop uint8, mask float32 SxS in [0,1]).
+Every model maps an aligned SxSx3 uint8 RGB crop to (swapped crop uint8, mask float32 SxS in [0,1]);
+models that read the warped identity (``needs_landmarks``) also take the face's 468 landmarks in crop
+pixels and warp the identity texture their manifest carries onto them.
 Artifacts are opened through their manifest (the contract): tensors are fed and read by the names it
 records, in NCHW (the TFLite runner transposes its NHWC tensors), int8 tensors quantised with their
 own scales. `TFLiteRunner` and `OnnxRunner` are the one way every stage (export parity, demo,
@@ -27,8 +29,9 @@ class SwapModel(Protocol):
     size: int
     template: str
     name: str
+    needs_landmarks: bool
 
-    def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def to_unit_range(crop: np.ndarray) -> np.ndarray:
@@ -129,7 +132,15 @@ class ArtifactSwapModel:
     pocketswap artifact follows); crop size and template come from it too."""
 
     def __init__(self, path: Path, num_threads: int = 1) -> None:
-        from pocketswap.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, ManifestError, read_manifest
+        from pocketswap.manifest import (
+            IMAGE_INPUT,
+            IMAGE_OUTPUT,
+            MASK_OUTPUT,
+            WARPED_IDENTITY_INPUT,
+            ManifestError,
+            decode_texture,
+            read_manifest,
+        )
 
         self.name = path.name
         self.runner = TFLiteRunner(path, num_threads) if path.suffix == ".tflite" else OnnxRunner(path, num_threads)
@@ -148,9 +159,26 @@ class ArtifactSwapModel:
                 raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
         self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
         self.size, self.template = int(manifest.crop_size), manifest.template or "arcface"
+        self.texture = None
+        if WARPED_IDENTITY_INPUT in {t.name for t in manifest.inputs}:
+            if manifest.identity_texture is None:
+                raise ModelSignatureError(
+                    f"{path}: it reads {WARPED_IDENTITY_INPUT!r} but its manifest has no identity_texture"
+                )
+            self.texture = decode_texture(manifest.identity_texture, str(path))
+        self.needs_landmarks = self.texture is not None
 
-    def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.runner({self.input: to_unit_range(crop).transpose(2, 0, 1)[None]})
+    def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {self.input: to_unit_range(crop).transpose(2, 0, 1)[None]}
+        if self.texture is not None:
+            from pocketswap.faces.warp import warp_identity
+            from pocketswap.manifest import WARPED_IDENTITY_INPUT
+
+            if landmarks is None:
+                raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
+            warped = warp_identity(*self.texture, landmarks)
+            feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
+        out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])
 
 
@@ -181,9 +209,10 @@ class TorchSwapModel:
         self.model = model.bake(torch.from_numpy(embedding)).eval()
         self.name = Path(path).name
         self.size, self.template = config.size, config.template
+        self.needs_landmarks = False
         self._torch = torch
 
-    def __call__(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         x = self._torch.from_numpy(to_unit_range(crop).transpose(2, 0, 1)[None].copy())
         with self._torch.inference_mode():
             image, mask = self.model(x)

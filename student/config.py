@@ -40,6 +40,11 @@ class StudentConfig:
     # Spatial identity: a depthwise encoder of the aligned identity crop adds feature maps to the same
     # skips and to the logits (a constant of the baked artifact, so free at run time; baked export only).
     identity_encoder: bool = False
+    # Warped identity: the spatial encoder reads the identity crop mesh-warped onto each frame's landmarks
+    # (`faces.warp.warp_identity`) instead of the fixed crop, so the identity's texture arrives where the
+    # attribute's features are. The maps then change per frame: the baked artifact takes that warped crop
+    # as a second input ("identity") and runs the encoder. Needs identity_encoder.
+    identity_warp: bool = False
     hyper_hidden: int = 256  # hypernetwork MLP width
     hyper_layers: int = 2  # hypernetwork MLP depth (>= 1)
     normalize_embedding: bool = True  # L2-normalise the embedding inside the hypernetwork
@@ -78,8 +83,12 @@ class StudentConfig:
         stride = 2 ** len(self.enc_channels)
         if self.size % stride:
             raise ConfigError(f"config field 'size' ({self.size}) must be divisible by 2**len(enc_channels) = {stride}")
-        for name in ("head_image_skip", "normalize_embedding", "identity_encoder"):
+        for name in ("head_image_skip", "normalize_embedding", "identity_encoder", "identity_warp"):
             _check_type(name, getattr(self, name), bool)
+        if self.identity_warp and not self.identity_encoder:
+            raise ConfigError(
+                "config field 'identity_warp' needs 'identity_encoder': true (the encoder reads the warp)"
+            )
         _check_choice("identity_maps", self.identity_maps, IDENTITY_MAPS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTIVATIONS)

@@ -170,11 +170,14 @@ class StudentNet(nn.Module):
             embedding = embedding[:1]  # one identity repeated (personalisation batches): run it once
         return self.run(image, self.identity(embedding), self.maps(identity_image))
 
+    def constant_maps(self) -> Maps:
+        """The learned constant maps (personalised students) added to skips (by decoder block) and logits."""
+        return {int(i): m for i, m in self.skip_maps.items()}, self.head_map
+
     def maps(self, identity_image: torch.Tensor | None = None) -> Maps:
-        """The maps added to skips (by decoder block) and to the logits: learned constants (personalised
-        students) plus the spatial identity encoder's output for ``identity_image``."""
-        skips: dict[int, torch.Tensor] = {int(i): m for i, m in self.skip_maps.items()}
-        head = self.head_map
+        """The maps added to skips (by decoder block) and to the logits: :meth:`constant_maps` plus the
+        spatial identity encoder's output for ``identity_image`` (the warped crop with ``identity_warp``)."""
+        skips, head = self.constant_maps()
         if self.spatial is not None:
             if identity_image is None:
                 raise ConfigError(
@@ -276,9 +279,12 @@ class StudentNet(nn.Module):
 
     @torch.no_grad()
     def bake(self, embedding: torch.Tensor, identity_image: torch.Tensor | None = None) -> BakedStudent:
-        """A static image-only network for one identity (matches eval-mode :meth:`forward`)."""
+        """A static network for one identity (matches eval-mode :meth:`forward`): image-only, or with
+        ``identity_warp`` ``forward(image, warped identity crop)`` (the encoder runs per frame then)."""
         if identity_image is not None and identity_image.shape[0] != 1:
             raise ConfigError(f"bake one identity at a time: identity_image batch is {identity_image.shape[0]}")
+        if self.config.identity_warp:
+            return BakedStudent(self, self.folded_identity(embedding), self.constant_maps(), self.spatial)
         return BakedStudent(self, self.folded_identity(embedding), self.maps(identity_image))
 
     @torch.no_grad()
@@ -292,19 +298,42 @@ class StudentNet(nn.Module):
         return DynamicIdentityStudent(self, self.maps())
 
 
+def _folded_down(block: SeparableDown, act: str) -> nn.Sequential:
+    """An encoder block with its BatchNorms folded into the convolutions."""
+    return nn.Sequential(
+        fold_conv_norm(block.dw, block.dw_norm), make_act(act), fold_conv_norm(block.pw, block.pw_norm), make_act(act)
+    )
+
+
+class _FoldedSpatial(nn.Module):
+    """:class:`SpatialIdentity` with BN folded, for artifacts that take the warped identity as an input."""
+
+    def __init__(self, spatial: SpatialIdentity, act: str) -> None:
+        super().__init__()
+        self.encoder = nn.ModuleList(_folded_down(b, act) for b in spatial.encoder)
+        self.depth, self.levels = spatial.depth, [i for i, _, _ in spatial.levels]
+        projections = [spatial.proj[str(i)] for i in self.levels]
+        self.proj = nn.ModuleList(conv_from(p.weight, p.bias, p) for p in projections)
+        self.logits = conv_from(spatial.logits.weight, spatial.logits.bias, spatial.logits)
+
+    def forward(self, crop: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        feats, x = [], crop
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        maps = {i: proj(feats[self.depth - 2 - i]) for i, proj in zip(self.levels, self.proj, strict=True)}
+        return maps, self.logits(crop)
+
+
 class _FoldedUNet(nn.Module):
     """Identity-free parts of a student with BN folded: encoder and heads (shared by baked/dynamic)."""
 
-    def __init__(self, net: StudentNet, maps: Maps) -> None:
+    def __init__(self, net: StudentNet, maps: Maps, spatial: SpatialIdentity | None = None) -> None:
         super().__init__()
         act = net.config.act
         self.config = net.config
-        self.encoder = nn.ModuleList(
-            nn.Sequential(
-                fold_conv_norm(b.dw, b.dw_norm), make_act(act), fold_conv_norm(b.pw, b.pw_norm), make_act(act)
-            )
-            for b in net.encoder
-        )
+        self.encoder = nn.ModuleList(_folded_down(b, act) for b in net.encoder)
+        self.spatial = None if spatial is None else _FoldedSpatial(spatial, act)
         self.up = Upsample2x()
         self.image_skip = net.config.head_image_skip
         self.head_dw = nn.Sequential(fold_conv_norm(net.head.dw, net.head.norm), make_act(act))
@@ -319,33 +348,44 @@ class _FoldedUNet(nn.Module):
     def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def _forward(self, image: torch.Tensor, params: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(
+        self, image: torch.Tensor, params: torch.Tensor | None = None, identity: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Written as one flat function so eager PyTorch frees each activation as soon as it is consumed.
         feats, x = [], image
         for block in self.encoder:
             x = block(x)
             feats.append(x)
+        found, logit_map = self.spatial(identity) if self.spatial is not None else ({}, None)
+        if self.head_map is not None:
+            logit_map = self.head_map if logit_map is None else logit_map + self.head_map
         x = feats.pop()
         for index in range(len(feats)):
             skip = feats.pop()
             if index in self.skip_map_index:
                 skip = skip + getattr(self, f"skip_map_{index}")
+            if index in found:
+                skip = skip + found[index]
             x = self._decode(index, torch.cat([self.up(x), skip], dim=1), params)
         x = self.up(x)
         if self.image_skip:
             x = torch.cat([x, image], dim=1)
         x = self.head_dw(x)
         image_logits, mask_logits = self.image_head(x), self.mask_head(x)
-        if self.head_map is not None:
-            image_logits, mask_logits = image_logits + self.head_map[:, :3], mask_logits + self.head_map[:, 3:]
+        if logit_map is not None:
+            image_logits, mask_logits = image_logits + logit_map[:, :3], mask_logits + logit_map[:, 3:]
         return torch.tanh(image_logits), torch.sigmoid(mask_logits)
 
 
 class BakedStudent(_FoldedUNet):
-    """Static student for one identity: ``forward(image) -> (image, mask)``; only Conv2d, ReLU, bilinear, cat."""
+    """Static student for one identity: ``forward(image) -> (image, mask)``; only Conv2d, ReLU, bilinear,
+    cat, add. With ``identity_warp``: ``forward(image, identity_warped)`` (the crop from
+    ``faces.warp.warp_identity``, [1,3,S,S] in [-1, 1])."""
 
-    def __init__(self, net: StudentNet, folded: list[dict[str, torch.Tensor]], maps: Maps) -> None:
-        super().__init__(net, maps)
+    def __init__(
+        self, net: StudentNet, folded: list[dict[str, torch.Tensor]], maps: Maps, spatial: SpatialIdentity | None = None
+    ) -> None:
+        super().__init__(net, maps, spatial)
         act = net.config.act
         self.decoder = nn.ModuleList()
         for block, f in zip(net.decoder, folded, strict=True):
@@ -356,8 +396,14 @@ class BakedStudent(_FoldedUNet):
             self.decoder.append(nn.Sequential(dw, make_act(act), pw, make_act(act)))
         self.eval().requires_grad_(False)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(image)
+    @property
+    def takes_warped_identity(self) -> bool:
+        return self.spatial is not None
+
+    def forward(self, image: torch.Tensor, identity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spatial is not None and identity is None:
+            raise ConfigError("this student reads the warped identity crop: call it with (image, identity_warped)")
+        return self._forward(image, identity=identity)
 
     def _decode(self, index: int, x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
         return self.decoder[index](x)

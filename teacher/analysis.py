@@ -106,13 +106,10 @@ class FaceAnalysis:
         if yaw > self.cfg.max_yaw:
             return Skipped(f"profile face (yaw proxy {yaw:.2f} > max_yaw {self.cfg.max_yaw})")
         aligned = align_face(image, face.keypoints, self.cfg.size, "arcface")
-        matrix = aligned.matrix.astype(np.float64)
-        landmarks = face.landmarks.astype(np.float64).copy()
-        landmarks[:, :2] = landmarks[:, :2] @ matrix[:, :2].T + matrix[:, 2]
-        landmarks[:, 2] *= float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         with single_thread_torch():
             embedding = embed_faces(image, [face], self.encoder)[0]
-        return AlignedRecord(aligned.crop, landmarks.astype(np.float32), embedding.astype(np.float32), source.name)
+        landmarks = aligned.landmarks_in_crop(face.landmarks)
+        return AlignedRecord(aligned.crop, landmarks, embedding.astype(np.float32), source.name)
 
 
 def _cache_path(cache_dir: Path, source: Source, cfg: GenerateConfig) -> Path:

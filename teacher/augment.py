@@ -23,6 +23,7 @@ import numpy as np
 from pocketswap.config import check_range, from_dict
 from pocketswap.errors import ConfigError
 from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
+from pocketswap.faces.warp import MeshWarp, border_anchors
 from pocketswap.teacher.base import AlignedRecord, face_mask
 from pocketswap.teacher.mesh import (
     CHIN,
@@ -33,7 +34,6 @@ from pocketswap.teacher.mesh import (
     UPPER_INNER_LIP_CENTRE,
     flip_landmarks,
 )
-from pocketswap.teacher.warp import MeshWarp, border_anchors
 
 OCCLUDER_KINDS = ("rectangle", "ellipse", "hand", "sunglasses")
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError
+from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
 from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, OUTER_LIP, RIGHT_EYEBROW
-from pocketswap.teacher.warp import MeshWarp
 
 BLENDS = ("membrane", "poisson", "laplacian", "alpha")
 

@@ -167,6 +167,7 @@ class PairMaker:
             id_embedding=np.asarray(embedding, np.float32),
             attr_landmarks=attribute.landmarks.astype(np.float32),
             meta=meta,
+            id_landmarks=identity.landmarks.astype(np.float32),
         )
         stats = {"pair": meta["pair"], "pseudo": pseudo, "occluded": bool(applied.get("occluders"))}
         return sample, stats

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from pocketswap.dataset import (
     MANIFEST,
@@ -187,7 +188,7 @@ def test_generated_dataset_is_valid(reference):
         assert sample.identity.shape == sample.attribute.shape == sample.output.shape == (224, 224, 3)
         assert sample.mask.shape == (224, 224) and sample.mask.min() >= 0.0 and sample.mask.max() <= 1.0
         assert abs(float(np.linalg.norm(sample.id_embedding)) - 1.0) < 1e-4
-        assert sample.attr_landmarks.shape == (468, 3)
+        assert sample.attr_landmarks.shape == sample.id_landmarks.shape == (468, 3)
         meta = sample.meta
         assert meta["teacher"] == "geometric" and meta["teacher_config_hash"] == manifest.teacher["config_hash"]
         assert meta["pair"] in ("cross", "same") and meta["attribute"] in manifest.identities
@@ -198,6 +199,16 @@ def test_generated_dataset_is_valid(reference):
         else:
             assert np.array_equal(sample.output, sample.attribute)
     assert keys == [f"{i:09d}" for i in range(PAIRS)]
+    # Warped-identity students read each identity crop warped onto its attribute's landmarks.
+    from pocketswap.distill.data import collate
+
+    samples = [s for _, s in zip(range(4), reader, strict=False)]
+    batch = collate(samples, warp=True)
+    assert batch["identity_warped"].shape == batch["identity_image"].shape
+    assert not torch.equal(batch["identity_warped"], batch["identity_image"])
+    samples[1].id_landmarks = None  # a dataset written before identity landmarks were recorded
+    with pytest.raises(DatasetError, match="no identity landmarks.*teacher generate"):
+        collate(samples, warp=True)
     # Streaming with shuffling and rank splits covers every sample exactly once.
     parts = [
         [s.key for s in reader.iter_samples(shuffle=True, seed=1, rank=r, world_size=2, shuffle_buffer=2)]

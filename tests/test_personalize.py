@@ -13,12 +13,16 @@ import torch
 from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
 from pocketswap.cli import main
 from pocketswap.dataset import DatasetError, DatasetReader
+from pocketswap.demo.pipeline import LiveSwapper
 from pocketswap.demo.web import comparison, comparison_run
 from pocketswap.distill.data import Split, make_split
 from pocketswap.distill.metrics import identity_transfer
-from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
+from pocketswap.errors import ConfigError, ImageReadError, ModelSignatureError, NoFaceError
+from pocketswap.export.data import align_photo_landmarks
 from pocketswap.faces import samples
+from pocketswap.faces.analyzer import shared_analyzer
 from pocketswap.imageio import write_image
+from pocketswap.runtime import load_swap_model
 from pocketswap.student import StudentNet
 from pocketswap.student.config import get_preset
 from pocketswap.teacher.analysis import analyze_identity
@@ -141,6 +145,7 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
 
     net, config, extra = load_checkpoint(out / "best")
     assert config.identity_maps == "both" and extra["identity"]["name"] == "identity:grace_hopper"
+    assert config.identity_encoder and config.identity_warp  # it reads her face warped onto each frame
     report = json.loads((out / "eval.json").read_text())
     assert list(report["metrics"]) == ["personalised", "universal", "teacher", "attribute"]
     assert report["num_samples"] > 0 and all("same_person" in m for m in report["metrics"].values())
@@ -168,6 +173,18 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     assert main([*export, "--identity", "sample:grace_hopper"]) == 0
     manifest = json.loads(next(artifacts.glob("*.onnx.json")).read_text())
     assert manifest["source"]["embedding_sha256"] == extra["identity"]["embedding_sha256"]
+    assert [t["name"] for t in manifest["inputs"]] == ["image", "identity_warped"]
+    assert manifest["parity"]["passed"] and len(manifest["identity_texture"]["landmarks"]) == 468
+
+    # The artifact runs on a frame's face: its identity texture warped onto the face's landmarks.
+    model = load_swap_model(next(artifacts.glob("*.onnx")))
+    crop, landmarks = align_photo_landmarks(samples.load("astronaut"), 64, "arcface")
+    assert model.needs_landmarks and model(crop, landmarks)[0].shape == crop.shape
+    with pytest.raises(ModelSignatureError, match="landmarks"):
+        model(crop)
+    frame = samples.load("astronaut")
+    result = LiveSwapper(model, shared_analyzer()).process(frame)
+    assert result.crops and not np.array_equal(result.frame, frame)
 
 
 def test_personalize_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -194,6 +211,25 @@ def test_spatial_identity_maps_fold_and_start_at_zero():
         spatial(x, e)
     with pytest.raises(ConfigError, match="baked only"):
         spatial.dynamic()
+
+
+def test_warped_identity_student_bakes_with_a_second_input():
+    torch.manual_seed(0)
+    net = StudentNet(get_preset("nano", size=64, identity_encoder=True, identity_warp=True, identity_maps="both"))
+    for p in [*net.spatial.parameters(), *net.skip_maps.values(), net.head_map]:
+        p.data.normal_(std=0.2)
+    net.eval()
+    x, e = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 128)
+    warped, other = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    baked = net.bake(e)
+    assert baked.takes_warped_identity
+    for w in (warped, other):  # the warp is a run-time input: the baked net follows it, frame by frame
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(net(x, e, w), baked(x, w), strict=True))
+    assert not torch.allclose(baked(x, warped)[0], baked(x, other)[0])
+    with pytest.raises(ConfigError, match="identity_warped"):
+        baked(x)
+    with pytest.raises(ConfigError, match="identity_encoder"):
+        get_preset("nano", identity_warp=True)
 
 
 @pytest.mark.slow

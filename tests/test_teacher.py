@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.faces.warp import MeshWarp, border_anchors, warp_identity, warp_with_anchors
 from pocketswap.teacher import augment as aug
 from pocketswap.teacher.base import AlignedRecord, load_teacher
 from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
 from pocketswap.teacher.mesh import FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
-from pocketswap.teacher.warp import MeshWarp, border_anchors, warp_with_anchors
 
 SIZE = 224
 NAMES = ("astronaut", "grace_hopper", "lfw_01", "lfw_12")
@@ -86,6 +86,33 @@ def test_mesh_warp_identity_and_translation(records):
     assert MeshWarp(np.concatenate([points, anchors]), (SIZE, SIZE)).inside.all()
     moved = warp_with_anchors(image, points, points + 2.0)
     assert np.array_equal(moved[0], image[0])
+
+
+def test_identity_texture_lands_on_the_frame_landmarks(records):
+    """The warped-identity input: the identity's face moved onto another face's geometry."""
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    same = warp_identity(identity.image, identity.landmarks, identity.landmarks)
+    inside = MeshWarp(identity.landmarks, (SIZE, SIZE)).inside
+    assert np.abs(same.astype(int) - identity.image.astype(int))[inside].max() <= 1
+    shifted = warp_identity(identity.image, identity.landmarks, identity.landmarks[:, :2] + np.array([4.0, 0.0]))
+    inner = cv2.erode(inside.astype(np.uint8), np.ones((13, 13), np.uint8)) > 0
+    expected = np.roll(identity.image, shift=4, axis=1)  # features sit 4 px further right
+    assert np.abs(shifted.astype(int) - expected.astype(int))[inner].mean() <= 1.5
+    onto = warp_identity(identity.image, identity.landmarks, attribute.landmarks)
+
+    def eye(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:  # her right eye's box, resampled to 24x12
+        corners = landmarks[[33, 133, 159, 145], :2]
+        (x0, y0), (x1, y1) = np.floor(corners.min(0)).astype(int) - 3, np.ceil(corners.max(0)).astype(int) + 3
+        return cv2.resize(image[y0:y1, x0:x1], (24, 12), interpolation=cv2.INTER_AREA).astype(int)
+
+    hers = eye(identity.image, identity.landmarks)
+    # Her eye now sits where the astronaut's is: her eye's pixels, not what her crop had at that place.
+    assert (
+        np.abs(eye(onto, attribute.landmarks) - hers).mean()
+        < 0.5 * np.abs(eye(identity.image, attribute.landmarks) - hers).mean()
+    )
+    with pytest.raises(ValueError, match="finite"):
+        warp_identity(identity.image, identity.landmarks, np.full((468, 2), np.nan))
 
 
 # -- geometric teacher ---------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 A `MeshWarp` is built once for a destination geometry: it rasterises each triangle's id into a
 map (one `cv2.fillConvexPoly` per triangle), so warping any source image that carries the same
 landmarks costs one batched affine solve, one per-pixel gather and one `cv2.remap`.
+
+`warp_identity` is the one definition of the warped-identity input of students with
+``identity_warp``: the identity crop's texture moved onto the frame's 468 landmarks (crop pixels).
+Training pairs, evaluation, export parity and the live pipeline all call it.
 """
 
 from __future__ import annotations
@@ -107,3 +111,21 @@ def warp_with_anchors(image: np.ndarray, src: np.ndarray, dst: np.ndarray, per_s
     src_all = np.concatenate([np.asarray(src, np.float32)[:, :2], anchors])
     dst_all = np.concatenate([np.asarray(dst, np.float32)[:, :2], anchors])
     return MeshWarp(dst_all, (height, width)).warp(image, src_all)
+
+
+@lru_cache(maxsize=64)
+def _triangles_of(points: bytes, count: int) -> np.ndarray:
+    return triangulate(np.frombuffer(points, np.float64).reshape(count, 2))
+
+
+def warp_identity(identity: np.ndarray, identity_landmarks: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The SxSx3 identity crop mesh-warped so that its features (at ``identity_landmarks``, (468, 2+)
+    crop pixels) sit at ``landmarks`` (the attribute face's, same crop frame); pixels outside the
+    face mesh keep the identity crop's own. The mesh is the Delaunay triangulation of the identity's
+    landmarks (computed once per identity), so a frame costs one rasterisation and one remap."""
+    source = np.ascontiguousarray(np.asarray(identity_landmarks, np.float64)[:, :2])
+    landmarks = np.asarray(landmarks, np.float64)[:, :2]
+    if not np.isfinite(landmarks).all() or landmarks.shape != source.shape:
+        raise ValueError(f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}")
+    triangles = _triangles_of(source.tobytes(), len(source))
+    return MeshWarp(landmarks, identity.shape[:2], triangles).warp(identity, source)
