@@ -293,9 +293,7 @@ class _Trainer:
 
     # -- one step --------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext() if self.amp_dtype is None else torch.autocast("cuda", dtype=self.amp_dtype)
 
     def _train_step(self, t: dict[str, torch.Tensor]) -> dict[str, float]:
         cfg = self.cfg
