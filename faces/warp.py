@@ -126,6 +126,8 @@ def warp_identity(identity: np.ndarray, identity_landmarks: np.ndarray, landmark
     source = np.ascontiguousarray(np.asarray(identity_landmarks, np.float64)[:, :2])
     landmarks = np.asarray(landmarks, np.float64)[:, :2]
     if not np.isfinite(landmarks).all() or landmarks.shape != source.shape:
-        raise ValueError(f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}")
+        raise ValueError(
+            f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}"
+        )
     triangles = _triangles_of(source.tobytes(), len(source))
     return MeshWarp(landmarks, identity.shape[:2], triangles).warp(identity, source)
