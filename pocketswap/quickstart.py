@@ -45,6 +45,8 @@ class QuickstartConfig:
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
     spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
+    # ... mesh-warped onto each frame's landmarks (held-out retrieval 59.8% vs 26.8% with the fixed crop)
+    warped_identity: bool = True
     personal_steps: int = PERSONALIZE_DEFAULTS["steps"]  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
@@ -88,7 +90,8 @@ def step_train(out: Path, cfg: QuickstartConfig) -> None:
     pocketswap("distill", "train", "--data", out.parent / "dataset", "--preset", cfg.preset, "--steps", cfg.steps,
                "--batch-size", cfg.batch_size, "--checkpoint-every", max(cfg.steps // 4, 1), "--image-every",
                max(cfg.steps // 4, 1), "--num-workers", 0, "--out", out, *resume,
-               f"student.identity_encoder={str(cfg.spatial_identity).lower()}")  # fmt: skip
+               f"student.identity_encoder={str(cfg.spatial_identity).lower()}",
+               f"student.identity_warp={str(cfg.spatial_identity and cfg.warped_identity).lower()}")  # fmt: skip
 
 
 def step_eval(out: Path, cfg: QuickstartConfig) -> None:

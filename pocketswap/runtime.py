@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from pocketswap.errors import ModelSignatureError, PocketswapError
+from pocketswap.faces.warp import warp_identity
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class ArtifactSwapModel:
                 raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
         self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
         self.size, self.template = int(manifest.crop_size), manifest.template or "arcface"
-        self.texture = None
+        self.texture, self.warped_input = None, WARPED_IDENTITY_INPUT
         if WARPED_IDENTITY_INPUT in {t.name for t in manifest.inputs}:
             if manifest.identity_texture is None:
                 raise ModelSignatureError(
@@ -171,13 +172,10 @@ class ArtifactSwapModel:
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {self.input: to_unit_range(crop).transpose(2, 0, 1)[None]}
         if self.texture is not None:
-            from pocketswap.faces.warp import warp_identity
-            from pocketswap.manifest import WARPED_IDENTITY_INPUT
-
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
             warped = warp_identity(*self.texture, landmarks)
-            feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
+            feeds[self.warped_input] = to_unit_range(warped).transpose(2, 0, 1)[None]
         out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])
 

@@ -396,10 +396,6 @@ class BakedStudent(_FoldedUNet):
             self.decoder.append(nn.Sequential(dw, make_act(act), pw, make_act(act)))
         self.eval().requires_grad_(False)
 
-    @property
-    def takes_warped_identity(self) -> bool:
-        return self.spatial is not None
-
     def forward(self, image: torch.Tensor, identity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.spatial is not None and identity is None:
             raise ConfigError("this student reads the warped identity crop: call it with (image, identity_warped)")

@@ -222,7 +222,6 @@ def test_warped_identity_student_bakes_with_a_second_input():
     x, e = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 128)
     warped, other = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
     baked = net.bake(e)
-    assert baked.takes_warped_identity
     for w in (warped, other):  # the warp is a run-time input: the baked net follows it, frame by frame
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(net(x, e, w), baked(x, w), strict=True))
     assert not torch.allclose(baked(x, warped)[0], baked(x, other)[0])
