@@ -22,6 +22,7 @@ from pocketswap.export.data import align_photo_landmarks
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import shared_analyzer
 from pocketswap.imageio import write_image
+from pocketswap.manifest import ManifestError, decode_texture, encode_texture
 from pocketswap.runtime import load_swap_model
 from pocketswap.student import StudentNet
 from pocketswap.student.config import get_preset
@@ -185,6 +186,10 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     frame = samples.load("astronaut")
     result = LiveSwapper(model, shared_analyzer()).process(frame)
     assert result.crops and not np.array_equal(result.frame, frame)
+    manifest_file = next(artifacts.glob("*.onnx.json"))  # a manifest that lost the texture: one clear error
+    manifest_file.write_text(json.dumps({k: v for k, v in manifest.items() if k != "identity_texture"}))
+    with pytest.raises(ModelSignatureError, match="identity_texture"):
+        load_swap_model(next(artifacts.glob("*.onnx")))
 
 
 def test_personalize_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -229,6 +234,17 @@ def test_warped_identity_student_bakes_with_a_second_input():
         baked(x)
     with pytest.raises(ConfigError, match="identity_encoder"):
         get_preset("nano", identity_warp=True)
+
+
+def test_identity_texture_round_trips_and_names_a_malformed_manifest():
+    crop, landmarks = align_photo_landmarks(samples.load("grace_hopper"), 64, "arcface")
+    texture = encode_texture(crop, landmarks)
+    image, points = decode_texture(texture)
+    assert np.array_equal(image, crop) and np.allclose(points, landmarks[:, :2], atol=1e-3)
+    with pytest.raises(ManifestError, match="identity_texture"):
+        decode_texture({**texture, "png_base64": "not base64!"}, "m.json")
+    with pytest.raises(ManifestError, match="identity_texture"):
+        decode_texture({"landmarks": texture["landmarks"]}, "m.json")
 
 
 @pytest.mark.slow
