@@ -43,7 +43,7 @@ class StudentConfig:
     # Warped identity: the spatial encoder reads the identity crop mesh-warped onto each frame's landmarks
     # (`faces.warp.warp_identity`) instead of the fixed crop, so the identity's texture arrives where the
     # attribute's features are. The maps then change per frame: the baked artifact takes that warped crop
-    # as a second input ("identity") and runs the encoder. Needs identity_encoder.
+    # as a second input ("identity_warped") and runs the encoder. Needs identity_encoder.
     identity_warp: bool = False
     hyper_hidden: int = 256  # hypernetwork MLP width
     hyper_layers: int = 2  # hypernetwork MLP depth (>= 1)

@@ -25,6 +25,7 @@ Flat params layout (``param_layout()``, float32, batch dim first), per block in 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from dataclasses import dataclass
@@ -305,24 +306,12 @@ def _folded_down(block: SeparableDown, act: str) -> nn.Sequential:
     )
 
 
-class _FoldedSpatial(nn.Module):
-    """:class:`SpatialIdentity` with BN folded, for artifacts that take the warped identity as an input."""
-
-    def __init__(self, spatial: SpatialIdentity, act: str) -> None:
-        super().__init__()
-        self.encoder = nn.ModuleList(_folded_down(b, act) for b in spatial.encoder)
-        self.depth, self.levels = spatial.depth, [i for i, _, _ in spatial.levels]
-        projections = [spatial.proj[str(i)] for i in self.levels]
-        self.proj = nn.ModuleList(conv_from(p.weight, p.bias, p) for p in projections)
-        self.logits = conv_from(spatial.logits.weight, spatial.logits.bias, spatial.logits)
-
-    def forward(self, crop: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        feats, x = [], crop
-        for block in self.encoder:
-            x = block(x)
-            feats.append(x)
-        maps = {i: proj(feats[self.depth - 2 - i]) for i, proj in zip(self.levels, self.proj, strict=True)}
-        return maps, self.logits(crop)
+def _folded_spatial(spatial: SpatialIdentity, act: str) -> SpatialIdentity:
+    """A copy of the spatial identity encoder with BN folded (same forward), for artifacts that take the
+    warped identity as an input."""
+    folded = copy.deepcopy(spatial)
+    folded.encoder = nn.ModuleList(_folded_down(b, act) for b in spatial.encoder)
+    return folded
 
 
 class _FoldedUNet(nn.Module):
@@ -333,7 +322,7 @@ class _FoldedUNet(nn.Module):
         act = net.config.act
         self.config = net.config
         self.encoder = nn.ModuleList(_folded_down(b, act) for b in net.encoder)
-        self.spatial = None if spatial is None else _FoldedSpatial(spatial, act)
+        self.spatial = None if spatial is None else _folded_spatial(spatial, act)
         self.up = Upsample2x()
         self.image_skip = net.config.head_image_skip
         self.head_dw = nn.Sequential(fold_conv_norm(net.head.dw, net.head.norm), make_act(act))
