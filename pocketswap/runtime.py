@@ -22,6 +22,7 @@ import numpy as np
 
 from pocketswap.errors import ModelSignatureError, PocketswapError
 from pocketswap.faces.warp import warp_identity
+from pocketswap.manifest import WARPED_IDENTITY_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,6 @@ class ArtifactSwapModel:
             IMAGE_INPUT,
             IMAGE_OUTPUT,
             MASK_OUTPUT,
-            WARPED_IDENTITY_INPUT,
             ManifestError,
             decode_texture,
             read_manifest,
@@ -160,14 +160,18 @@ class ArtifactSwapModel:
                 raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
         self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
         self.size, self.template = int(manifest.crop_size), manifest.template or "arcface"
-        self.texture, self.warped_input = None, WARPED_IDENTITY_INPUT
+        self.texture = None
         if WARPED_IDENTITY_INPUT in {t.name for t in manifest.inputs}:
             if manifest.identity_texture is None:
                 raise ModelSignatureError(
                     f"{path}: it reads {WARPED_IDENTITY_INPUT!r} but its manifest has no identity_texture"
                 )
             self.texture = decode_texture(manifest.identity_texture, str(path))
-        self.needs_landmarks = self.texture is not None
+
+    @property
+    def needs_landmarks(self) -> bool:
+        """Whether the model reads the warped identity (call it with the face's landmarks in crop pixels)."""
+        return self.texture is not None
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         feeds = {self.input: to_unit_range(crop).transpose(2, 0, 1)[None]}
@@ -175,7 +179,7 @@ class ArtifactSwapModel:
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
             warped = warp_identity(*self.texture, landmarks)
-            feeds[self.warped_input] = to_unit_range(warped).transpose(2, 0, 1)[None]
+            feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
         out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])
 
