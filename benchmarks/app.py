@@ -1,10 +1,11 @@
 """Latency of the browser path of ``pocketswap app``, measured in a real browser.
 
 Debian's Chromium (headless, driven by Playwright) plays a 640x480 clip of a bundled face as its fake
-camera; the page streams it to the app and records, per swapped frame, the time from capture to
-display (``end_to_end``), the server's share (JPEG decode + pipeline + JPEG encode) and the pipeline
-stages themselves. ``browser_path`` = end to end minus the in-process pipeline stages: what the page,
-the JPEG round trip and the WebSocket add over swapping in-process.
+camera; the page streams it to the app over one transport (the WebSocket with JPEG frames, or WebRTC)
+and records, per swapped frame, the time from capture to display (``end_to_end``: the WebSocket
+carries the capture time in a header, WebRTC in the frame's stamp band), the server's share and the
+pipeline stages themselves. ``browser_path`` = end to end minus the in-process pipeline stages: what
+the page, the codecs (JPEG, or VP8 both ways) and the transport add over swapping in-process.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def launch_chromium(playwright, clip: Path):
 @dataclass
 class AppRecord:
     model: str
+    transport: str
     frames: int
     seconds: float
     fps: float
@@ -68,14 +70,17 @@ class AppRecord:
 
     def line(self) -> str:
         return (
-            f"{self.model}: {self.fps:.1f} FPS over {self.frames} frames; end to end p50 {self.end_to_end_p50_ms:.1f} "
-            f"ms (p95 {self.end_to_end_p95_ms:.1f}); in-process pipeline p50 {self.pipeline_p50_ms:.1f} ms; "
+            f"{self.model} over {self.transport}: {self.fps:.1f} FPS over {self.frames} frames; "
+            f"end to end p50 {self.end_to_end_p50_ms:.1f} ms (p95 {self.end_to_end_p95_ms:.1f}); in-process pipeline p50 {self.pipeline_p50_ms:.1f} ms; "
             f"browser path adds p50 {self.browser_path_p50_ms:.1f} ms (p95 {self.browser_path_p95_ms:.1f})"
         )
 
 
-def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20.0, threads: int = 1) -> AppRecord:
-    """Serve the app for ``model``, stream the bundled-face clip through a real browser for ``seconds``."""
+def benchmark_app(
+    model: Path, identity: Path | None = None, seconds: float = 20.0, threads: int = 1, transport: str = "websocket"
+) -> AppRecord:
+    """Serve the app for ``model``, stream the bundled-face clip through a real browser for ``seconds``
+    over ``transport`` (websocket | webrtc)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -84,7 +89,7 @@ def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20
     from pocketswap.demo.pipeline import STAGES
     from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
 
-    app = create_app(AppOptions(model=model, identity=identity, threads=threads))
+    app = create_app(AppOptions(model=model, identity=identity, threads=threads, transport=transport))
     with tempfile.TemporaryDirectory(prefix="pocketswap-bench-app-") as tmp:
         clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
         with serving_in_thread(app) as url, sync_playwright() as p:
@@ -92,8 +97,11 @@ def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20
             try:
                 page = browser.new_page()
                 page.goto(url)
+                page.wait_for_function(f"document.getElementById('transport').value === '{transport}'")
                 page.click("#camera")
                 page.wait_for_function(f"state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+                if page.evaluate("state.transport") != transport:
+                    raise PocketswapError(f"the page fell back from {transport}: {page.text_content('#live-error')}")
                 start_count = page.evaluate("state.log.length")
                 start = time.perf_counter()
                 time.sleep(seconds)
@@ -101,7 +109,7 @@ def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20
                 elapsed = time.perf_counter() - start
             finally:
                 browser.close()
-    rows = log_rows[start_count:]
+    rows = [r for r in log_rows[start_count:] if r["transport"] == transport]
     if not rows:
         raise PocketswapError("no swapped frames came back from the page")
     e2e = np.array([r["e2e"] for r in rows])
@@ -109,6 +117,7 @@ def benchmark_app(model: Path, identity: Path | None = None, seconds: float = 20
     pipeline = np.array([sum(v for k, v in r["stages"].items() if k in STAGES) for r in rows])
     return AppRecord(
         model=str(model),
+        transport=transport,
         frames=len(rows),
         seconds=round(elapsed, 2),
         fps=round(len(rows) / elapsed, 2),

@@ -99,10 +99,13 @@ def _app(args: argparse.Namespace) -> int:
     from pocketswap.files import atomic_write_json
 
     identity = Path(args.identity) if args.identity else None
-    record = benchmark_app(Path(args.model), identity, seconds=args.seconds, threads=args.threads)
-    print(record.line())
+    transports = ("websocket", "webrtc") if args.transport == "both" else (args.transport,)
+    records = []
+    for transport in transports:
+        records.append(benchmark_app(Path(args.model), identity, args.seconds, args.threads, transport))
+        print(records[-1].line())
     if args.json:
-        atomic_write_json(args.json, {"kind": "app", "records": [record.to_dict()]})
+        atomic_write_json(args.json, {"kind": "app", "records": [r.to_dict() for r in records]})
     return 0
 
 
@@ -190,7 +193,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", help="identity photo, sample:NAME or .npy (for checkpoints)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured streaming time after warm-up")
     p.add_argument("--threads", type=int_range(1), default=1)
-    p.add_argument("--json", type=output_file(".json"), help="write the record as JSON")
+    p.add_argument("--transport", choices=["websocket", "webrtc", "both"], default="both",
+                   help="the page's live stream to measure (both: one after the other)")  # fmt: skip
+    p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_app)
 
     p = commands.add_parser("roofline", help="phone latency ESTIMATES from counted MACs and bytes (phones.yaml)")

@@ -48,7 +48,7 @@ def _app(args: argparse.Namespace) -> int:
     identity = Path(args.identity) if args.identity else None
     universal = Path(args.universal) if args.universal else (DEFAULT_UNIVERSAL if DEFAULT_UNIVERSAL.is_dir() else None)
     options = AppOptions(model=model, identity=identity, threads=args.threads, universal=universal,
-                         work_dir=Path(args.work_dir))  # fmt: skip
+                         work_dir=Path(args.work_dir), transport=args.transport)  # fmt: skip
     serve(options, host=args.host, port=args.port)
     return 0
 
@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "app",
         help="browser UI: live webcam swap, image/video files, the model's manifest",
         description="Serves a page on http://HOST:PORT (localhost by default): Live (the browser's camera, "
-        "swapped frames back over a WebSocket, per-stage p50/p95), Files (an image or video in, the swap out), "
+        "swapped frames back over a WebSocket or WebRTC, per-stage p50/p95), Files (an image or video in, the swap out), "
         "Model (its manifest and identities).",
     )
     a.add_argument("--model", help=f".tflite/.onnx artifact or a run folder/checkpoint (default {DEFAULT_APP_MODEL})")
@@ -85,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     a.add_argument("--port", type=int_range(1, 65535), default=7860)
     a.add_argument("--threads", type=int_range(1), default=1, help="inference threads per browser tab")
+    a.add_argument("--transport", default="websocket",
+                   help="the Live tab's default stream: websocket (JPEG; lowest latency on localhost) or webrtc "
+                   "(aiortc, VP8; falls back to the WebSocket if it cannot connect)")  # fmt: skip
     a.add_argument("--universal", help=f"universal run the Personalize tab fine-tunes (default {DEFAULT_UNIVERSAL})")
     a.add_argument("--work-dir", type=output_dir, default="runs/app", help="where Personalize writes (runs/app)")
     a.set_defaults(handler=_app)

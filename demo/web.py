@@ -1,14 +1,14 @@
 """`pocketswap app`: the live swap and file swaps in a browser page, served on localhost.
 
 One Starlette app: ``GET /`` is the page (``demo/page.html``: Live, Files, Personalize, Compare and
-Model tabs); the live
-stream is a WebSocket (``/ws/live``) carrying JPEG frames from the browser's camera and swapped
-JPEG frames back, one in flight at a time, so a slow frame delays the next instead of queueing;
+Model tabs). The live stream is a WebSocket (``/ws/live``) carrying JPEG frames from the browser's
+camera and swapped JPEG frames back, one in flight at a time, so a slow frame delays the next instead
+of queueing; or WebRTC (``POST /api/webrtc/offer``, :mod:`pocketswap.demo.webrtc`), chosen in the page;
 ``POST /api/files`` swaps an uploaded image or video; ``/api/personalize`` runs one background
 personalisation (:mod:`pocketswap.demo.personal_job`); ``GET /api/compare`` and ``/api/model`` describe
-the model, its identities and the personalisation behind it. Each browser tab (each WebSocket) owns its models and tracking state, so two tabs
-never share an identity by accident. A frame that fails to decode or swap is reported to its tab
-and skipped; the session goes on.
+the model, its identities and the personalisation behind it. Each browser tab (each WebSocket or
+peer connection) owns its models and tracking state, so two tabs never share an identity by
+accident. A frame that fails to decode or swap is reported to its tab and skipped; the session goes on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +44,7 @@ MAX_JOB_ID = 64  # characters of a job id that count
 JPEG_QUALITY = 85
 VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
+TRANSPORTS = ("websocket", "webrtc")  # the Live tab's streams; the page falls back to the WebSocket
 
 
 @dataclass
@@ -57,8 +58,11 @@ class AppOptions:
     universal: Path | None = None  # the Personalize tab fine-tunes this universal run
     work_dir: Path = Path("runs/app")  # where the Personalize tab writes its runs
     personal_faces: str = "samples"  # attribute faces the Personalize tab trains against
+    transport: str = "websocket"  # the Live tab's default stream: websocket (JPEG) | webrtc (aiortc)
 
     def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise PocketswapError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not self.model.exists():
             raise PocketswapError(f"{self.model}: no such model (give an exported artifact or a run folder)")
         if self.max_upload_mb < 1:
@@ -295,9 +299,13 @@ def create_app(options: AppOptions):
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
+    from pocketswap.demo.webrtc import STAMP_BITS, STAMP_COLUMNS, STAMP_MARK, WebRTCPeers
+
     identities = identity_files(options.identity)
     manifest = model_manifest(options.model)
     info = describe_model(options, identities, manifest)
+    info["transport"] = {"default": options.transport, "stamp": {"columns": STAMP_COLUMNS, "bits": STAMP_BITS,
+                                                                 "mark": STAMP_MARK}}  # fmt: skip
     Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
     limit = options.max_upload_mb * 1024 * 1024
 
@@ -423,6 +431,21 @@ def create_app(options: AppOptions):
         finally:
             session.virtual_camera.close()
 
+    peers = WebRTCPeers(partial(Session, options, identities), partial(_configure, job=job))
+
+    async def webrtc_offer(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await peers.answer(await request.json()))
+        except json.JSONDecodeError:
+            return JSONResponse({"error": "the offer is not JSON"}, status_code=400)
+        except PocketswapError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await peers.close_all()
+
     async def _reply(websocket, handler, session: Session, payload) -> None:
         try:
             for item in await asyncio.to_thread(handler, session, payload):
@@ -442,9 +465,10 @@ def create_app(options: AppOptions):
         Route("/api/files", files, methods=["POST"]),
         Route("/api/files/progress", files_progress),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
+        Route("/api/webrtc/offer", webrtc_offer, methods=["POST"]),
         WebSocketRoute("/ws/live", live),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.info = info
     return app
 

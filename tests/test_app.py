@@ -1,7 +1,7 @@
 """`pocketswap app` in a real browser: Debian's Chromium, headless, driven by Playwright, with a fake
-camera playing a clip made of a bundled face. Checks that swapped frames come back (the face region
-changes, the SYNTHETIC label shows), that switching identity changes the output, and that the Files tab
-swaps an image. Screenshots land in the test's tmp folder."""
+camera playing a clip made of a bundled face. Checks that swapped frames come back over the WebSocket
+and over WebRTC (the face region changes, the SYNTHETIC label shows), that switching identity changes the
+output, that WebRTC falls back to the WebSocket, and that the Files tab swaps an image and a video. Screenshots land in the test's tmp folder."""
 
 from __future__ import annotations
 
@@ -111,6 +111,78 @@ def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
     split = _next_frames(page)
     assert np.abs(split - original)[:, :300].mean() < 2.0  # left half: the camera frame as it came
     assert not errors, errors
+
+
+def test_live_swap_over_webrtc_measures_capture_to_display(server, browser, tmp_path):
+    url, _ = server
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url)
+    page.wait_for_function("document.getElementById('identity').options.length == 2")
+    page.select_option("#transport", "webrtc")
+    page.click("#camera")
+    swapped = _next_frames(page, 6)
+    page.screenshot(path=str(tmp_path / "live-webrtc.png"))
+    assert page.evaluate("state.transport") == "webrtc", page.text_content("#live-error")
+    assert page.text_content("#live-error") == ""
+    # the page reads its clock off the returned frames and matches the server's timings by it
+    page.wait_for_function("state.log.filter((r) => r.transport === 'webrtc').length >= 3", timeout=30_000)
+    rows = page.evaluate("state.log.filter((r) => r.transport === 'webrtc')")
+    assert rows and all(0 < r["e2e"] < 5000 and "swap" in r["stages"] for r in rows)
+
+    page.uncheck("#swap")
+    original = _next_frames(page, 6)
+    camera = cv2.resize(next(synthetic_frames("astronaut", frames=1, empty_every=0)), (640, 480)).astype(np.int16)
+    assert np.abs(original - camera)[400:, 220:].mean() < 8, "the stamp band (or something else) shows in the view"
+    changed = np.abs(swapped - original).max(axis=-1) > 40
+    assert changed[LABEL_BOX].mean() > 0.02, "the SYNTHETIC label is not visible on swapped frames"
+    face = changed.copy()
+    face[LABEL_BOX] = False
+    rows_, cols = np.nonzero(face)
+    assert face.mean() > 0.01 and 120 < rows_.mean() < 360 and 200 < cols.mean() < 440
+
+    page.check("#swap")
+    page.select_option("#identity", "1")
+    other = _next_frames(page, 6)
+    face_box = (slice(rows_.min(), rows_.max() + 1), slice(cols.min(), cols.max() + 1))
+    assert np.abs(other - swapped)[face_box].mean() > 2.0, "switching identity did not change the swap"
+    assert not errors, errors
+
+
+def test_webrtc_that_cannot_connect_falls_back_to_the_websocket(server, browser):
+    url, _ = server
+    page = browser.new_page()
+    page.route("**/api/webrtc/offer", lambda route: route.fulfill(
+        status=422, content_type="application/json", body=json.dumps({"error": "refused for the test"})))  # fmt: skip
+    page.goto(url)
+    page.select_option("#transport", "webrtc")
+    page.click("#camera")
+    _next_frames(page, 3)
+    assert page.evaluate("state.transport") == "websocket"
+    assert page.input_value("#transport") == "websocket"
+    assert "WebRTC unavailable (refused for the test)" in page.text_content("#live-error")
+
+
+def test_webrtc_offer_errors_are_one_clear_message(server):
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    url, _ = server
+
+    def post(body: bytes) -> tuple[int, dict]:
+        request = Request(f"{url}/api/webrtc/offer", data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert post(b"not json") == (400, {"error": "the offer is not JSON"})
+    status, reply = post(json.dumps({"sdp": "v=0", "type": "answer"}).encode())
+    assert status == 422 and "must be" in reply["error"]
+    status, reply = post(json.dumps({"sdp": "nonsense", "type": "offer"}).encode())
+    assert status == 422 and "could not be answered" in reply["error"]
 
 
 def test_personalize_tab_trains_exports_and_switches_the_live_model(server, browser, tmp_path):
