@@ -30,6 +30,14 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.app import IdentityModels, draw_label, identity_files, mask_view
+from pocketswap.demo.model_info import (
+    ArtifactChoice,
+    artifact_choices,
+    comparison,
+    comparison_run,
+    describe_model,
+    model_manifest,
+)
 from pocketswap.demo.personal_job import JobRequest, PersonalizeJob
 from pocketswap.demo.pipeline import STAGES, LiveSwapper, PipelineConfig
 from pocketswap.errors import PocketswapError
@@ -239,58 +247,6 @@ def swap_video_file(
     return {"frames": frames, "frames_with_face": with_face, "fps": video.fps}
 
 
-def model_manifest(model: Path):
-    """The artifact's manifest, or None for a checkpoint / run folder."""
-    from pocketswap.manifest import ManifestError, read_manifest
-
-    try:
-        return read_manifest(model)
-    except ManifestError:
-        return None
-
-
-def describe_model(options: AppOptions, identities: list[Path], manifest) -> dict[str, Any]:
-    """What the Model tab shows: the artifact's manifest (or the checkpoint's config) and the identities."""
-    info: dict[str, Any] = {"model": str(options.model), "identities": [_identity_name(p) for p in identities]}
-    info["manifest"] = manifest.to_dict() if manifest is not None else None
-    config = options.model / "config.json"
-    if manifest is None and config.is_file():
-        info["checkpoint_config"] = json.loads(config.read_text())
-    return info
-
-
-COMPARE_COLUMNS = ("teacher", "universal", "personalised", "attribute")
-COMPARE_FIELDS = ("same_person", "moved_closer", "id_distance", "psnr_face")
-
-
-def comparison_run(model: Path, manifest=None) -> Path | None:
-    """The personalisation run behind the model (its ``eval.json`` + ``compare.png``): the model's own
-    folder, or the checkpoint its manifest names."""
-    candidates = [model, model.parent]
-    checkpoint = (manifest.source or {}).get("checkpoint") if manifest is not None else None
-    if checkpoint:
-        candidates += [Path(checkpoint), Path(checkpoint).parent]
-    for folder in candidates:
-        if (folder / "eval.json").is_file() and (folder / "compare.png").is_file():
-            return folder
-    return None
-
-
-def comparison(run: Path | None) -> dict[str, Any]:
-    """Teacher | universal | personalised | input on the personalisation's held-out faces (the Compare tab)."""
-    if run is None:
-        return {"available": False, "hint": "personalise first: pocketswap distill personalize RUN_DIR --identity "
-                "PHOTO --out DIR, then export DIR (the Compare tab reads DIR/eval.json)"}  # fmt: skip
-    report = json.loads((run / "eval.json").read_text())
-    metrics = report.get("metrics", {})
-    rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
-    return {"available": True, "run": str(run), "num_samples": report.get("num_samples"), "rows": rows}
-
-
-def _identity_name(path: Path) -> str:
-    return str(path) if str(path).startswith("sample:") else path.name
-
-
 def create_app(options: AppOptions):
     """The Starlette application (import-light: Starlette is imported here)."""
     from starlette.applications import Starlette
@@ -303,7 +259,9 @@ def create_app(options: AppOptions):
 
     identities = identity_files(options.identity)
     manifest = model_manifest(options.model)
-    info = describe_model(options, identities, manifest)
+    info = describe_model(options.model, identities, manifest)
+    artifacts = artifact_choices(options.model, manifest)
+    info["artifacts"] = [a.to_dict() for a in artifacts]
     info["transport"] = {"default": options.transport, "stamp": {"columns": STAMP_COLUMNS, "bits": STAMP_BITS,
                                                                  "mark": STAMP_MARK}}  # fmt: skip
     Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
@@ -423,7 +381,7 @@ def create_app(options: AppOptions):
                 if message.get("type") == "websocket.disconnect":
                     break
                 if message.get("text") is not None:
-                    await _reply(websocket, partial(_configure, job=job), session, message["text"])
+                    await _reply(websocket, partial(_configure, job=job, artifacts=artifacts), session, message["text"])
                 elif message.get("bytes") is not None:
                     await _reply(websocket, _frame, session, message["bytes"])
         except WebSocketDisconnect:
@@ -431,7 +389,7 @@ def create_app(options: AppOptions):
         finally:
             session.virtual_camera.close()
 
-    peers = WebRTCPeers(partial(Session, options, identities), partial(_configure, job=job))
+    peers = WebRTCPeers(partial(Session, options, identities), partial(_configure, job=job, artifacts=artifacts))
 
     async def webrtc_offer(request: Request) -> JSONResponse:
         try:
@@ -473,7 +431,7 @@ def create_app(options: AppOptions):
     return app
 
 
-def _configure(session: Session, text: str, job: PersonalizeJob) -> list[str]:
+def _configure(session: Session, text: str, job: PersonalizeJob, artifacts: list[ArtifactChoice]) -> list[str]:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise PocketswapError("settings must be a JSON object")
@@ -481,6 +439,14 @@ def _configure(session: Session, text: str, job: PersonalizeJob) -> list[str]:
         if job.artifact is None:
             raise PocketswapError("no personalised model yet: run the Personalize tab first")
         session.use_model(job.artifact)
+    if "artifact" in data:  # the Live tab's picker: another export of the served model
+        index = int(data.pop("artifact"))
+        if not 0 <= index < len(artifacts):
+            raise PocketswapError(f"artifact {index} is out of range (this model has {len(artifacts)} exports)")
+        if artifacts[index].unavailable:
+            raise PocketswapError(f"{artifacts[index].name}: {artifacts[index].unavailable}")
+        if Path(artifacts[index].path) != session.models.model_path:
+            session.use_model(Path(artifacts[index].path))
     session.configure(data)
     return [json.dumps({"settings": {k: v for k, v in vars(session.settings).items() if not k.startswith("_")}})]
 

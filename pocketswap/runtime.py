@@ -221,6 +221,15 @@ class TorchSwapModel:
         return _to_crop(image.numpy(), mask.numpy())
 
 
+def unavailable_here(path: str | Path) -> str:
+    """Why this machine cannot swap with the artifact at ``path`` ('' when it can)."""
+    if Path(path).suffix != ".mlpackage":
+        return ""
+    if platform.system() != "Darwin":
+        return "CoreML models run only on macOS; use the .tflite or .onnx export here"
+    return "CoreML inference in the demo is not implemented yet; use .tflite or .onnx"
+
+
 def load_swap_model(path: str | Path, embedding: np.ndarray | None = None, num_threads: int = 1) -> SwapModel:
     """Open a baked artifact or a checkpoint (which needs `embedding`) as a `SwapModel`."""
     path = Path(path)
@@ -228,10 +237,8 @@ def load_swap_model(path: str | Path, embedding: np.ndarray | None = None, num_t
         raise PocketswapError(f"{path}: no such model file")
     if path.suffix in (".tflite", ".onnx"):
         return ArtifactSwapModel(path, num_threads)
-    if path.suffix == ".mlpackage":
-        if platform.system() != "Darwin":
-            raise PocketswapError(f"{path}: CoreML models run only on macOS; use the .tflite or .onnx export here")
-        raise PocketswapError(f"{path}: CoreML inference in the demo is not implemented yet; use .tflite or .onnx")
+    if unavailable_here(path):
+        raise PocketswapError(f"{path}: {unavailable_here(path)}")
     if path.is_dir() or path.suffix in (".safetensors", ".json"):
         if embedding is None:
             raise PocketswapError(f"{path}: a checkpoint needs an identity embedding to bake")

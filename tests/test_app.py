@@ -308,3 +308,38 @@ def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
 def test_app_command_names_a_missing_model(tmp_path, capsys):
     assert main(["app", "--model", str(tmp_path / "missing.tflite")]) == 2
     assert "no such model" in capsys.readouterr().err
+
+
+def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
+    """Served from an artifact, the Live tab lists its sibling exports (with parity and size from their
+    manifests), switches a tab's model to the one picked, and refuses one that cannot run here."""
+    from pocketswap.demo.model_info import artifact_choices, model_manifest
+    from pocketswap.demo.personal_job import PersonalizeJob
+    from pocketswap.demo.web import Session, _configure
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "nano", StudentNet(get_preset("nano")).eval())
+    out = tmp_path / "artifacts"
+    command = ["export", str(checkpoint), "--identity", "sample:grace_hopper", "--format", "onnx", "--out", str(out)]
+    assert main([*command, "--precision", "fp32,fp16"]) == 0
+    served = next(out.glob("*_fp32.onnx"))
+    choices = artifact_choices(served, model_manifest(served))
+    assert [c.precision for c in choices] == ["fp32", "fp16"] and choices[0].path == str(served)
+    assert all(c.parity.startswith("passed") and c.size_bytes > 0 and not c.unavailable for c in choices)
+
+    session = Session(AppOptions(model=served), [])
+    job = PersonalizeJob(None)
+    _configure(session, json.dumps({"artifact": 1}), job, choices)
+    assert str(session.models.model_path) == choices[1].path
+    frame = next(synthetic_frames("astronaut", frames=1, empty_every=0))
+    assert session.process(frame)[2] == 1  # the fp16 export swaps the face
+    with pytest.raises(PocketswapError, match="out of range"):
+        _configure(session, json.dumps({"artifact": 5}), job, choices)
+    (out / "nano_baked_fp32.mlpackage").mkdir()  # a CoreML export beside them: listed, not runnable here
+    (out / "nano_baked_fp32.mlpackage.json").write_text(
+        json.dumps(model_manifest(served).to_dict() | {"runtime": "coreml", "artifact": "nano_baked_fp32.mlpackage"})
+    )
+    coreml = [c for c in artifact_choices(served, model_manifest(served)) if c.runtime == "coreml"]
+    if coreml[0].unavailable:  # on Linux
+        with pytest.raises(PocketswapError, match="macOS"):
+            _configure(session, json.dumps({"artifact": 1}), job, [choices[0], coreml[0]])

@@ -13,8 +13,8 @@ import torch
 from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
 from pocketswap.cli import main
 from pocketswap.dataset import DatasetError, DatasetReader
+from pocketswap.demo.model_info import comparison, comparison_run
 from pocketswap.demo.pipeline import LiveSwapper
-from pocketswap.demo.web import comparison, comparison_run
 from pocketswap.distill.data import Split, make_split
 from pocketswap.distill.metrics import identity_transfer
 from pocketswap.errors import ConfigError, ImageReadError, ModelSignatureError, NoFaceError
