@@ -117,5 +117,3 @@ def comparison(run: Path | None) -> dict[str, Any]:
 
 def _identity_name(path: Path) -> str:
     return str(path) if str(path).startswith("sample:") else path.name
-
-
