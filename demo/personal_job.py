@@ -21,6 +21,44 @@ from pocketswap.errors import PocketswapError
 log = logging.getLogger(__name__)
 
 
+MAX_VIDEO_FRAMES = 64  # frames taken from an uploaded video to personalise against, spread over it
+
+
+def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
+    """Write uploaded photos, and up to ``MAX_VIDEO_FRAMES`` frames spread over each uploaded video, into
+    ``folder`` as the attribute faces of a personalisation; returns the number of images written."""
+    import shutil
+    import tempfile
+
+    from pocketswap.demo.source import VideoSource
+    from pocketswap.imageio import IMAGE_SUFFIXES, write_image
+
+    shutil.rmtree(folder, ignore_errors=True)  # this upload's faces only, not an earlier one's
+    folder.mkdir(parents=True)
+    written = 0
+    for index, (name, data) in enumerate(uploads):
+        suffix = Path(name).suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            (folder / f"upload{index:03d}{suffix}").write_bytes(data)
+            written += 1
+            continue
+        with tempfile.TemporaryDirectory(prefix="pocketswap-faces-") as tmp:
+            video_path = Path(tmp) / f"video{suffix}"
+            video_path.write_bytes(data)
+            video = VideoSource(video_path)
+            try:
+                every = max(1, video.frame_count // MAX_VIDEO_FRAMES)
+                for number, frame in enumerate(video):
+                    if number % every == 0 and number // every < MAX_VIDEO_FRAMES:
+                        write_image(folder / f"video{index:03d}_{number:05d}.png", frame)
+                        written += 1
+            finally:
+                video.close()
+    if written == 0:
+        raise PocketswapError("no photo or video frame in the faces to personalise against")
+    return written
+
+
 @dataclass
 class JobRequest:
     identity: str  # photo path or sample:NAME

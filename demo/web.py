@@ -38,7 +38,7 @@ from pocketswap.demo.model_info import (
     describe_model,
     model_manifest,
 )
-from pocketswap.demo.personal_job import JobRequest, PersonalizeJob
+from pocketswap.demo.personal_job import JobRequest, PersonalizeJob, faces_from_uploads
 from pocketswap.demo.pipeline import STAGES, LiveSwapper, PipelineConfig
 from pocketswap.errors import PocketswapError
 from pocketswap.imageio import IMAGE_SUFFIXES
@@ -296,7 +296,17 @@ def create_app(options: AppOptions):
                 if not spec.startswith("sample:"):
                     raise PocketswapError("give an identity photo or a sample:NAME")
                 name = spec.split(":", 1)[1]
-            request_ = JobRequest(spec, options.work_dir / f"personal-{name}", steps, pairs, options.personal_faces)
+            faces = options.personal_faces
+            uploads = [f for f in form.getlist("faces") if hasattr(f, "read") and f.filename]
+            if uploads:  # the faces (photos or a video) to personalise against, instead of the default pool
+                allowed = (*IMAGE_SUFFIXES, *VIDEO_UPLOAD_SUFFIXES)
+                if bad := [f.filename for f in uploads if Path(f.filename).suffix.lower() not in allowed]:
+                    raise PocketswapError(f"faces to train against must be photos or videos, not {', '.join(bad)}")
+                files = [(f.filename, await f.read()) for f in uploads]
+                folder = options.work_dir / f"faces-{name}"
+                await asyncio.to_thread(faces_from_uploads, files, folder)
+                faces = str(folder)
+            request_ = JobRequest(spec, options.work_dir / f"personal-{name}", steps, pairs, faces)
             await asyncio.to_thread(job.start, request_)
         except (PocketswapError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)

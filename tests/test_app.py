@@ -343,3 +343,29 @@ def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
     if coreml[0].unavailable:  # on Linux
         with pytest.raises(PocketswapError, match="macOS"):
             _configure(session, json.dumps({"artifact": 1}), job, [choices[0], coreml[0]])
+
+
+def test_personalize_against_uploaded_photos_and_a_video(tmp_path):
+    """The Personalize tab's optional faces: photos as they are, a video as frames spread over it."""
+    from pocketswap.demo.personal_job import faces_from_uploads
+
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, 10.0, notice=None) as writer:
+        for frame in synthetic_frames("astronaut", frames=12, empty_every=0):
+            writer.write(frame)
+    photo = write_image(tmp_path / "lfw.png", samples.load("lfw_00"))
+    folder = tmp_path / "faces"
+    uploads = [("me.mp4", clip.read_bytes()), ("friend.png", photo.read_bytes())]
+    assert faces_from_uploads(uploads, folder) == 13
+    assert faces_from_uploads(uploads[1:], folder) == 1 and len(list(folder.iterdir())) == 1  # replaced
+    with pytest.raises(PocketswapError, match="no photo or video frame"):
+        faces_from_uploads([], folder)
+
+
+def test_personalize_refuses_faces_that_are_not_photos_or_videos(server, browser):
+    url, _ = server
+    page = browser.new_page()
+    reply = page.request.post(f"{url}/api/personalize", multipart={
+        "sample": "sample:grace_hopper", "steps": "2", "pairs": "16",
+        "faces": {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a face"}})  # fmt: skip
+    assert reply.status == 422 and "must be photos or videos, not notes.txt" in reply.json()["error"]
