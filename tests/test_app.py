@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import cv2
 import numpy as np
@@ -78,14 +79,21 @@ def _next_frames(page, count: int = 4) -> np.ndarray:
     return _canvas(page)
 
 
-def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
-    url, _ = server
+def _live_page(browser, url: str, transport: str) -> tuple[Any, list[str]]:
+    """The page with its camera started over ``transport``, and the page errors it raises."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url)
     page.wait_for_function("document.getElementById('identity').options.length == 2")
+    page.select_option("#transport", transport)
     page.click("#camera")
+    return page, errors
+
+
+def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
+    url, _ = server
+    page, errors = _live_page(browser, url, "websocket")
     swapped = _next_frames(page)
     page.screenshot(path=str(tmp_path / "live.png"))
     assert page.evaluate("document.getElementById('live-output').dataset.faces") == "1"
@@ -115,13 +123,7 @@ def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
 
 def test_live_swap_over_webrtc_measures_capture_to_display(server, browser, tmp_path):
     url, _ = server
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url)
-    page.wait_for_function("document.getElementById('identity').options.length == 2")
-    page.select_option("#transport", "webrtc")
-    page.click("#camera")
+    page, errors = _live_page(browser, url, "webrtc")
     swapped = _next_frames(page, 6)
     page.screenshot(path=str(tmp_path / "live-webrtc.png"))
     assert page.evaluate("state.transport") == "webrtc", page.text_content("#live-error")
