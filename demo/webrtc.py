@@ -65,14 +65,6 @@ def split_stamp(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return frame[:-rows], frame[-rows:]
 
 
-def _require_aiortc():
-    try:
-        import aiortc
-    except ImportError as exc:  # pragma: no cover - aiortc is a dependency; this names it if it was removed
-        raise PocketswapError("WebRTC needs aiortc (pip install aiortc); the page falls back to the WebSocket") from exc
-    return aiortc
-
-
 def frame_end_jitter_buffer():
     """aiortc's jitter buffer class, completing a video frame at its last packet (RTP marker bit).
 
@@ -159,16 +151,24 @@ class Peer:
         except (PocketswapError, ValueError, TypeError) as exc:
             self.send({"error": str(exc)})
 
-    def swap(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """Swap the image above the stamp band; the band goes back as it came."""
+    def swap(self, frame):
+        """Swap the image above the stamp band of a decoded video frame (the band goes back as it came);
+        runs in the peer's worker, conversions included, so the event loop only moves packets."""
+        from av import VideoFrame
+
         start = time.perf_counter()
-        image, band = split_stamp(frame)
+        image, band = split_stamp(frame.to_ndarray(format="rgb24"))
+        converted = time.perf_counter()
         out, timings, faces = self.session.process(np.ascontiguousarray(image))
+        processed = time.perf_counter()
+        reply = VideoFrame.from_ndarray(np.concatenate([out, band], axis=0), format="rgb24")
+        reply.pts, reply.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
         stages = {k: round(v, 2) for k, v in timings.items() if k in STAGES}
+        stages["convert"] = round((converted - start + time.perf_counter() - processed) * 1e3, 2)
         server_ms = round((time.perf_counter() - start) * 1e3, 2)
         stats = {"stamp": read_stamp(band), "server_ms": server_ms, "stages": stages, "faces": faces,
                  "shape": image.shape[:2]}  # fmt: skip
-        return np.concatenate([out, band], axis=0), stats
+        return reply, stats
 
     def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)
@@ -179,7 +179,6 @@ def swapped_track(peer: Peer, source):
     """A video track of ``source``'s newest frames, swapped in ``peer``'s session."""
     from aiortc import MediaStreamTrack
     from aiortc.mediastreams import MediaStreamError
-    from av import VideoFrame
 
     class SwappedTrack(MediaStreamTrack):
         kind = "video"
@@ -195,17 +194,12 @@ def swapped_track(peer: Peer, source):
                 if frame is None:
                     self.stop()
                     raise MediaStreamError
-                start = time.perf_counter()
-                rgb = frame.to_ndarray(format="rgb24")
                 try:
-                    out, stats = await loop.run_in_executor(peer.worker, peer.swap, rgb)
+                    reply, stats = await loop.run_in_executor(peer.worker, peer.swap, frame)
                 except (PocketswapError, ValueError) as exc:
                     log.info("live frame skipped: %s", exc)
                     peer.send({"error": str(exc)})
                     continue
-                reply = VideoFrame.from_ndarray(out, format="rgb24")
-                reply.pts, reply.time_base = frame.pts, frame.time_base or Fraction(1, 90000)
-                stats["stages"]["convert"] = round((time.perf_counter() - start) * 1e3 - stats["server_ms"], 2)
                 peer.send({"stats": stats})
                 return reply
 
@@ -234,7 +228,6 @@ class WebRTCPeers:
 
     async def answer(self, offer: dict[str, Any]) -> dict[str, str]:
         """The SDP answer to the page's offer ({"sdp", "type": "offer"}); raises PocketswapError on a bad one."""
-        _require_aiortc()
         _install_frame_end_buffer()
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
