@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
-from pocketswap.demo.source import ImageSource, VideoSource, open_source
+from pocketswap.demo.source import ImageSource, VideoSource, is_still, open_source
 from pocketswap.errors import PocketswapError
 from pocketswap.faces.align import align_face
 from pocketswap.imageio import IMAGE_SUFFIXES, write_image
@@ -230,11 +230,11 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     """Run the demo until the source ends, q is pressed or `max_frames` is reached."""
     from pocketswap.demo.video import VIDEO_SUFFIXES, VideoWriter
     from pocketswap.faces.analyzer import FaceAnalyzer
-    from pocketswap.files import check_output
+    from pocketswap.files import check_output, refuse_overwriting_input
 
     if options.output is not None:  # before any model loads: a bad path is one line, not a lost run
-        still_source = Path(str(options.source)).suffix.lower() in IMAGE_SUFFIXES
-        check_output(options.output, IMAGE_SUFFIXES if still_source else VIDEO_SUFFIXES, "--output")
+        check_output(options.output, IMAGE_SUFFIXES if is_still(str(options.source)) else VIDEO_SUFFIXES, "--output")
+        refuse_overwriting_input(options.output, str(options.source), "--output")
     models = IdentityModels(options.model, identity_files(options.identity), options.threads)
     swapper = LiveSwapper(
         models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), options.pipeline

@@ -49,7 +49,7 @@ def _app(args: argparse.Namespace) -> int:
     universal = Path(args.universal) if args.universal else (DEFAULT_UNIVERSAL if DEFAULT_UNIVERSAL.is_dir() else None)
     options = AppOptions(model=model, identity=identity, threads=args.threads, universal=universal,
                          work_dir=Path(args.work_dir), transport=args.transport)  # fmt: skip
-    serve(options, host=args.host, port=args.port)
+    serve(options, host=args.host, port=args.port, allow_hosts=tuple(args.allow_host or ()))
     return 0
 
 
@@ -61,15 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help=".tflite, .onnx, checkpoint (or .mlpackage on macOS)")
     p.add_argument("--identity", help="identity face image, .npy embedding, or a folder of them (n cycles)")
-    p.add_argument("--source", default="0", help="camera index (0), video file or image")
+    p.add_argument("--source", default="0", help="camera index (0), video file, image or sample:NAME")
     p.add_argument("--output", help="write the result (video for video/camera sources, image for images)")
     p.add_argument("--headless", action="store_true", help="no window; print a summary")
     p.add_argument("--all-faces", action="store_true", help="swap every face, not only the largest")
-    p.add_argument("--detect-every", type=int, default=5, help="run the detector every N frames, track between")
+    p.add_argument(
+        "--detect-every", type=int_range(1), default=5, help="run the detector every N frames, track between"
+    )
     p.add_argument("--no-color-transfer", action="store_true", help="skip LAB colour matching at paste-back")
     p.add_argument("--no-label", action="store_true", help="hide the 'SYNTHETIC' label (e.g. for recording)")
     p.add_argument("--threads", type=int_range(1), default=1)
-    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--max-frames", type=int_range(1), help="stop after this many frames")
     p.add_argument("--json", type=output_file(".json"), help="write the summary as JSON")
     p.set_defaults(handler=_demo)
 
@@ -83,6 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--model", help=f".tflite/.onnx artifact or a run folder/checkpoint (default {DEFAULT_APP_MODEL})")
     a.add_argument("--identity", help="identity photo, sample:NAME, .npy, or a folder of them (a checkpoint switches)")
     a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    a.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="another Host name to accept besides localhost and the bound address (e.g. a LAN DNS name; "
+                   "repeat for more); every other name is refused against DNS rebinding")  # fmt: skip
     a.add_argument("--port", type=int_range(1, 65535), default=7860)
     a.add_argument("--threads", type=int_range(1), default=1, help="inference threads per browser tab")
     a.add_argument("--transport", default="websocket",

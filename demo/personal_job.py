@@ -1,15 +1,23 @@
 """The app's Personalize tab: one background personalisation (teacher pairs -> fine-tune -> ONNX export).
 
-``PersonalizeJob.start`` runs :func:`pocketswap.distill.personalize.personalize`, then
-:func:`pocketswap.export.pipeline.export_model`, in a thread; ``status()`` reads progress from the run's own
-files (``metrics.jsonl``, ``samples/``), i.e. what a command-line run writes. One job at a time per app; a
-run folder that exists is resumed.
+Each request gets its own folder ``WORK_DIR/jobs/ID`` with a server-made ID (the identity photo, the
+uploaded faces and the run live there, so two clients never write over each other). The job runs the
+same commands a user would (``pocketswap distill personalize`` then ``pocketswap export``) in a child
+process: ``cancel()`` interrupts it the way Ctrl+C does (the trainer keeps a checkpoint; the CLI can
+resume the folder), the app's own shutdown cancels it too, and a crash in it never takes the app down.
+``status()`` reads progress from the run's files (``metrics.jsonl``, ``samples/``). One job at a time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,23 +30,44 @@ log = logging.getLogger(__name__)
 
 
 MAX_VIDEO_FRAMES = 64  # frames taken from an uploaded video to personalise against, spread over it
+MAX_STEPS = 20_000  # bounds of one request: a page cannot start a run that never ends
+MAX_PAIRS = 8_192
+MAX_FACE_UPLOADS = 64  # files in one request's faces to train against
+JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9_-]{1,40}-[0-9a-f]{6}$")
+CANCEL_WAIT_S = 60.0  # how long a cancelled child may take to write its checkpoint before it is killed
+
+
+def safe_label(text: str) -> str:
+    """A file-name-safe label (letters, digits, - and _; at most 40 characters) for a user's text."""
+    label = re.sub(r"[^a-z0-9_-]+", "_", text.lower()).strip("_")[:40]
+    return label or "face"
+
+
+def new_job_folder(work_dir: Path, label: str) -> tuple[str, Path]:
+    """(server-made id, a new empty folder ``work_dir/jobs/id``) for one request."""
+    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_label(label)}-{secrets.token_hex(3)}"
+    folder = work_dir / "jobs" / job_id
+    folder.mkdir(parents=True)
+    return job_id, folder
 
 
 def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
     """Write uploaded photos, and up to ``MAX_VIDEO_FRAMES`` frames spread over each uploaded video, into
-    ``folder`` as the attribute faces of a personalisation; returns the number of images written."""
-    import shutil
+    ``folder`` (a new folder of the job's own) as the attribute faces of a personalisation; returns the
+    number of images written. Photos are checked from their header (format, size) first."""
     import tempfile
 
     from pocketswap.demo.source import VideoSource
-    from pocketswap.imageio import IMAGE_SUFFIXES, write_image
+    from pocketswap.imageio import IMAGE_SUFFIXES, inspect_image, write_image
 
-    shutil.rmtree(folder, ignore_errors=True)  # this upload's faces only, not an earlier one's
-    folder.mkdir(parents=True)
+    if len(uploads) > MAX_FACE_UPLOADS:
+        raise PocketswapError(f"at most {MAX_FACE_UPLOADS} files of faces to train against, got {len(uploads)}")
+    folder.mkdir(parents=True, exist_ok=True)
     written = 0
     for index, (name, data) in enumerate(uploads):
         suffix = Path(name).suffix.lower()
         if suffix in IMAGE_SUFFIXES:
+            inspect_image(data, name)
             (folder / f"upload{index:03d}{suffix}").write_bytes(data)
             written += 1
             continue
@@ -62,62 +91,126 @@ def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
 @dataclass
 class JobRequest:
     identity: str  # photo path or sample:NAME
-    out: Path
+    folder: Path  # the job's own folder (from new_job_folder)
     steps: int
     pairs: int
     faces: str = "samples"
+
+    @property
+    def job_id(self) -> str:
+        return self.folder.name
+
+    @property
+    def out(self) -> Path:
+        """The personalisation's run folder."""
+        return self.folder / "run"
+
+    def check(self) -> None:
+        if not 1 <= self.steps <= MAX_STEPS or not 8 <= self.pairs <= MAX_PAIRS:
+            raise PocketswapError(
+                f"steps must be in [1, {MAX_STEPS}] and pairs in [8, {MAX_PAIRS}], got {self.steps} and {self.pairs}"
+            )
 
 
 class PersonalizeJob:
     """At most one personalisation at a time, fine-tuned from the universal run ``universal``."""
 
-    def __init__(self, universal: Path | None) -> None:
+    def __init__(self, universal: Path | None, work_dir: Path = Path("runs/app")) -> None:
         self.universal = universal
+        self.work_dir = work_dir  # each request's folder is made under work_dir/jobs
         self.lock = threading.Lock()
         self.request: JobRequest | None = None
-        self.state = "idle"  # idle | running | done | failed
+        self.state = "idle"  # idle | running | done | failed | cancelled
         self.error: str | None = None
         self.artifact: Path | None = None
         self.started = 0.0
+        self.process: subprocess.Popen | None = None
+        self.cancelled = False
+        self.thread: threading.Thread | None = None
 
-    def start(self, request: JobRequest) -> None:
-        """Check the request (one clear error) and run it in a background thread."""
+    def check_can_start(self) -> None:
+        """Raise the reason a new job cannot start now (before anything of the request is written)."""
         from pocketswap.checkpoint import resolve_checkpoint
 
         if self.universal is None:
             raise PocketswapError("no universal run to personalise from: start the app with --universal RUN_DIR")
         resolve_checkpoint(self.universal)
-        if request.steps < 1 or request.pairs < 8:
-            raise PocketswapError(f"steps must be >= 1 and pairs >= 8, got {request.steps} and {request.pairs}")
+        if self.state == "running":
+            raise PocketswapError("a personalisation is already running; wait for it or cancel it")
+
+    def start(self, request: JobRequest) -> None:
+        """Check the request (one clear error) and run it in the background."""
+        request.check()
         with self.lock:
-            if self.state == "running":
-                raise PocketswapError("a personalisation is already running; wait for it to finish")
+            self.check_can_start()
             self.request, self.state, self.error, self.artifact = request, "running", None, None
-            self.started = time.time()
-            threading.Thread(target=self._run, args=(request,), name="personalize", daemon=True).start()
+            self.started, self.cancelled = time.time(), False
+            self.thread = threading.Thread(target=self._run, args=(request,), name="personalize", daemon=True)
+            self.thread.start()
+
+    def cancel(self) -> bool:
+        """Interrupt the running job as Ctrl+C would; False when none runs."""
+        with self.lock:
+            if self.state != "running":
+                return False
+            self.cancelled = True
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+        return True
+
+    def shutdown(self) -> None:
+        """Cancel a running job and wait for its child to end (the app is stopping)."""
+        if self.cancel() and self.thread is not None:
+            self.thread.join(timeout=CANCEL_WAIT_S + 5)
+
+    def _commands(self, request: JobRequest) -> list[list[str]]:
+        cli = [sys.executable, "-m", "pocketswap.cli"]
+        out = str(request.out)
+        train = [*cli, "distill", "personalize", str(self.universal), "--identity", request.identity, "--out", out,
+                 "--faces", request.faces, "--pairs", str(request.pairs), "--steps", str(request.steps),
+                 "--workers", "1", "--no-progress"]  # fmt: skip
+        if (request.out / "checkpoints").is_dir():
+            train.append("--resume")
+        export = [*cli, "export", out, "--identity", request.identity, "--format", "onnx", "--precision", "fp32",
+                  "--out", str(request.out / "artifacts")]  # fmt: skip
+        return [train, export]
 
     def _run(self, request: JobRequest) -> None:
-        from pocketswap.distill.personalize import personalize
-        from pocketswap.export.pipeline import export_model
-
+        log_path = request.folder / "job.log"
         try:
-            personalize(self.universal, request.identity, request.out, faces=request.faces, pairs=request.pairs,
-                        steps=request.steps, resume=(request.out / "checkpoints").is_dir(), workers=1,
-                        progress=False)  # fmt: skip
-            artifacts = export_model(request.out, request.out / "artifacts", identity=request.identity,
-                                     formats="onnx", precisions="fp32")  # fmt: skip
-            self.artifact, self.state = artifacts[0].path, "done"
+            for command in self._commands(request):
+                with log_path.open("a") as log_file:
+                    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                    with self.lock:
+                        self.process = process
+                        if self.cancelled:
+                            process.send_signal(signal.SIGINT)
+                    code = _wait(process, lambda: self.cancelled)
+                if self.cancelled:
+                    self.state = "cancelled"
+                    return
+                if code != 0:
+                    raise PocketswapError(_last_error(log_path) or f"{command[3]} ended with status {code}")
+            artifacts = sorted((request.out / "artifacts").glob("*.onnx"))
+            if not artifacts:
+                raise PocketswapError(f"the export wrote no .onnx into {request.out / 'artifacts'}")
+            self.artifact, self.state = artifacts[0], "done"
         except Exception as exc:  # shown in the page; the app keeps serving
-            log.exception("personalisation failed")
+            log.warning("personalisation %s failed: %s", request.job_id, exc)
             self.state, self.error = "failed", str(exc)
+        finally:
+            self.process = None
 
     def status(self) -> dict[str, Any]:
         """State, phase, step of steps, last training loss, ETA, newest preview grid and the artifact."""
-        info: dict[str, Any] = {"state": self.state, "error": self.error, "universal": str(self.universal)}
+        info: dict[str, Any] = {"state": self.state, "error": self.error, "universal": str(self.universal),
+                                "max_steps": MAX_STEPS, "max_pairs": MAX_PAIRS}  # fmt: skip
         request = self.request
         if request is None:
             return info
-        info |= {"identity": request.identity, "out": str(request.out), "steps": request.steps}
+        info |= {"job": request.job_id, "identity": Path(request.identity).name if not request.identity.startswith(
+            "sample:") else request.identity, "out": str(request.out), "steps": request.steps}  # fmt: skip
         info["elapsed_s"] = round(time.time() - self.started)
         rows = _train_rows(request.out / "metrics.jsonl")
         if self.state == "running":
@@ -168,3 +261,32 @@ def _train_rows(path: Path) -> list[dict[str, Any]]:
         if row.get("kind") == "train":
             rows.append(row)
     return rows
+
+
+def _wait(process: subprocess.Popen, cancelled) -> int:
+    """The child's exit status; once cancelled, it has ``CANCEL_WAIT_S`` to save its work before a kill."""
+    deadline = None
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if cancelled():
+                deadline = deadline or time.monotonic() + CANCEL_WAIT_S
+                if time.monotonic() > deadline:
+                    process.kill()
+
+
+def _last_error(log_path: Path) -> str | None:
+    """The CLI's own one-line error from a job's log (``pocketswap: error: ...``), if it wrote one."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.split("error:", 1)[1].strip() for line in lines if line.startswith("pocketswap: error:")]
+    return errors[-1] if errors else None
+
+
+def remove_job_folder(folder: Path) -> None:
+    """Remove a folder this module made for a request that was then refused (nothing else is ever deleted)."""
+    if JOB_ID.match(folder.name) and folder.parent.name == "jobs":
+        shutil.rmtree(folder, ignore_errors=True)

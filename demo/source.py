@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -12,7 +13,14 @@ import cv2
 import numpy as np
 
 from pocketswap.errors import ImageReadError, PocketswapError
-from pocketswap.imageio import IMAGE_SUFFIXES, read_image
+from pocketswap.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+
+log = logging.getLogger(__name__)
+
+
+def is_still(spec: str) -> bool:
+    """True when a ``--source`` names one image (a file with an image suffix, or ``sample:NAME``)."""
+    return spec.startswith("sample:") or Path(spec).suffix.lower() in IMAGE_SUFFIXES
 
 
 class CameraError(PocketswapError):
@@ -77,7 +85,14 @@ class VideoSource:
     def __init__(self, path: Path, realtime: bool = False) -> None:
         if not path.exists():
             raise ImageReadError(f"{path}: no such file")
+        if not path.is_file():
+            raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device); give a video file")
+        self.path = path
         self.capture = cv2.VideoCapture(str(path))
+        width, height = (int(self.capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > MAX_IMAGE_PIXELS:
+            self.capture.release()
+            raise ImageReadError(f"{path}: video frames of {width}x{height} px are over the size limit")
         ok, first = self.capture.read()
         if not self.capture.isOpened() or not ok:
             raise ImageReadError(f"{path}: not a video OpenCV can decode")
@@ -91,10 +106,15 @@ class VideoSource:
         if self._first is not None:
             yield cv2.cvtColor(self._first, cv2.COLOR_BGR2RGB)
             self._first = None
+        read = 1
         while True:
             ok, frame = self.capture.read()
             if not ok:
+                if self.frame_count and read < self.frame_count - 1:  # a corrupt or cut stretch ends the video early
+                    log.warning("%s: decoding stopped at frame %d of %d (the rest is unreadable)", self.path, read,
+                                self.frame_count)  # fmt: skip
                 return
+            read += 1
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -126,8 +146,10 @@ def paced(frames: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:
 class ImageSource:
     """A still image: once (headless), or repeated like a static camera so a window stays interactive."""
 
-    def __init__(self, path: Path, repeat: bool = False) -> None:
-        self.image = read_image(path)
+    def __init__(self, path: Path | str, repeat: bool = False) -> None:
+        from pocketswap.faces.samples import load_image_or_sample
+
+        self.image = load_image_or_sample(str(path))
         self.repeat = repeat
         self.fps = 30.0 if repeat else 1.0
         self.dropped = 0
@@ -142,10 +164,12 @@ class ImageSource:
 
 
 def open_source(spec: str, interactive: bool = False) -> CameraSource | VideoSource | ImageSource:
-    """``0``/``1``... for a camera, an image path, or a video path. `interactive` repeats a still
-    image until the window is closed."""
+    """``0``/``1``... for a camera, an image path or ``sample:NAME``, or a video path. `interactive`
+    repeats a still image until the window is closed."""
     if spec.isdigit():
         return CameraSource(int(spec))
+    if is_still(spec):
+        return ImageSource(spec, repeat=interactive)
     path = Path(spec)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(path, repeat=interactive)

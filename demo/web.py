@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import struct
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from pocketswap.demo.app import IdentityModels, draw_label, identity_files, mask_view
+from pocketswap.demo.guard import AccessPolicy, Guard, is_loopback, parse_json, whole_number
 from pocketswap.demo.model_info import (
     ArtifactChoice,
     artifact_choices,
@@ -38,18 +39,23 @@ from pocketswap.demo.model_info import (
     describe_model,
     model_manifest,
 )
-from pocketswap.demo.personal_job import JobRequest, PersonalizeJob, faces_from_uploads
+from pocketswap.demo.personal_job import (
+    PersonalizeJob,
+)
 from pocketswap.demo.pipeline import STAGES, LiveSwapper, PipelineConfig
 from pocketswap.errors import PocketswapError
-from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.imageio import decode_image
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
-VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progress?job=ID`
-MAX_JOB_ID = 64  # characters of a job id that count
 JPEG_QUALITY = 85
+MAX_FRAME_PIXELS = 4096 * 4096  # a live frame or uploaded still larger than this is refused from its header
+MAX_VIDEO_FRAMES = 18_000  # frames of one uploaded video (10 minutes at 30 FPS)
+MAX_SETTINGS_BYTES = 16 * 1024  # one settings message of the Live tab
+MAX_OFFER_BYTES = 256 * 1024  # one WebRTC offer (an SDP is a few kB)
+MAX_DETECT_EVERY = 300
+PAGE_TOKEN = "__POCKETSWAP_TOKEN__"  # replaced in the served page by the launch's token
 VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
 TRANSPORTS = ("websocket", "webrtc")  # the Live tab's streams; the page falls back to the WebSocket
@@ -91,27 +97,27 @@ class LiveSettings:
     virtual_camera: bool = False
 
     def update(self, data: dict[str, Any]) -> None:
+        """Apply the known keys of ``data``, all checked before any is applied (a bad one names itself)."""
+        changes: dict[str, Any] = {}
         for key in ("swap", "label", "color_transfer", "all_faces", "virtual_camera"):
             if key in data:
-                setattr(self, key, bool(data[key]))
+                if not isinstance(data[key], bool):
+                    raise PocketswapError(f"{key} must be true or false, got {data[key]!r:.40}")
+                changes[key] = data[key]
         if "view" in data:
             if data["view"] not in VIEWS:
-                raise PocketswapError(f"view must be one of {', '.join(VIEWS)}, got {data['view']!r}")
-            self.view = data["view"]
-        for key, low in (("detect_every", 1), ("identity", 0)):
+                raise PocketswapError(f"view must be one of {', '.join(VIEWS)}, got {data['view']!r:.40}")
+            changes["view"] = data["view"]
+        for key, low, high in (("detect_every", 1, MAX_DETECT_EVERY), ("identity", 0, 10_000)):
             if key in data:
-                value = int(data[key])
-                if value < low:
-                    raise PocketswapError(f"{key} must be >= {low}, got {value}")
-                setattr(self, key, value)
+                changes[key] = whole_number(data[key], key, low, high)
+        for key, value in changes.items():
+            setattr(self, key, value)
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """RGB frame from JPEG/PNG bytes (a clear error for anything else)."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise PocketswapError("the frame is not a decodable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """RGB frame from JPEG/PNG bytes (a clear error for anything else, a bomb refused from its header)."""
+    return decode_image(data, "the frame", max_pixels=MAX_FRAME_PIXELS)
 
 
 def encode_jpeg(frame: np.ndarray) -> bytes:
@@ -234,6 +240,8 @@ def swap_video_file(
     try:
         with VideoWriter(output, video.fps, audio_from=source) as writer:
             for frame in video:
+                if frames >= MAX_VIDEO_FRAMES:
+                    raise PocketswapError(f"the video is longer than {MAX_VIDEO_FRAMES} frames")
                 out, _, faces = session.process(frame)
                 writer.write(out)
                 frames += 1
@@ -247,16 +255,21 @@ def swap_video_file(
     return {"frames": frames, "frames_with_face": with_face, "fps": video.fps}
 
 
-def create_app(options: AppOptions):
-    """The Starlette application (import-light: Starlette is imported here)."""
+def create_app(options: AppOptions, policy: AccessPolicy | None = None):
+    """The Starlette application behind its :class:`~pocketswap.demo.guard.Guard` (``app.state.token``:
+    the launch's token, which the served page carries). Import-light: Starlette is imported here."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
+    from pocketswap.demo.web_jobs import files_routes, personalize_routes
     from pocketswap.demo.webrtc import STAMP_BITS, STAMP_COLUMNS, STAMP_MARK, WebRTCPeers
 
+    policy = policy or AccessPolicy()
+    policy.max_body_bytes = options.max_upload_mb * 1024 * 1024
+    policy.body_limits.setdefault("/api/webrtc/offer", MAX_OFFER_BYTES)
     identities = identity_files(options.identity)
     manifest = model_manifest(options.model)
     info = describe_model(options.model, identities, manifest)
@@ -265,61 +278,16 @@ def create_app(options: AppOptions):
     info["transport"] = {"default": options.transport, "stamp": {"columns": STAMP_COLUMNS, "bits": STAMP_BITS,
                                                                  "mark": STAMP_MARK}}  # fmt: skip
     Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
-    limit = options.max_upload_mb * 1024 * 1024
+    page_html = PAGE.read_text().replace(PAGE_TOKEN, policy.token)
 
     async def page(_: Request) -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(page_html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     async def model(_: Request) -> JSONResponse:
         return JSONResponse(info)
 
     compared = comparison_run(options.model, manifest)
-
-    job = PersonalizeJob(options.universal)
-
-    async def personalize_start(request: Request) -> JSONResponse:
-        form = await request.form(max_part_size=limit)
-        try:
-            steps, pairs = int(form.get("steps") or 500), int(form.get("pairs") or 1024)
-            photo = form.get("photo")
-            if photo is not None and hasattr(photo, "read") and photo.filename:
-                suffix = Path(photo.filename).suffix.lower()
-                if suffix not in IMAGE_SUFFIXES:
-                    raise PocketswapError(f"the identity photo must be an image ({', '.join(IMAGE_SUFFIXES)})")
-                name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(photo.filename).stem)[:40]
-                identity = options.work_dir / "identities" / f"{name}{suffix}"
-                identity.parent.mkdir(parents=True, exist_ok=True)
-                identity.write_bytes(await photo.read())
-                spec = str(identity)
-            else:
-                spec = str(form.get("sample") or "").strip()
-                if not spec.startswith("sample:"):
-                    raise PocketswapError("give an identity photo or a sample:NAME")
-                name = spec.split(":", 1)[1]
-            faces = options.personal_faces
-            uploads = [f for f in form.getlist("faces") if hasattr(f, "read") and f.filename]
-            if uploads:  # the faces (photos or a video) to personalise against, instead of the default pool
-                allowed = (*IMAGE_SUFFIXES, *VIDEO_UPLOAD_SUFFIXES)
-                if bad := [f.filename for f in uploads if Path(f.filename).suffix.lower() not in allowed]:
-                    raise PocketswapError(f"faces to train against must be photos or videos, not {', '.join(bad)}")
-                files = [(f.filename, await f.read()) for f in uploads]
-                folder = options.work_dir / f"faces-{name}"
-                await asyncio.to_thread(faces_from_uploads, files, folder)
-                faces = str(folder)
-            request_ = JobRequest(spec, options.work_dir / f"personal-{name}", steps, pairs, faces)
-            await asyncio.to_thread(job.start, request_)
-        except (PocketswapError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
-        return JSONResponse(job.status())
-
-    async def personalize_status(_: Request) -> JSONResponse:
-        return JSONResponse(job.status())
-
-    async def personalize_preview(_: Request) -> Response:
-        path = job.preview()
-        if path is None:
-            return JSONResponse({"error": "no preview yet"}, status_code=404)
-        return Response(path.read_bytes(), media_type="image/png")
+    job = PersonalizeJob(options.universal, options.work_dir)
 
     async def compare(_: Request) -> JSONResponse:
         return JSONResponse(comparison(compared))
@@ -328,54 +296,6 @@ def create_app(options: AppOptions):
         if compared is None:
             return JSONResponse({"error": "no personalisation run behind this model"}, status_code=404)
         return Response((compared / "compare.png").read_bytes(), media_type="image/png")
-
-    file_jobs: dict[str, dict[str, Any]] = {}  # progress of the newest video swaps, by the page's job id
-
-    async def files_progress(request: Request) -> JSONResponse:
-        found = file_jobs.get(request.query_params.get("job", "")[:MAX_JOB_ID])
-        return JSONResponse(found) if found else JSONResponse({"error": "no such job"}, status_code=404)
-
-    async def files(request: Request) -> Response:
-        if int(request.headers.get("content-length") or 0) > limit:
-            return JSONResponse({"error": f"upload larger than {options.max_upload_mb} MB"}, status_code=413)
-        form = await request.form(max_part_size=limit)
-        upload = form.get("file")
-        if upload is None or not hasattr(upload, "read"):
-            return JSONResponse({"error": "no file in the upload"}, status_code=400)
-        suffix = Path(upload.filename or "").suffix.lower()
-        data = await upload.read()
-        try:
-            session = await asyncio.to_thread(Session, options, identities)
-            await asyncio.to_thread(session.configure, {"identity": int(form.get("identity") or 0)})
-            if suffix in IMAGE_SUFFIXES:
-                png = await asyncio.to_thread(swap_image_bytes, session, data)
-                return Response(png, media_type="image/png", headers=_attachment(upload.filename, ".png"))
-            if suffix in VIDEO_UPLOAD_SUFFIXES:
-                return await _video_response(session, data, suffix, upload.filename, str(form.get("job") or ""))
-        except (PocketswapError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
-        allowed = ", ".join((*IMAGE_SUFFIXES, *VIDEO_UPLOAD_SUFFIXES))
-        return JSONResponse({"error": f"unsupported file type {suffix or '(none)'}; use {allowed}"}, status_code=415)
-
-    async def _video_response(session: Session, data: bytes, suffix: str, name: str | None, job: str) -> Response:
-        progress = {"frames": 0, "total": 0, "done": False}
-        if job:
-            file_jobs[job[:MAX_JOB_ID]] = progress
-            while len(file_jobs) > MAX_FILE_JOBS:
-                file_jobs.pop(next(iter(file_jobs)))
-
-        def on_frame(frames: int, total: int) -> None:
-            progress.update(frames=frames, total=total)
-
-        with tempfile.TemporaryDirectory(prefix="pocketswap-app-") as tmp:
-            source, output = Path(tmp) / f"in{suffix}", Path(tmp) / "swapped.mp4"
-            source.write_bytes(data)
-            try:
-                summary = await asyncio.to_thread(swap_video_file, session, source, output, on_frame)
-            finally:
-                progress["done"] = True
-            headers = _attachment(name, ".mp4") | {"X-Pocketswap-Summary": json.dumps(summary)}
-            return Response(output.read_bytes(), media_type="video/mp4", headers=headers)
 
     async def live(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -403,9 +323,11 @@ def create_app(options: AppOptions):
 
     async def webrtc_offer(request: Request) -> JSONResponse:
         try:
-            return JSONResponse(await peers.answer(await request.json()))
-        except json.JSONDecodeError:
-            return JSONResponse({"error": "the offer is not JSON"}, status_code=400)
+            offer = parse_json(await request.body(), "the offer", MAX_OFFER_BYTES)
+        except PocketswapError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            return JSONResponse(await peers.answer(offer))
         except PocketswapError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
 
@@ -413,36 +335,41 @@ def create_app(options: AppOptions):
     async def lifespan(_app):
         yield
         await peers.close_all()
+        await asyncio.to_thread(job.shutdown)  # a running personalisation keeps its checkpoint
 
     async def _reply(websocket, handler, session: Session, payload) -> None:
         try:
             for item in await asyncio.to_thread(handler, session, payload):
                 await (websocket.send_bytes(item) if isinstance(item, bytes) else websocket.send_text(item))
-        except (PocketswapError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        except (PocketswapError, ValueError, TypeError, OverflowError) as exc:
             log.info("live frame skipped: %s", exc)
             await websocket.send_text(json.dumps({"error": str(exc)}))
+
+    async def client_left(_: Request, __: Exception) -> Response:
+        return Response(status_code=400)  # nobody reads it: the client has gone
 
     routes = [
         Route("/", page),
         Route("/api/model", model),
         Route("/api/compare", compare),
-        Route("/api/personalize", personalize_start, methods=["POST"]),
-        Route("/api/personalize", personalize_status),
-        Route("/api/personalize/preview.png", personalize_preview),
+        *personalize_routes(job, options.personal_faces),
         Route("/api/compare.png", compare_image),
-        Route("/api/files", files, methods=["POST"]),
-        Route("/api/files/progress", files_progress),
+        *files_routes(partial(Session, options, identities), _attachment),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
         Route("/api/webrtc/offer", webrtc_offer, methods=["POST"]),
         WebSocketRoute("/ws/live", live),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: client_left})
     app.state.info = info
-    return app
+    app.state.token = policy.token
+    app.state.job = job
+    guarded = Guard(app, policy)
+    guarded.state = app.state
+    return guarded
 
 
 def _configure(session: Session, text: str, job: PersonalizeJob, artifacts: list[ArtifactChoice]) -> list[str]:
-    data = json.loads(text)
+    data = parse_json(text, "the settings", MAX_SETTINGS_BYTES)
     if not isinstance(data, dict):
         raise PocketswapError("settings must be a JSON object")
     if data.pop("use_personalised", False):
@@ -450,8 +377,8 @@ def _configure(session: Session, text: str, job: PersonalizeJob, artifacts: list
             raise PocketswapError("no personalised model yet: run the Personalize tab first")
         session.use_model(job.artifact)
     if "artifact" in data:  # the Live tab's picker: another export of the served model
-        index = int(data.pop("artifact"))
-        if not 0 <= index < len(artifacts):
+        index = whole_number(data.pop("artifact"), "artifact", 0, 10_000)
+        if index >= len(artifacts):
             raise PocketswapError(f"artifact {index} is out of range (this model has {len(artifacts)} exports)")
         if artifacts[index].unavailable:
             raise PocketswapError(f"{artifacts[index].name}: {artifacts[index].unavailable}")
@@ -489,7 +416,6 @@ def _attachment(name: str | None, suffix: str) -> dict[str, str]:
 def serving_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Run ``app`` on a free port of ``host`` in a background thread; yields its URL (tests, ``bench app``)."""
     import socket
-    import threading
 
     import uvicorn
 
@@ -511,12 +437,22 @@ def serving_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = ()) -> None:
     """Serve the app until interrupted (binds to localhost unless ``host`` says otherwise)."""
     import uvicorn
 
-    app = create_app(options)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: anyone who can reach this address can use the camera page", host)
-    log.info("pocketswap app on http://%s:%d  (Ctrl+C stops)", host, port)
+    policy = AccessPolicy(bind_host=host, extra_hosts=tuple(h.lower() for h in allow_hosts))
+    app = create_app(options, policy)
+    if is_loopback(host):
+        log.info("pocketswap app on http://%s:%d/  (this machine only; Ctrl+C stops)", host, port)
+    else:
+        shown = "THIS-MACHINE-ADDRESS" if host in ("0.0.0.0", "::") else host
+        log.warning(
+            "serving on %s:%d BEYOND THIS MACHINE: anyone on the network who has the URL below can use the camera "
+            "page, swap uploaded photos and videos, start personalisations (writing under %s) and read the served "
+            "model and the face it carries. The page needs the launch token in the URL; share it only with "
+            "people you trust. There is no TLS: browsers allow the camera only on localhost or https.",
+            host, port, options.work_dir,
+        )  # fmt: skip
+        log.warning("pocketswap app on http://%s:%d/?token=%s  (Ctrl+C stops)", shown, port, policy.token)
     uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=16 * 1024 * 1024)

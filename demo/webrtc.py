@@ -138,6 +138,7 @@ class Peer:
         self.configure = configure
         self.channel = None
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocketswap-webrtc")  # one model, in order
+        self.created = time.monotonic()
 
     def send(self, message: dict[str, Any] | str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
@@ -148,7 +149,7 @@ class Peer:
         try:
             for reply in await loop.run_in_executor(self.worker, self.configure, self.session, text):
                 self.send(reply)
-        except (PocketswapError, ValueError, TypeError) as exc:
+        except (PocketswapError, ValueError, TypeError, OverflowError) as exc:
             self.send({"error": str(exc)})
 
     def swap(self, frame):
@@ -233,8 +234,12 @@ class WebRTCPeers:
 
         if not isinstance(offer, dict) or offer.get("type") != "offer" or not isinstance(offer.get("sdp"), str):
             raise PocketswapError('the offer must be {"sdp": "...", "type": "offer"}')
-        if len(self.peers) >= MAX_PEERS:
-            raise PocketswapError(f"{MAX_PEERS} live WebRTC connections already; close a tab")
+        if len(self.peers) >= MAX_PEERS:  # an offer that never connected gives its slot to a new one
+            waiting = sorted((p for p in self.peers if p.pc.connectionState != "connected"), key=lambda p: p.created)
+            if not waiting:
+                raise PocketswapError(f"{MAX_PEERS} live WebRTC connections already; close a tab")
+            log.info("webrtc: dropping the oldest unconnected offer for a new one")
+            await self._drop(waiting[0])
         session = await asyncio.to_thread(self.make_session)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN lookups
         peer = Peer(pc, session, self.configure)
@@ -261,9 +266,10 @@ class WebRTCPeers:
             if not any(t.kind == "video" for t in pc.getTransceivers()):
                 raise ValueError("it has no video track (send the camera)")
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, AttributeError) as exc:  # aiortc's errors for a malformed or unusable SDP
+        except Exception as exc:  # aiortc's errors for a malformed or unusable SDP (no common codec, ...)
             await self._drop(peer)
-            raise PocketswapError(f"the WebRTC offer could not be answered: {exc}") from exc
+            reason = str(exc) or type(exc).__name__
+            raise PocketswapError(f"the WebRTC offer could not be answered: {reason[:200]}") from exc
         asyncio.get_running_loop().call_later(self.connect_timeout_s, self._drop_unconnected, peer)
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 

@@ -46,6 +46,17 @@ def check_output(
     return path
 
 
+def refuse_overwriting_input(output: str | Path, source: str | Path, what: str = "output") -> None:
+    """One clear error when ``output`` is the input file ``source`` itself (writing it would destroy it)."""
+    output, source = Path(output), Path(source)
+    try:
+        same = output.exists() and source.exists() and os.path.samefile(output, source)
+    except OSError:
+        same = False
+    if same or output.resolve() == source.resolve():
+        raise OutputError(f"{what} {output} is the input file; give another name (the original is kept)")
+
+
 def check_output_dir(path: str | Path, what: str = "output folder", create: bool = True) -> Path:
     """Like :func:`check_output` for a folder: refuses a file or an unwritable place; creates it (``create``)."""
     path = Path(path)

@@ -44,6 +44,74 @@ def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+# Decoded pixels an image may have (an 8K frame is 33 MP): larger ones are refused from their header,
+# before decoding, so a small file that decodes to gigabytes (a decompression bomb) costs nothing.
+MAX_IMAGE_PIXELS = 50_000_000
+_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}  # what IMAGE_SUFFIXES name (MPO: a camera's JPEG)
+_EXIF_ORIENTATION = 0x0112
+
+
+def inspect_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation 1-8) from an encoded image's header, without decoding it; raises
+    `ImageReadError` for a format the project does not read (GIF, AVIF, ...), an animation or
+    multi-page file, or more than ``max_pixels`` pixels."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height, kind = image.width, image.height, image.format
+                frames = getattr(image, "n_frames", 1) if kind in _FORMATS else 1
+                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1) if kind in _FORMATS else 1
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{source}: image is over the {max_pixels / 1e6:.0f} MP limit (a decompression bomb?)"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"{source}: not an image or corrupt") from exc
+    if kind not in _FORMATS:
+        raise ImageReadError(f"{source}: {kind} images are not supported; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if frames > 1:
+        raise ImageReadError(f"{source}: an animated or multi-page image ({frames} frames); give one still")
+    if width * height > max_pixels:
+        raise ImageReadError(f"{source}: image is {width}x{height} px, over the {max_pixels / 1e6:.0f} MP limit")
+    return width, height, orientation if 1 <= orientation <= 8 else 1
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as a viewer shows it, given its EXIF orientation (a phone portrait stored sideways)."""
+    steps = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(steps[orientation](image)) if orientation in steps else image
+
+
+def decode_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes as HxWx3 uint8 RGB, upright per EXIF; checks the header first
+    (:func:`inspect_image`) and raises `ImageReadError` with the reason."""
+    if len(data) == 0:
+        raise ImageReadError(f"{source}: file is empty")
+    _, _, orientation = inspect_image(data, source, max_pixels)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageReadError(f"{source}: not an image or corrupt (OpenCV could not decode it)")
+    if decoded.ndim == 3 and decoded.shape[2] == 3:
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    elif decoded.ndim == 3 and decoded.shape[2] == 4:
+        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
+    return to_rgb_uint8(_apply_orientation(decoded, orientation), source=source)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as HxWx3 uint8 RGB, raising `ImageReadError` with the reason."""
     path = Path(path)
@@ -51,20 +119,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a directory, expected an image file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file (a pipe or device); give an image file")
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = path.read_bytes()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if data.size == 0:
-        raise ImageReadError(f"{path}: file is empty")
-    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        raise ImageReadError(f"{path}: not an image or corrupt (OpenCV could not decode it)")
-    if decoded.ndim == 3 and decoded.shape[2] == 3:
-        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    elif decoded.ndim == 3 and decoded.shape[2] == 4:
-        decoded = cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGBA)
-    return to_rgb_uint8(decoded, source=str(path))
+    return decode_image(data, str(path))
 
 
 def write_image(path: str | Path, image_rgb: np.ndarray) -> Path:

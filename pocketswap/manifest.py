@@ -186,6 +186,9 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, where=str(path))
 
 
+LANDMARK_COUNT = 468  # FaceMesh points of an identity texture
+
+
 def encode_texture(crop: Any, landmarks: Any) -> dict[str, Any]:
     """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop and its (468, 2+) landmarks."""
     import base64
@@ -205,18 +208,26 @@ def decode_texture(texture: dict[str, Any], where: str = "manifest") -> tuple[An
     import base64
     import binascii
 
-    import cv2
     import numpy as np
 
+    from pocketswap.errors import ImageReadError
+    from pocketswap.imageio import decode_image
+
+    field = f"{where}: field 'identity_texture'"
     try:
-        data = np.frombuffer(base64.b64decode(texture["png_base64"], validate=True), np.uint8)
-        crop = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        size = int(texture["size"])
+        data = base64.b64decode(texture["png_base64"], validate=True)
         landmarks = np.asarray(texture["landmarks"], np.float32)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise ManifestError(f"{where}: field 'identity_texture' is malformed ({exc})") from exc
-    if crop is None or landmarks.ndim != 2 or landmarks.shape[1] != 2:
-        raise ManifestError(f"{where}: field 'identity_texture' holds no PNG crop with (N, 2) landmarks")
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), landmarks
+        crop = decode_image(data, field, max_pixels=size * size)  # a texture bigger than its stated size: refused
+    except (KeyError, TypeError, ValueError, binascii.Error, ImageReadError) as exc:
+        raise ManifestError(f"{field} is malformed ({exc})") from exc
+    if crop.shape[:2] != (size, size):
+        raise ManifestError(f"{field}: the crop is {crop.shape[1]}x{crop.shape[0]}, its 'size' says {size}")
+    if landmarks.shape != (LANDMARK_COUNT, 2) or not np.isfinite(landmarks).all():
+        raise ManifestError(
+            f"{field}: 'landmarks' must be {LANDMARK_COUNT} finite (x, y) points, got {landmarks.shape}"
+        )
+    return crop, landmarks
 
 
 def artifact_size(path: str | Path) -> int:

@@ -45,8 +45,9 @@ def server(tmp_path_factory):
     universal = save_checkpoint(root / "universal", StudentNet(get_preset("nano", size=64)), extra={"step": 0})
     options = AppOptions(model=checkpoint, identity=people, universal=universal, work_dir=root / "work",
                          personal_faces=str(pool))  # fmt: skip
-    with serving_in_thread(create_app(options)) as url:
-        yield url, root
+    app = create_app(options)
+    with serving_in_thread(app) as url:
+        yield url, root, app.state.token
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def _live_page(browser, url: str, transport: str) -> tuple[Any, list[str]]:
 
 
 def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
-    url, _ = server
+    url, _, token = server
     page, errors = _live_page(browser, url, "websocket")
     swapped = _next_frames(page)
     page.screenshot(path=str(tmp_path / "live.png"))
@@ -122,7 +123,7 @@ def test_live_swap_labels_and_switches_identity(server, browser, tmp_path):
 
 
 def test_live_swap_over_webrtc_measures_capture_to_display(server, browser, tmp_path):
-    url, _ = server
+    url, _, token = server
     page, errors = _live_page(browser, url, "webrtc")
     swapped = _next_frames(page, 45)  # 1.5 s: Chrome's encoder starts below 640x480 while its bandwidth ramps up
     page.screenshot(path=str(tmp_path / "live-webrtc.png"))
@@ -153,7 +154,7 @@ def test_live_swap_over_webrtc_measures_capture_to_display(server, browser, tmp_
 
 
 def test_webrtc_that_cannot_connect_falls_back_to_the_websocket(server, browser):
-    url, _ = server
+    url, _, token = server
     page = browser.new_page()
     page.route("**/api/webrtc/offer", lambda route: route.fulfill(
         status=422, content_type="application/json", body=json.dumps({"error": "refused for the test"})))  # fmt: skip
@@ -170,17 +171,19 @@ def test_webrtc_offer_errors_are_one_clear_message(server):
     from urllib.error import HTTPError
     from urllib.request import Request, urlopen
 
-    url, _ = server
+    url, _, token = server
 
     def post(body: bytes) -> tuple[int, dict]:
-        request = Request(f"{url}/api/webrtc/offer", data=body, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", "X-Pocketswap-Token": token}
+        request = Request(f"{url}/api/webrtc/offer", data=body, headers=headers)
         try:
             with urlopen(request, timeout=30) as response:
                 return response.status, json.loads(response.read())
         except HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    assert post(b"not json") == (400, {"error": "the offer is not JSON"})
+    status, reply = post(b"not json")
+    assert status == 400 and "the offer is not valid JSON" in reply["error"]
     status, reply = post(json.dumps({"sdp": "v=0", "type": "answer"}).encode())
     assert status == 422 and "must be" in reply["error"]
     status, reply = post(json.dumps({"sdp": "nonsense", "type": "offer"}).encode())
@@ -188,7 +191,7 @@ def test_webrtc_offer_errors_are_one_clear_message(server):
 
 
 def test_personalize_tab_trains_exports_and_switches_the_live_model(server, browser, tmp_path):
-    url, root = server
+    url, root, token = server
     page = browser.new_page()
     page.goto(url)
     page.click("#camera")
@@ -201,7 +204,7 @@ def test_personalize_tab_trains_exports_and_switches_the_live_model(server, brow
                            timeout=300_000)  # fmt: skip
     status = page.text_content("#personal-status")
     assert status.startswith("done"), status
-    artifact = next((root / "work" / "personal-grace_hopper" / "artifacts").glob("*.onnx"))
+    artifact = next((root / "work" / "jobs").glob("*-grace_hopper-*/run/artifacts/*.onnx"))
     assert str(artifact) in status
     page.screenshot(path=str(tmp_path / "personalize.png"), full_page=True)
     page.click("#personal-use")
@@ -211,14 +214,14 @@ def test_personalize_tab_trains_exports_and_switches_the_live_model(server, brow
     assert page.evaluate("document.getElementById('live-output').dataset.faces") == "1"
 
     page.click("nav button[data-tab=personalize]")
-    page.fill("#personal-sample", "grace_hopper")  # not a photo nor sample:NAME
+    page.fill("#personal-sample", "sample:/../..")  # not a bundled sample: refused, nothing written
     page.click("#personal-run")
     page.wait_for_function("document.getElementById('personal-error').textContent.length > 0")
-    assert "sample:NAME" in page.text_content("#personal-error")
+    assert "unknown sample" in page.text_content("#personal-error")
 
 
 def test_compare_tab_says_how_to_get_a_comparison(server, browser):
-    url, _ = server
+    url, _, token = server
     page = browser.new_page()
     page.goto(url)
     page.click("nav button[data-tab=compare]")
@@ -227,7 +230,7 @@ def test_compare_tab_says_how_to_get_a_comparison(server, browser):
 
 
 def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_path):
-    url, root = server
+    url, root, token = server
     page = browser.new_page()
     page.goto(url)
     page.click("nav button[data-tab=files]")
@@ -246,7 +249,7 @@ def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_
 
 
 def test_files_tab_swaps_a_video_with_progress(server, browser):
-    url, root = server
+    url, root, token = server
     clip = root / "clip.mp4"
     with VideoWriter(clip, 10.0, notice=None) as writer:
         for frame in synthetic_frames("astronaut", frames=12, empty_every=0):
@@ -259,9 +262,9 @@ def test_files_tab_swaps_a_video_with_progress(server, browser):
     page.wait_for_function("document.querySelector('#file-result video')?.readyState > 0", timeout=60_000)
     assert page.text_content("#file-error") == ""
     job = page.get_attribute("#file-progress", "data-job")
-    progress = page.request.get(f"{url}/api/files/progress?job={job}").json()
+    progress = page.request.get(f"{url}/api/files/progress?job={job}&token={token}").json()
     assert progress == {"frames": 12, "total": 12, "done": True}
-    assert page.request.get(f"{url}/api/files/progress?job=nobody").status == 404
+    assert page.request.get(f"{url}/api/files/progress?job=nobody&token={token}").status == 404
 
 
 def test_bad_settings_and_models_are_one_clear_error(tmp_path):
@@ -272,7 +275,7 @@ def test_bad_settings_and_models_are_one_clear_error(tmp_path):
     settings = LiveSettings()
     with pytest.raises(PocketswapError, match="view must be one of"):
         settings.update({"view": "sideways"})
-    with pytest.raises(PocketswapError, match="detect_every must be >= 1"):
+    with pytest.raises(PocketswapError, match=r"detect_every must be in \[1, "):
         settings.update({"detect_every": 0})
     settings.update({"swap": False, "unknown": 1})
     assert settings.swap is False
@@ -281,13 +284,13 @@ def test_bad_settings_and_models_are_one_clear_error(tmp_path):
 def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
     from websockets.sync.client import connect
 
-    url, _ = server
+    url, _, token = server
     frame = next(synthetic_frames("astronaut", frames=1, empty_every=0))
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     assert ok
-    with connect(url.replace("http", "ws") + "/ws/live", max_size=None) as ws:
+    with connect(url.replace("http", "ws") + f"/ws/live?token={token}", max_size=None) as ws:
         ws.send(HEADER.pack(0.0) + b"not a jpeg at all")
-        assert "not a decodable image" in json.loads(ws.recv(timeout=60))["error"]
+        assert "the frame: not an image or corrupt" in json.loads(ws.recv(timeout=60))["error"]
         ws.send('{"view": "sideways"}')
         assert "view must be one of" in json.loads(ws.recv(timeout=60))["error"]
         ws.send('{"virtual_camera": true}')
@@ -359,15 +362,19 @@ def test_personalize_against_uploaded_photos_and_a_video(tmp_path):
     folder = tmp_path / "faces"
     uploads = [("me.mp4", clip.read_bytes()), ("friend.png", photo.read_bytes())]
     assert faces_from_uploads(uploads, folder) == 13
-    assert faces_from_uploads(uploads[1:], folder) == 1 and len(list(folder.iterdir())) == 1  # replaced
+    assert faces_from_uploads(uploads[1:], tmp_path / "other") == 1 and len(list((tmp_path / "other").iterdir())) == 1
     with pytest.raises(PocketswapError, match="no photo or video frame"):
-        faces_from_uploads([], folder)
+        faces_from_uploads([], tmp_path / "none")
+    bomb = tmp_path / "bomb.png"  # 20000 x 20000 declared in its header: refused before decoding
+    cv2.imwrite(str(bomb), np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    with pytest.raises(PocketswapError, match="over the 50 MP limit"):
+        faces_from_uploads([("bomb.png", bomb.read_bytes())], tmp_path / "bombed")
 
 
 def test_personalize_refuses_faces_that_are_not_photos_or_videos(server, browser):
-    url, _ = server
+    url, _, token = server
     page = browser.new_page()
-    reply = page.request.post(f"{url}/api/personalize", multipart={
+    reply = page.request.post(f"{url}/api/personalize", headers={"X-Pocketswap-Token": token}, multipart={
         "sample": "sample:grace_hopper", "steps": "2", "pairs": "16",
         "faces": {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a face"}})  # fmt: skip
     assert reply.status == 422 and "must be photos or videos, not notes.txt" in reply.json()["error"]
