@@ -259,6 +259,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     """The Starlette application behind its :class:`~pocketswap.demo.guard.Guard` (``app.state.token``:
     the launch's token, which the served page carries). Import-light: Starlette is imported here."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
@@ -348,6 +349,9 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     async def client_left(_: Request, __: Exception) -> Response:
         return Response(status_code=400)  # nobody reads it: the client has gone
 
+    async def http_error(_: Request, exc: HTTPException) -> Response:  # e.g. Starlette's "Invalid multipart data."
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
     routes = [
         Route("/", page),
         Route("/api/model", model),
@@ -359,10 +363,13 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
         Route("/api/webrtc/offer", webrtc_offer, methods=["POST"]),
         WebSocketRoute("/ws/live", live),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: client_left})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: client_left, HTTPException: http_error}
+    )
     app.state.info = info
     app.state.token = policy.token
     app.state.job = job
+    app.state.peers = peers
     guarded = Guard(app, policy)
     guarded.state = app.state
     return guarded

@@ -1,0 +1,530 @@
+"""The app's hostile-client matrix: a real `pocketswap app` on localhost, sent what another website, a
+DNS-rebinding name or a careless script would send. Every case must end in a 4xx with one readable JSON
+line (or a refused WebSocket handshake), no traceback in the server's log, nothing outside the app's
+own job folders written or deleted, nothing of another client's changed, bounded memory, and the
+server still healthy afterwards (checked after each case)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from pocketswap.checkpoint import save_checkpoint
+from pocketswap.demo.clip import synthetic_frames
+from pocketswap.demo.personal_job import JOB_ID
+from pocketswap.demo.video import VideoWriter
+from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
+from pocketswap.demo.webrtc import MAX_PEERS
+from pocketswap.faces import samples
+from pocketswap.imageio import write_image
+from pocketswap.student import StudentNet, get_preset
+
+UPLOAD_MB = 2  # the hostile server's upload limit (small, so oversized bodies stay cheap to send)
+
+
+class LogTrap(logging.Handler):
+    """Every record the server logs while the matrix runs (a traceback is a failed case)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def tracebacks(self) -> list[str]:
+        return [self.format(r) for r in self.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(root / "nano", StudentNet(get_preset("nano")).eval())
+    universal = save_checkpoint(root / "universal", StudentNet(get_preset("nano", size=64)), extra={"step": 0})
+    pool = root / "pool"
+    pool.mkdir()
+    for name in ("astronaut", "lfw_00", "lfw_01", "lfw_02"):
+        write_image(pool / f"{name}.png", samples.load(name))
+    people = root / "people"
+    people.mkdir()
+    write_image(people / "grace_hopper.png", samples.load("grace_hopper"))
+    (root / "victim").mkdir()  # a folder outside the work dir that traversal names aim at
+    (root / "victim" / "keep.txt").write_text("mine")
+    options = AppOptions(model=checkpoint, identity=people, universal=universal, work_dir=root / "work" / "app",
+                         personal_faces=str(pool), max_upload_mb=UPLOAD_MB)  # fmt: skip
+    trap = LogTrap()
+    logging.getLogger().addHandler(trap)
+    app = create_app(options)
+    try:
+        with serving_in_thread(app) as url:
+            yield url, root, app, trap
+    finally:
+        logging.getLogger().removeHandler(trap)
+
+
+class Client:
+    """Raw HTTP to the app with full control of Host, Origin and the token."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.token = parts.hostname, parts.port, token
+
+    def request(self, method: str, path: str, body=None, headers=None, token: bool = True, host: str | None = None):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        all_headers = {"Host": host or f"{self.host}:{self.port}"} | (
+            {"X-Pocketswap-Token": self.token} if token else {}
+        )
+        all_headers |= headers or {}
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for key, value in all_headers.items():
+            conn.putheader(key, value)
+        chunked = body is not None and not isinstance(body, bytes)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+        elif body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        try:
+            if chunked:
+                for piece in body:
+                    conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                conn.send(b"0\r\n\r\n")
+            elif body is not None:
+                conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, data
+
+    def handshake(self, path: str, headers: dict[str, str], host: str | None = None) -> int:
+        """The HTTP status of a WebSocket handshake (101: accepted)."""
+        with socket.create_connection((self.host, self.port), timeout=30) as sock:
+            lines = [f"GET {path} HTTP/1.1", f"Host: {host or f'{self.host}:{self.port}'}", "Upgrade: websocket",
+                     "Connection: Upgrade", f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+                     "Sec-WebSocket-Version: 13", *[f"{k}: {v}" for k, v in headers.items()]]  # fmt: skip
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            return int(sock.recv(4096).split(b" ")[1])
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None) -> tuple[bytes, str]:
+    boundary = "pocketswaphostile"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]  # fmt: skip
+    for key, (name, data) in (files or {}).items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; filename="{name}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _png_bomb(side: int = 20000) -> bytes:
+    ok, data = cv2.imencode(".png", np.zeros((side, side), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok and len(data) < 2 * 1024 * 1024
+    return data.tobytes()
+
+
+def _encoded(kind: str, frames: int = 1) -> bytes:
+    """A real image file of ``kind`` (PIL's writer), several frames for an animation."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=kind, save_all=frames > 1, append_images=images[1:])
+    return buffer.getvalue()
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _assert_clean(status: int, data: bytes, app_server, expected: tuple[int, ...] = (400, 403, 409, 413, 415, 422)):
+    url, root, app, trap = app_server
+    assert status in expected, (status, data[:300])
+    reply = json.loads(data)
+    assert isinstance(reply["error"], str) and "\n" not in reply["error"].strip() and len(reply["error"]) < 400
+    assert not trap.tracebacks(), trap.tracebacks()
+    assert _tree(root / "victim") == {"keep.txt": hashlib.sha256(b"mine").hexdigest()[:12]}
+    healthy, _ = Client(url, app.state.token).request("GET", "/api/model")
+    assert healthy == 200
+
+
+ORIGINS = ("http://127.0.0.1:1", "null", "http://evil.example")
+STATE_CHANGING = (
+    ("POST", "/api/personalize"),
+    ("POST", "/api/personalize/cancel"),
+    ("POST", "/api/files"),
+    ("POST", "/api/files/job"),
+    ("POST", "/api/webrtc/offer"),
+)
+READS = (("GET", "/api/model"), ("GET", "/api/personalize"), ("GET", "/api/compare"), ("GET", "/api/compare.png"),
+         ("GET", "/api/personalize/preview.png"), ("GET", "/api/files/progress?job=x"))  # fmt: skip
+FOREIGN_HOSTS = ("evil.example", "evil.example:7860", "127.0.0.1.evil.example", "localhost.evil.example:80")
+
+
+@pytest.mark.parametrize("origin", ORIGINS)
+@pytest.mark.parametrize(("method", "path"), STATE_CHANGING + READS)
+def test_a_foreign_origin_is_refused_even_with_the_token(app_server, method, path, origin):
+    url, _, app, _ = app_server
+    body, kind = multipart({"sample": "sample:/../..", "steps": "2", "pairs": "16"})
+    status, data = Client(url, app.state.token).request(
+        method, path, body if method == "POST" else None, {"Origin": origin, "Content-Type": kind}
+    )
+    _assert_clean(status, data, app_server, (403,))
+    assert "refused" in json.loads(data)["error"]
+
+
+@pytest.mark.parametrize("token", ("", "wrong-token"))
+@pytest.mark.parametrize(("method", "path"), STATE_CHANGING + READS)
+def test_no_token_no_api(app_server, method, path, token):
+    url, _, app, _ = app_server
+    headers = {"X-Pocketswap-Token": token} if token else {}
+    status, data = Client(url, app.state.token).request(method, path, b"" if method == "POST" else None, headers,
+                                                        token=False)  # fmt: skip
+    _assert_clean(status, data, app_server, (403,))
+    assert "token" in json.loads(data)["error"]
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+@pytest.mark.parametrize("path", ("/", "/api/model", "/api/personalize"))
+def test_a_foreign_host_is_refused_against_dns_rebinding(app_server, path, host):
+    url, _, app, _ = app_server
+    status, data = Client(url, app.state.token).request("GET", path, host=host)
+    _assert_clean(status, data, app_server, (403,))
+    assert "DNS-rebinding" in json.loads(data)["error"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "host"),
+    [
+        ({"Origin": "http://evil.example"}, "?token={token}", None),
+        ({"Origin": "null"}, "?token={token}", None),
+        ({"Origin": "http://127.0.0.1:1"}, "?token={token}", None),
+        ({}, "", None),
+        ({}, "?token=guess", None),
+        ({}, "?token={token}", "evil.example"),
+    ],
+)
+def test_live_websocket_handshakes_from_elsewhere_are_refused(app_server, headers, query, host):
+    url, _, app, trap = app_server
+    client = Client(url, app.state.token)
+    assert client.handshake("/ws/live" + query.format(token=app.state.token), headers, host) == 403
+    origin = {"Origin": f"http://{client.host}:{client.port}"}
+    assert client.handshake(f"/ws/live?token={app.state.token}", origin) == 101  # the page's own: accepted
+    assert not trap.tracebacks()
+
+
+def test_the_page_carries_the_token_and_only_its_own_origin_is_served(app_server):
+    url, _, app, _ = app_server
+    client = Client(url, app.state.token)
+    status, page = client.request("GET", "/", token=False)
+    assert status == 200 and app.state.token.encode() in page
+    assert client.request("GET", "/api/model", headers={"Origin": url})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sample": "sample:/../.."}, "unknown sample"),
+        ({"sample": "sample:/../../.."}, "unknown sample"),
+        ({"sample": "sample:/../../../../victim"}, "unknown sample"),
+        ({"sample": "../victim"}, "unknown sample"),
+        ({"sample": "/etc/passwd"}, "unknown sample"),
+        ({"sample": "sample:grace_hopper", "steps": str(10**12)}, r"steps must be in \[1, "),
+        ({"sample": "sample:grace_hopper", "steps": "Infinity"}, "steps must be a whole number"),
+        ({"sample": "sample:grace_hopper", "steps": "1e400"}, "steps must be a whole number"),
+        ({"sample": "sample:grace_hopper", "steps": "2.5"}, "steps must be a whole number"),
+        ({"sample": "sample:grace_hopper", "pairs": "-5"}, r"pairs must be in \[8, "),
+        ({"sample": "sample:grace_hopper", "pairs": "NaN"}, "pairs must be a whole number"),
+    ],
+)
+def test_personalize_names_and_numbers_are_validated_and_nothing_is_deleted(app_server, fields, message):
+    url, root, app, _ = app_server
+    body, kind = multipart({"steps": "2", "pairs": "16"} | fields)
+    status, data = Client(url, app.state.token).request("POST", "/api/personalize", body, {"Content-Type": kind})
+    _assert_clean(status, data, app_server, (422,))
+    assert __import__("re").search(message, json.loads(data)["error"]), data
+    jobs = root / "work" / "app" / "jobs"
+    assert not jobs.exists() or not any(jobs.iterdir()), "a refused request left a job folder"
+    assert (root / "nano").is_dir() and (root / "universal").exists() and (root / "pool").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "files", "message"),
+    [
+        ("/api/files", {}, {"file": ("bomb.png", _png_bomb())}, "MP limit"),
+        (
+            "/api/personalize",
+            {"steps": "2", "pairs": "16"},
+            {"photo": ("bomb.png", _png_bomb())},
+            "over the 50 MP limit",
+        ),
+        (
+            "/api/personalize",
+            {"sample": "sample:grace_hopper"},
+            {"faces": ("bomb.png", _png_bomb())},
+            "over the 50 MP limit",
+        ),
+        ("/api/files", {}, {"file": ("anim.gif", b"GIF89a" + b"\0" * 64)}, "unsupported file type .gif"),
+        ("/api/files", {}, {"file": ("x.png", _encoded("GIF", 2))}, "GIF images are not supported"),
+        ("/api/files", {}, {"file": ("a.webp", _encoded("WEBP", 3))}, "animated or multi-page"),
+        ("/api/files", {}, {"file": ("a.tiff", _encoded("TIFF", 2))}, "animated or multi-page"),
+        ("/api/files", {"job": "client-chosen"}, {"file": ("a.png", b"x")}, "unknown or used job id"),
+        ("/api/files", {"identity": "1e400"}, {"file": ("a.png", b"x")}, "identity must be a whole number"),
+        ("/api/files", {}, {"file": ("a.mp4", b"\0" * 5000)}, "not a video"),
+    ],
+)
+def test_uploads_are_checked_before_decoding(app_server, path, fields, files, message):
+    url, _, app, _ = app_server
+    process = psutil.Process()
+    before = process.memory_info().rss
+    body, kind = multipart(fields, files)
+    status, data = Client(url, app.state.token).request("POST", path, body, {"Content-Type": kind})
+    _assert_clean(status, data, app_server)
+    assert message in json.loads(data)["error"], data
+    assert process.memory_info().rss - before < 300 * 1024 * 1024, "a bomb was decoded"
+
+
+def _chunks(total: int, size: int = 256 * 1024):
+    """A multipart upload that never ends within ``total`` bytes, sent chunked (no Content-Length)."""
+    yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    for _ in range(total // size):
+        yield b"a" * size
+
+
+@pytest.mark.parametrize("path", ("/api/files", "/api/personalize", "/api/webrtc/offer"))
+@pytest.mark.parametrize("how", ("content-length", "chunked"))
+def test_oversized_bodies_are_cut_off(app_server, path, how):
+    url, _, app, _ = app_server
+    size = (UPLOAD_MB + 1) * 1024 * 1024
+    body = b"".join(_chunks(size)) if how == "content-length" else _chunks(size)
+    status, data = Client(url, app.state.token).request(
+        "POST", path, body, {"Content-Type": "multipart/form-data; boundary=x"}
+    )
+    _assert_clean(status, data, app_server, (413,))
+
+
+def test_a_webrtc_offer_that_is_too_large_or_deep_or_odd_is_refused(app_server):
+    url, _, app, _ = app_server
+    client = Client(url, app.state.token)
+    for body, code, message in (
+        (b"[" * 200_000 + b"]" * 200_000, 413, "larger than"),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (b'{"sdp": NaN, "type": "offer"}', 400, "not valid JSON"),
+        (b'{"sdp": 1e400, "type": "offer"}', 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+    ):
+        status, data = client.request("POST", "/api/webrtc/offer", body, {"Content-Type": "text/plain"})
+        _assert_clean(status, data, app_server, (code,))
+        assert message in json.loads(data)["error"], data
+
+
+def _offer_sdp(codec: str | None = None) -> str:
+    """A real browser-like offer (aiortc as the client), optionally with every video codec renamed."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    async def make() -> str:
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    sdp = asyncio.run(make())
+    if codec:
+        for name in ("VP8", "H264", "rtx"):
+            sdp = sdp.replace(f" {name}/", f" {codec}/")
+    return sdp
+
+
+def test_webrtc_slots_are_never_leaked_nor_held_by_unconnected_offers(app_server):
+    url, _, app, trap = app_server
+    client = Client(url, app.state.token)
+    peers = app.state.peers.peers
+    bogus = json.dumps({"sdp": _offer_sdp("X-NOPE"), "type": "offer"}).encode()
+    for _ in range(MAX_PEERS + 2):  # unknown codecs: refused, and the slot is freed each time
+        status, data = client.request("POST", "/api/webrtc/offer", bogus, {"Content-Type": "application/json"})
+        _assert_clean(status, data, app_server, (422,))
+    assert len(peers) == 0
+    good = json.dumps({"sdp": _offer_sdp(), "type": "offer"}).encode()
+    for _ in range(MAX_PEERS + 3):  # offers that never connect: a new one takes the oldest one's slot
+        status, data = client.request("POST", "/api/webrtc/offer", good, {"Content-Type": "application/json"})
+        assert status == 200 and json.loads(data)["type"] == "answer", data
+    assert len(peers) == MAX_PEERS
+    assert not trap.tracebacks()
+
+
+def test_live_settings_and_frames_that_are_hostile_leave_the_session_going(app_server):
+    from websockets.sync.client import connect
+
+    url, _, app, trap = app_server
+    frame = next(synthetic_frames("astronaut", frames=1, empty_every=0))
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+    cases = [
+        ("[" * 100_000, "over 16 kB"),
+        ("[" * 5_000 + "]" * 5_000, "nested too deeply"),
+        ('{"detect_every": Infinity}', "not valid JSON"),
+        ('{"detect_every": 1e400}', "not valid JSON"),
+        ('{"detect_every": NaN}', "not valid JSON"),
+        ('{"detect_every": 1e9}', r"detect_every must be in"),
+        ('{"detect_every": true}', "detect_every must be a whole number"),
+        ('{"identity": 2.5}', "identity must be a whole number"),
+        ('{"swap": "yes"}', "swap must be true or false"),
+        ('{"artifact": 1e300}', "artifact must be in"),
+        ('"just a string"', "settings must be a JSON object"),
+    ]
+    origin = {"Origin": url}
+    process = psutil.Process()
+    with connect(url.replace("http", "ws") + f"/ws/live?token={app.state.token}", additional_headers=origin,
+                 max_size=None) as ws:  # fmt: skip
+        for text, message in cases:
+            ws.send(text)
+            assert __import__("re").search(message, json.loads(ws.recv(timeout=60))["error"]), text
+        before = process.memory_info().rss
+        for _ in range(2):
+            ws.send(HEADER.pack(0.0) + _png_bomb())
+            assert "MP limit" in json.loads(ws.recv(timeout=60))["error"]
+        assert process.memory_info().rss - before < 300 * 1024 * 1024, "a frame bomb was decoded"
+        ws.send(HEADER.pack(1.0) + jpeg)
+        assert json.loads(ws.recv(timeout=60))["stats"]["faces"] == 1  # the session goes on
+        ws.recv(timeout=60)
+    assert not trap.tracebacks()
+
+
+def test_a_video_swap_stops_when_its_client_leaves(app_server, tmp_path):
+    url, _, app, trap = app_server
+    clip = tmp_path / "long.mp4"
+    with VideoWriter(clip, 30.0, notice=None) as writer:
+        for frame in synthetic_frames("astronaut", frames=400, width=320, height=240, empty_every=0):
+            writer.write(frame)
+    client = Client(url, app.state.token)
+    job = json.loads(client.request("POST", "/api/files/job")[1])["job"]
+    body, kind = multipart({"job": job}, {"file": ("long.mp4", clip.read_bytes())})
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=30)
+    conn.request("POST", "/api/files", body, {"Content-Type": kind, "X-Pocketswap-Token": app.state.token})
+    deadline = time.monotonic() + 60
+    while json.loads(client.request("GET", f"/api/files/progress?job={job}")[1]).get("frames", 0) < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the tab is closed mid-swap
+    conn.close()
+    deadline = time.monotonic() + 30
+    while not (progress := json.loads(client.request("GET", f"/api/files/progress?job={job}")[1]))["done"]:
+        assert time.monotonic() < deadline, "the swap went on after its client left"
+        time.sleep(0.2)
+    assert progress["frames"] < 400, progress
+    second = client.request("POST", "/api/files", body, {"Content-Type": kind})  # an id works once only
+    _assert_clean(*second, app_server, (422,))
+    assert not trap.tracebacks()
+
+
+def test_one_job_at_a_time_never_touches_another_clients_files_and_cancels(app_server):
+    url, root, app, trap = app_server
+    client = Client(url, app.state.token)
+    photo = (root / "pool" / "lfw_00.png").read_bytes()
+    body, kind = multipart({"steps": "20000", "pairs": "16"}, {"photo": ("me.png", photo)})
+    status, data = client.request("POST", "/api/personalize", body, {"Content-Type": kind})
+    assert status == 200, data
+    first = json.loads(data)
+    assert first["state"] == "running" and JOB_ID.match(first["job"]) and "me" in first["job"]
+    folder = Path(first["out"]).parent
+    mine = _tree(folder)
+    other, kind = multipart(
+        {"steps": "2", "pairs": "16"}, {"photo": ("me.png", (root / "pool" / "lfw_01.png").read_bytes())}
+    )
+    status, data = client.request("POST", "/api/personalize", other, {"Content-Type": kind})
+    _assert_clean(status, data, app_server, (422,))
+    assert "already running" in json.loads(data)["error"]
+    assert {k: v for k, v in _tree(folder).items() if k.startswith(("identity", "faces"))} == {
+        k: v for k, v in mine.items() if k.startswith(("identity", "faces"))
+    }
+    assert len(list(folder.parent.iterdir())) == 1  # the refused request left no folder
+    status, data = client.request("POST", "/api/personalize/cancel")
+    assert status == 200, data
+    deadline = time.monotonic() + 120
+    while (state := json.loads(client.request("GET", "/api/personalize")[1])["state"]) == "running":
+        assert time.monotonic() < deadline, "the cancelled job is still running"
+        time.sleep(0.5)
+    assert state == "cancelled"
+    status, data = client.request("POST", "/api/personalize/cancel")
+    _assert_clean(status, data, app_server, (409,))
+    assert not trap.tracebacks()
+
+
+def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_path):
+    """The attack as a browser runs it: a page served from another port posts no-cors forms, opens a
+    WebSocket and fetches the API. Nothing starts, nothing is written, the socket never opens."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from pocketswap.benchmarks.app import chromium_path
+    from pocketswap.errors import PocketswapError
+
+    try:
+        chromium_path()
+    except PocketswapError as exc:
+        pytest.skip(str(exc))
+    url, root, app, trap = app_server
+    before = _tree(root)
+    ws_url = url.replace("http", "ws")
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><script>
+      window.results = {{}};
+      const form = () => {{ const f = new FormData(); f.append("sample", "sample:/../.."); f.append("steps", "999999");
+        f.append("faces", new Blob(["x"]), "a.png"); return f; }};
+      Promise.allSettled([
+        fetch("{url}/api/personalize", {{method: "POST", mode: "no-cors", body: form()}}),
+        fetch("{url}/api/files", {{method: "POST", mode: "no-cors", body: form()}}),
+        fetch("{url}/api/webrtc/offer", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                                          body: '{{"sdp": "v=0", "type": "offer"}}'}}),
+        fetch("{url}/api/model").then((r) => r.text()),
+        fetch("{url}/").then((r) => r.text()),
+      ]).then((r) => {{ window.results.fetches = r.map((x) => x.status + ":" + (x.value && x.value.length)); }});
+      const ws = new WebSocket("{ws_url}/ws/live");
+      ws.onopen = () => {{ window.results.ws = "open"; }};
+      ws.onclose = () => {{ window.results.ws = window.results.ws || "closed"; }};
+    </script>""")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Quiet(*a, directory=str(tmp_path)))
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), headless=True)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
+            page.wait_for_function("window.results.fetches && window.results.ws", timeout=60_000)
+            results = page.evaluate("window.results")
+            browser.close()
+    finally:
+        evil.shutdown()
+    assert results["ws"] == "closed", results
+    assert results["fetches"][3].startswith("rejected") and results["fetches"][4].startswith("rejected"), results
+    assert app.state.job.state in ("idle", "cancelled"), "a cross-origin form started a job"
+    after = _tree(root)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of what was there changed
+    assert not [k for k in after if k not in before and not k.startswith("work/app/jobs/")]
+    assert not trap.tracebacks()
