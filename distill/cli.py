@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pocketswap.cli import add_config_flags, config_flags, output_dir, output_file
-from pocketswap.config import distributed_rank
+from pocketswap.config import distributed_rank, yaml_safe_load
 from pocketswap.distill.config import TrainConfig  # light: no torch
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS  # light too
 
@@ -105,9 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     base = None
     data = args.data
     if args.resume and (args.out / "config.yaml").is_file():
-        import yaml
-
-        base = yaml.safe_load((args.out / "config.yaml").read_text())
+        base = yaml_safe_load((args.out / "config.yaml").read_text())
         if data is None and (args.out / "run.json").is_file():
             data = Path(json.loads((args.out / "run.json").read_text())["data"])
     if data is None:

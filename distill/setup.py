@@ -106,16 +106,44 @@ def auto_threads(num_workers: int) -> int:
     return max(1, per_process - num_workers)
 
 
-def sigterm_as_interrupt() -> Any:
-    """Make SIGTERM (e.g. a preempted job) stop like Ctrl-C, which saves a checkpoint first.
-    Returns the previous handler, or None when not in the main thread."""
+def use_deterministic_algorithms(ctx: Dist) -> None:
+    """Deterministic kernels (cuBLAS workspace and no cuDNN autotuning on CUDA: warn, not fail, there)."""
+    if ctx.device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
+
+
+_STOP_REQUESTED: list[int] = []  # signals received while a deferred-interrupt block runs
+
+
+def defer_interrupts() -> Any:
+    """Make Ctrl-C and SIGTERM (e.g. a preempted job) *request* a stop instead of raising at once: the
+    training loop stops at the next step boundary (:func:`stop_requested`), so its checkpoint never holds a
+    half-taken step and ``--resume`` continues exactly. A second Ctrl-C interrupts at once. Returns a
+    function restoring the previous handlers, or None when not in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return None
+    _STOP_REQUESTED.clear()
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if _STOP_REQUESTED and signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"signal {signum}")
+        _STOP_REQUESTED.append(signum)
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _STOP_REQUESTED.clear()
+
+    return restore
+
+
+def stop_requested() -> bool:
+    """True once a signal asked a :func:`defer_interrupts` block to stop."""
+    return bool(_STOP_REQUESTED)
 
 
 def load_initial_weights(student: nn.Module, source: str) -> None:

@@ -17,8 +17,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,15 +49,17 @@ from pocketswap.distill.losses import DistillLoss, face_psnr
 from pocketswap.distill.setup import (
     Dist,
     auto_threads,
+    defer_interrupts,
     load_initial_weights,
     make_optimizer,
     seed_everything,
     setup_distributed,
-    sigterm_as_interrupt,
+    stop_requested,
+    use_deterministic_algorithms,
 )
 from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
-from pocketswap.files import atomic_write_bytes, atomic_write_json, replace_dir
+from pocketswap.files import atomic_write_bytes, atomic_write_json, exclusive_folder, replace_dir
 from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
@@ -463,6 +463,8 @@ class _Trainer:
         checkpointed = self.step
         try:
             while self.step < stop_at:
+                if stop_requested():  # Ctrl-C / SIGTERM, taken at a step boundary (exact resume)
+                    raise KeyboardInterrupt
                 t0 = time.perf_counter()
                 batch = next(batches)
                 self.positions[int(batch["_part"])] = (int(batch["_epoch"]), int(batch["_offset"]))
@@ -575,22 +577,19 @@ def train(
     if ctx.device.type == "cpu":
         torch.set_num_threads(config.threads or auto_threads(config.num_workers))
     if config.deterministic:
-        if ctx.device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-            torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=ctx.device.type == "cuda")
-    previous_sigterm = sigterm_as_interrupt() if ctx.world == 1 else None
+        use_deterministic_algorithms(ctx)
+    restore_signals = defer_interrupts() if ctx.world == 1 else None
     try:
         if ctx.main:
             out.mkdir(parents=True, exist_ok=True)
-        trainer = _Trainer(config, data, out, ctx, resume, progress)
-        summary = trainer.run(stop_after)
+        with exclusive_folder(out) if ctx.main else contextlib.nullcontext():  # one run writes OUT at a time
+            summary = _Trainer(config, data, out, ctx, resume, progress).run(stop_after)
         log.info("%s at step %d/%d: %.1f samples/s; EMA weights %s", summary.stopped, summary.step, summary.steps,
                  summary.samples_per_s, summary.weights_sha256[:12])  # fmt: skip
         return summary
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        if restore_signals is not None:
+            restore_signals()
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
         if ctx.owns_group and dist.is_initialized():

@@ -32,7 +32,11 @@ from pocketswap.runtime import TFLiteRunner
 log = logging.getLogger(__name__)
 
 
-def export_formats(job: Job, formats, precisions, image_input, compress, benchmark) -> list[Artifact]:
+def export_formats(
+    job: Job, formats, precisions, image_input, compress, benchmark, finished: list[Artifact] | None = None
+) -> list[Artifact]:
+    """Every requested artifact, each checked for parity; ``finished`` collects them as they are done (an
+    interrupted export keeps those)."""
     onnx_path = job.work / f"{job.name}.onnx"
     steps: list[tuple[str, Callable[[], list[Artifact]]]] = []
     if needs_onnx(formats):
@@ -49,7 +53,7 @@ def export_formats(job: Job, formats, precisions, image_input, compress, benchma
                     lambda p=precision: [_coreml_artifact(job, p, image_input, compress)],
                 )
             )
-    artifacts: list[Artifact] = []
+    artifacts: list[Artifact] = finished if finished is not None else []
     for label, step in tqdm(steps, desc="export", unit="step", leave=False, disable=None):
         started = time.perf_counter()
         made = step()

@@ -127,6 +127,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".pocketswap-export-", dir=out_dir))
     done = False
+    finished: list[Artifact] = []
     try:
         job = make_job(
             net, config, identity_mode, emb, face, stage, calib, check_parity,
@@ -142,12 +143,19 @@ def export_model(
                 "encoder": encoder_name,
             }
         )
-        artifacts = export_formats(job, formats_l, precisions_l, image_input, compress, benchmark)
+        artifacts = export_formats(job, formats_l, precisions_l, image_input, compress, benchmark, finished)
         if enroll:
             artifacts += export_enrollment(job, formats_l, precisions_l, artifacts)
         moved = _move_into_place(artifacts, stage, out_dir)
         done = True
         return moved
+    except KeyboardInterrupt:  # what passed parity before the interrupt is kept
+        if finished:
+            kept = _move_into_place(finished, stage, out_dir)
+            done = True
+            log.warning("interrupted: kept %d finished artifacts in %s (%s)", len(kept), out_dir,
+                        ", ".join(a.path.name for a in kept))  # fmt: skip
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not done and not any(out_dir.iterdir()):

@@ -67,8 +67,10 @@ def _detect(args: argparse.Namespace) -> int:
 def _align(args: argparse.Namespace) -> int:
     from pocketswap.faces.align import align_face
     from pocketswap.faces.samples import load_image_or_sample
+    from pocketswap.files import refuse_overwriting_input
     from pocketswap.imageio import write_image
 
+    refuse_overwriting_input(args.out, args.image, "--out")
     image = load_image_or_sample(args.image)
     face = _analyzer(args).detect_one(image, source=args.image)
     aligned = align_face(image, face.keypoints, args.size, args.template)
@@ -82,11 +84,13 @@ def _embed(args: argparse.Namespace) -> int:
 
     from pocketswap.faces.identity import embed_faces, load_encoder
     from pocketswap.faces.samples import load_image_or_sample
+    from pocketswap.files import atomic_path, check_output
 
     image = load_image_or_sample(args.image)
     face = _analyzer(args).detect_one(image, source=args.image)
     embedding = embed_faces(image, [face], load_encoder(args.encoder))[0]
-    np.save(args.out, embedding)
+    with atomic_path(check_output(args.out, (".npy",), "--out")) as tmp:
+        np.save(tmp, embedding)
     print(f"{embedding.shape[0]}-d embedding of {_which(face)} -> {args.out}")
     return 0
 

@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except PocketswapError as exc:
         print(f"pocketswap: error: {exc}", file=sys.stderr)
         return 2
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an output path
-        print(f"pocketswap: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a path the OS refused (permission, name too long, disk full, ...): one line
+        where = f"{str(exc.filename)[:120]}: " if exc.filename else ""
+        print(f"pocketswap: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pocketswap: interrupted; finished work is kept", file=sys.stderr)

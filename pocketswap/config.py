@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -104,6 +105,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return convert(config)
 
 
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def yaml_safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads YAML 1.2 numbers such as ``2e-3`` and ``1e5`` as floats
+    (PyYAML follows YAML 1.1, where they are strings); every config file and override is read with it."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, raising ConfigError on a missing file or bad syntax."""
     import yaml
@@ -112,7 +128,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; --config takes a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found") from exc
     except UnicodeDecodeError as exc:
@@ -157,17 +173,6 @@ def parse_value(text: str) -> Any:
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        return yaml_safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str) and _looks_float(value):
-        return float(value)  # YAML 1.1 reads "2e-3" as a string
-    return value
-
-
-def _looks_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -15,6 +15,8 @@ from typing import Any
 
 from pocketswap.errors import OutputError
 
+NAME_MAX = 255  # bytes of one file or folder name on Linux and macOS file systems
+
 
 def check_output(
     path: str | Path, suffixes: tuple[str, ...] | None = None, what: str = "output", create: bool = True
@@ -23,6 +25,8 @@ def check_output(
     parent that is a file, a folder that cannot be created or written, or (with ``suffixes``) an
     extension the writer does not know. Creates the missing parent folders (``create``)."""
     path = Path(path)
+    if too_long := [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]:
+        raise OutputError(f"{what} {str(path)[:80]}...: the name {too_long[0][:24]!r}... is over {NAME_MAX} bytes")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise OutputError(
             f"{what} {path}: unknown extension {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}"
@@ -119,6 +123,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | Path, what: str = "run") -> Iterator[Path]:
+    """Hold ``folder``'s lock file (``.lock``, an OS lock that a crash releases) while one process writes
+    it; a second writer gets one clear error instead of mixing its files into the first one's."""
+    import fcntl
+
+    folder = Path(folder)
+    with open(folder / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{folder}: another {what} is writing here now; wait for it or choose another --out"
+            ) from None
+        try:
+            yield folder
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import platform
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -159,14 +159,36 @@ class ArtifactSwapModel:
             if wanted not in names:
                 raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
         self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
-        self.size, self.template = int(manifest.crop_size), manifest.template or "arcface"
+        self.size, self.template = self._checked_size(path, manifest.crop_size), manifest.template or "arcface"
         self.texture = None
         if WARPED_IDENTITY_INPUT in {t.name for t in manifest.inputs}:
             if manifest.identity_texture is None:
                 raise ModelSignatureError(
                     f"{path}: it reads {WARPED_IDENTITY_INPUT!r} but its manifest has no identity_texture"
                 )
-            self.texture = decode_texture(manifest.identity_texture, str(path))
+            try:
+                self.texture = decode_texture(manifest.identity_texture, str(path))
+            except ManifestError as exc:
+                raise ModelSignatureError(str(exc)) from exc
+            if self.texture[0].shape[0] != self.size:
+                raise ModelSignatureError(
+                    f"{path}: field 'identity_texture' is {self.texture[0].shape[0]} px, the crop {self.size} px"
+                )
+
+    def _checked_size(self, path: Path, crop_size: Any) -> int:
+        """The manifest's ``crop_size``, which must be the model's own image-input size."""
+        detail = self.runner.inputs.get(self.input)
+        if detail is None:
+            raise ModelSignatureError(f"{path}: the model has no input {self.input!r} that its manifest names")
+        shape = detail["shape"] if isinstance(detail, dict) else detail.shape
+        actual = int(shape[1]) if isinstance(detail, dict) else shape[2]  # NHWC (LiteRT) | NCHW (ONNX)
+        if not isinstance(actual, int):  # a dynamic ONNX dimension: nothing to check against
+            actual = crop_size
+        if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size != actual:
+            raise ModelSignatureError(
+                f"{path}: manifest field 'crop_size' is {crop_size!r}, the model's input is {actual} px"
+            )
+        return crop_size
 
     @property
     def needs_landmarks(self) -> bool:

@@ -161,8 +161,10 @@ class StudentConfig:
         """Load a YAML file. A top-level ``preset: NAME`` key starts from that preset."""
         import yaml
 
+        from pocketswap.config import yaml_safe_load
+
         try:
-            data = yaml.safe_load(Path(path).read_text())
+            data = yaml_safe_load(Path(path).read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read student config {path}: {exc}") from exc
         except yaml.YAMLError as exc:

@@ -56,7 +56,13 @@ def list_sources(faces: str) -> list[Source]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"--faces {faces}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return [Source(p.relative_to(root).as_posix(), p) for p in files]
+    # A name that is not valid UTF-8 (an old archive's Latin-1 file name) is recorded with U+FFFD in its
+    # place, so the dataset's manifest and shards stay UTF-8; the file itself is still read by its path.
+    return [Source(_printable(p.relative_to(root).as_posix()), p) for p in files]
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def yaw_proxy(landmarks: np.ndarray) -> float:
