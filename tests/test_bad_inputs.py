@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -173,3 +174,209 @@ def test_config_flags_are_typed_by_their_field(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["teacher", "generate", "--out", str(tmp_path / "d"), "--detector", "big"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# -- the second round: names, pipes, lying manifests, formats, same-file outputs, full disks ---------
+@pytest.fixture(scope="module")
+def nano_checkpoint(tmp_path_factory):
+    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.student import StudentNet, get_preset
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("nano") / "nano", StudentNet(get_preset("nano")).eval())
+
+
+def _encoded(kind: str, frames: int = 1, side: int = 64) -> bytes:
+    import io
+
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((side, side, 3), 40 * i + 20, np.uint8)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=kind, save_all=frames > 1, append_images=images[1:])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["faces", "detect", "{tmp}/" + "a" * 300 + ".png"], "File name too long"),
+        (["faces", "align", "sample:astronaut", "--out", "{tmp}/" + "b" * 300 + ".png"], "is over 255 bytes"),
+        (["faces", "detect", "{tmp}/pipe.png"], "not a regular file"),
+        (["faces", "detect", "{tmp}/anim.gif"], "GIF images are not supported"),
+        (["faces", "detect", "{tmp}/anim.webp"], "animated or multi-page"),
+        (["faces", "detect", "{tmp}/gif_named.png"], "GIF images are not supported"),
+        (["faces", "align", "{tmp}/still.png", "--out", "{tmp}/still.png"], "is the input file"),
+        (["demo", "--model", "m.onnx", "--max-frames", "-1"], ">= 1"),
+        (["demo", "--model", "m.onnx", "--detect-every", "0"], ">= 1"),
+        (
+            [
+                "demo",
+                "--model",
+                "{ckpt}",
+                "--identity",
+                "sample:grace_hopper",
+                "--source",
+                "{tmp}/pipe.mp4",
+                "--headless",
+            ],
+            "not a regular file",
+        ),
+        (
+            ["demo", "--model", "{ckpt}", "--source", "{tmp}/c.mp4", "--output", "{tmp}/c.mp4", "--headless"],
+            "is the input file",
+        ),
+    ],
+)
+def test_names_pipes_formats_and_same_file_outputs_are_one_line(tmp_path, capsys, nano_checkpoint, argv, message):
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "anim.gif").write_bytes(_encoded("GIF", 3))
+    (tmp_path / "anim.webp").write_bytes(_encoded("WEBP", 3))
+    (tmp_path / "gif_named.png").write_bytes(_encoded("GIF"))
+    still = write_image(tmp_path / "still.png", np.full((64, 64, 3), 90, np.uint8))
+    (tmp_path / "c.mp4").write_bytes(b"original video bytes")
+    code, err = run_cli([a.format(tmp=tmp_path, ckpt=nano_checkpoint) for a in argv], capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert re.search(message, err), err
+    assert (
+        still.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "c.mp4").read_bytes() == b"original video bytes"
+    )
+
+
+def test_exif_orientation_is_applied_like_a_viewer(tmp_path):
+    """A phone portrait stored sideways (EXIF orientation 2-8) is read upright, as PIL's exif_transpose shows it."""
+    from PIL import Image, ImageOps
+
+    from pocketswap.imageio import read_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.png"  # PNG keeps the pixels exact; eXIf carries the orientation
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(path, exif=exif)
+        want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        assert np.array_equal(read_image(path), want), orientation
+
+
+def test_demo_takes_a_sample_and_writes_a_still(tmp_path, capsys, nano_checkpoint):
+    out = tmp_path / "x.png"
+    code = main(["demo", "--model", str(nano_checkpoint), "--identity", "sample:grace_hopper",
+                 "--source", "sample:astronaut", "--output", str(out), "--headless"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert out.is_file() and cv2.imread(str(out)).shape[:2] == samples_shape("astronaut")
+
+
+def samples_shape(name: str) -> tuple[int, int]:
+    from pocketswap.faces import samples
+
+    return samples.load(name).shape[:2]
+
+
+def test_embed_creates_its_folder(tmp_path, capsys):
+    out = tmp_path / "new_folder" / "e.npy"
+    assert main(["faces", "embed", "sample:astronaut", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert np.load(out).shape == (128,)
+
+
+def _lying(artifact, tmp_path, change) -> str:
+    import json
+    import shutil
+
+    target = tmp_path / f"lie_{len(list(tmp_path.glob('lie_*')))}.onnx"
+    shutil.copy(artifact, target)
+    manifest = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+    change(manifest)
+    target.with_name(target.name + ".json").write_text(json.dumps(manifest))
+    return str(target)
+
+
+@pytest.fixture(scope="module")
+def warped_artifact(tmp_path_factory):
+    """A baked ONNX export of a random-weight student that reads the warped identity (its manifest has a texture)."""
+    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.student import StudentNet, get_preset
+
+    root = tmp_path_factory.mktemp("warped")
+    torch.manual_seed(0)
+    net = StudentNet(get_preset("nano", size=64, identity_encoder=True, identity_warp=True)).eval()
+    checkpoint = save_checkpoint(root / "ckpt", net)
+    assert main(["export", str(checkpoint), "--identity", "sample:grace_hopper", "--format", "onnx",
+                 "--out", str(root / "out")]) == 0  # fmt: skip
+    return next((root / "out").glob("*.onnx"))
+
+
+def _texture_bomb() -> str:
+    import base64
+
+    ok, png = cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return base64.b64encode(png.tobytes()).decode()
+
+
+LIES = {
+    "crop size": (lambda m: m.update(crop_size=96), "'crop_size' is 96"),
+    "crop size text": (lambda m: m.update(crop_size="64"), "'crop_size' is '64'"),
+    "10 landmarks": (
+        lambda m: m["identity_texture"].update(landmarks=m["identity_texture"]["landmarks"][:10]),
+        "468 finite",
+    ),
+    "NaN landmark": (lambda m: m["identity_texture"]["landmarks"][5].__setitem__(0, float("nan")), "468 finite"),
+    "texture bomb": (lambda m: m["identity_texture"].update(png_base64=_texture_bomb()), "MP limit"),
+    "texture size": (lambda m: m["identity_texture"].update(size=32), "identity_texture"),
+}
+
+
+@pytest.mark.parametrize("command", ("demo --model {m} --source sample:astronaut --headless", "bench pipeline {m}"))
+@pytest.mark.parametrize("lie", sorted(LIES))
+def test_manifests_that_lie_are_one_line_naming_the_field(tmp_path, capsys, warped_artifact, command, lie):
+    import psutil
+
+    change, message = LIES[lie]
+    before = psutil.Process().memory_info().rss
+    code, err = run_cli(command.format(m=_lying(warped_artifact, tmp_path, change)).split(), capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert message in err, err
+    assert psutil.Process().memory_info().rss - before < 500 * 1024 * 1024, "the texture bomb was decoded"
+
+
+def _limited(argv: list[str], max_bytes: int, cwd) -> tuple[int, str]:
+    """The CLI in a child process whose files cannot grow past ``max_bytes`` (EFBIG: a full disk, as
+    the writer sees it)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    run = subprocess.run([sys.executable, "-m", "pocketswap.cli", *argv], capture_output=True, text=True,
+                         preexec_fn=limit, cwd=cwd, timeout=600)  # fmt: skip
+    return run.returncode, run.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["faces", "align", "sample:astronaut", "--out", "{tmp}/crop.png", "--size", "512"],
+        [
+            "demo",
+            "--model",
+            "{ckpt}",
+            "--identity",
+            "sample:grace_hopper",
+            "--source",
+            "sample:astronaut",
+            "--output",
+            "{tmp}/swap.png",
+            "--headless",
+        ],
+        ["export", "{ckpt}", "--identity", "sample:grace_hopper", "--format", "onnx", "--out", "{tmp}/e"],
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, nano_checkpoint, argv):
+    code, err = _limited([a.format(tmp=tmp_path, ckpt=nano_checkpoint) for a in argv], 20_000, tmp_path)
+    assert_clean_failure(code, err, tmp_path)
+    assert "File too large" in err or "cannot write" in err, err

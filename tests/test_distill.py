@@ -445,3 +445,58 @@ def test_eval_reports_every_metric_for_student_and_teacher(tmp_path: Path, datas
     assert teacher["id_cosine"] > attribute["id_cosine"]  # the stand-in teacher does paste the identity in
     assert teacher["landmarks_detected"] > 0 and teacher["expression_error"] is not None
     assert "psnr_face" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_checkpoints_resumes_exactly(tmp_path: Path, dataset: Path) -> None:
+    """Ctrl-C lands mid-step somewhere between checkpoints: the run stops at the step boundary with a
+    checkpoint, and `--resume` ends with the weights of an uninterrupted run (README's promise)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump({**FAST, "steps": 40, "checkpoint_every": 1000}))
+
+    def command(out: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "pocketswap.cli", "distill", "train", "--data", str(dataset), "--out",
+                str(tmp_path / out), "--config", str(config), "--no-progress", *extra]  # fmt: skip
+
+    assert subprocess.run(command("straight"), capture_output=True, timeout=600).returncode == 0
+    run = subprocess.Popen(command("stopped"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(read_metrics(metrics, "train")) >= 7):
+        assert time.monotonic() < deadline and run.poll() is None, "training did not start"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err.decode()[-2000:]
+    stopped_at = max(r["step"] for r in read_metrics(metrics, "train"))
+    assert 7 <= stopped_at < 40 and b"Traceback" not in err
+    assert subprocess.run(command("stopped", "--resume"), capture_output=True, timeout=600).returncode == 0
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    resumed = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert resumed["step"] == 40 and resumed["weights_sha256"] == straight["weights_sha256"], stopped_at
+
+
+def test_two_trainings_into_one_folder_are_refused(tmp_path: Path, dataset: Path, capsys) -> None:
+    from pocketswap.cli import main
+    from pocketswap.files import exclusive_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with exclusive_folder(out):  # another `distill train --out run` holds the folder
+        code = main(["distill", "train", "--data", str(dataset), "--out", str(out), "steps=1", "--no-progress"])
+    assert code == 2 and "another run is writing here now" in capsys.readouterr().err
+    assert not (out / "summary.json").exists()
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 2e-3\nsteps: 10\nw_id: 1e-1\n")
+    config = load_config(path)
+    assert config.lr == 0.002 and config.w_id == 0.1 and config.steps == 10
