@@ -453,7 +453,14 @@ def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860, allow_
     if is_loopback(host):
         log.info("pocketswap app on http://%s:%d/  (this machine only; Ctrl+C stops)", host, port)
     else:
-        shown = "THIS-MACHINE-ADDRESS" if host in ("0.0.0.0", "::") else host
+        shown = host
+        if host in ("0.0.0.0", "::"):
+            import socket
+
+            try:
+                shown = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                shown = "THIS-MACHINE-ADDRESS"
         log.warning(
             "serving on %s:%d BEYOND THIS MACHINE: anyone on the network who has the URL below can use the camera "
             "page, swap uploaded photos and videos, start personalisations (writing under %s) and read the served "
