@@ -155,12 +155,30 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _quality(args: argparse.Namespace) -> int:
-    from pocketswap.benchmarks.quality import bench_quality
-    from pocketswap.distill.evaluate import format_table
+    if args.people:
+        from pocketswap.benchmarks.photo_run import bench_photos
+        from pocketswap.benchmarks.photos import format_summary
 
-    report = bench_quality(args.target, args.faces, args.out, pairs=args.pairs, seed=args.seed, teacher=args.teacher)
-    print(format_table(report))
-    print(f"results -> {args.out}/quality.json")
+        report = bench_photos(args.target, args.people, args.out, judges=args.judge, teacher=args.teacher,
+                              person=args.person, threads=args.threads, video=args.video)  # fmt: skip
+        print(format_summary(report))
+        results = Path(args.out) / "quality_photos.json"
+    else:
+        from pocketswap.benchmarks.quality import bench_quality
+        from pocketswap.distill.evaluate import format_table
+
+        report = bench_quality(
+            args.target, args.faces, args.out, pairs=args.pairs, seed=args.seed, teacher=args.teacher
+        )
+        print(format_table(report))
+        results = Path(args.out) / "quality.json"
+    print(f"results -> {results}")
+    if args.html:
+        from pocketswap.benchmarks.report import write_report
+
+        print(f"report -> {write_report([results], args.html, title='pocketswap quality')}")
+    else:
+        print(f"next: pocketswap bench report {results} --out {Path(args.out) / 'quality.html'}")
     return 0
 
 
@@ -213,7 +231,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("quality", help="student vs teacher quality metrics on your own folder of faces")
     p.add_argument("target", help="run directory, checkpoint, or an exported artifact (scores its source checkpoint)")
-    p.add_argument("--faces", required=True, help="folder of face photos (recursive), or 'samples'")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--faces", help="folder of face photos (recursive), or 'samples': scored as aligned crops")
+    source.add_argument("--people", help="one sub-folder of photos per person: full-frame swaps judged against "
+                        "each person's other photos (identity, pose, expression, gaze, artefacts)")  # fmt: skip
+    p.add_argument("--judge", action="append", metavar="ARCFACE.onnx",
+                   help="a second identity judge (ArcFace-style ONNX; repeat for more), besides dlib")  # fmt: skip
+    p.add_argument("--person", help="with --people and a baked artifact: the folder whose face the artifact carries")
+    p.add_argument("--video", help="with --people: also score a clip (a video file, or 'clip' for the bundled one) "
+                   "through the live pipeline: flicker, landmark jitter, identity stability")  # fmt: skip
+    p.add_argument("--threads", type=int_range(1), default=1)
+    p.add_argument("--html", type=output_file(".html"), help="also write an HTML report of the results")
     p.add_argument(
         "--out", type=output_dir, required=True, help="output folder (pairs made by the teacher + quality.json)"
     )

@@ -187,6 +187,31 @@ def quality_section(result: dict) -> str:
     return f"<p class=muted>{html.escape(facts)}</p>" + table(rows) + (f"<ul class=muted>{notes}</ul>" if notes else "")
 
 
+def photos_section(result: dict, folder: Path) -> str:
+    """`bench quality --people`: every axis for student | teacher | input, the video axis, the worst swaps."""
+    from pocketswap.benchmarks.photos import METHODS, summary_rows
+
+    rows = [{"axis": axis, "figure": label, **{m: result["summary"][m].get(key) for m in METHODS}}
+            for axis, label, key in summary_rows(result)]  # fmt: skip
+    facts = (f"{result['photos']} swaps of real photos of {len(result['people'])} people; each identity given by one "
+             "photo and judged against that person's other photos; ratios are swap / attribute photo in the same "
+             "face region (1 = as the photo)")  # fmt: skip
+    parts = [f"<p class=muted>{html.escape(facts)}</p>", table(rows)]
+    video = result.get("video")
+    if video:
+        keys = ("flicker", "landmark_jitter", "identity_distance_mean", "identity_distance_std")
+        parts.append(f"<p class=muted>Video {html.escape(str(video['source']))}: {video['frames']} frames through the "
+                     f"live pipeline, identity {html.escape(video['identity'])}</p>")  # fmt: skip
+        parts.append(table([{"figure": k.replace("_", " "), **{m: video[m].get(k) for m in METHODS}} for k in keys]))
+    for field, images in (result.get("worst") or {}).items():
+        for rank, name in enumerate(images):
+            path = folder / name
+            if path.is_file():
+                caption = f"Student's worst {field.replace('_', ' ')} #{rank + 1}: attribute photo | teacher | student"
+                parts.append(_img(path.read_bytes(), caption))
+    return "".join(parts)
+
+
 def curves_section(path: Path) -> str:
     """Training losses (rows with kind "train") and validation loss and face PSNR (kind "val")."""
     import matplotlib
@@ -315,6 +340,8 @@ def build_report(
             sections.append(("On-device runs", table(data["records"])))
         elif kind in ("eval", "quality"):
             sections.append((f"Quality ({caption})", quality_section(data)))
+        elif kind == "quality_photos":
+            sections.append(("Quality on real photos", photos_section(data, path.parent)))
         elif kind == "dataset":
             summary = {k: data.get(k) for k in ("num_samples", "size", "seed", "version") if k in data}
             summary["teacher"] = (

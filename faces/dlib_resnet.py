@@ -364,16 +364,20 @@ class DlibResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    def forward(self, chips: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Bx3x150x150 RGB in 0..255 -> Bx128 raw dlib descriptors (L2-normalised if `normalize`)."""
+    def features(self, chips: torch.Tensor) -> torch.Tensor:
+        """Bx3x150x150 RGB in 0..255 -> Bx256 pooled features of the last residual block (the layer under
+        the descriptor: what a face-specific Fréchet distance compares)."""
         if chips.dim() != 4 or tuple(chips.shape[1:]) != (3, CHIP_SIZE, CHIP_SIZE):
             raise ValueError(f"expected chips of shape Bx3x{CHIP_SIZE}x{CHIP_SIZE}, got {tuple(chips.shape)}")
         x = (chips - self.mean) / INPUT_SCALE
         x = F.relu(self.stem(x))
         kernel, stride, padding = self.pool_args
         x = F.max_pool2d(x, kernel, stride, padding)
-        x = self.blocks(x)
-        descriptor = self.fc(x.mean(dim=(2, 3)))
+        return self.blocks(x).mean(dim=(2, 3))
+
+    def forward(self, chips: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Bx3x150x150 RGB in 0..255 -> Bx128 raw dlib descriptors (L2-normalised if `normalize`)."""
+        descriptor = self.fc(self.features(chips))
         return F.normalize(descriptor, dim=1) if normalize else descriptor
 
 
@@ -442,14 +446,18 @@ class DlibEncoder:
         """Like `embed_chips` but dlib's raw descriptors (not unit norm; dlib's rule: same if closer than 0.6)."""
         return self._run(chips, normalize=False)
 
-    def _run(self, chips: np.ndarray, normalize: bool) -> np.ndarray:
+    def penultimate(self, chips: np.ndarray) -> np.ndarray:
+        """(B, 256) features under the descriptor layer (:meth:`DlibResNet.features`) of uint8 RGB chips."""
+        return self._run(chips, normalize=False, head=self.model.features, width=256)
+
+    def _run(self, chips: np.ndarray, normalize: bool, head=None, width: int = EMBEDDING_DIM) -> np.ndarray:
         chips = as_chip_batch(chips, CHIP_SIZE)
-        out = [torch.zeros(0, EMBEDDING_DIM)]
+        out = [torch.zeros(0, width)]
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(chips[start : start + self.batch_size]))
                 batch = batch.to(self.device).permute(0, 3, 1, 2).float()
-                out.append(self.model(batch, normalize=normalize).cpu())
+                out.append((head(batch) if head is not None else self.model(batch, normalize=normalize)).cpu())
         return torch.cat(out).numpy().astype(np.float32)
 
     def embed_chip_tensor(self, chips: torch.Tensor) -> torch.Tensor:
