@@ -42,9 +42,36 @@ def _latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_gate(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.quality_gate import (
+        QUALITY_BASELINE,
+        format_rows,
+        run_quality_gate,
+        update_quality_baseline,
+    )
+
+    baseline = Path(args.baseline) if args.baseline else QUALITY_BASELINE
+    if args.update:
+        result = update_quality_baseline(baseline)
+        print(f"quality baseline with {len(result['figures'])} figures -> {baseline}")
+        return 0
+    rows, passed = run_quality_gate(baseline, args.threads)
+    print(format_rows(rows))
+    if not passed:
+        worse = [r["figure"] for r in rows if not r["passed"]]
+        print(
+            f"quality gate FAILED: {len(worse)} figure(s) worse than the baseline: {', '.join(worse)}", file=sys.stderr
+        )
+        return 1
+    print(f"quality gate passed ({len(rows)} figures within their noise)")
+    return 0
+
+
 def _gate(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.gate import DEFAULT_BASELINE, baseline_targets, format_table, run_gate, update_baseline
 
+    if args.quality:
+        return _quality_gate(args)
     args.baseline = args.baseline or DEFAULT_BASELINE
     if args.update:
         if not args.targets:
@@ -182,6 +209,34 @@ def _quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_measures(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.degrade import DEFECTS, check_measures
+    from pocketswap.benchmarks.photos import pad_tight
+    from pocketswap.faces import samples
+    from pocketswap.faces.analyzer import FaceAnalyzer
+    from pocketswap.files import atomic_write_json
+    from pocketswap.imageio import IMAGE_SUFFIXES, read_image
+
+    if args.photos == "samples":
+        photos = [(name, samples.load(name)) for name in ("astronaut", "grace_hopper")]
+    else:
+        files = sorted(p for p in Path(args.photos).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        photos = [(str(p), pad_tight(read_image(p))) for p in files]
+    report = check_measures(photos, FaceAnalyzer(detector="auto"))
+    print(f"{len(report['photos'])} photos; each measure on each defect: median [min, max]; 'ranked worse': the "
+          "share of photos on which the defect's own measure says the copy is worse than the photo")  # fmt: skip
+    for defect in ("none", *DEFECTS):
+        entry = report["defects"][defect]
+        cells = "  ".join(f"{k}={v['median']:.3f} [{v['min']:.3f}, {v['max']:.3f}]" for k, v in entry.items()
+                          if isinstance(v, dict))  # fmt: skip
+        extra = f"  frechet={entry['frechet_face']:.3f}" if "frechet_face" in entry else ""
+        ranked = f"  ranked worse {entry['ranked_worse']:.0%}" if "ranked_worse" in entry else ""
+        print(f"{defect:<11} {cells}{extra}{ranked}")
+    if args.json:
+        atomic_write_json(args.json, report)
+    return 0 if all(e.get("ranked_worse", 1.0) == 1.0 for e in report["defects"].values()) else 1
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="latency and quality benchmarks, CI latency gate, HTML report")
     commands = bench.add_subparsers(dest="bench_command", metavar="ACTION", required=True)
@@ -250,6 +305,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default="geometric", help="teacher that makes the reference swaps")
     p.set_defaults(handler=_quality)
 
+    p = commands.add_parser(
+        "check-measures", help="show that each artefact measure ranks blurred/seamed/speckled/recoloured copies worse"
+    )
+    p.add_argument("photos", help="a folder of photos (recursive), or 'samples' (the bundled colour portraits)")
+    p.add_argument("--json", type=output_file(".json"), help="write the scores as JSON")
+    p.set_defaults(handler=_check_measures)
+
     p = commands.add_parser("report", help="one self-contained HTML page from result files")
     p.add_argument("results", nargs="+", help="JSON results, metrics.jsonl, manifests, PNG/JPEG images")
     p.add_argument("--out", type=output_file(".html"), required=True, help="output .html")
@@ -263,6 +325,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", help="baseline JSON (default: the packaged benchmarks/baseline.json)")
     p.add_argument("--max-ratio", type=float, default=1.2, help="allowed slowdown relative to the baseline")
     p.add_argument("--update", action="store_true", help="freeze the targets beside the baseline JSON and rewrite it")
+    p.add_argument("--quality", action="store_true",
+                   help="the quality gate instead: the frozen reference student's real-photo figures may not get worse "
+                   "than their run-to-run noise (baseline/quality.json)")  # fmt: skip
     p.add_argument("--threads", type=int_range(1), default=1, help="threads (with --update)")
     p.add_argument("--runs", type=int_range(1), default=20, help="calls per target in each round")
     p.add_argument("--rounds", type=int_range(1), default=15, help="rounds in which the targets take turns")

@@ -77,3 +77,46 @@ def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) 
         "chroma_noise": artefacts.chroma_noise_ratio(swap, photo, regions),
         "colour_mismatch": artefacts.colour_mismatch(swap, photo, regions),
     }
+
+
+# Each defect and the measure that must see it: (measure, True if larger is worse).
+OWN_MEASURE = {"blurred": ("sharpness", False), "seamed": ("seam", True), "speckled": ("chroma_noise", True),
+               "recoloured": ("colour_mismatch", True)}  # fmt: skip
+
+
+def check_measures(photos: list[tuple[str, np.ndarray]], analyzer) -> dict:
+    """Every measure on every defect of every photo, and per defect the share of photos on which its own
+    measure ranks the defective copy worse than the untouched photo (the validation of the measures)."""
+    from pocketswap.benchmarks.photos import face_chip
+    from pocketswap.distill.artefacts import frechet_distance
+    from pocketswap.faces.dlib_resnet import DlibEncoder
+
+    scores: dict[str, list[dict[str, float]]] = {d: [] for d in ("none", *DEFECTS)}
+    chips: dict[str, list[np.ndarray]] = {d: [] for d in ("none", *DEFECTS)}
+    used = []
+    for name, photo in photos:
+        faces = analyzer.detect(photo)
+        if not faces:
+            continue
+        used.append(name)
+        landmarks = faces[0].landmarks
+        for defect in ("none", *DEFECTS):
+            copy = photo if defect == "none" else degrade(photo, landmarks, defect)
+            scores[defect].append(artefact_scores(copy, photo, landmarks))
+            chips[defect].append(face_chip(copy, faces[0]))
+    encoder = DlibEncoder()
+    reference = encoder.penultimate(np.stack(chips["none"])) if used else None
+    report: dict = {"photos": used, "defects": {}}
+    for defect, rows in scores.items():
+        entry = {key: {"median": float(np.nanmedian([r[key] for r in rows])), "min": float(np.nanmin([r[key] for r in rows])),
+                       "max": float(np.nanmax([r[key] for r in rows]))} for key in rows[0]} if rows else {}  # fmt: skip
+        if len(used) >= 3:
+            entry["frechet_face"] = frechet_distance(encoder.penultimate(np.stack(chips[defect])), reference)
+        if defect in OWN_MEASURE:
+            key, larger = OWN_MEASURE[defect]
+            worse = [
+                (r[key] > b[key]) if larger else (r[key] < b[key]) for r, b in zip(rows, scores["none"], strict=True)
+            ]
+            entry["ranked_worse"] = float(np.mean(worse))
+        report["defects"][defect] = entry
+    return report

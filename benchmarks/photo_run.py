@@ -153,13 +153,13 @@ def bench_photos(
         from pocketswap.demo.clip import synthetic_frames
         from pocketswap.demo.source import VideoSource
 
-        who = person or names[0]
         if video == "clip":
             frames, fps = list(synthetic_frames("astronaut", frames=48, empty_every=0)), 30.0
         else:
             source = VideoSource(Path(video))
             frames, fps = [f for _, f in zip(range(VIDEO_FRAMES), source, strict=False)], source.fps
             source.close()
+        who = person or _least_like(frames, judge, names)
         clip = {"source": video} | bench_video(frames, fps, {"student": students[who], "teacher": teachers[who]},
                                                 who, judge, analyzer)  # fmt: skip
     report = {
@@ -177,6 +177,15 @@ def bench_photos(
     }
     atomic_write_json(out / "quality_photos.json", report)
     return report
+
+
+def _least_like(frames: list[np.ndarray], judge: Judges, names: list[str]) -> str:
+    """The person least like the clip's first face (a swap onto someone who already is the person shows nothing)."""
+    for frame in frames:
+        embedding = judge.embed(frame)
+        if embedding is not None:
+            return max(names, key=lambda n: judge.distance(embedding["dlib"], "dlib", n))
+    raise NoFaceError("no face found in the video")
 
 
 def worst_swaps(rows: list[dict[str, Any]], out: Path) -> dict[str, list[str]]:
