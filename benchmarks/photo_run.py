@@ -145,9 +145,8 @@ def bench_photos(
     reference = dlib.penultimate(np.stack(real_chips))
     for method in METHODS:
         if chips[method]:
-            summary[method]["frechet_face"] = round(
-                frechet_distance(dlib.penultimate(np.stack(chips[method])), reference), 3
-            )
+            distance = frechet_distance(dlib.penultimate(np.stack(chips[method])), reference)
+            summary[method]["frechet_face"] = round(max(distance, 0.0), 3) + 0.0  # never "-0" for the floor
     clip = None
     if video:  # "clip": the bundled synthetic clip of the astronaut; else a video file
         from pocketswap.demo.clip import synthetic_frames

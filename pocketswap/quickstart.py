@@ -99,6 +99,13 @@ def step_eval(out: Path, cfg: QuickstartConfig) -> None:
                "--json", out / "eval.json")  # fmt: skip
 
 
+def step_quality(out: Path, cfg: QuickstartConfig) -> None:
+    from pocketswap.benchmarks.quality_gate import write_eval_set
+
+    write_eval_set(out / "people")  # the bundled colour portraits (faces the universal student trained on)
+    pocketswap("bench", "quality", out.parent / "run", "--people", out / "people", "--video", "clip", "--out", out)
+
+
 def step_personal(out: Path, cfg: QuickstartConfig) -> None:
     resume = ["--resume"] if (out / "checkpoints").exists() else []
     pocketswap("distill", "personalize", out.parent / "run", "--identity", IDENTITY, "--out", out, "--steps",
@@ -157,6 +164,7 @@ def step_report(out: Path, cfg: QuickstartConfig) -> None:
         root / "dataset" / "preview.png",
         root / "run" / "metrics.jsonl",
         root / "eval" / "eval.json",
+        root / "quality" / "quality_photos.json",
         *sorted((root / "run" / "samples").glob("*.png"))[-1:],
         root / "personal" / "eval.json",
         root / "personal" / "compare.png",
@@ -179,6 +187,7 @@ STEPS = (
     Step("dataset", "teacher: paired dataset from the bundled faces", step_dataset),
     Step("run", "distill: train the student", step_train),
     Step("eval", "distill: evaluate student vs teacher on held-out identities", step_eval),
+    Step("quality", "bench quality: student | teacher | input on the bundled colour photos and clip", step_quality),
     Step("personal", "distill: personalise the student for the demo identity", step_personal),
     Step("artifacts", "export: ONNX, TFLite, CoreML with parity checks (personalised student)", step_export),
     Step("bench", "benchmarks: latency, live pipeline, phone estimates", step_bench),
