@@ -197,7 +197,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(axis, label, summary key) of every figure a report shows, in order."""
     rows = []
     for judge, info in report["judges"].items():
-        axis = f"identity ({judge}{', also the training loss' if info['training_loss'] else ''})"
+        axis = f"identity ({Path(judge).name}{', also the training loss' if info['training_loss'] else ''})"
         rows += [(axis, "same person", f"{judge}_same"), (axis, "moved closer", f"{judge}_closer"),
                  (axis, "retrieved first", f"{judge}_retrieved"), (axis, "cosine distance", f"{judge}_distance")]  # fmt: skip
     rows += [("attributes", "head pose error (deg)", "pose_error"),

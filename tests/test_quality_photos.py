@@ -58,17 +58,20 @@ def test_gaze_follows_the_pupils_and_mirrors_with_the_face(analyzer):
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     """`bench quality --people` on the frozen bundled eval set, a random-weight nano student and the clip."""
+    from test_identity import _arcface_model
+
     from pocketswap.benchmarks.quality_gate import write_eval_set
     from pocketswap.checkpoint import save_checkpoint
     from pocketswap.cli import main
     from pocketswap.student import StudentNet, get_preset
 
     root = tmp_path_factory.mktemp("harness")
+    _arcface_model(root / "judge.onnx")  # a second (tiny, random) ArcFace-style recogniser
     torch.manual_seed(0)
     student = save_checkpoint(root / "nano", StudentNet(get_preset("nano")).eval())
     write_eval_set(root / "people")
     argv = ["bench", "quality", str(student), "--people", str(root / "people"), "--out", str(root / "out"),
-            "--video", "clip", "--html", str(root / "quality.html")]  # fmt: skip
+            "--video", "clip", "--html", str(root / "quality.html"), "--judge", str(root / "judge.onnx")]  # fmt: skip
     assert main(argv) == 0
     return root, json.loads((root / "out" / "quality_photos.json").read_text())
 
@@ -88,7 +91,9 @@ def test_photo_harness_scores_every_axis_for_student_teacher_and_input(harness):
     assert unchanged["dlib_same"] == 0.0  # the other person's photo is not the identity
     teacher = report["summary"]["teacher"]
     assert teacher["dlib_same"] > unchanged["dlib_same"] and teacher["dlib_distance"] < unchanged["dlib_distance"]
-    assert report["judges"]["dlib"]["training_loss"] is True
+    judge = str(root / "judge.onnx")
+    assert report["judges"]["dlib"]["training_loss"] is True and report["judges"][judge]["training_loss"] is False
+    assert all(report["summary"][m][f"{judge}_distance"] is not None for m in METHODS)
     assert {r["identity"] for r in report["rows"]} == {"astronaut", "grace_hopper"}
     assert all(r["identity"] != r["owner"] for r in report["rows"])  # never judged on the photo's own person
     for images in report["worst"].values():
