@@ -104,8 +104,12 @@ def check_measures(photos: list[tuple[str, np.ndarray]], analyzer) -> dict:
             copy = photo if defect == "none" else degrade(photo, landmarks, defect)
             scores[defect].append(artefact_scores(copy, photo, landmarks))
             chips[defect].append(face_chip(copy, faces[0]))
+    if not used:
+        from pocketswap.errors import NoFaceError
+
+        raise NoFaceError("no face found in any of the photos to check the measures on")
     encoder = DlibEncoder()
-    reference = encoder.penultimate(np.stack(chips["none"])) if used else None
+    reference = encoder.penultimate(np.stack(chips["none"]))
     report: dict = {"photos": used, "defects": {}}
     for defect, rows in scores.items():
         entry = {key: {"median": float(np.nanmedian([r[key] for r in rows])), "min": float(np.nanmin([r[key] for r in rows])),
