@@ -383,3 +383,23 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path, nano_checkpo
     code, err = _limited([a.format(tmp=tmp_path, ckpt=nano_checkpoint) for a in argv], 20_000, tmp_path)
     assert_clean_failure(code, err, tmp_path)
     assert "File too large" in err or "cannot write" in err, err
+
+
+@pytest.mark.slow
+def test_a_face_file_name_that_is_not_utf8_generates_and_trains(tmp_path, capsys):
+    from pocketswap.faces import samples
+
+    faces = tmp_path / "faces"
+    for name in ("astronaut", "grace_hopper", "lfw_01", "lfw_02", "lfw_03"):
+        write_image(faces / f"{name}.png", samples.load(name))
+    write_image(faces / "lfw_00.png", samples.load("lfw_00"))
+    os.rename(os.fsencode(faces / "lfw_00.png"), os.fsencode(faces) + b"/caf\xe9.png")  # a Latin-1 name
+    assert main(["teacher", "generate", "--faces", str(faces), "--out", str(tmp_path / "d"), "--pairs", "12",
+                 "--workers", "1", "--size", "64"]) == 0, capsys.readouterr().err  # fmt: skip
+    import json
+
+    manifest = json.loads((tmp_path / "d" / "manifest.json").read_text(encoding="utf-8"))
+    assert "caf\ufffd.png" in json.dumps(manifest, ensure_ascii=False)  # recorded printable, still UTF-8
+    code = main(["distill", "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--steps", "1",
+                 "--batch-size", "4", "--num-workers", "0", "--no-progress", "student.size=64", "val_fraction=0.34"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
