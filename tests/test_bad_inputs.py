@@ -403,3 +403,28 @@ def test_a_face_file_name_that_is_not_utf8_generates_and_trains(tmp_path, capsys
     code = main(["distill", "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--steps", "1",
                  "--batch-size", "4", "--num-workers", "0", "--no-progress", "student.size=64", "val_fraction=0.34"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_an_export_keeps_the_artifacts_already_checked(tmp_path, nano_checkpoint):
+    """Interrupted while TFLite converts, the ONNX artifact that already passed parity stays in --out."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "export.log"
+    with log.open("w") as handle:
+        run = subprocess.Popen([sys.executable, "-m", "pocketswap.cli", "export", str(nano_checkpoint), "--identity",
+                                "sample:grace_hopper", "--format", "onnx,tflite", "--out", str(tmp_path / "out")],
+                               stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while "onnx done" not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=300) == 130
+    text = log.read_text()
+    assert "finished work is kept" in text and "Traceback" not in text, text[-2000:]
+    kept = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert kept == ["nano_baked_fp32.onnx", "nano_baked_fp32.onnx.json"], kept
