@@ -165,6 +165,7 @@ def bench_photos(
         "kind": "quality_photos",
         "target": str(target),
         "people": names,
+        "folder": str(people_dir),
         "photos": len(jobs) - len(skipped),
         "skipped_no_face": skipped,
         "judges": {j: {"threshold": judge.thresholds[j], "training_loss": j == "dlib"} for j in judge.names},

@@ -164,7 +164,7 @@ def step_report(out: Path, cfg: QuickstartConfig) -> None:
         root / "dataset" / "preview.png",
         root / "run" / "metrics.jsonl",
         root / "eval" / "eval.json",
-        root / "quality" / "quality_photos.json",
+        root / "quality" / "quality_photos.json",  # the bundled colour portraits: faces the student trained on
         *sorted((root / "run" / "samples").glob("*.png"))[-1:],
         root / "personal" / "eval.json",
         root / "personal" / "compare.png",
