@@ -193,9 +193,10 @@ def photos_section(result: dict, folder: Path) -> str:
 
     rows = [{"axis": axis, "figure": label, **{m: result["summary"][m].get(key) for m in METHODS}}
             for axis, label, key in summary_rows(result)]  # fmt: skip
-    facts = (f"{result['photos']} swaps of real photos of {len(result['people'])} people ({', '.join(result['people'])}; "
-             f"{result.get('folder', '')}); each identity given by one photo and judged against that person's other "
-             "photos; ratios are swap / attribute photo in the same face region (1 = as the photo)")  # fmt: skip
+    where = f" in {result['folder']}" if result.get("folder") else ""
+    facts = (f"{result['photos']} swaps of real photos of {len(result['people'])} people ({', '.join(result['people'])})"
+             f"{where}; each identity given by one photo and judged against that person's other photos; ratios are "
+             "swap / attribute photo in the same face region (1 = as the photo)")  # fmt: skip
     parts = [f"<p class=muted>{html.escape(facts)}</p>", table(rows)]
     video = result.get("video")
     if video:
