@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pocketswap.distill.artefacts import face_regions
+from pocketswap.distill.artefacts import artefact_scores
 
 DEFECTS = ("blurred", "seamed", "speckled", "recoloured")
 CROP = 128  # the crop a small student is pasted from
@@ -64,19 +64,6 @@ def degrade(photo: np.ndarray, landmarks: np.ndarray, defect: str, seed: int = 0
     else:
         raise ValueError(f"unknown defect {defect!r}; choose one of {', '.join(DEFECTS)}")
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
-    """Every artefact measure of ``swap`` against ``photo``, in the face of ``landmarks``."""
-    from pocketswap.distill import artefacts
-
-    regions = face_regions(landmarks, photo)
-    return {
-        "sharpness": artefacts.sharpness_ratio(swap, photo, regions),
-        "seam": artefacts.seam_ratio(swap, photo, regions),
-        "chroma_noise": artefacts.chroma_noise_ratio(swap, photo, regions),
-        "colour_mismatch": artefacts.colour_mismatch(swap, photo, regions),
-    }
 
 
 # Each defect and the measure that must see it: (measure, True if larger is worse).

@@ -73,8 +73,7 @@ def bench_photos(
     """Score student | teacher | input on every photo of ``people_dir`` (see the module docstring)."""
     from tqdm import tqdm
 
-    from pocketswap.benchmarks.degrade import artefact_scores
-    from pocketswap.distill.artefacts import frechet_distance
+    from pocketswap.distill.artefacts import artefact_scores, frechet_distance
     from pocketswap.faces.analyzer import FaceAnalyzer
     from pocketswap.faces.dlib_resnet import DlibEncoder
     from pocketswap.faces.iris import IrisModel

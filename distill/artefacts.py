@@ -143,8 +143,20 @@ def frechet_distance(features: np.ndarray, reference: np.ndarray, dims: int = 16
     return float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2) + np.trace(cov_a + cov_b - 2.0 * root))
 
 
+def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
+    """Every artefact measure of ``swap`` against ``photo``, in the face of ``landmarks``."""
+    regions = face_regions(landmarks, photo)
+    return {
+        "sharpness": sharpness_ratio(swap, photo, regions),
+        "seam": seam_ratio(swap, photo, regions),
+        "chroma_noise": chroma_noise_ratio(swap, photo, regions),
+        "colour_mismatch": colour_mismatch(swap, photo, regions),
+    }
+
+
 __all__ = [
     "FaceRegions",
+    "artefact_scores",
     "chroma_noise_ratio",
     "colour_mismatch",
     "face_regions",
