@@ -185,9 +185,11 @@ def _quality(args: argparse.Namespace) -> int:
     if args.people:
         from pocketswap.benchmarks.photo_run import bench_photos
         from pocketswap.benchmarks.photos import format_summary
+        from pocketswap.distill.config import parse_overrides
 
         report = bench_photos(args.target, args.people, args.out, judges=args.judge, teacher=args.teacher,
-                              person=args.person, threads=args.threads, video=args.video)  # fmt: skip
+                              person=args.person, threads=args.threads, video=args.video,
+                              teacher_config=parse_overrides(args.teacher_config))  # fmt: skip
         print(format_summary(report))
         results = Path(args.out) / "quality_photos.json"
     else:
@@ -303,6 +305,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--teacher", default="geometric", help="teacher that makes the reference swaps")
+    p.add_argument("--teacher-config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="with --people: teacher settings (e.g. relight_sigma=0.1 keep_eyes=false for the geometric one)")  # fmt: skip
     p.set_defaults(handler=_quality)
 
     p = commands.add_parser(

@@ -69,8 +69,10 @@ def bench_photos(
     person: str | None = None,
     threads: int = 1,
     video: str | None = None,
+    teacher_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score student | teacher | input on every photo of ``people_dir`` (see the module docstring)."""
+    """Score student | teacher | input on every photo of ``people_dir`` (see the module docstring);
+    ``teacher_config``: settings of the teacher (its config fields)."""
     from tqdm import tqdm
 
     from pocketswap.distill.artefacts import artefact_scores, frechet_distance
@@ -95,7 +97,7 @@ def bench_photos(
     iris, dlib = IrisModel(threads), DlibEncoder()
     students = {name: load_swap_model(path, num_threads=threads) for name, path in
                 student_models(target, people, identities, out, person).items()}  # fmt: skip
-    swapper = load_teacher(teacher, TEACHER_SIZE)
+    swapper = load_teacher(teacher, TEACHER_SIZE, config=teacher_config)
     teachers = {}
     for p in people:
         image = photos[p.identity_photo]
@@ -169,6 +171,7 @@ def bench_photos(
         "skipped_no_face": skipped,
         "judges": {j: {"threshold": judge.thresholds[j], "training_loss": j == "dlib"} for j in judge.names},
         "teacher": teacher,
+        "teacher_config": swapper.config(),
         "summary": summary,
         "worst": worst_swaps(rows, out),
         "video": clip,

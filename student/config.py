@@ -45,6 +45,13 @@ class StudentConfig:
     # attribute's features are. The maps then change per frame: the baked artifact takes that warped crop
     # as a second input ("identity_warped") and runs the encoder. Needs identity_encoder.
     identity_warp: bool = False
+    # Compositing head (`student.compose`): the swap is the warped identity's own pixels, colour-corrected
+    # by smooth maps, over the attribute's, so it is as sharp as its inputs. Needs identity_warp.
+    compose: bool = False
+    compose_smooth: int = 8  # the colour maps are constant over cells this many core pixels wide
+    # The UNet runs on the crop average-pooled by this factor (its maps are upsampled to the crop before
+    # the composite): a `size` px swap for the cost of a size/core_scale px UNet. >1 needs compose.
+    core_scale: int = 1
     hyper_hidden: int = 256  # hypernetwork MLP width
     hyper_layers: int = 2  # hypernetwork MLP depth (>= 1)
     normalize_embedding: bool = True  # L2-normalise the embedding inside the hypernetwork
@@ -65,7 +72,7 @@ class StudentConfig:
         _check_type("name", self.name, str)
         if not self.name:
             raise ConfigError("config field 'name' must be a non-empty string")
-        for name in ("size", "embed_dim", "hyper_hidden", "hyper_layers"):
+        for name in ("size", "embed_dim", "hyper_hidden", "hyper_layers", "compose_smooth", "core_scale"):
             _check_positive_int(name, getattr(self, name))
         for name in ("enc_channels", "dec_channels"):
             value = getattr(self, name)
@@ -80,14 +87,24 @@ class StudentConfig:
                 f"config field 'dec_channels' must have len(enc_channels) - 1 = {len(self.enc_channels) - 1} "
                 f"entries (one per skip connection), got {len(self.dec_channels)}"
             )
-        stride = 2 ** len(self.enc_channels)
+        stride = 2 ** len(self.enc_channels) * self.core_scale
         if self.size % stride:
-            raise ConfigError(f"config field 'size' ({self.size}) must be divisible by 2**len(enc_channels) = {stride}")
-        for name in ("head_image_skip", "normalize_embedding", "identity_encoder", "identity_warp"):
+            raise ConfigError(
+                f"config field 'size' ({self.size}) must be divisible by core_scale * 2**len(enc_channels) = {stride}"
+            )
+        for name in ("head_image_skip", "normalize_embedding", "identity_encoder", "identity_warp", "compose"):
             _check_type(name, getattr(self, name), bool)
         if self.identity_warp and not self.identity_encoder:
             raise ConfigError(
                 "config field 'identity_warp' needs 'identity_encoder': true (the encoder reads the warp)"
+            )
+        if self.compose and not self.identity_warp:
+            raise ConfigError("config field 'compose' needs 'identity_warp': true (it composes the warped identity)")
+        if self.core_scale > 1 and not self.compose:
+            raise ConfigError("config field 'core_scale' > 1 needs 'compose': true (a plain head would only upsample)")
+        if self.core_size % self.compose_smooth:
+            raise ConfigError(
+                f"config field 'compose_smooth' ({self.compose_smooth}) must divide the core size {self.core_size}"
             )
         _check_choice("identity_maps", self.identity_maps, IDENTITY_MAPS)
         _check_choice("norm", self.norm, NORMS)
@@ -99,16 +116,22 @@ class StudentConfig:
             raise ConfigError(f"config field 'demod_eps' must be a positive float, got {self.demod_eps!r}")
 
     @property
+    def core_size(self) -> int:
+        """Side of the crop the UNet itself runs on (``size / core_scale``)."""
+        return self.size // self.core_scale
+
+    @property
     def bottleneck(self) -> int:
         """Spatial side of the deepest encoder feature map."""
-        return self.size // 2 ** len(self.enc_channels)
+        return self.core_size // 2 ** len(self.enc_channels)
 
     def map_levels(self) -> list[tuple[int, int, int]]:
         """(decoder block, channels, side) of the skips that identity maps are added to: every skip
-        but the full-resolution one (side <= size/4), which keeps the baked constants small."""
+        but the full-resolution one (side <= core size/4), which keeps the baked constants small."""
+        core = self.core_size
         skips = list(reversed(self.enc_channels[:-1]))
-        sides = [self.size // 2 ** (len(self.enc_channels) - 1 - i) for i in range(len(skips))]
-        return [(i, c, s) for i, (c, s) in enumerate(zip(skips, sides, strict=True)) if s <= self.size // 4]
+        sides = [core // 2 ** (len(self.enc_channels) - 1 - i) for i in range(len(skips))]
+        return [(i, c, s) for i, (c, s) in enumerate(zip(skips, sides, strict=True)) if s <= core // 4]
 
     def skip_maps(self) -> list[tuple[int, int, int]]:
         """(decoder block, channels, side) of the learned constant skip maps (``identity_maps``)."""
@@ -201,6 +224,19 @@ PRESETS: dict[str, StudentConfig] = {
         enc_channels=(16, 32, 64, 128, 256),
         dec_channels=(128, 64, 32, 16),
         hyper_hidden=128,
+    ),
+    # Sharp swaps on large faces: a 256 px crop composed from the two crops' own pixels by the nano UNet
+    # run at 128 px (core_scale 2), reading the warped identity.
+    "nano256": StudentConfig(
+        name="nano256",
+        size=256,
+        enc_channels=(16, 32, 64, 128, 256),
+        dec_channels=(128, 64, 32, 16),
+        hyper_hidden=128,
+        identity_encoder=True,
+        identity_warp=True,
+        compose=True,
+        core_scale=2,
     ),
     # 256 px, 1.5x width (FaceShifter-resolution teachers).
     "large": StudentConfig(

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketswap.errors import ConfigError
+from pocketswap.student.compose import Composer, pool
 from pocketswap.student.config import StudentConfig
 from pocketswap.student.hypernet import HyperNet
 from pocketswap.student.layers import (
@@ -115,30 +116,52 @@ class IdentityDecoderBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Full-resolution head: upsample, optional concat of the input crop, depthwise 3x3, then two 1x1 heads."""
+    """Core-resolution head: upsample, optional concat of the (pooled) input crop, depthwise 3x3, then two
+    1x1 heads; with ``compose`` the :class:`Composer` builds the swap at crop size from the two crops."""
 
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         cin = config.dec_channels[-1] + (3 if config.head_image_skip else 0)
-        self.image_skip = config.head_image_skip
+        self.image_skip, self.core_scale = config.head_image_skip, config.core_scale
         self.up = Upsample2x()
         self.dw = depthwise(cin, 3, bias=config.norm == "none")
         self.norm = make_norm(config.norm, cin)
         self.act = make_act(config.act)
         self.image = pointwise(cin, 3, bias=True)
         self.mask = pointwise(cin, 1, bias=True)
+        self.composer = Composer(cin, config.core_scale, config.compose_smooth) if config.compose else None
 
     def forward(
-        self, x: torch.Tensor, image: torch.Tensor, logit_map: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor,
+        logit_map: torch.Tensor | None = None,
+        warped: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.up(x)
         if self.image_skip:
-            x = torch.cat([x, image], dim=1)
+            x = torch.cat([x, pool(image, self.core_scale)], dim=1)
         x = self.act(self.norm(self.dw(x)))
-        image_logits, mask_logits = self.image(x), self.mask(x)
-        if logit_map is not None:
-            image_logits, mask_logits = image_logits + logit_map[:, :3], mask_logits + logit_map[:, 3:]
-        return torch.tanh(image_logits), torch.sigmoid(mask_logits)
+        return finish(x, self.image(x), self.mask(x), logit_map, self.composer, image, warped)
+
+
+def finish(
+    x: torch.Tensor,
+    image_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    logit_map: torch.Tensor | None,
+    composer: Composer | None,
+    image: torch.Tensor,
+    warped: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's last step (shared by the training and folded networks): logits -> (image, mask)."""
+    if logit_map is not None:
+        image_logits, mask_logits = image_logits + logit_map[:, :3], mask_logits + logit_map[:, 3:]
+    if composer is not None:
+        if warped is None:
+            raise ConfigError("a compositing student needs the warped identity crop")
+        return composer(x, image_logits, mask_logits, image, warped)
+    return torch.tanh(image_logits), torch.sigmoid(mask_logits)
 
 
 class StudentNet(nn.Module):
@@ -159,7 +182,8 @@ class StudentNet(nn.Module):
         self.skip_maps = nn.ParameterDict(
             {str(i): nn.Parameter(torch.zeros(1, c, side, side)) for i, c, side in config.skip_maps()}
         )
-        self.head_map = nn.Parameter(torch.zeros(1, 4, config.size, config.size)) if config.head_map else None
+        core = config.core_size
+        self.head_map = nn.Parameter(torch.zeros(1, 4, core, core)) if config.head_map else None
         self.spatial = SpatialIdentity(config) if config.identity_encoder else None
 
     def forward(
@@ -169,7 +193,7 @@ class StudentNet(nn.Module):
         has ``identity_encoder``)."""
         if embedding.ndim == 2 and embedding.shape[0] > 1 and bool((embedding == embedding[:1]).all()):
             embedding = embedding[:1]  # one identity repeated (personalisation batches): run it once
-        return self.run(image, self.identity(embedding), self.maps(identity_image))
+        return self.run(image, self.identity(embedding), self.maps(identity_image), identity_image)
 
     def constant_maps(self) -> Maps:
         """The learned constant maps (personalised students) added to skips (by decoder block) and logits."""
@@ -185,7 +209,7 @@ class StudentNet(nn.Module):
                     "this student has 'identity_encoder': it needs the aligned identity crop as well as the "
                     "embedding (give a photo, not an embedding .npy)"
                 )
-            found, logits = self.spatial(identity_image)
+            found, logits = self.spatial(pool(identity_image, self.config.core_scale))
             for i, m in found.items():
                 skips[i] = skips[i] + m if i in skips else m
             head = logits if head is None else head + logits
@@ -200,16 +224,17 @@ class StudentNet(nn.Module):
         return self.hypernet(embedding)
 
     def run(
-        self, image: torch.Tensor, identity: Identity, maps: Maps | None = None
+        self, image: torch.Tensor, identity: Identity, maps: Maps | None = None, warped: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward with precomputed :meth:`identity` (and :meth:`maps`) outputs."""
+        """Forward with precomputed :meth:`identity` (and :meth:`maps`) outputs; ``warped``: the warped
+        identity crop a compositing student builds its swap from."""
         size = self.config.size
         if image.ndim != 4 or image.shape[1:] != (3, size, size):
             raise ConfigError(
                 f"image must be [B,3,{size},{size}] for config field 'size' = {size}, got {list(image.shape)}"
             )
         feats = []
-        x = image
+        x = pool(image, self.config.core_scale)
         for block in self.encoder:
             x = block(x)
             feats.append(x)
@@ -220,7 +245,7 @@ class StudentNet(nn.Module):
             if i in skip_maps:
                 skip = skip + skip_maps[i]
             x = block(x, skip, kernels, style)
-        return self.head(x, image, head_map)
+        return self.head(x, image, head_map, warped)
 
     # -- identity export -------------------------------------------------------------------------
 
@@ -324,7 +349,8 @@ class _FoldedUNet(nn.Module):
         self.encoder = nn.ModuleList(_folded_down(b, act) for b in net.encoder)
         self.spatial = None if spatial is None else _folded_spatial(spatial, act)
         self.up = Upsample2x()
-        self.image_skip = net.config.head_image_skip
+        self.image_skip, self.core_scale = net.config.head_image_skip, net.config.core_scale
+        self.composer = copy.deepcopy(net.head.composer)
         self.head_dw = nn.Sequential(fold_conv_norm(net.head.dw, net.head.norm), make_act(act))
         self.image_head = conv_from(net.head.image.weight, net.head.image.bias, net.head.image)
         self.mask_head = conv_from(net.head.mask.weight, net.head.mask.bias, net.head.mask)
@@ -341,11 +367,11 @@ class _FoldedUNet(nn.Module):
         self, image: torch.Tensor, params: torch.Tensor | None = None, identity: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Written as one flat function so eager PyTorch frees each activation as soon as it is consumed.
-        feats, x = [], image
+        feats, x = [], pool(image, self.core_scale)
         for block in self.encoder:
             x = block(x)
             feats.append(x)
-        found, logit_map = self.spatial(identity) if self.spatial is not None else ({}, None)
+        found, logit_map = ({}, None) if self.spatial is None else self.spatial(pool(identity, self.core_scale))
         if self.head_map is not None:
             logit_map = self.head_map if logit_map is None else logit_map + self.head_map
         x = feats.pop()
@@ -358,12 +384,9 @@ class _FoldedUNet(nn.Module):
             x = self._decode(index, torch.cat([self.up(x), skip], dim=1), params)
         x = self.up(x)
         if self.image_skip:
-            x = torch.cat([x, image], dim=1)
+            x = torch.cat([x, pool(image, self.core_scale)], dim=1)
         x = self.head_dw(x)
-        image_logits, mask_logits = self.image_head(x), self.mask_head(x)
-        if logit_map is not None:
-            image_logits, mask_logits = image_logits + logit_map[:, :3], mask_logits + logit_map[:, 3:]
-        return torch.tanh(image_logits), torch.sigmoid(mask_logits)
+        return finish(x, self.image_head(x), self.mask_head(x), logit_map, self.composer, image, identity)
 
 
 class BakedStudent(_FoldedUNet):
@@ -431,7 +454,7 @@ class DynamicIdentityStudent(_FoldedUNet):
         self.num_params = net.num_identity_params
         self.decoder = nn.ModuleList()
         for i, block in enumerate(net.decoder):
-            hw = net.config.size // 2 ** (len(net.config.enc_channels) - 1 - i)
+            hw = net.config.core_size // 2 ** (len(net.config.enc_channels) - 1 - i)
             cin, cout = block.pw.in_channels, block.pw.out_channels
             dw_scale, dw_shift = bn_affine(block.dw_norm, cin, block.pw.weight)
             dw_bias = block.dw_bias if block.dw_bias is not None else torch.zeros(cin)

@@ -169,7 +169,8 @@ def summarize(
     net = StudentNet(config).eval()
     baked = net.bake(torch.randn(1, config.embed_dim))
     image = torch.zeros(1, 3, config.size, config.size)
-    lat = measure_latency(baked, image, runs=runs, threads=threads) if latency else None
+    inputs = (image, image) if config.identity_warp else (image,)  # the warped identity is a second input
+    lat = measure_latency(baked, *inputs, runs=runs, threads=threads) if latency else None
     summary = StudentSummary(
         preset=config.name,
         size=config.size,
@@ -177,9 +178,9 @@ def summarize(
         student_params=count_params(baked),
         hypernet_params=count_params(net.hypernet),
         train_params=count_params(net) - count_params(net.hypernet),
-        macs=count_macs(baked, image),
+        macs=count_macs(baked, *inputs),
         identity_params=net.num_identity_params,
-        peak_activation_bytes=peak_activation_bytes(baked, image),
+        peak_activation_bytes=peak_activation_bytes(baked, *inputs),
         latency=lat,
     )
     log.debug("summary %s: %s", config.name, summary)

@@ -1,9 +1,16 @@
 """The built-in, training-free geometric teacher.
 
 The identity's texture is warped onto the attribute's 468-point geometry (piecewise-affine over
-a Delaunay triangulation of the attribute's mesh), its colour matched to the attribute's skin
-in LAB, the attribute's mouth interior kept (teeth, tongue, open mouths), and the result blended
-into the attribute crop with Poisson (or Laplacian-pyramid) blending inside a feathered hull.
+a Delaunay triangulation of the attribute's mesh), its finest chroma damped (``chroma_detail``:
+speckle, not features), its colour matched to the attribute's skin in CIELAB (``"global"``: mean and
+std once; ``"local"``: **relit**, its local mean over the skin replaced by the attribute's, so the
+lighting and skin tone are the attribute's and the detail the identity's). The attribute's mouth
+interior (teeth, tongue, open mouths) and eyeballs (iris position = gaze, blinks) are kept, and the
+result is blended into the attribute crop with a membrane (Poisson-style) blend inside a feathered hull.
+
+Measured on real colour photos (``bench quality --people``, 55 swaps of 5 people): keeping the
+eyeballs cuts the gaze error by a third for one swap's same-person verdict; "local" lowers the colour
+mismatch and chroma noise further but costs 3 more verdicts, so "global" is the default.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
 from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, OUTER_LIP, RIGHT_EYEBROW
 
 BLENDS = ("membrane", "poisson", "laplacian", "alpha")
+COLOR_TRANSFERS = ("local", "global", "none")
 
 
 @dataclass(frozen=True)
@@ -28,10 +36,15 @@ class GeometricConfig:
     """Knobs of the geometric teacher (fractions are of the crop side)."""
 
     feather: float = 0.05  # width of the mask's soft edge
-    color_transfer: bool = True  # match LAB mean/std of the identity's skin to the attribute's
-    color_std_range: tuple[float, float] = (0.7, 1.4)  # clamp on the per-channel std ratio
+    # "local": relight (the identity's local CIELAB mean over the skin replaced by the attribute's);
+    # "global": match the skin's LAB mean/std once; "none": the identity's own colour.
+    color_transfer: str = "global"
+    color_std_range: tuple[float, float] = (0.7, 1.4)  # "global": clamp on the per-channel std ratio
+    relight_sigma: float = 0.1  # "local": Gaussian width of the local mean (lighting, skin tone)
+    chroma_detail: float = 0.5  # how much of the identity's finest a*/b* variation is kept
     keep_mouth: bool = True  # keep the attribute's mouth interior (inner-lip polygon)
     mouth_dilate: float = 0.008  # grow the inner-lip polygon by this much before feathering
+    keep_eyes: bool = True  # keep the attribute's eyeballs (inside the eyelid contours): its gaze
     # "membrane": Poisson-style seamless blend with outliers on the boundary clamped (no colour bleed
     # from hats or hair); "poisson": cv2.seamlessClone; "laplacian": pyramid blend; "alpha": feathered.
     blend: str = "membrane"
@@ -41,6 +54,12 @@ class GeometricConfig:
 
     def __post_init__(self) -> None:
         check_range("feather", self.feather, 0.0, 0.3)
+        if self.color_transfer not in COLOR_TRANSFERS:
+            raise ConfigError(
+                f"config field 'color_transfer' must be one of {', '.join(COLOR_TRANSFERS)}, got {self.color_transfer!r}"
+            )
+        check_range("relight_sigma", self.relight_sigma, 0.005, 0.5)
+        check_range("chroma_detail", self.chroma_detail, 0.0, 1.0)
         low, high = self.color_std_range
         if not 0.0 < low <= 1.0 <= high:
             raise ConfigError(f"config field 'color_std_range' must satisfy 0 < low <= 1 <= high, got {[low, high]}")
@@ -77,6 +96,48 @@ def match_lab(source: np.ndarray, target: np.ndarray, region: np.ndarray, std_ra
     return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def _to_lab(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def _from_lab(lab: np.ndarray) -> np.ndarray:
+    return np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _local_mean(lab: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted mean of ``lab`` over the pixels of ``weights`` (normalised convolution)."""
+    total = cv2.GaussianBlur(lab * weights[..., None], (0, 0), sigma)
+    return total / np.maximum(cv2.GaussianBlur(weights, (0, 0), sigma), 1e-4)[..., None]
+
+
+def relight(source: np.ndarray, target: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
+    """``source`` (uint8 RGB, already warped onto ``target``'s geometry) under ``target``'s lighting and skin
+    tone: its CIELAB local mean over ``region`` (bool HxW skin) swapped for ``target``'s."""
+    if region.sum() < 32:
+        return source
+    src, dst = _to_lab(source), _to_lab(target)
+    weights = region.astype(np.float32)
+    return _from_lab(src - _local_mean(src, weights, sigma) + _local_mean(dst, weights, sigma))
+
+
+def damp_fine_chroma(image: np.ndarray, keep: float) -> np.ndarray:
+    """``image`` with its a*/b* variation finer than one pixel scaled by ``keep`` (speckle, not features:
+    the luminance carries the detail)."""
+    if keep >= 1.0:
+        return image
+    lab = _to_lab(image)
+    chroma = lab[..., 1:]
+    lab[..., 1:] -= (1.0 - keep) * (chroma - cv2.GaussianBlur(chroma, (0, 0), 1.0))
+    return _from_lab(lab)
+
+
+def feathered(mask: np.ndarray, grow: int) -> np.ndarray:
+    """A uint8 polygon mask grown by ``grow`` px and softened into float32 [0, 1] HxWx1 weights."""
+    if grow > 0:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), sigmaX=max(0.8, grow))[..., None]
+
+
 def laplacian_blend(foreground: np.ndarray, background: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
     """Blend two uint8 images with a float mask, band by band over a Laplacian pyramid."""
     fg, bg = foreground.astype(np.float32), background.astype(np.float32)
@@ -96,13 +157,17 @@ def laplacian_blend(foreground: np.ndarray, background: np.ndarray, mask: np.nda
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def membrane_blend(source: np.ndarray, target: np.ndarray, region: np.ndarray, clamp: float) -> np.ndarray:
+def membrane_blend(
+    source: np.ndarray, target: np.ndarray, region: np.ndarray, clamp: float, keep_colour: bool = False
+) -> np.ndarray:
     """Seamless blend: `source` plus a smooth membrane that matches `target` on the border of `region`.
 
     The membrane interpolates the target - source differences found on the region's border (a
     Poisson/harmonic-style fill computed by pyramid pull-push). Border differences far from their
     median (e.g. a hat brim or hair crossing the border) are clamped first, so they do not bleed
-    into the face as they do with plain Poisson cloning."""
+    into the face as they do with plain Poisson cloning. ``keep_colour``: the differences' median is
+    taken out first, so a ``source`` already colour-matched keeps its colour and only the seam is
+    corrected (a plain membrane shifts the whole face by the border's median, e.g. darker hairline)."""
     inside = region > 0
     ring = cv2.dilate(region, np.ones((3, 3), np.uint8)) > 0
     ring &= ~inside
@@ -113,6 +178,8 @@ def membrane_blend(source: np.ndarray, target: np.ndarray, region: np.ndarray, c
     median = np.median(values, axis=0)
     spread = np.median(np.abs(values - median), axis=0) * 1.4826 + 2.0
     diff = np.clip(diff, median - clamp * spread, median + clamp * spread)
+    if keep_colour:
+        diff -= median
     weight = ring.astype(np.float32)
     # Pull: average the known differences down a pyramid; push: fill unknown pixels from coarser levels.
     values_pyr, weight_pyr = [diff * weight[..., None]], [weight]
@@ -166,17 +233,20 @@ class GeometricTeacher(Teacher):
         if cfg.shape_transfer > 0:
             dst = _transfer_shape(identity.landmarks, attribute.landmarks, cfg.shape_transfer)
         warp = MeshWarp(dst, (size, size))
-        warped = warp.warp(identity.image, identity.landmarks)
+        warped = damp_fine_chroma(warp.warp(identity.image, identity.landmarks), cfg.chroma_detail)
         core, mask = self._region(dst)
-        if cfg.color_transfer:
+        if cfg.color_transfer != "none":
             features = [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS]
             features += [attribute.landmarks[list(OUTER_LIP), :2]]
             features += [attribute.landmarks[list(b), :2] for b in (RIGHT_EYEBROW, LEFT_EYEBROW)]
             skin = (core > 0) & (_polygon_mask(size, features) == 0)
-            warped = match_lab(warped, attribute.image, skin, cfg.color_std_range)
+            if cfg.color_transfer == "local":
+                warped = relight(warped, attribute.image, skin, cfg.relight_sigma * size)
+            else:
+                warped = match_lab(warped, attribute.image, skin, cfg.color_std_range)
 
         if cfg.blend == "membrane":
-            blended = membrane_blend(warped, attribute.image, core, cfg.membrane_clamp)
+            blended = membrane_blend(warped, attribute.image, core, cfg.membrane_clamp, cfg.color_transfer != "none")
         elif cfg.blend == "poisson":
             blended = self._poisson(warped, attribute.image, core)
         elif cfg.blend == "laplacian":
@@ -186,13 +256,15 @@ class GeometricTeacher(Teacher):
         alpha = mask[..., None]
         out = blended.astype(np.float32) * alpha + attribute.image.astype(np.float32) * (1.0 - alpha)
 
+        kept = []  # the attribute's own: mouth interior, eyeballs
         if cfg.keep_mouth:
             mouth = _polygon_mask(size, [attribute.landmarks[list(INNER_LIP), :2]])
-            grow = int(round(cfg.mouth_dilate * size))
-            if grow > 0:
-                mouth = cv2.dilate(mouth, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
-            mouth_alpha = cv2.GaussianBlur(mouth.astype(np.float32) / 255.0, (0, 0), sigmaX=max(0.8, grow))[..., None]
-            out = out * (1.0 - mouth_alpha) + attribute.image.astype(np.float32) * mouth_alpha
+            kept.append(feathered(mouth, int(round(cfg.mouth_dilate * size))))
+        if cfg.keep_eyes:
+            eyes = _polygon_mask(size, [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS])
+            kept.append(feathered(cv2.erode(eyes, np.ones((3, 3), np.uint8)), 0))
+        for alpha in kept:
+            out = out * (1.0 - alpha) + attribute.image.astype(np.float32) * alpha
         return TeacherOutput(image=np.clip(out + 0.5, 0, 255).astype(np.uint8), mask=mask)
 
     def _region(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -191,7 +191,7 @@ def test_wrong_embedding_size_names_field(nano):
 
 @pytest.mark.parametrize(
     ("preset", "max_params", "max_macs"),
-    [("base", 550_000, 0.35e9), ("nano", 150_000, 0.05e9), ("large", 1_500_000, 1.0e9)],
+    [("base", 550_000, 0.35e9), ("nano", 150_000, 0.05e9), ("nano256", 200_000, 0.05e9), ("large", 1_500_000, 1.0e9)],
 )
 def test_presets_within_budget(preset, max_params, max_macs):
     s = summarize(PRESETS[preset])
@@ -246,6 +246,45 @@ def test_config_roundtrip_dict_and_yaml(tmp_path):
     assert net.bake(torch.randn(512))(torch.zeros(1, 3, 128, 128))[0].shape == (1, 3, 128, 128)
 
 
+COMPOSING = {"identity_encoder": True, "identity_warp": True, "compose": True}
+
+
+@pytest.mark.parametrize("core_scale", [1, 2])
+def test_composing_student_bakes_to_the_same_function(core_scale):
+    net = randomized(get_preset("nano", size=128 * core_scale, core_scale=core_scale, **COMPOSING))
+    with torch.no_grad():
+        nn.init.normal_(net.head.composer.take.weight, std=0.2)  # zero at init: make it compose something
+    images = face_batch(net.config.size)
+    warped = images.flip(0)  # the other face stands in for the warped identity
+    emb = torch.randn(1, net.config.embed_dim)
+    with torch.no_grad():
+        ref_image, ref_mask = net(images, emb, warped)
+        baked = net.bake(emb)
+        for i in range(len(images)):
+            image, mask = baked(images[i : i + 1], warped[i : i + 1])
+            assert_close(image, ref_image[i : i + 1])
+            assert_close(mask, ref_mask[i : i + 1])
+    assert ref_image.shape == ref_mask.shape[:1] + (3, net.config.size, net.config.size)
+    assert (ref_image - images).abs().mean() > 0.01  # it moved the attribute towards the identity
+
+
+@pytest.mark.parametrize(("take", "source"), [(30.0, "warped"), (-30.0, "attribute")])
+def test_composing_student_passes_its_inputs_pixels_through(take, source):
+    """Taken fully (or not at all), the swap is the warped identity (or the attribute) to the pixel, at
+    the crop's full 256 px although the UNet runs at 128: the detail is the inputs' own."""
+    net = randomized(get_preset("nano", size=256, core_scale=2, **COMPOSING))
+    with torch.no_grad():
+        net.head.composer.take.bias.copy_(torch.tensor([take, 0.0, 0.0, 0.0]))
+        net.head.image.weight.zero_()
+        net.head.image.bias.zero_()
+    images = face_batch(256)
+    warped = images.flip(0)
+    with torch.no_grad():
+        image, _ = net(images, torch.randn(1, net.config.embed_dim), warped)
+    expected = warped if source == "warped" else images
+    assert_close(image, expected)
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -257,6 +296,9 @@ def test_config_roundtrip_dict_and_yaml(tmp_path):
         ({"enc_channels": [16, "x", 8]}, "enc_channels"),
         ({"head_image_skip": "yes"}, "head_image_skip"),
         ({"colour": 1}, "colour"),
+        ({"compose": True}, "compose"),
+        ({"core_scale": 2, "size": 256}, "core_scale"),
+        ({"identity_encoder": True, "identity_warp": True, "compose": True, "compose_smooth": 3}, "compose_smooth"),
     ],
 )
 def test_config_validation_names_field(changes, field):

@@ -12,7 +12,7 @@ from pocketswap.faces.warp import MeshWarp, border_anchors, warp_identity, warp_
 from pocketswap.teacher import augment as aug
 from pocketswap.teacher.base import AlignedRecord, load_teacher
 from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
-from pocketswap.teacher.mesh import FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
+from pocketswap.teacher.mesh import EYE_RINGS, FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
 
 SIZE = 224
 NAMES = ("astronaut", "grace_hopper", "lfw_01", "lfw_12")
@@ -159,6 +159,38 @@ def test_geometric_teacher_keeps_mouth_and_background(records):
     assert np.abs(out.image[face].astype(int) - attribute.image[face].astype(int)).mean() > 10
 
 
+def _polygon(landmarks: np.ndarray, rings) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.fillPoly(mask, [np.round(landmarks[list(r), :2]).astype(np.int32) for r in rings], 1)
+    return cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+
+
+def test_geometric_teacher_keeps_the_attributes_eyeballs(records):
+    """The eyes inside the lids are the attribute's (its gaze), unless keep_eyes is off."""
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    eyes = _polygon(attribute.landmarks, EYE_RINGS)
+    assert eyes.sum() > 50
+
+    def eye_change(**config) -> float:
+        out = GeometricTeacher(SIZE, GeometricConfig(**config)).swap(identity, attribute).image
+        return float(np.abs(out[eyes].astype(int) - attribute.image[eyes].astype(int)).mean())
+
+    assert eye_change() < 2.0
+    assert eye_change(keep_eyes=False) > 8.0
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_geometric_colour_transfer_moves_the_skin_to_the_attributes(records, mode):
+    """With colour transfer the swapped skin's mean CIELAB colour is the attribute's, not the identity's."""
+    identity, attribute = records["lfw_01"], records["astronaut"]  # a grey face onto a colour photo
+    skin = (GeometricTeacher(SIZE).mask(attribute) > 0.99) & ~_polygon(attribute.landmarks, [*EYE_RINGS, INNER_LIP])
+    lab = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[skin].astype(float).mean(0)  # noqa: E731
+    moved = GeometricTeacher(SIZE, GeometricConfig(color_transfer=mode)).swap(identity, attribute).image
+    raw = GeometricTeacher(SIZE, GeometricConfig(color_transfer="none")).swap(identity, attribute).image
+    target = lab(attribute.image)
+    assert np.linalg.norm(lab(moved) - target) < 0.4 * np.linalg.norm(lab(raw) - target)
+
+
 @pytest.mark.parametrize("blend", ["membrane", "poisson", "laplacian", "alpha"])
 def test_geometric_blends_run(records, blend):
     out = GeometricTeacher(SIZE, GeometricConfig(blend=blend, shape_transfer=0.3)).swap(
@@ -174,6 +206,10 @@ def test_geometric_config_validation_names_the_field():
         GeometricConfig.from_dict({"blend": "magic"})
     with pytest.raises(ConfigError, match="'feathr'"):
         GeometricConfig.from_dict({"feathr": 0.1})
+    with pytest.raises(ConfigError, match="'color_transfer'"):
+        GeometricConfig.from_dict({"color_transfer": "poisson"})
+    with pytest.raises(ConfigError, match="'color_transfer'"):
+        GeometricConfig.from_dict({"color_transfer": True})  # before "local" existed it was a bool
     with pytest.raises(ConfigError, match="'keep_mouth'"):
         GeometricConfig.from_dict({"keep_mouth": "yes"})
     with pytest.raises(ConfigError, match="'color_std_range'"):
