@@ -122,7 +122,8 @@ def warp_identity(identity: np.ndarray, identity_landmarks: np.ndarray, landmark
     """The SxSx3 identity crop mesh-warped so that its features (at ``identity_landmarks``, (468, 2+)
     crop pixels) sit at ``landmarks`` (the attribute face's, same crop frame); pixels outside the
     face mesh keep the identity crop's own. The mesh is the Delaunay triangulation of the identity's
-    landmarks (computed once per identity), so a frame costs one rasterisation and one remap."""
+    landmarks (computed once per identity), so a frame costs one rasterisation and one (bicubic: the crop
+    is at the face's own scale, where a bilinear remap's sub-pixel shifts blur) remap."""
     source = np.ascontiguousarray(np.asarray(identity_landmarks, np.float64)[:, :2])
     landmarks = np.asarray(landmarks, np.float64)[:, :2]
     if not np.isfinite(landmarks).all() or landmarks.shape != source.shape:
@@ -130,4 +131,4 @@ def warp_identity(identity: np.ndarray, identity_landmarks: np.ndarray, landmark
             f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}"
         )
     triangles = _triangles_of(source.tobytes(), len(source))
-    return MeshWarp(landmarks, identity.shape[:2], triangles).warp(identity, source)
+    return MeshWarp(landmarks, identity.shape[:2], triangles).warp(identity, source, cv2.INTER_CUBIC)

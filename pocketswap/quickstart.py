@@ -47,6 +47,9 @@ class QuickstartConfig:
     spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
     # ... mesh-warped onto each frame's landmarks (held-out retrieval 59.8% vs 26.8% with the fixed crop)
     warped_identity: bool = True
+    # ... and builds its swap from that warped crop's own pixels (`student.compose`): judged the same person
+    # on 50.9% of 55 real colour photos of people it never saw, against 16.4% painting every pixel itself
+    compose: bool = True
     personal_steps: int = PERSONALIZE_DEFAULTS["steps"]  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
@@ -91,7 +94,8 @@ def step_train(out: Path, cfg: QuickstartConfig) -> None:
                "--batch-size", cfg.batch_size, "--checkpoint-every", max(cfg.steps // 4, 1), "--image-every",
                max(cfg.steps // 4, 1), "--num-workers", 0, "--out", out, *resume,
                f"student.identity_encoder={str(cfg.spatial_identity).lower()}",
-               f"student.identity_warp={str(cfg.spatial_identity and cfg.warped_identity).lower()}")  # fmt: skip
+               f"student.identity_warp={str(cfg.spatial_identity and cfg.warped_identity).lower()}",
+               f"student.compose={str(cfg.spatial_identity and cfg.warped_identity and cfg.compose).lower()}")  # fmt: skip
 
 
 def step_eval(out: Path, cfg: QuickstartConfig) -> None:
