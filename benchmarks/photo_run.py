@@ -191,7 +191,8 @@ def _least_like(frames: list[np.ndarray], judge: Judges, names: list[str]) -> st
 
 
 def worst_swaps(rows: list[dict[str, Any]], out: Path) -> dict[str, list[str]]:
-    """Strips (input | teacher | student) of the student's worst swaps per axis, as PNGs under ``out/worst``."""
+    """Strips (input | teacher | student) of the student's worst swaps per axis, as PNGs under ``out/worst``,
+    at the photos' own resolution (up to ``STRIP_MAX`` px high)."""
     import cv2
 
     from pocketswap.imageio import read_image, write_image
@@ -208,13 +209,15 @@ def worst_swaps(rows: list[dict[str, Any]], out: Path) -> dict[str, list[str]]:
             pad = round(0.35 * max(x1 - x0, y1 - y0))
             strip = [read_image(out / "swaps" / m / f"{stem}.jpg") for m in ("input", "teacher", "student")]
             strip = [s[max(y0 - pad, 0) : y1 + pad, max(x0 - pad, 0) : x1 + pad] for s in strip]
-            height = 256
-            strip = [cv2.resize(s, (round(s.shape[1] * height / s.shape[0]), height)) for s in strip]
+            height = min(strip[0].shape[0], STRIP_MAX)  # the photos' own pixels: a soft swap shows as soft
+            strip = [cv2.resize(s, (round(s.shape[1] * height / s.shape[0]), height), interpolation=cv2.INTER_AREA)
+                     for s in strip]  # fmt: skip
             path = write_image(out / "worst" / f"{field}-{rank}.png", np.concatenate(strip, axis=1))
             shown[field].append(str(path.relative_to(out)))
     return shown
 
 
+STRIP_MAX = 512  # px: taller strips of the worst swaps are shrunk to this
 VIDEO_FRAMES = 150  # frames of a user's video that are scored (5 s at 30 FPS)
 VIDEO_CROP = 128  # the face region compared frame to frame, aligned by the input frame's own face
 

@@ -236,6 +236,27 @@ def test_warped_identity_student_bakes_with_a_second_input():
         get_preset("nano", identity_warp=True)
 
 
+@pytest.mark.slow
+def test_composing_256_student_exports_exact_and_fully_delegated(tmp_path):
+    """nano256 (the UNet at 128 px, composed at 256): TFLite fp32 and int8 keep parity and run entirely in
+    XNNPACK (its pooling is a depthwise convolution: an int8 AVERAGE_POOL_2D fell out of the delegate)."""
+    from pocketswap.export.pipeline import export_model
+
+    torch.manual_seed(0)
+    net = StudentNet(get_preset("nano256"))
+    for p in [*net.spatial.parameters(), net.head.composer.take.weight]:
+        p.data.normal_(std=0.1)
+    ckpt = save_checkpoint(tmp_path / "ckpt", net.eval())
+    arts = export_model(ckpt, tmp_path / "out", identity="sample:grace_hopper", formats="tflite",
+                        precisions="fp32,int8", calibration="samples")  # fmt: skip
+    assert {a.manifest.precision for a in arts} == {"fp32", "int8"}
+    for art in arts:
+        m = art.manifest
+        assert m.crop_size == 256 and [t.shape for t in m.inputs] == [[1, 256, 256, 3]] * 2
+        assert m.parity["passed"] and m.delegation["fully_accelerated"], (m.precision, m.delegation)
+        assert "AVERAGE_POOL_2D" not in m.ops
+
+
 def test_identity_texture_round_trips_and_names_a_malformed_manifest():
     crop, landmarks = align_photo_landmarks(samples.load("grace_hopper"), 64, "arcface")
     texture = encode_texture(crop, landmarks)
