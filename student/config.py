@@ -214,29 +214,23 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"config field '{name}' must be one of {', '.join(choices)}; got {value!r}")
 
 
+_NANO = StudentConfig(
+    name="nano",
+    size=128,
+    enc_channels=(16, 32, 64, 128, 256),
+    dec_channels=(128, 64, 32, 16),
+    hyper_hidden=128,
+)
+
 PRESETS: dict[str, StudentConfig] = {
     # MobileFaceSwap-sized: 224 px, channels 3->32->...->512 (budget <= 0.55M params, <= 0.35 GMAC).
     "base": StudentConfig(name="base", size=224),
     # Live demo on a laptop CPU: 128 px, quarter width (budget <= 0.05 GMAC).
-    "nano": StudentConfig(
-        name="nano",
-        size=128,
-        enc_channels=(16, 32, 64, 128, 256),
-        dec_channels=(128, 64, 32, 16),
-        hyper_hidden=128,
-    ),
+    "nano": _NANO,
     # Sharp swaps on large faces: a 256 px crop composed from the two crops' own pixels by the nano UNet
     # run at 128 px (core_scale 2), reading the warped identity.
-    "nano256": StudentConfig(
-        name="nano256",
-        size=256,
-        enc_channels=(16, 32, 64, 128, 256),
-        dec_channels=(128, 64, 32, 16),
-        hyper_hidden=128,
-        identity_encoder=True,
-        identity_warp=True,
-        compose=True,
-        core_scale=2,
+    "nano256": _NANO.replace(
+        name="nano256", size=256, identity_encoder=True, identity_warp=True, compose=True, core_scale=2
     ),
     # 256 px, 1.5x width (FaceShifter-resolution teachers).
     "large": StudentConfig(
