@@ -95,9 +95,9 @@ def bench_photos(
     analyzer = FaceAnalyzer(detector="auto", num_threads=threads)
     judge = Judges(people, analyzer, photos, list(judges or []))
     iris, dlib = IrisModel(threads), DlibEncoder()
+    swapper = load_teacher(teacher, TEACHER_SIZE, config=teacher_config)  # a bad teacher setting fails here, first
     students = {name: load_swap_model(path, num_threads=threads) for name, path in
                 student_models(target, people, identities, out, person).items()}  # fmt: skip
-    swapper = load_teacher(teacher, TEACHER_SIZE, config=teacher_config)
     teachers = {}
     for p in people:
         image = photos[p.identity_photo]

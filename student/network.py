@@ -122,7 +122,7 @@ class Head(nn.Module):
     def __init__(self, config: StudentConfig) -> None:
         super().__init__()
         cin = config.dec_channels[-1] + (3 if config.head_image_skip else 0)
-        self.image_skip, self.core_scale = config.head_image_skip, config.core_scale
+        self.image_skip = config.head_image_skip
         self.up = Upsample2x()
         self.dw = depthwise(cin, 3, bias=config.norm == "none")
         self.norm = make_norm(config.norm, cin)
@@ -134,13 +134,15 @@ class Head(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        core: torch.Tensor,
         image: torch.Tensor,
         logit_map: torch.Tensor | None = None,
         warped: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``core``: the input crop as the UNet reads it (pooled by ``core_scale``); ``image``: at crop size."""
         x = self.up(x)
         if self.image_skip:
-            x = torch.cat([x, pool(image, self.core_scale)], dim=1)
+            x = torch.cat([x, core], dim=1)
         x = self.act(self.norm(self.dw(x)))
         return finish(x, self.image(x), self.mask(x), logit_map, self.composer, image, warped)
 
@@ -234,7 +236,7 @@ class StudentNet(nn.Module):
                 f"image must be [B,3,{size},{size}] for config field 'size' = {size}, got {list(image.shape)}"
             )
         feats = []
-        x = pool(image, self.config.core_scale)
+        x = core = pool(image, self.config.core_scale)
         for block in self.encoder:
             x = block(x)
             feats.append(x)
@@ -245,7 +247,7 @@ class StudentNet(nn.Module):
             if i in skip_maps:
                 skip = skip + skip_maps[i]
             x = block(x, skip, kernels, style)
-        return self.head(x, image, head_map, warped)
+        return self.head(x, core, image, head_map, warped)
 
     # -- identity export -------------------------------------------------------------------------
 
@@ -367,7 +369,8 @@ class _FoldedUNet(nn.Module):
         self, image: torch.Tensor, params: torch.Tensor | None = None, identity: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # Written as one flat function so eager PyTorch frees each activation as soon as it is consumed.
-        feats, x = [], pool(image, self.core_scale)
+        core = pool(image, self.core_scale)
+        feats, x = [], core
         for block in self.encoder:
             x = block(x)
             feats.append(x)
@@ -384,7 +387,7 @@ class _FoldedUNet(nn.Module):
             x = self._decode(index, torch.cat([self.up(x), skip], dim=1), params)
         x = self.up(x)
         if self.image_skip:
-            x = torch.cat([x, pool(image, self.core_scale)], dim=1)
+            x = torch.cat([x, core], dim=1)
         x = self.head_dw(x)
         return finish(x, self.image_head(x), self.mask_head(x), logit_map, self.composer, image, identity)
 

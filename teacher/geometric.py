@@ -9,8 +9,9 @@ interior (teeth, tongue, open mouths) and eyeballs (iris position = gaze, blinks
 result is blended into the attribute crop with a membrane (Poisson-style) blend inside a feathered hull.
 
 Measured on real colour photos (``bench quality --people``, 55 swaps of 5 people): keeping the
-eyeballs cuts the gaze error by a third for one swap's same-person verdict; "local" lowers the colour
-mismatch and chroma noise further but costs 3 more verdicts, so "global" is the default.
+eyeballs cuts the gaze error by a third (0.075 -> 0.048 eye widths); "local" lowers the colour mismatch
+and chroma noise further but is judged the same person on 78% of the swaps against 87% for "global",
+so "global" is the default.
 """
 
 from __future__ import annotations
