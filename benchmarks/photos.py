@@ -152,9 +152,9 @@ class Judges:
 
 
 def attribute_errors(out_face: Any, photo_face: Any, out: np.ndarray, photo: np.ndarray, iris: Any) -> dict:
-    """Head pose (degrees), landmark expression (inter-ocular units) and gaze (eye widths) of the swap's
-    face against the attribute photo's."""
-    from pocketswap.distill.metrics import expression_error, head_pose, pose_error
+    """Head pose (degrees), landmark expression (inter-ocular units; the face's shape too), expression state
+    (mouth/eye opening and smile ratios) and gaze (eye widths) of the swap's face against the attribute photo's."""
+    from pocketswap.distill.metrics import expression_error, expression_state_error, head_pose, pose_error
     from pocketswap.faces.iris import gaze_offsets
 
     size = max(photo.shape[:2])
@@ -164,6 +164,7 @@ def attribute_errors(out_face: Any, photo_face: Any, out: np.ndarray, photo: np.
     return {
         "pose_error": None if pose_a is None or pose_b is None else pose_error(pose_a, pose_b),
         "expression_error": expression_error(out_face.landmarks, photo_face.landmarks),
+        "expression_state_error": expression_state_error(out_face.landmarks, photo_face.landmarks),
         "gaze_error": float(np.linalg.norm(gaze_a - gaze_b, axis=1).mean()),
     }
 
@@ -201,7 +202,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows += [(axis, "same person", f"{judge}_same"), (axis, "moved closer", f"{judge}_closer"),
                  (axis, "retrieved first", f"{judge}_retrieved"), (axis, "cosine distance", f"{judge}_distance")]  # fmt: skip
     rows += [("attributes", "head pose error (deg)", "pose_error"),
-             ("attributes", "expression error (inter-ocular)", "expression_error"),
+             ("attributes", "landmark shape error (inter-ocular)", "expression_error"),
+             ("attributes", "expression error (opening, smile)", "expression_state_error"),
              ("attributes", "gaze error (eye widths)", "gaze_error")]  # fmt: skip
     rows += [("artefacts", "sharpness (x photo)", "sharpness"), ("artefacts", "seam (x photo)", "seam"),
              ("artefacts", "chroma noise (x photo)", "chroma_noise"),

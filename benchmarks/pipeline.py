@@ -42,6 +42,7 @@ class PipelineRecord:
 
 def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, threads: int = 1, runs: int = 200):
     """Time each live-pipeline stage for `model_path` (a baked artifact or checkpoint + embedding)."""
+    from pocketswap.demo.pipeline import PipelineConfig
     from pocketswap.faces.align import align_face, paste_back
     from pocketswap.faces.bench import sample_frame
     from pocketswap.faces.blazeface import BlazeFace
@@ -59,13 +60,19 @@ def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, thr
     aligned = align_face(frame, face.keypoints, model.size, model.template)
     crop_landmarks = aligned.landmarks_in_crop(landmarks) if model.needs_landmarks else None
     swapped, mask = model(aligned.crop, crop_landmarks)
+    live = PipelineConfig()  # the live pipeline's paste options
     stages = [
         ("detect", lambda: detector(frame)),
         ("landmarks", lambda: mesh.from_detection(frame, detection)),
         ("track", lambda: mesh.track(frame, landmarks)),
         ("align", lambda: align_face(frame, face.keypoints, model.size, model.template)),
         ("swap", lambda: model(aligned.crop, crop_landmarks)),
-        ("paste", lambda: paste_back(frame, swapped, aligned.matrix, mask=mask, match_color=True)),
+        (
+            "paste",
+            lambda: paste_back(
+                frame, swapped, aligned.matrix, mask=mask, match_color=live.color_transfer, keep_detail=live.keep_detail
+            ),
+        ),  # fmt: skip
     ]
     if model.needs_landmarks:
         from pocketswap.faces.warp import warp_identity

@@ -23,7 +23,10 @@ def _demo(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_frames=args.max_frames,
         pipeline=PipelineConfig(
-            detect_every=args.detect_every, all_faces=args.all_faces, color_transfer=not args.no_color_transfer
+            detect_every=args.detect_every,
+            all_faces=args.all_faces,
+            color_transfer=not args.no_color_transfer,
+            keep_detail=not args.no_detail,
         ),
     )
     summary = run_demo(options)
@@ -69,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--detect-every", type=int_range(1), default=5, help="run the detector every N frames, track between"
     )
     p.add_argument("--no-color-transfer", action="store_true", help="skip LAB colour matching at paste-back")
+    p.add_argument("--no-detail", action="store_true",
+                   help="on faces larger than the model's crop, do not add back the frame's finer detail")  # fmt: skip
     p.add_argument("--no-label", action="store_true", help="hide the 'SYNTHETIC' label (e.g. for recording)")
     p.add_argument("--threads", type=int_range(1), default=1)
     p.add_argument("--max-frames", type=int_range(1), help="stop after this many frames")

@@ -25,12 +25,15 @@ STAGES = ("detect", "track", "align", "swap", "paste")
 class PipelineConfig:
     """detect_every: run the detector every N frames and track landmarks in between (1 = always detect).
     min_cutoff/beta: One-Euro landmark smoothing (Hz, speed coefficient). color_transfer: LAB colour
-    matching at paste-back. all_faces: swap every face, not only the largest."""
+    matching at paste-back. keep_detail: on a face larger than the model's crop, the frame's luminance
+    detail finer than the crop is added back (`faces.align.fine_detail`). all_faces: swap every face, not
+    only the largest."""
 
     detect_every: int = 5
     min_cutoff: float = 1.5
     beta: float = 0.02
     color_transfer: bool = True
+    keep_detail: bool = True
     all_faces: bool = False
     swap: bool = True
 
@@ -95,7 +98,10 @@ class LiveSwapper:
             t1 = time.perf_counter()
             swapped, mask = self.model(aligned.crop, landmarks)
             t2 = time.perf_counter()
-            out = paste_back(out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer)
+            out = paste_back(
+                out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer,
+                keep_detail=self.config.keep_detail,
+            )  # fmt: skip
             t3 = time.perf_counter()
             for stage, ms in (("align", t1 - start), ("swap", t2 - t1), ("paste", t3 - t2)):
                 timings[stage] = timings.get(stage, 0.0) + ms * 1e3

@@ -6,7 +6,10 @@ benchmarks stage on any folder of aligned faces).
   :func:`cosine`, :func:`retrieval_top1`.
 - :func:`detect_crop_landmarks`: FaceMesh landmarks of a tight crop (placed on a larger canvas so
   the detector sees a whole head).
-- :func:`expression_error`: landmark distance after similarity alignment / inter-ocular distance.
+- :func:`expression_error`: landmark distance after similarity alignment / inter-ocular distance (all
+  468 points: the face's shape as well as its expression).
+- :func:`expression_state`: the expression alone, as ratios no face shape sets (mouth and eye opening,
+  smile); :func:`expression_state_error`.
 - :func:`head_pose`: yaw, pitch, roll (degrees) from 6 landmarks with ``cv2.solvePnP`` and a
   generic 3-D face; :func:`pose_error`.
 """
@@ -184,6 +187,31 @@ def expression_error(landmarks: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(aligned - dst, axis=1).mean() / max(inter_ocular(reference), 1e-6))
 
 
+# (upper lid, lower lid, outer corner, inner corner) of each eye; the mouth's inner-lip centres and corners
+EYE_LIDS = ((159, 145, 33, 133), (386, 374, 263, 362))
+MOUTH_POINTS = (13, 14, 61, 291)
+
+
+def expression_state(landmarks: np.ndarray) -> np.ndarray:
+    """(4,) the expression of a face's 468 landmarks as ratios its shape does not set: mouth opening /
+    mouth width, each eye's opening / its width, and the smile (mouth corners' lift above the lips'
+    centre, along the face's own vertical / mouth width)."""
+    xy = np.asarray(landmarks, np.float64)[:, :2]
+    upper, lower, right, left = (xy[i] for i in MOUTH_POINTS)
+    width = max(float(np.linalg.norm(left - right)), 1e-6)
+    across = xy[list(LEFT_EYE_RING)].mean(0) - xy[list(RIGHT_EYE_RING)].mean(0)
+    down = np.array([-across[1], across[0]]) / max(float(np.linalg.norm(across)), 1e-6)  # image y grows down
+    eyes = [np.linalg.norm(xy[top] - xy[bottom]) / max(np.linalg.norm(xy[a] - xy[b]), 1e-6)
+            for top, bottom, a, b in EYE_LIDS]  # fmt: skip
+    smile = float(np.dot((upper + lower) / 2 - (left + right) / 2, down)) / width
+    return np.array([np.linalg.norm(upper - lower) / width, *eyes, smile])
+
+
+def expression_state_error(landmarks: np.ndarray, reference: np.ndarray) -> float:
+    """Mean absolute difference of :func:`expression_state` (mouth, eyes, smile ratios)."""
+    return float(np.abs(expression_state(landmarks) - expression_state(reference)).mean())
+
+
 # Generic 3-D face (millimetre-ish units; x right, y down, z away from the camera, nose tip at the
 # origin) and the FaceMesh index of each point in image orientation.
 POSE_MODEL_POINTS = np.array(
@@ -236,6 +264,8 @@ __all__ = [
     "cosine",
     "detect_crop_landmarks",
     "expression_error",
+    "expression_state",
+    "expression_state_error",
     "head_pose",
     "identity_distances",
     "identity_gallery",

@@ -153,6 +153,21 @@ def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> 
     return cv2.cvtColor(cv2.transform(src_lab, affine), cv2.COLOR_LAB2RGB)  # saturates to uint8
 
 
+def fine_detail(region: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray:
+    """The luminance detail of ``region`` (a frame's face rectangle, uint8 RGB) that a ``size`` px crop
+    cannot hold: its grey minus that grey seen through the crop (low-passed, down to the crop by the
+    inverse of ``inverse``, the crop -> region matrix, and back up), int16 HxWx3 (the same in each channel:
+    the frame's chroma detail is not added). Zero where the crop is as fine as the frame."""
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(inverse, np.float64)[:, :2]))))
+    if scale <= 1.0:
+        return np.zeros(region.shape, np.int16)
+    grey = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)
+    matrix = invert_affine(inverse)
+    seen = cv2.warpAffine(grey, matrix, (size, size), flags=RESAMPLE, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.warpAffine(seen, inverse, grey.shape[::-1], flags=RESAMPLE, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.merge([cv2.subtract(grey, back, dtype=cv2.CV_16S)] * 3)
+
+
 def paste_back(
     frame: np.ndarray,
     crop: np.ndarray,
@@ -161,12 +176,14 @@ def paste_back(
     landmarks: np.ndarray | None = None,
     feather: float = 0.06,
     match_color: bool = False,
+    keep_detail: bool = False,
 ) -> np.ndarray:
     """Blend an aligned crop back into `frame` (returns a new frame; the input is not modified).
 
     The blending mask is `mask` (crop-space HxW float in [0,1], e.g. a student's mask head) or
     else the feathered hull of `landmarks` given in image pixels. Only the face's bounding
-    rectangle in the frame is warped and blended."""
+    rectangle in the frame is warped and blended. `keep_detail`: on a face larger than the crop, the
+    frame's own detail finer than the crop can hold is added back (:func:`fine_detail`)."""
     size = crop.shape[0]
     if mask is None:
         if landmarks is None:
@@ -191,6 +208,8 @@ def paste_back(
     warped = cv2.warpAffine(
         prefiltered(crop, inverse), roi_inverse, roi_size, flags=RESAMPLE, borderMode=cv2.BORDER_REPLICATE
     )
+    if keep_detail:
+        warped = cv2.add(warped, fine_detail(region, roi_inverse, size), dtype=cv2.CV_8U)
     alpha = cv2.warpAffine(mask.astype(np.float32), roi_inverse, roi_size, flags=cv2.INTER_LINEAR)
     region[...] = cv2.blendLinear(warped, region, alpha, 1.0 - alpha)
     return out

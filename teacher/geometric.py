@@ -1,7 +1,9 @@
 """The built-in, training-free geometric teacher.
 
-The identity's texture is warped onto the attribute's 468-point geometry (piecewise-affine over
-a Delaunay triangulation of the attribute's mesh), its finest chroma damped (``chroma_detail``:
+The identity's texture is warped onto the attribute's 468-point geometry with the inner features moved
+half-way to the identity's shape (``shape_transfer``: nose, brows and the place, size and tilt of eyes
+and mouth; the outline and the attribute's mouth and eye openings stay), piecewise-affine over a
+Delaunay triangulation of that mesh, its finest chroma damped (``chroma_detail``:
 speckle, not features), its colour matched to the attribute's skin in CIELAB (``"global"``: mean and
 std once; ``"local"``: **relit**, its local mean over the skin replaced by the attribute's, so the
 lighting and skin tone are the attribute's and the detail the identity's). The attribute's mouth
@@ -11,7 +13,8 @@ result is blended into the attribute crop with a membrane (Poisson-style) blend 
 Measured on real colour photos (``bench quality --people``, 55 swaps of 5 people): keeping the
 eyeballs cuts the gaze error by a third (0.075 -> 0.048 eye widths); "local" lowers the colour mismatch
 and chroma noise further but is judged the same person on 78% of the swaps against 87% for "global",
-so "global" is the default.
+so "global" is the default; the shape transfer raises same person 85.5% -> 92.7% (retrieved first
+90.9% -> 100%) and keeps the expression state (mouth and eye opening, smile).
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import numpy as np
 
 from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError
+from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
 from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
-from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, OUTER_LIP, RIGHT_EYEBROW
+from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, MOUTH_CORNERS, OUTER_LIP, RIGHT_EYEBROW
 
 BLENDS = ("membrane", "poisson", "laplacian", "alpha")
 COLOR_TRANSFERS = ("local", "global", "none")
@@ -51,7 +55,10 @@ class GeometricConfig:
     blend: str = "membrane"
     membrane_clamp: float = 2.5  # clamp boundary differences to median +- this many MADs
     pyramid_levels: int = 4  # levels of the Laplacian pyramid blend
-    shape_transfer: float = 0.0  # 0: attribute geometry; 1: identity's inner-feature shape
+    # How far the inner features move to the identity's shape (0: the attribute's geometry; 1: the identity's;
+    # the outline stays, mouth and eyes move rigidly: the attribute's expression). 0.5 on faces-dev: same
+    # person 85.5% -> 92.7%, retrieved first 90.9% -> 100%.
+    shape_transfer: float = 0.5
 
     def __post_init__(self) -> None:
         check_range("feather", self.feather, 0.0, 0.3)
@@ -199,19 +206,39 @@ def membrane_blend(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -> np.ndarray:
+# Features that carry the expression (mouth opening, blinks): under shape transfer each moves as one rigid
+# piece, by the similarity that takes its two corners to the identity's, so the identity gives their place,
+# size and tilt and the attribute their shape. (group, its two corner points)
+RIGID_FEATURES = (
+    (INNER_LIP + OUTER_LIP, MOUTH_CORNERS),
+    (RIGHT_EYE_RING, (33, 133)),
+    (LEFT_EYE_RING, (362, 263)),
+)
+
+
+def _two_point_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity that maps the two points ``src`` exactly onto ``dst``."""
+    a, b = complex(*(src[1] - src[0])), complex(*(dst[1] - dst[0]))
+    z = b / a if abs(a) > 1e-9 else 1.0
+    linear = np.array([[z.real, -z.imag], [z.imag, z.real]])
+    return np.hstack([linear, (dst[0] - linear @ src[0])[:, None]])
+
+
+def transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -> np.ndarray:
     """Attribute landmarks with their inner features moved `amount` of the way to the identity's shape
-    (identity similarity-aligned to the attribute first; the face outline is left in place)."""
+    (identity similarity-aligned to the attribute first; the face outline is left in place; mouth and eyes
+    move rigidly, keeping the attribute's expression: see RIGID_FEATURES)."""
     from pocketswap.faces.align import similarity_transform, transform_points
 
-    matrix = similarity_transform(identity[:, :2], attribute[:, :2])
-    moved = transform_points(identity, matrix)
-    hull = cv2.convexHull(attribute[:, :2].astype(np.float32), returnPoints=False).ravel()
-    weights = np.full(len(attribute), amount, np.float32)
+    attribute = np.asarray(attribute, np.float64)[:, :2]
+    target = transform_points(identity[:, :2], similarity_transform(identity[:, :2], attribute)).astype(np.float64)
+    for group, corners in RIGID_FEATURES:
+        piece = _two_point_similarity(attribute[list(corners)], target[list(corners)])
+        target[list(group)] = attribute[list(group)] @ piece[:, :2].T + piece[:, 2]
+    hull = cv2.convexHull(attribute.astype(np.float32), returnPoints=False).ravel()
+    weights = np.full(len(attribute), amount)
     weights[hull] = 0.0
-    out = attribute[:, :2].copy()
-    out += weights[:, None] * (moved - out)
-    return out
+    return (attribute + weights[:, None] * (target - attribute)).astype(np.float32)
 
 
 class GeometricTeacher(Teacher):
@@ -231,9 +258,12 @@ class GeometricTeacher(Teacher):
         self.check_record(attribute, "attribute")
         cfg, size = self.cfg, self.size
         dst = attribute.landmarks[:, :2].astype(np.float32)
+        backdrop = attribute.image  # the attribute on the swap's geometry: its mouth interior and eyeballs
         if cfg.shape_transfer > 0:
-            dst = _transfer_shape(identity.landmarks, attribute.landmarks, cfg.shape_transfer)
+            dst = transfer_shape(identity.landmarks, attribute.landmarks, cfg.shape_transfer)
         warp = MeshWarp(dst, (size, size))
+        if cfg.shape_transfer > 0:
+            backdrop = warp.warp(attribute.image, attribute.landmarks)
         warped = damp_fine_chroma(warp.warp(identity.image, identity.landmarks), cfg.chroma_detail)
         core, mask = self._region(dst)
         if cfg.color_transfer != "none":
@@ -247,25 +277,25 @@ class GeometricTeacher(Teacher):
                 warped = match_lab(warped, attribute.image, skin, cfg.color_std_range)
 
         if cfg.blend == "membrane":
-            blended = membrane_blend(warped, attribute.image, core, cfg.membrane_clamp, cfg.color_transfer != "none")
+            blended = membrane_blend(warped, backdrop, core, cfg.membrane_clamp, cfg.color_transfer != "none")
         elif cfg.blend == "poisson":
-            blended = self._poisson(warped, attribute.image, core)
+            blended = self._poisson(warped, backdrop, core)
         elif cfg.blend == "laplacian":
-            blended = laplacian_blend(warped, attribute.image, mask, cfg.pyramid_levels)
+            blended = laplacian_blend(warped, backdrop, mask, cfg.pyramid_levels)
         else:
             blended = warped
         alpha = mask[..., None]
-        out = blended.astype(np.float32) * alpha + attribute.image.astype(np.float32) * (1.0 - alpha)
+        out = blended.astype(np.float32) * alpha + backdrop.astype(np.float32) * (1.0 - alpha)
 
         kept = []  # the attribute's own: mouth interior, eyeballs
         if cfg.keep_mouth:
-            mouth = _polygon_mask(size, [attribute.landmarks[list(INNER_LIP), :2]])
+            mouth = _polygon_mask(size, [dst[list(INNER_LIP)]])
             kept.append(feathered(mouth, int(round(cfg.mouth_dilate * size))))
         if cfg.keep_eyes:
-            eyes = _polygon_mask(size, [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS])
+            eyes = _polygon_mask(size, [dst[list(ring)] for ring in EYE_RINGS])
             kept.append(feathered(cv2.erode(eyes, np.ones((3, 3), np.uint8)), 0))
         for alpha in kept:
-            out = out * (1.0 - alpha) + attribute.image.astype(np.float32) * alpha
+            out = out * (1.0 - alpha) + backdrop.astype(np.float32) * alpha
         return TeacherOutput(image=np.clip(out + 0.5, 0, 255).astype(np.uint8), mask=mask)
 
     def _region(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

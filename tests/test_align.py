@@ -108,6 +108,28 @@ def test_a_paste_that_shrinks_its_crop_is_low_passed_first():
     assert inner.std() < 0.4 * crop.std()
 
 
+def test_a_face_larger_than_the_crop_keeps_the_frames_fine_detail():
+    """A 128 px crop of a ~330 px face pasted back: soft on its own; with ``keep_detail`` the frame's
+    luminance detail the crop cannot hold comes back (and the colour stays the crop's)."""
+    frame = cv2.resize(samples.load("astronaut"), None, fx=1.5, fy=1.5, interpolation=cv2.INTER_CUBIC)
+    aligned = align_face(frame, template_points(128) * 2.6 + [210, 90], 128)
+    whole = np.ones((128, 128), np.float32)
+    soft = paste_back(frame, aligned.crop, aligned.matrix, mask=whole)
+    sharp = paste_back(frame, aligned.crop, aligned.matrix, mask=whole, keep_detail=True)
+    inverse = cv2.invertAffineTransform(aligned.matrix)
+    (x0, y0), (x1, y1) = transform_points(np.array([[24, 24], [104, 104]], np.float32), inverse).astype(int)
+    face = (slice(y0, y1), slice(x0, x1))
+    assert _face_detail(soft[face]) < 0.6 * _face_detail(frame[face])
+    assert 0.9 * _face_detail(frame[face]) < _face_detail(sharp[face]) < 1.1 * _face_detail(frame[face])
+    assert np.abs(sharp[face].astype(int) - frame[face].astype(int)).mean() < 1.5
+    # a face no larger than the crop: nothing to add back
+    small = align_face(frame, template_points(128) * 0.9 + [300, 200], 128)
+    assert np.array_equal(
+        paste_back(frame, small.crop, small.matrix, mask=whole),
+        paste_back(frame, small.crop, small.matrix, mask=whole, keep_detail=True),
+    )
+
+
 def test_hull_mask_is_feathered():
     mask = hull_mask(template_points(224) * 1.0, 224, feather=0.05)
     assert mask.max() == pytest.approx(1.0, abs=1e-3)

@@ -22,7 +22,7 @@ from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_fa
 from pocketswap.distill.evaluate import COLUMNS, METRICS
 from pocketswap.distill.logs import read_metrics
 from pocketswap.distill.losses import DistillLoss, DlibChipWarp, masked_l1, pixel_weights, ssim_map
-from pocketswap.distill.metrics import expression_error, head_pose, psnr, ssim
+from pocketswap.distill.metrics import expression_error, expression_state, expression_state_error, head_pose, psnr, ssim
 from pocketswap.distill.train import TrainingDivergedError, train
 from pocketswap.errors import ConfigError
 from pocketswap.faces import samples
@@ -182,6 +182,13 @@ def test_landmark_metrics(faces) -> None:
     mouth_open = lmk.copy()
     mouth_open[[14, 17, 84, 87, 178, 317, 314, 402], 1] += 4.0  # lower lip down
     assert expression_error(mouth_open, lmk) > 0.002
+    # the expression state: blind to a similarity and to the face's shape, not to an opening mouth
+    assert expression_state_error(moved, lmk) == pytest.approx(0.0, abs=1e-6)
+    wider_nose = lmk.copy()
+    wider_nose[[48, 278, 64, 294], 0] += np.array([-3.0, 3.0, -3.0, 3.0])  # nose wings: shape, not expression
+    assert expression_state_error(wider_nose, lmk) == 0.0 < expression_error(wider_nose, lmk)
+    opening = expression_state(mouth_open)[0] - expression_state(lmk)[0]
+    assert opening > 0.05 and expression_state_error(mouth_open, lmk) > 0.01
     yaw, pitch, roll = head_pose(lmk, SIZE)
     assert abs(yaw) < 30 and abs(pitch) < 30 and abs(roll) < 15
     assert head_pose(moved, SIZE)[2] - roll == pytest.approx(10.0, abs=1.0)
