@@ -246,7 +246,7 @@ class TextureWarp:
         return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT101)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)  # a training set's identities (a few hundred KB each at 224 px)
 def _texture_warp(landmarks: bytes, shape: tuple[int, int]) -> TextureWarp:
     return TextureWarp(np.frombuffer(landmarks, np.float64).reshape(-1, 2), shape)
 

@@ -171,20 +171,28 @@ def test_geometric_teacher_is_honest(analysis, records):
     assert np.mean(errors) < 0.06 and np.max(errors) < 0.1, errors
 
 
-def test_geometric_teacher_keeps_mouth_and_background(records):
-    teacher = GeometricTeacher(SIZE)
+def _swap_geometry(identity: AlignedRecord, attribute: AlignedRecord, config: GeometricConfig):
+    """(the swap's landmarks, the attribute moved onto them): where the kept mouth and eyes must be."""
+    dst = transfer_shape(identity.landmarks, attribute.landmarks, config.shape_transfer)
+    return dst, MeshWarp(dst, (SIZE, SIZE)).warp(attribute.image, attribute.landmarks)
+
+
+@pytest.mark.parametrize("shape_transfer", [0.0, 0.5])
+def test_geometric_teacher_keeps_mouth_and_background(records, shape_transfer):
+    config = GeometricConfig(shape_transfer=shape_transfer)
     identity, attribute = records["grace_hopper"], records["astronaut"]  # astronaut smiles with teeth
-    out = teacher.swap(identity, attribute)
+    out = GeometricTeacher(SIZE, config).swap(identity, attribute)
     assert out.image.shape == (SIZE, SIZE, 3) and out.image.dtype == np.uint8
     assert out.mask.shape == (SIZE, SIZE) and out.mask.dtype == np.float32
     assert out.mask.min() >= 0.0 and out.mask.max() <= 1.0
     outside = out.mask == 0
     assert np.array_equal(out.image[outside], attribute.image[outside])
+    dst, moved = _swap_geometry(identity, attribute, config)  # without shape transfer: the attribute itself
     mouth = np.zeros((SIZE, SIZE), np.uint8)
-    cv2.fillPoly(mouth, [np.round(attribute.landmarks[list(INNER_LIP), :2]).astype(np.int32)], 1)
+    cv2.fillPoly(mouth, [np.round(dst[list(INNER_LIP), :2]).astype(np.int32)], 1)
     mouth = cv2.erode(mouth, np.ones((3, 3), np.uint8)) > 0
     assert mouth.sum() > 100  # the astronaut's mouth is open
-    assert np.abs(out.image[mouth].astype(int) - attribute.image[mouth].astype(int)).mean() < 2.0
+    assert np.abs(out.image[mouth].astype(int) - moved[mouth].astype(int)).mean() < 2.0
     # The face region changed (it is a swap, not a copy).
     face = out.mask > 0.9
     assert np.abs(out.image[face].astype(int) - attribute.image[face].astype(int)).mean() > 10
@@ -197,14 +205,16 @@ def _polygon(landmarks: np.ndarray, rings) -> np.ndarray:
 
 
 def test_geometric_teacher_keeps_the_attributes_eyeballs(records):
-    """The eyes inside the lids are the attribute's (its gaze), unless keep_eyes is off."""
+    """The eyes inside the lids are the attribute's (its gaze; moved with the lids where the identity's
+    shape moves them), unless keep_eyes is off."""
     identity, attribute = records["grace_hopper"], records["astronaut"]
-    eyes = _polygon(attribute.landmarks, EYE_RINGS)
+    dst, moved = _swap_geometry(identity, attribute, GeometricConfig())
+    eyes = _polygon(dst, EYE_RINGS)
     assert eyes.sum() > 50
 
     def eye_change(**config) -> float:
         out = GeometricTeacher(SIZE, GeometricConfig(**config)).swap(identity, attribute).image
-        return float(np.abs(out[eyes].astype(int) - attribute.image[eyes].astype(int)).mean())
+        return float(np.abs(out[eyes].astype(int) - moved[eyes].astype(int)).mean())
 
     assert eye_change() < 2.0
     assert eye_change(keep_eyes=False) > 8.0
