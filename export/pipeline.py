@@ -40,7 +40,7 @@ from pocketswap.export.job import (
     student_tensors,
 )
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
-from pocketswap.faces.warp import warp_identity
+from pocketswap.faces.warp import triangulate, warp_identity
 from pocketswap.files import check_output_dir
 from pocketswap.manifest import (
     IDENTITY_INPUT,
@@ -172,6 +172,7 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
     module = net.bake(emb_t, crop_t) if mode == "baked" else net.dynamic()
     params = net.identity_params(emb_t).numpy() if mode == "dynamic" else None
     warped = config.identity_warp
+    triangles = triangulate(face[1]) if warped else None  # the texture's fixed mesh, stored in the manifest
     rng = np.random.default_rng(0)
     cases = []
     for i in range(NUM_RANDOM_CASES):
@@ -187,7 +188,7 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
         if mode == "dynamic":
             feeds[IDENTITY_INPUT] = params
         if warped:  # the identity's texture on this face, as the pipeline feeds it
-            texture = face[0] if landmarks is None else warp_identity(*face, landmarks)
+            texture = face[0] if landmarks is None else warp_identity(*face, landmarks, triangles)
             feeds[WARPED_IDENTITY_INPUT] = export_data.to_model_input(texture)
         cases.append((case, feeds))
 
@@ -235,7 +236,7 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
             {"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in net.param_layout()
         ]
     if warped:
-        base["identity_texture"] = encode_texture(*face)
+        base["identity_texture"] = encode_texture(*face, triangles)
     return Job(
         net=net,
         config=config,

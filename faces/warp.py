@@ -247,21 +247,26 @@ class TextureWarp:
 
 
 @lru_cache(maxsize=256)  # a training set's identities (a few hundred KB each at 224 px)
-def _texture_warp(landmarks: bytes, shape: tuple[int, int]) -> TextureWarp:
-    return TextureWarp(np.frombuffer(landmarks, np.float64).reshape(-1, 2), shape)
+def _texture_warp(landmarks: bytes, shape: tuple[int, int], triangles: bytes | None) -> TextureWarp:
+    points = np.frombuffer(landmarks, np.float64).reshape(-1, 2)
+    return TextureWarp(points, shape, None if triangles is None else np.frombuffer(triangles, np.int32).reshape(-1, 3))
 
 
-def warp_identity(identity: np.ndarray, identity_landmarks: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+def warp_identity(
+    identity: np.ndarray, identity_landmarks: np.ndarray, landmarks: np.ndarray, triangles: np.ndarray | None = None
+) -> np.ndarray:
     """The SxSx3 identity crop mesh-warped so that its features (at ``identity_landmarks``, (468, 2+)
     crop pixels) sit at ``landmarks`` (the attribute face's, same crop frame); pixels outside the
-    face mesh keep the identity crop's own. The mesh is the Delaunay triangulation of the identity's
-    landmarks, rasterised once per identity (:class:`TextureWarp`), so a frame costs a few vectorised
-    solves and one (bicubic: the crop is at the face's own scale, where a bilinear remap's sub-pixel shifts
-    blur) remap."""
+    face mesh keep the identity crop's own. The mesh's ``triangles`` ((T, 3) landmark indices, fixed per
+    identity: an artifact's manifest stores them) default to the Delaunay triangulation of the identity's
+    landmarks; they are rasterised once per identity (:class:`TextureWarp`), so a frame costs a few
+    vectorised solves and one (bicubic: the crop is at the face's own scale, where a bilinear remap's
+    sub-pixel shifts blur) remap."""
     source = np.ascontiguousarray(np.asarray(identity_landmarks, np.float64)[:, :2])
     landmarks = np.asarray(landmarks, np.float64)[:, :2]
     if not np.isfinite(landmarks).all() or landmarks.shape != source.shape:
         raise ValueError(
             f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}"
         )
-    return _texture_warp(source.tobytes(), identity.shape[:2]).warp(identity, landmarks)
+    mesh = None if triangles is None else np.ascontiguousarray(triangles, np.int32).tobytes()
+    return _texture_warp(source.tobytes(), identity.shape[:2], mesh).warp(identity, landmarks)

@@ -36,19 +36,23 @@ def add_config_flags(
     values from :func:`pocketswap.config.config_field`); read them back with :func:`config_flags`.
     ``types``: argparse types for fields checked at parse time (e.g. an output folder)."""
     import dataclasses
+    import typing
 
+    hints = typing.get_type_hints(config_class)
+    names = {int: "INT", float: "FLOAT", bool: "BOOL", str: "TEXT", str | None: "TEXT"}
     group = parser.add_argument_group("config fields (override --config)")
     for f in dataclasses.fields(config_class):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = "none" if default in ("", None) else default
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f"cfg_{f.name}",
-            metavar="V",
+            metavar=names.get(hints.get(f.name), "VALUE"),
             type=(types or {}).get(f.name),
             choices=f.metadata.get("choices"),
-            help=f"{f.metadata.get('help', '')} (default: {default})",
+            help=f"{f.metadata.get('help', '')} (default: {shown})",
         )
 
 

@@ -23,9 +23,11 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
 - ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
 - ``identity_texture``: null, or for students that read the warped identity (input ``identity_warped``)
-  ``{size, png_base64, landmarks}``: the aligned identity crop (PNG) and its 468 landmarks (x, y crop
-  pixels). Per frame, warp that texture onto the frame's landmarks (crop pixels) with a piecewise-affine
-  mesh warp (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh draw) and feed it.
+  ``{size, png_base64, landmarks, triangles, outside_mesh}``: the aligned identity crop (PNG), its 468
+  landmarks (x, y crop pixels) and the fixed triangles of its mesh (landmark indices). Per frame, warp that
+  texture onto the frame's landmarks (crop pixels) piecewise-affinely over those triangles, pixels outside
+  them keeping the texture's own (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh
+  draw), and feed it.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
 """
 
@@ -36,7 +38,7 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pocketswap import __version__
 from pocketswap.errors import PocketswapError
@@ -189,8 +191,19 @@ def read_manifest(path: str | Path) -> Manifest:
 LANDMARK_COUNT = 468  # FaceMesh points of an identity texture
 
 
-def encode_texture(crop: Any, landmarks: Any) -> dict[str, Any]:
-    """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop and its (468, 2+) landmarks."""
+class Texture(NamedTuple):
+    """A manifest's identity texture: the aligned crop (SxSx3 uint8 RGB), its landmarks ((468, 2) float32
+    crop pixels) and the fixed triangles of its mesh ((T, 3) int32 landmark indices; None in manifests
+    written before they were stored: then the Delaunay triangulation of the landmarks)."""
+
+    crop: Any
+    landmarks: Any
+    triangles: Any
+
+
+def encode_texture(crop: Any, landmarks: Any, triangles: Any) -> dict[str, Any]:
+    """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop, its (468, 2+) landmarks and the
+    (T, 3) triangles of the mesh the warp moves it by."""
     import base64
 
     import cv2
@@ -200,11 +213,17 @@ def encode_texture(crop: Any, landmarks: Any) -> dict[str, Any]:
     if not ok:
         raise ManifestError("cannot encode the identity texture as PNG")
     points = np.round(np.asarray(landmarks, np.float64)[:, :2], 3).tolist()
-    return {"size": int(crop.shape[0]), "png_base64": base64.b64encode(png.tobytes()).decode(), "landmarks": points}
+    return {
+        "size": int(crop.shape[0]),
+        "png_base64": base64.b64encode(png.tobytes()).decode(),
+        "landmarks": points,
+        "triangles": np.asarray(triangles, np.int64).tolist(),
+        "outside_mesh": "texture",  # pixels outside the triangles keep the texture's own
+    }
 
 
-def decode_texture(texture: dict[str, Any], where: str = "manifest") -> tuple[Any, Any]:
-    """(crop uint8 RGB, landmarks float32 (N, 2)) from a manifest's ``identity_texture``."""
+def decode_texture(texture: dict[str, Any], where: str = "manifest") -> Texture:
+    """The :class:`Texture` of a manifest's ``identity_texture``."""
     import base64
     import binascii
 
@@ -218,6 +237,8 @@ def decode_texture(texture: dict[str, Any], where: str = "manifest") -> tuple[An
         size = int(texture["size"])
         data = base64.b64decode(texture["png_base64"], validate=True)
         landmarks = np.asarray(texture["landmarks"], np.float32)
+        triangles = texture.get("triangles")
+        triangles = None if triangles is None else np.asarray(triangles, np.int64)
         crop = decode_image(data, field, max_pixels=size * size)  # a texture bigger than its stated size: refused
     except (KeyError, TypeError, ValueError, binascii.Error, ImageReadError) as exc:
         raise ManifestError(f"{field} is malformed ({exc})") from exc
@@ -227,7 +248,12 @@ def decode_texture(texture: dict[str, Any], where: str = "manifest") -> tuple[An
         raise ManifestError(
             f"{field}: 'landmarks' must be {LANDMARK_COUNT} finite (x, y) points, got {landmarks.shape}"
         )
-    return crop, landmarks
+    if triangles is not None and (
+        triangles.ndim != 2 or triangles.shape[1:] != (3,) or len(triangles) == 0
+        or triangles.min() < 0 or triangles.max() >= LANDMARK_COUNT
+    ):  # fmt: skip
+        raise ManifestError(f"{field}: 'triangles' must be (T, 3) indices of its {LANDMARK_COUNT} landmarks")
+    return Texture(crop, landmarks, None if triangles is None else triangles.astype(np.int32))
 
 
 def artifact_size(path: str | Path) -> int:
@@ -243,6 +269,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "TensorInfo",
+    "Texture",
     "artifact_size",
     "decode_texture",
     "encode_texture",

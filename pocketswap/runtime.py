@@ -170,9 +170,9 @@ class ArtifactSwapModel:
                 self.texture = decode_texture(manifest.identity_texture, str(path))
             except ManifestError as exc:
                 raise ModelSignatureError(str(exc)) from exc
-            if self.texture[0].shape[0] != self.size:
+            if self.texture.crop.shape[0] != self.size:
                 raise ModelSignatureError(
-                    f"{path}: field 'identity_texture' is {self.texture[0].shape[0]} px, the crop {self.size} px"
+                    f"{path}: field 'identity_texture' is {self.texture.crop.shape[0]} px, the crop {self.size} px"
                 )
 
     def _checked_size(self, path: Path, crop_size: Any) -> int:
@@ -200,7 +200,7 @@ class ArtifactSwapModel:
         if self.texture is not None:
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
-            warped = warp_identity(*self.texture, landmarks)
+            warped = warp_identity(*self.texture[:2], landmarks, self.texture.triangles)
             feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
         out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])

@@ -14,7 +14,7 @@ Measured on real colour photos (``bench quality --people``, 55 swaps of 5 people
 eyeballs cuts the gaze error by a third (0.075 -> 0.048 eye widths); "local" lowers the colour mismatch
 and chroma noise further but is judged the same person on 78% of the swaps against 87% for "global",
 so "global" is the default; the shape transfer raises same person 85.5% -> 92.7% (retrieved first
-90.9% -> 100%) and keeps the expression state (mouth and eye opening, smile).
+90.9% -> 100%) for an expression error (mouth and eye opening, smile) of 0.029 against 0.021.
 """
 
 from __future__ import annotations
@@ -208,12 +208,21 @@ def membrane_blend(
 
 # Features that carry the expression (mouth opening, blinks): under shape transfer each moves as one rigid
 # piece, by the similarity that takes its two corners to the identity's, so the identity gives their place,
-# size and tilt and the attribute their shape. (group, its two corner points)
+# size and tilt and the attribute their shape. A piece is every landmark within its contour grown by a share
+# of its width (the lips' inner rings, the lids and creases around an eye). (contour, its two corners, growth)
 RIGID_FEATURES = (
-    (INNER_LIP + OUTER_LIP, MOUTH_CORNERS),
-    (RIGHT_EYE_RING, (33, 133)),
-    (LEFT_EYE_RING, (362, 263)),
+    (OUTER_LIP, MOUTH_CORNERS, 0.1),
+    (RIGHT_EYE_RING, (33, 133), 0.35),
+    (LEFT_EYE_RING, (362, 263), 0.35),
 )
+
+
+def _piece(points: np.ndarray, contour: tuple[int, ...], corners: tuple[int, int], grow: float) -> np.ndarray:
+    """Indices of the landmarks within ``contour`` grown by ``grow`` of its corner-to-corner width."""
+    polygon = points[list(contour)].astype(np.float32)
+    reach = -grow * float(np.linalg.norm(points[corners[0]] - points[corners[1]]))
+    inside = [cv2.pointPolygonTest(polygon, (float(x), float(y)), True) >= reach for x, y in points]
+    return np.union1d(np.flatnonzero(inside), contour)
 
 
 def _two_point_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -232,9 +241,10 @@ def transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -
 
     attribute = np.asarray(attribute, np.float64)[:, :2]
     target = transform_points(identity[:, :2], similarity_transform(identity[:, :2], attribute)).astype(np.float64)
-    for group, corners in RIGID_FEATURES:
+    for contour, corners, grow in RIGID_FEATURES:
+        group = _piece(attribute, contour, corners, grow)
         piece = _two_point_similarity(attribute[list(corners)], target[list(corners)])
-        target[list(group)] = attribute[list(group)] @ piece[:, :2].T + piece[:, 2]
+        target[group] = attribute[group] @ piece[:, :2].T + piece[:, 2]
     hull = cv2.convexHull(attribute.astype(np.float32), returnPoints=False).ravel()
     weights = np.full(len(attribute), amount)
     weights[hull] = 0.0

@@ -21,6 +21,7 @@ from pocketswap.errors import ConfigError, ImageReadError, ModelSignatureError, 
 from pocketswap.export.data import align_photo_landmarks
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import shared_analyzer
+from pocketswap.faces.warp import triangulate
 from pocketswap.imageio import write_image
 from pocketswap.manifest import ManifestError, decode_texture, encode_texture
 from pocketswap.runtime import load_swap_model
@@ -259,9 +260,14 @@ def test_composing_256_student_exports_exact_and_fully_delegated(tmp_path):
 
 def test_identity_texture_round_trips_and_names_a_malformed_manifest():
     crop, landmarks = align_photo_landmarks(samples.load("grace_hopper"), 64, "arcface")
-    texture = encode_texture(crop, landmarks)
-    image, points = decode_texture(texture)
+    triangles = triangulate(landmarks)
+    texture = encode_texture(crop, landmarks, triangles)
+    image, points, mesh = decode_texture(texture)
     assert np.array_equal(image, crop) and np.allclose(points, landmarks[:, :2], atol=1e-3)
+    assert np.array_equal(mesh, triangles)
+    assert decode_texture({k: v for k, v in texture.items() if k != "triangles"}).triangles is None  # older manifests
+    with pytest.raises(ManifestError, match="'triangles'"):
+        decode_texture({**texture, "triangles": [[0, 1, 468]]}, "m.json")
     with pytest.raises(ManifestError, match="identity_texture"):
         decode_texture({**texture, "png_base64": "not base64!"}, "m.json")
     with pytest.raises(ManifestError, match="identity_texture"):
