@@ -77,7 +77,10 @@ def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, thr
     if model.needs_landmarks:
         from pocketswap.faces.warp import warp_identity
 
-        stages.append(("warp", lambda: warp_identity(*model.texture[:2], crop_landmarks, model.texture.triangles)))
+        texture = model.texture
+        stages.append(
+            ("warp", lambda: warp_identity(texture.crop, texture.landmarks, crop_landmarks, texture.triangles))
+        )
     medians = {name: float(np.median(time_callable(fn, runs))) for name, fn in stages}
     tail = medians["align"] + medians["swap"] + medians["paste"]
     total = medians["detect"] + medians["landmarks"] + tail

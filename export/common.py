@@ -6,8 +6,10 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,23 @@ def parse_list(value: str | list[str] | tuple[str, ...], choices: tuple[str, ...
     if not items:
         raise UnsupportedError(f"no {what} given; choose from {', '.join(choices)}")
     return [c for c in choices if c in items]
+
+
+@contextlib.contextmanager
+def interrupt_after() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then raise it: third-party imports (TensorFlow's) may swallow a
+    KeyboardInterrupt raised inside them and carry on, and the user's Ctrl-C would be lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

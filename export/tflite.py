@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.export.common import ExportError, UnsupportedError, captured_output
+from pocketswap.export.common import ExportError, UnsupportedError, captured_output, interrupt_after
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def convert_onnx(
     """
     _silence_tf()
     try:
-        with captured_output("import onnx2tf"):
+        with interrupt_after(), captured_output("import onnx2tf"):
             import onnx2tf
     except ImportError as exc:
         raise UnsupportedError(f"TFLite export needs TensorFlow + onnx2tf ({exc}); install pocketswap[export]") from exc

@@ -153,14 +153,14 @@ def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> 
     return cv2.cvtColor(cv2.transform(src_lab, affine), cv2.COLOR_LAB2RGB)  # saturates to uint8
 
 
-def fine_detail(region: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray:
+def fine_detail(region: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray | None:
     """The luminance detail of ``region`` (a frame's face rectangle, uint8 RGB) that a ``size`` px crop
-    cannot hold: its grey minus that grey seen through the crop (low-passed, down to the crop by the
-    inverse of ``inverse``, the crop -> region matrix, and back up), int16 HxWx3 (the same in each channel:
-    the frame's chroma detail is not added). Zero where the crop is as fine as the frame."""
+    cannot hold: its grey minus that grey seen through the crop (resampled down to the crop by the inverse
+    of ``inverse``, the crop -> region matrix, as the crop itself is made, and back up), int16 HxWx3 (the
+    same in each channel: the frame's chroma detail is not added). None when the crop is as fine as the frame."""
     scale = float(np.sqrt(abs(np.linalg.det(np.asarray(inverse, np.float64)[:, :2]))))
     if scale <= 1.0:
-        return np.zeros(region.shape, np.int16)
+        return None
     grey = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY)
     matrix = invert_affine(inverse)
     seen = cv2.warpAffine(grey, matrix, (size, size), flags=RESAMPLE, borderMode=cv2.BORDER_REPLICATE)
@@ -208,8 +208,9 @@ def paste_back(
     warped = cv2.warpAffine(
         prefiltered(crop, inverse), roi_inverse, roi_size, flags=RESAMPLE, borderMode=cv2.BORDER_REPLICATE
     )
-    if keep_detail:
-        warped = cv2.add(warped, fine_detail(region, roi_inverse, size), dtype=cv2.CV_8U)
+    detail = fine_detail(region, roi_inverse, size) if keep_detail else None
+    if detail is not None:
+        warped = cv2.add(warped, detail, dtype=cv2.CV_8U)
     alpha = cv2.warpAffine(mask.astype(np.float32), roi_inverse, roi_size, flags=cv2.INTER_LINEAR)
     region[...] = cv2.blendLinear(warped, region, alpha, 1.0 - alpha)
     return out

@@ -200,7 +200,7 @@ class ArtifactSwapModel:
         if self.texture is not None:
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
-            warped = warp_identity(*self.texture[:2], landmarks, self.texture.triangles)
+            warped = warp_identity(self.texture.crop, self.texture.landmarks, landmarks, self.texture.triangles)
             feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
         out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])
