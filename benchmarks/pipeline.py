@@ -79,7 +79,12 @@ def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, thr
 
         texture = model.texture
         stages.append(
-            ("warp", lambda: warp_identity(texture.crop, texture.landmarks, crop_landmarks, texture.triangles))
+            (
+                "warp",
+                lambda: warp_identity(
+                    texture.crop, texture.landmarks, crop_landmarks, texture.triangles, texture.shape
+                ),
+            )
         )
     medians = {name: float(np.median(time_callable(fn, runs))) for name, fn in stages}
     tail = medians["align"] + medians["swap"] + medians["paste"]

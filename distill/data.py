@@ -173,10 +173,11 @@ def decode(item: Members) -> Sample:
 
 
 # -- batches -------------------------------------------------------------------------------------
-def collate(samples: list[Sample], warp: bool = False) -> dict[str, Any]:
+def collate(samples: list[Sample], warp_shape: float | None = None) -> dict[str, Any]:
     """Stack samples into CPU tensors: images uint8 [B,S,S,3], mask float [B,S,S], embedding [B,D],
-    landmarks [B,468,3], ``same`` bool [B]; ``keys`` and ``identity`` (names) as lists. ``warp``: also
-    ``identity_warped`` uint8 [B,S,S,3], each identity crop warped onto its attribute's landmarks."""
+    landmarks [B,468,3], ``same`` bool [B]; ``keys`` and ``identity`` (names) as lists. ``warp_shape``
+    (a student's ``StudentConfig.warp_shape``; None: none): also ``identity_warped`` uint8 [B,S,S,3], each
+    identity crop warped onto its attribute's landmarks moved that far to the identity's face shape."""
     batch = {
         "identity_image": torch.from_numpy(np.stack([s.identity for s in samples])),
         "attribute": torch.from_numpy(np.stack([s.attribute for s in samples])),
@@ -188,21 +189,21 @@ def collate(samples: list[Sample], warp: bool = False) -> dict[str, Any]:
         "keys": [s.key for s in samples],
         "identity": [str(s.meta.get("identity", s.key)) for s in samples],
     }
-    if warp:
+    if warp_shape is not None:
         missing = next((s.key for s in samples if s.id_landmarks is None), None)
         if missing is not None:
             raise DatasetError(
                 f"sample {missing} has no identity landmarks (id_lmk.npy): students with 'identity_warp' need a "
                 "dataset written by this version (`pocketswap teacher generate` again)"
             )
-        warped = [warp_identity(s.identity, s.id_landmarks, s.attr_landmarks) for s in samples]
+        warped = [warp_identity(s.identity, s.id_landmarks, s.attr_landmarks, shape=warp_shape) for s in samples]
         batch["identity_warped"] = torch.from_numpy(np.stack(warped))
     return batch
 
 
 def identity_input(batch: dict[str, Any]) -> torch.Tensor:
     """The identity image a student reads, as float [B,3,S,S] in [-1, 1]: the warped identity when the
-    batch carries it (``collate(..., warp=True)``), else the aligned identity crop."""
+    batch carries it (``collate(..., warp_shape)``), else the aligned identity crop."""
     return to_unit(batch["identity_warped"] if "identity_warped" in batch else batch["identity_image"])
 
 
@@ -226,7 +227,7 @@ class TrainStream(IterableDataset):
         num_workers: int = 0,
         positions: dict[int, tuple[int, int]] | None = None,
         rotation: int = 0,
-        warp: bool = False,
+        warp_shape: float | None = None,
     ) -> None:
         super().__init__()
         self.shards = list(DatasetReader(root).shards)
@@ -234,7 +235,7 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(1, num_workers)
         self.positions = dict(positions or {})
         self.rotation = rotation
-        self.warp = warp
+        self.warp_shape = warp_shape
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -252,7 +253,7 @@ class TrainStream(IterableDataset):
                     continue
                 batch.append(decode(item))
                 if len(batch) == self.batch_size:
-                    yield {**collate(batch, self.warp), "_part": local, "_epoch": epoch, "_offset": seen}
+                    yield {**collate(batch, self.warp_shape), "_part": local, "_epoch": epoch, "_offset": seen}
                     batch = []
             if seen == 0:
                 raise DatasetError(
@@ -270,16 +271,18 @@ def iter_split(root: str | Path, split: Split | None, which: str, limit: int | N
         yield decode(item)
 
 
-def iter_batches(samples: Iterator[Sample], batch_size: int, warp: bool = False) -> Iterator[dict[str, Any]]:
-    """Collated batches of ``samples`` (the last one may be short); ``warp`` as in :func:`collate`."""
+def iter_batches(
+    samples: Iterator[Sample], batch_size: int, warp_shape: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``samples`` (the last one may be short); ``warp_shape`` as in :func:`collate`."""
     batch: list[Sample] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) == batch_size:
-            yield collate(batch, warp)
+            yield collate(batch, warp_shape)
             batch = []
     if batch:
-        yield collate(batch, warp)
+        yield collate(batch, warp_shape)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -196,7 +196,7 @@ def evaluate(
         bar = tqdm(total=max_samples, unit="pair", desc="eval", dynamic_ncols=True)
     size = scfg.size
     with torch.no_grad():
-        for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size, scfg.identity_warp):
+        for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size, scfg.warp_shape):
             attribute = to_unit(batch["attribute"]).to(dev)
             image, mask = model(attribute, batch["embedding"].to(dev), identity_input(batch).to(dev))
             image = composite(image.clamp(-1, 1), mask, attribute)

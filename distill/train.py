@@ -152,6 +152,13 @@ class _Trainer:
             raise ConfigError(
                 f"the dataset's crops use the {template!r} template, the student field 'template' is {self.scfg.template!r}"
             )
+        teacher_shape = self.reader.manifest.teacher.get("shape_transfer")
+        if self.scfg.warp_shape is not None and teacher_shape is not None and teacher_shape != self.scfg.warp_shape:
+            log.warning(
+                "the teacher moved the features %.2f of the way to the identity's shape, the student's warped identity "
+                "%.2f (student.identity_shape): its input and its targets disagree; set student.identity_shape=%s",
+                teacher_shape, self.scfg.warp_shape, teacher_shape,
+            )  # fmt: skip
 
     def _resume_checkpoint(self, resume: bool) -> Path | None:
         latest = run_state.latest_checkpoint(self.out)
@@ -284,7 +291,7 @@ class _Trainer:
         stream = TrainStream(
             self.data, self.split, self.cfg.batch_size, self.cfg.seed, self.cfg.shuffle_buffer,
             self.ctx.rank, self.ctx.world, self.cfg.num_workers, self.positions, self.batches % self.workers,
-            warp=self.scfg.identity_warp,
+            warp_shape=self.scfg.warp_shape,
         )  # fmt: skip
         return stream_loader(stream, self.cfg.num_workers, self.cfg.seed + self.ctx.rank)
 
@@ -378,7 +385,7 @@ class _Trainer:
         sums: dict[str, float] = {}
         count = 0
         samples = iter_split(self.data, self.split, "val", limit=self.cfg.val_samples)
-        for batch in iter_batches(samples, self.cfg.batch_size, self.scfg.identity_warp):
+        for batch in iter_batches(samples, self.cfg.batch_size, self.scfg.warp_shape):
             t = self._prepare(batch)
             image, mask = self.ema(t["attribute"], t["embedding"], t["identity_input"])
             terms = self.loss_fn(image, mask, t)
@@ -397,7 +404,7 @@ class _Trainer:
     def _grid(self, batch: dict[str, Any]) -> None:
         if self._grid_batch is None:
             rows = iter_split(self.data, self.split, "val", limit=GRID_ROWS)
-            val = next(iter_batches(rows, GRID_ROWS, self.scfg.identity_warp), None)
+            val = next(iter_batches(rows, GRID_ROWS, self.scfg.warp_shape), None)
             self._grid_batch = (
                 val if val is not None else {k: v[:GRID_ROWS] for k, v in batch.items() if not k.startswith("_")}
             )

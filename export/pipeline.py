@@ -188,7 +188,9 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
         if mode == "dynamic":
             feeds[IDENTITY_INPUT] = params
         if warped:  # the identity's texture on this face, as the pipeline feeds it
-            texture = face[0] if landmarks is None else warp_identity(*face, landmarks, triangles)
+            texture = (
+                face[0] if landmarks is None else warp_identity(*face, landmarks, triangles, config.identity_shape)
+            )
             feeds[WARPED_IDENTITY_INPUT] = export_data.to_model_input(texture)
         cases.append((case, feeds))
 
@@ -236,7 +238,7 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
             {"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in net.param_layout()
         ]
     if warped:
-        base["identity_texture"] = encode_texture(*face, triangles)
+        base["identity_texture"] = encode_texture(*face, triangles, config.identity_shape)
     return Job(
         net=net,
         config=config,

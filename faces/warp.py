@@ -16,6 +16,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from pocketswap.faces.shape import transfer_shape
+
 SUBPIXEL_BITS = 4
 
 
@@ -253,10 +255,15 @@ def _texture_warp(landmarks: bytes, shape: tuple[int, int], triangles: bytes | N
 
 
 def warp_identity(
-    identity: np.ndarray, identity_landmarks: np.ndarray, landmarks: np.ndarray, triangles: np.ndarray | None = None
+    identity: np.ndarray,
+    identity_landmarks: np.ndarray,
+    landmarks: np.ndarray,
+    triangles: np.ndarray | None = None,
+    shape: float = 0.0,
 ) -> np.ndarray:
     """The SxSx3 identity crop mesh-warped so that its features (at ``identity_landmarks``, (468, 2+)
-    crop pixels) sit at ``landmarks`` (the attribute face's, same crop frame); pixels outside the
+    crop pixels) sit at ``landmarks`` (the attribute face's, same crop frame) moved ``shape`` of the way
+    to the identity's own face shape (:func:`pocketswap.faces.shape.transfer_shape`); pixels outside the
     face mesh keep the identity crop's own. The mesh's ``triangles`` ((T, 3) landmark indices, fixed per
     identity: an artifact's manifest stores them) default to the Delaunay triangulation of the identity's
     landmarks; they are rasterised once per identity (:class:`TextureWarp`), so a frame costs a few
@@ -268,5 +275,7 @@ def warp_identity(
         raise ValueError(
             f"landmarks must be finite and shaped like the identity's {source.shape}, got {landmarks.shape}"
         )
+    if shape:
+        landmarks = transfer_shape(source, landmarks, shape).astype(np.float64)
     mesh = None if triangles is None else np.ascontiguousarray(triangles, np.int32).tobytes()
     return _texture_warp(source.tobytes(), identity.shape[:2], mesh).warp(identity, landmarks)

@@ -23,11 +23,12 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
 - ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
 - ``identity_texture``: null, or for students that read the warped identity (input ``identity_warped``)
-  ``{size, png_base64, landmarks, triangles, outside_mesh}``: the aligned identity crop (PNG), its 468
-  landmarks (x, y crop pixels) and the fixed triangles of its mesh (landmark indices). Per frame, warp that
-  texture onto the frame's landmarks (crop pixels) piecewise-affinely over those triangles, pixels outside
-  them keeping the texture's own (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh
-  draw), and feed it.
+  ``{size, png_base64, landmarks, triangles, outside_mesh, shape}``: the aligned identity crop (PNG), its 468
+  landmarks (x, y crop pixels) and the fixed triangles of its mesh (landmark indices). Per frame, move the
+  frame's landmarks (crop pixels) ``shape`` of the way to the texture's face shape
+  (``pocketswap.faces.shape.transfer_shape``; 0 or absent: leave them), warp that texture onto them
+  piecewise-affinely over those triangles, pixels outside them keeping the texture's own
+  (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh draw), and feed it.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
 """
 
@@ -194,16 +195,18 @@ LANDMARK_COUNT = 468  # FaceMesh points of an identity texture
 class Texture(NamedTuple):
     """A manifest's identity texture: the aligned crop (SxSx3 uint8 RGB), its landmarks ((468, 2) float32
     crop pixels) and the fixed triangles of its mesh ((T, 3) int32 landmark indices; None in manifests
-    written before they were stored: then the Delaunay triangulation of the landmarks)."""
+    written before they were stored: then the Delaunay triangulation of the landmarks) and how far the frame's
+    landmarks move to its face shape before the warp (0.0 in manifests written before it was stored)."""
 
     crop: Any
     landmarks: Any
     triangles: Any
+    shape: float = 0.0
 
 
-def encode_texture(crop: Any, landmarks: Any, triangles: Any) -> dict[str, Any]:
-    """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop, its (468, 2+) landmarks and the
-    (T, 3) triangles of the mesh the warp moves it by."""
+def encode_texture(crop: Any, landmarks: Any, triangles: Any, shape: float) -> dict[str, Any]:
+    """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop, its (468, 2+) landmarks, the
+    (T, 3) triangles of the mesh the warp moves it by and the student's ``identity_shape``."""
     import base64
 
     import cv2
@@ -219,6 +222,7 @@ def encode_texture(crop: Any, landmarks: Any, triangles: Any) -> dict[str, Any]:
         "landmarks": points,
         "triangles": np.asarray(triangles, np.int64).tolist(),
         "outside_mesh": "texture",  # pixels outside the triangles keep the texture's own
+        "shape": float(shape),  # the frame's landmarks move this far to the texture's face shape first
     }
 
 
@@ -239,6 +243,7 @@ def decode_texture(texture: dict[str, Any], where: str = "manifest") -> Texture:
         landmarks = np.asarray(texture["landmarks"], np.float32)
         triangles = texture.get("triangles")
         triangles = None if triangles is None else np.asarray(triangles, np.int64)
+        shape = float(texture.get("shape", 0.0))
         crop = decode_image(data, field, max_pixels=size * size)  # a texture bigger than its stated size: refused
     except (KeyError, TypeError, ValueError, binascii.Error, ImageReadError) as exc:
         raise ManifestError(f"{field} is malformed ({exc})") from exc
@@ -253,7 +258,9 @@ def decode_texture(texture: dict[str, Any], where: str = "manifest") -> Texture:
         or triangles.min() < 0 or triangles.max() >= LANDMARK_COUNT
     ):  # fmt: skip
         raise ManifestError(f"{field}: 'triangles' must be (T, 3) indices of its {LANDMARK_COUNT} landmarks")
-    return Texture(crop, landmarks, None if triangles is None else triangles.astype(np.int32))
+    if not 0.0 <= shape <= 1.0:
+        raise ManifestError(f"{field}: 'shape' must be in [0, 1], got {shape!r}")
+    return Texture(crop, landmarks, None if triangles is None else triangles.astype(np.int32), shape)
 
 
 def artifact_size(path: str | Path) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pocketswap.cli import output_dir
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS
 from pocketswap.errors import PocketswapError
+from pocketswap.teacher.geometric import GeometricConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class QuickstartConfig:
     # ... and builds its swap from that warped crop's own pixels (`student.compose`): judged the same person
     # on 50.9% of 55 real colour photos of people it never saw, against 16.4% painting every pixel itself
     compose: bool = True
+    # ... whose features are moved as far to the identity's face shape as the teacher's (`shape_transfer`)
+    identity_shape: float = GeometricConfig.shape_transfer
     personal_steps: int = PERSONALIZE_DEFAULTS["steps"]  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024
 
@@ -95,7 +98,8 @@ def step_train(out: Path, cfg: QuickstartConfig) -> None:
                max(cfg.steps // 4, 1), "--num-workers", 0, "--out", out, *resume,
                f"student.identity_encoder={str(cfg.spatial_identity).lower()}",
                f"student.identity_warp={str(cfg.spatial_identity and cfg.warped_identity).lower()}",
-               f"student.compose={str(cfg.spatial_identity and cfg.warped_identity and cfg.compose).lower()}")  # fmt: skip
+               f"student.compose={str(cfg.spatial_identity and cfg.warped_identity and cfg.compose).lower()}",
+               f"student.identity_shape={cfg.identity_shape}")  # fmt: skip
 
 
 def step_eval(out: Path, cfg: QuickstartConfig) -> None:

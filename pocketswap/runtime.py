@@ -200,7 +200,8 @@ class ArtifactSwapModel:
         if self.texture is not None:
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
-            warped = warp_identity(self.texture.crop, self.texture.landmarks, landmarks, self.texture.triangles)
+            t = self.texture
+            warped = warp_identity(t.crop, t.landmarks, landmarks, t.triangles, t.shape)
             feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
         out = self.runner(feeds)
         return _to_crop(out[self.image], out[self.mask])

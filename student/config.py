@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketswap.config import check_range
 from pocketswap.errors import ConfigError
 
 NORMS = ("bn", "none")
@@ -45,6 +46,10 @@ class StudentConfig:
     # attribute's features are. The maps then change per frame: the baked artifact takes that warped crop
     # as a second input ("identity_warped") and runs the encoder. Needs identity_encoder.
     identity_warp: bool = False
+    # How far the warped identity's inner features move to the identity's own face shape on the way
+    # (`faces.shape.transfer_shape`: 0 the frame's landmarks; match the teacher's `shape_transfer`, whose
+    # swaps carry that shape). The pipeline reads it from the artifact's manifest.
+    identity_shape: float = 0.0
     # Compositing head (`student.compose`): the swap is the warped identity's own pixels, colour-corrected
     # by smooth maps, over the attribute's, so it is as sharp as its inputs. Needs identity_warp.
     compose: bool = False
@@ -106,6 +111,9 @@ class StudentConfig:
             raise ConfigError(
                 f"config field 'compose_smooth' ({self.compose_smooth}) must divide the core size {self.core_size}"
             )
+        if isinstance(self.identity_shape, bool) or not isinstance(self.identity_shape, (int, float)):
+            raise ConfigError(f"config field 'identity_shape' must be a number in [0, 1], got {self.identity_shape!r}")
+        check_range("identity_shape", self.identity_shape, 0.0, 1.0)
         _check_choice("identity_maps", self.identity_maps, IDENTITY_MAPS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTIVATIONS)
@@ -119,6 +127,11 @@ class StudentConfig:
     def core_size(self) -> int:
         """Side of the crop the UNet itself runs on (``size / core_scale``)."""
         return self.size // self.core_scale
+
+    @property
+    def warp_shape(self) -> float | None:
+        """The shape amount of the warped-identity input (``identity_shape``), or None for students without one."""
+        return float(self.identity_shape) if self.identity_warp else None
 
     @property
     def bottleneck(self) -> int:
@@ -230,7 +243,8 @@ PRESETS: dict[str, StudentConfig] = {
     # Sharp swaps on large faces: a 256 px crop composed from the two crops' own pixels by the nano UNet
     # run at 128 px (core_scale 2), reading the warped identity.
     "nano256": _NANO.replace(
-        name="nano256", size=256, identity_encoder=True, identity_warp=True, compose=True, core_scale=2
+        name="nano256", size=256, identity_encoder=True, identity_warp=True, compose=True, core_scale=2,
+        identity_shape=0.5,  # the built-in teacher's shape_transfer
     ),
     # 256 px, 1.5x width (FaceShifter-resolution teachers).
     "large": StudentConfig(

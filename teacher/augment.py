@@ -22,14 +22,13 @@ import numpy as np
 
 from pocketswap.config import check_range, from_dict
 from pocketswap.errors import ConfigError
-from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
+from pocketswap.faces.types import LEFT_EYE_RING, MOUTH_CORNERS, RIGHT_EYE_RING, inter_ocular
 from pocketswap.faces.warp import MeshWarp, border_anchors
 from pocketswap.teacher.base import AlignedRecord, face_mask
 from pocketswap.teacher.mesh import (
     CHIN,
     LEFT_EYEBROW,
     LOWER_INNER_LIP_CENTRE,
-    MOUTH_CORNERS,
     RIGHT_EYEBROW,
     UPPER_INNER_LIP_CENTRE,
     flip_landmarks,

@@ -27,10 +27,11 @@ import numpy as np
 
 from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError
-from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
+from pocketswap.faces.shape import transfer_shape
+from pocketswap.faces.types import OUTER_LIP
 from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
-from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, MOUTH_CORNERS, OUTER_LIP, RIGHT_EYEBROW
+from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, RIGHT_EYEBROW
 
 BLENDS = ("membrane", "poisson", "laplacian", "alpha")
 COLOR_TRANSFERS = ("local", "global", "none")
@@ -204,51 +205,6 @@ def membrane_blend(
         filled = known * alpha + coarse * (1.0 - alpha)
     out = source.astype(np.float32) + filled
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-# Features that carry the expression (mouth opening, blinks): under shape transfer each moves as one rigid
-# piece, by the similarity that takes its two corners to the identity's, so the identity gives their place,
-# size and tilt and the attribute their shape. A piece is every landmark within its contour grown by a share
-# of its width (the lips' inner rings, the lids and creases around an eye). (contour, its two corners, growth)
-RIGID_FEATURES = (
-    (OUTER_LIP, MOUTH_CORNERS, 0.1),
-    (RIGHT_EYE_RING, (33, 133), 0.35),
-    (LEFT_EYE_RING, (362, 263), 0.35),
-)
-
-
-def _piece(points: np.ndarray, contour: tuple[int, ...], corners: tuple[int, int], grow: float) -> np.ndarray:
-    """Indices of the landmarks within ``contour`` grown by ``grow`` of its corner-to-corner width."""
-    polygon = points[list(contour)].astype(np.float32)
-    reach = -grow * float(np.linalg.norm(points[corners[0]] - points[corners[1]]))
-    inside = [cv2.pointPolygonTest(polygon, (float(x), float(y)), True) >= reach for x, y in points]
-    return np.union1d(np.flatnonzero(inside), contour)
-
-
-def _two_point_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 similarity that maps the two points ``src`` exactly onto ``dst``."""
-    a, b = complex(*(src[1] - src[0])), complex(*(dst[1] - dst[0]))
-    z = b / a if abs(a) > 1e-9 else 1.0
-    linear = np.array([[z.real, -z.imag], [z.imag, z.real]])
-    return np.hstack([linear, (dst[0] - linear @ src[0])[:, None]])
-
-
-def transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -> np.ndarray:
-    """Attribute landmarks with their inner features moved `amount` of the way to the identity's shape
-    (identity similarity-aligned to the attribute first; the face outline is left in place; mouth and eyes
-    move rigidly, keeping the attribute's expression: see RIGID_FEATURES)."""
-    from pocketswap.faces.align import similarity_transform, transform_points
-
-    attribute = np.asarray(attribute, np.float64)[:, :2]
-    target = transform_points(identity[:, :2], similarity_transform(identity[:, :2], attribute)).astype(np.float64)
-    for contour, corners, grow in RIGID_FEATURES:
-        group = _piece(attribute, contour, corners, grow)
-        piece = _two_point_similarity(attribute[list(corners)], target[list(corners)])
-        target[group] = attribute[group] @ piece[:, :2].T + piece[:, 2]
-    hull = cv2.convexHull(attribute.astype(np.float32), returnPoints=False).ravel()
-    weights = np.full(len(attribute), amount)
-    weights[hull] = 0.0
-    return (attribute + weights[:, None] * (target - attribute)).astype(np.float32)
 
 
 class GeometricTeacher(Teacher):

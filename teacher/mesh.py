@@ -11,11 +11,8 @@ from pocketswap.faces.types import LEFT_EYE_RING, NUM_LANDMARKS, RIGHT_EYE_RING
 
 # Inner lip contour, in order around the mouth opening (upper and lower inner lips).
 INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-# Outer lip contour, in order.
-OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 UPPER_INNER_LIP_CENTRE = 13
 LOWER_INNER_LIP_CENTRE = 14
-MOUTH_CORNERS = (61, 291)
 CHIN = 152
 FOREHEAD = 10
 RIGHT_EYEBROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)

@@ -261,13 +261,16 @@ def test_composing_256_student_exports_exact_and_fully_delegated(tmp_path):
 def test_identity_texture_round_trips_and_names_a_malformed_manifest():
     crop, landmarks = align_photo_landmarks(samples.load("grace_hopper"), 64, "arcface")
     triangles = triangulate(landmarks)
-    texture = encode_texture(crop, landmarks, triangles)
-    image, points, mesh = decode_texture(texture)
+    texture = encode_texture(crop, landmarks, triangles, 0.5)
+    image, points, mesh, shape = decode_texture(texture)
     assert np.array_equal(image, crop) and np.allclose(points, landmarks[:, :2], atol=1e-3)
-    assert np.array_equal(mesh, triangles)
-    assert decode_texture({k: v for k, v in texture.items() if k != "triangles"}).triangles is None  # older manifests
+    assert np.array_equal(mesh, triangles) and shape == 0.5
+    older = decode_texture({k: v for k, v in texture.items() if k not in ("triangles", "shape")})
+    assert older.triangles is None and older.shape == 0.0  # manifests written before they were stored
     with pytest.raises(ManifestError, match="'triangles'"):
         decode_texture({**texture, "triangles": [[0, 1, 468]]}, "m.json")
+    with pytest.raises(ManifestError, match="'shape'"):
+        decode_texture({**texture, "shape": 1.5}, "m.json")
     with pytest.raises(ManifestError, match="identity_texture"):
         decode_texture({**texture, "png_base64": "not base64!"}, "m.json")
     with pytest.raises(ManifestError, match="identity_texture"):

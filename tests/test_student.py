@@ -299,6 +299,8 @@ def test_composing_student_passes_its_inputs_pixels_through(take, source):
         ({"compose": True}, "compose"),
         ({"core_scale": 2, "size": 256}, "core_scale"),
         ({"identity_encoder": True, "identity_warp": True, "compose": True, "compose_smooth": 3}, "compose_smooth"),
+        ({"identity_shape": 1.5}, "identity_shape"),
+        ({"identity_shape": "half"}, "identity_shape"),
     ],
 )
 def test_config_validation_names_field(changes, field):

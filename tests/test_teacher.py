@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.faces.shape import transfer_shape
 from pocketswap.faces.warp import (
     MeshWarp,
     TextureWarp,
@@ -19,7 +20,7 @@ from pocketswap.faces.warp import (
 )
 from pocketswap.teacher import augment as aug
 from pocketswap.teacher.base import AlignedRecord, load_teacher
-from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher, transfer_shape
+from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
 from pocketswap.teacher.mesh import EYE_RINGS, FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
 
 SIZE = 224
@@ -236,7 +237,8 @@ def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
     """Half-way shape transfer: the nose moves half-way to the identity's (aligned) nose, the mouth to
     the identity's place and width, but keeps the attribute's opening; the outline does not move."""
     from pocketswap.faces.align import similarity_transform, transform_points
-    from pocketswap.teacher.mesh import LOWER_INNER_LIP_CENTRE, MOUTH_CORNERS, UPPER_INNER_LIP_CENTRE
+    from pocketswap.faces.types import MOUTH_CORNERS
+    from pocketswap.teacher.mesh import LOWER_INNER_LIP_CENTRE, UPPER_INNER_LIP_CENTRE
 
     identity, attribute = records["grace_hopper"].landmarks[:, :2], records["astronaut"].landmarks[:, :2]
     aligned = transform_points(identity, similarity_transform(identity, attribute))
@@ -255,6 +257,30 @@ def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
     assert width == pytest.approx((attribute_width + mouth(aligned)[0]) / 2, rel=0.02)
     assert opening == pytest.approx(attribute_opening, rel=1e-4)
     assert abs(mouth(aligned)[1] - attribute_opening) > 0.02  # a pointwise transfer would change it
+
+
+def test_rigid_pieces_match_opencv_point_polygon_test(records):
+    """The vectorised signed distance that picks each rigid piece agrees with cv2.pointPolygonTest."""
+    from pocketswap.faces.shape import RIGID_FEATURES, signed_distance
+
+    rng = np.random.default_rng(0)
+    for record in records.values():
+        points = record.landmarks[:, :2].astype(np.float64) + rng.normal(0.0, 0.5, (468, 2))
+        for contour, _, _ in RIGID_FEATURES:
+            polygon = points[list(contour)]
+            expected = [cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), True) for x, y in points]
+            assert np.allclose(signed_distance(points, polygon), expected, atol=1e-3)
+
+
+def test_warped_identity_carries_the_identity_shape(records):
+    """``warp_identity(shape=s)`` is the warp onto the frame's landmarks moved to the identity's shape; 0 the frame's."""
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    plain = warp_identity(identity.image, identity.landmarks, attribute.landmarks)
+    assert np.array_equal(warp_identity(identity.image, identity.landmarks, attribute.landmarks, shape=0.0), plain)
+    moved = transfer_shape(identity.landmarks, attribute.landmarks, 0.5)
+    shaped = warp_identity(identity.image, identity.landmarks, attribute.landmarks, shape=0.5)
+    assert np.array_equal(shaped, warp_identity(identity.image, identity.landmarks, moved))
+    assert np.abs(shaped.astype(int) - plain.astype(int)).mean() > 1.0  # the shape changed the input
 
 
 @pytest.mark.parametrize("blend", ["membrane", "poisson", "laplacian", "alpha"])
