@@ -243,7 +243,12 @@ PRESETS: dict[str, StudentConfig] = {
     # Sharp swaps on large faces: a 256 px crop composed from the two crops' own pixels by the nano UNet
     # run at 128 px (core_scale 2), reading the warped identity.
     "nano256": _NANO.replace(
-        name="nano256", size=256, identity_encoder=True, identity_warp=True, compose=True, core_scale=2,
+        name="nano256",
+        size=256,
+        identity_encoder=True,
+        identity_warp=True,
+        compose=True,
+        core_scale=2,
         identity_shape=0.5,  # the built-in teacher's shape_transfer
     ),
     # 256 px, 1.5x width (FaceShifter-resolution teachers).
