@@ -21,6 +21,7 @@ from pocketswap.benchmarks.photos import (
     face_chip,
     pad_tight,
     people_folders,
+    recapture,
     summarise,
 )
 from pocketswap.errors import ConfigError, NoFaceError
@@ -125,7 +126,7 @@ def bench_photos(
         start = judge.embed(image, face)
         before = {j: judge.distance(start[j], j, who) for j in judge.names}
         outputs = {"student": swap_with(students[who], image, analyzer), "teacher": swap_with(teachers[who], image, analyzer),
-                   "input": image}  # fmt: skip
+                   "recaptured": recapture(image), "input": image}  # fmt: skip
         stem = f"{owner}_{path.stem}_as_{who}"
         for method, swapped in outputs.items():
             row: dict[str, Any] = {"photo": f"{owner}/{path.name}", "owner": owner, "identity": who, "method": method,
@@ -137,7 +138,7 @@ def bench_photos(
                 chips[method].append(face_chip(swapped, found[0]))
             row |= artefact_scores(swapped, image, face.landmarks)
             rows.append(row)
-            if method != "input":
+            if method in ("student", "teacher"):
                 write_image(out / "swaps" / method / f"{stem}.jpg", swapped)
         write_image(out / "swaps" / "input" / f"{stem}.jpg", image)
     if not rows:
@@ -233,7 +234,7 @@ def bench_video(frames: list[np.ndarray], fps: float, models: dict[str, Any], wh
     from pocketswap.faces.align import align_face
 
     inputs = [(frame, (analyzer.detect(frame) or [None])[0]) for frame in frames]
-    outputs = {"input": [frame for frame, _ in inputs]}
+    outputs = {"input": [frame for frame, _ in inputs], "recaptured": [recapture(frame) for frame, _ in inputs]}
     for method, model in models.items():
         swapper = LiveSwapper(model, analyzer, PipelineConfig())
         outputs[method] = [swapper.process(frame, i / fps).frame for i, (frame, _) in enumerate(inputs)]

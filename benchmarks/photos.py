@@ -8,6 +8,9 @@ through the live pipeline (detect, align, swap, paste; as ``pocketswap demo`` sh
 - **student**: the target (a universal run, exported once per person as a baked ONNX artifact, or
   one baked artifact with ``--person NAME``);
 - **teacher**: the teacher swapping the same crops, pasted the same way;
+- **recaptured**: the attribute photo captured once more (:func:`recapture`): every measure's own noise. A
+  swap whose expression, gaze or artefact figure is within the recaptured one's distance of the input's is
+  as close to the attribute as a second capture of the same frame would be;
 - **input**: the attribute photo itself (what doing nothing scores).
 
 Axes (one function each, defined in :mod:`pocketswap.distill.metrics`, :mod:`pocketswap.distill.artefacts`
@@ -31,7 +34,9 @@ from pocketswap.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-METHODS = ("student", "teacher", "input")
+METHODS = ("student", "teacher", "recaptured", "input")
+RECAPTURE_SCALE = 0.85  # the photo shrunk to this and back...
+RECAPTURE_QUALITY = 85  # ... and JPEG-encoded at this quality
 TEACHER_SIZE = 256
 WORST = 4  # swaps shown per axis
 
@@ -137,6 +142,8 @@ class Judges:
 
     def verdicts(self, embeddings: dict[str, np.ndarray] | None, person: str, before: dict[str, float]) -> dict:
         """Per judge: distance to the person, same person, moved closer than the photo, retrieved first."""
+        from pocketswap.faces.identity import same_person
+
         out: dict[str, Any] = {}
         for judge in self.names:
             if embeddings is None:  # no face found in the swap: it is nobody
@@ -145,7 +152,7 @@ class Judges:
                 continue
             distances = {p: self.distance(embeddings[judge], judge, p) for p in self.gallery[judge]}
             d = distances[person]
-            out |= {f"{judge}_distance": d, f"{judge}_same": bool(d < self.thresholds[judge]),
+            out |= {f"{judge}_distance": d, f"{judge}_same": same_person(d, self.thresholds[judge]),
                     f"{judge}_closer": bool(d < before.get(judge, np.inf)),
                     f"{judge}_retrieved": min(distances, key=distances.get) == person}  # fmt: skip
         return out
@@ -167,6 +174,23 @@ def attribute_errors(out_face: Any, photo_face: Any, out: np.ndarray, photo: np.
         "expression_state_error": expression_state_error(out_face.landmarks, photo_face.landmarks),
         "gaze_error": float(np.linalg.norm(gaze_a - gaze_b, axis=1).mean()),
     }
+
+
+def recapture(image: np.ndarray) -> np.ndarray:
+    """The same frame as a second, slightly softer capture would give it: shrunk to ``RECAPTURE_SCALE``
+    (area-averaged) and back (bicubic), then JPEG-encoded at ``RECAPTURE_QUALITY``."""
+    import cv2
+
+    height, width = image.shape[:2]
+    small = (max(round(width * RECAPTURE_SCALE), 1), max(round(height * RECAPTURE_SCALE), 1))
+    again = cv2.resize(cv2.resize(image, small, interpolation=cv2.INTER_AREA), (width, height),
+                       interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(again, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, RECAPTURE_QUALITY]
+    )
+    if not ok:
+        raise ValueError("cannot JPEG-encode the frame")
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def face_chip(image: np.ndarray, face: Any) -> np.ndarray:
@@ -244,5 +268,6 @@ __all__ = [
     "face_chip",
     "pad_tight",
     "people_folders",
+    "recapture",
     "summarise",
 ]

@@ -109,7 +109,7 @@ class IdentityModels:
     def _check_baked_identity(self) -> None:
         """Refuse an --identity of another person than the one baked into the artifact (whose embedding
         its manifest records); without that record, say that it cannot be checked."""
-        from pocketswap.faces.identity import cosine_distance, same_person_threshold
+        from pocketswap.faces.identity import cosine_distance, same_person, same_person_threshold
         from pocketswap.manifest import ManifestError, read_manifest
 
         try:
@@ -125,10 +125,10 @@ class IdentityModels:
         given = self.embedding(0)
         distance = cosine_distance(given, np.asarray(baked, np.float32))
         threshold = same_person_threshold(self.encoder)
-        if distance > threshold:
+        if not same_person(distance, threshold):
             raise PocketswapError(
                 f"{self.model_path} is baked for {source.get('identity', 'another identity')}; --identity "
-                f"{self.identities[0]} is another person (distance {distance:.3f} > {threshold}): drop --identity "
+                f"{self.identities[0]} is another person (distance {distance:.3f} >= {threshold}): drop --identity "
                 "to swap the baked face, or export the model for this one"
             )
 

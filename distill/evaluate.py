@@ -42,6 +42,7 @@ from pocketswap.distill.data import (
 )
 from pocketswap.errors import ConfigError
 from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
+from pocketswap.metrics import psnr, ssim
 from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,8 @@ def evaluate(
                     ]
                 for i, crop in enumerate(crops):
                     if name != "teacher":
-                        column.psnr.append(M.psnr(crop, teacher[i], masks[i]))
-                        column.ssim.append(M.ssim(crop, teacher[i], masks[i]))
+                        column.psnr.append(psnr(crop, teacher[i], masks[i]))
+                        column.ssim.append(ssim(crop, teacher[i], masks[i]))
                     if analyzer is None:
                         continue
                     found = M.detect_crop_landmarks(analyzer, crop)

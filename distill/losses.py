@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocketswap.distill.config import TrainConfig
+from pocketswap.metrics import SSIM_SIGMA, SSIM_WINDOW
 from pocketswap.student.network import composite
-
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 
 
 # -- SSIM ----------------------------------------------------------------------------------------
@@ -47,7 +45,7 @@ def _blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
 def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM [B,1,H,W] (mean over channels) of images in [-1, 1], Gaussian window 11 /
     sigma 1.5, computed on [0, 1] values (SSIM is not shift-invariant) so it matches
-    :func:`pocketswap.distill.metrics.ssim` on uint8 images. Identical images give 1 everywhere."""
+    :func:`pocketswap.metrics.ssim` on uint8 images. Identical images give 1 everywhere."""
     c1, c2 = 0.01**2, 0.03**2
     x, y = (x.float() + 1.0) * 0.5, (y.float() + 1.0) * 0.5
     mu_x, mu_y = _blur(x, SSIM_WINDOW, SSIM_SIGMA), _blur(y, SSIM_WINDOW, SSIM_SIGMA)

@@ -1,7 +1,6 @@
 """Face-swap quality metrics on uint8 RGB crops and FaceMesh landmarks (numpy; reusable by the
-benchmarks stage on any folder of aligned faces).
+benchmarks stage on any folder of aligned faces; PSNR and SSIM are in :mod:`pocketswap.metrics`).
 
-- :func:`psnr`, :func:`ssim`: optionally weighted by a face-region mask (soft weights in [0, 1]).
 - :class:`IdentityScorer`: dlib embeddings of ArcFace-aligned crops (warped to dlib's 150 px chip);
   :func:`cosine`, :func:`retrieval_top1`.
 - :func:`detect_crop_landmarks`: FaceMesh landmarks of a tight crop (placed on a larger canvas so
@@ -23,47 +22,6 @@ import numpy as np
 
 from pocketswap.faces.align import similarity_transform, template_points, transform_points
 from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
-
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
-
-
-def _weights(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    if mask is None:
-        return np.ones(shape[:2], np.float64)
-    mask = np.asarray(mask, np.float64)
-    if mask.shape != shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {shape[:2]}")
-    return mask
-
-
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, data_range: float = 255.0) -> float:
-    """PSNR (dB) between two HxWx3 images, MSE weighted by ``mask`` (HxW in [0, 1]); inf if equal."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    w = _weights(mask, a.shape)
-    err = ((a - b) ** 2).mean(axis=-1) if a.ndim == 3 else (a - b) ** 2
-    mse = float((w * err).sum() / max(w.sum(), 1e-12))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
-
-
-def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
-    """Per-pixel SSIM (HxW, mean over channels), Gaussian window 11 / sigma 1.5, reflect-101 borders."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-
-    def blur(x: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-
-    mu_a, mu_b = blur(a), blur(b)
-    saa, sbb, sab = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
-    value = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
-    return value.mean(axis=-1) if value.ndim == 3 else value
-
-
-def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean SSIM of two uint8 images, weighted by ``mask`` (1.0 for identical images)."""
-    w = _weights(mask, np.shape(a))
-    return float((w * ssim_map(a, b)).sum() / max(w.sum(), 1e-12))
 
 
 # -- identity ------------------------------------------------------------------------------------
@@ -144,14 +102,14 @@ def identity_transfer(
     judged the same person (distance < ``threshold``, default: the dlib encoder's documented
     same-person threshold, as in ``pocketswap faces compare``) and the share moved closer to the
     identity than the input was."""
-    if threshold is None:
-        from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD as threshold
+    from pocketswap.faces.identity import same_person
+
     swap_d, input_d = identity_distances(swaps, inputs, targets)
     if len(swap_d) == 0:
         return {"id_distance": float("nan"), "same_person": float("nan"), "moved_closer": float("nan")}
     return {
         "id_distance": float(swap_d.mean()),
-        "same_person": float((swap_d < threshold).mean()),
+        "same_person": float(same_person(swap_d, threshold).mean()),
         "moved_closer": float((swap_d < input_d).mean()),
     }
 
@@ -272,8 +230,5 @@ __all__ = [
     "identity_transfer",
     "inter_ocular",
     "pose_error",
-    "psnr",
     "retrieval_top1",
-    "ssim",
-    "ssim_map",
 ]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 from pocketswap.export.common import ParityError
 from pocketswap.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS
+from pocketswap.metrics import psnr
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,6 @@ class ParityCase:
         return d
 
 
-def psnr(reference: np.ndarray, candidate: np.ndarray, peak: float) -> float:
-    """10 log10(peak^2 / MSE) in dB (inf when identical)."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(candidate, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
-
-
 def compare(case: str, output: str, reference: np.ndarray, candidate: np.ndarray, peak: float) -> ParityCase:
     reference = np.asarray(reference, np.float32)
     candidate = np.asarray(candidate, np.float32)
@@ -70,7 +65,7 @@ def compare(case: str, output: str, reference: np.ndarray, candidate: np.ndarray
     diff = np.abs(reference.astype(np.float64) - candidate)
     if not np.isfinite(candidate).all():
         return ParityCase(case, output, math.inf, math.inf, -math.inf)
-    return ParityCase(case, output, float(diff.max()), float(diff.mean()), psnr(reference, candidate, peak))
+    return ParityCase(case, output, float(diff.max()), float(diff.mean()), psnr(reference, candidate, data_range=peak))
 
 
 def evaluate(

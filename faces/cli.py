@@ -96,7 +96,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pocketswap.faces.identity import cosine_distance, embed_faces, load_encoder, same_person_threshold
+    from pocketswap.faces.identity import cosine_distance, embed_faces, load_encoder, same_person, same_person_threshold
     from pocketswap.faces.samples import load_image_or_sample
 
     analyzer, encoder = _analyzer(args), load_encoder(args.encoder)
@@ -106,7 +106,7 @@ def _compare(args: argparse.Namespace) -> int:
         embeddings.append(embed_faces(image, [analyzer.detect_one(image, source=spec)], encoder)[0])
     distance = cosine_distance(*embeddings)
     threshold = same_person_threshold(args.encoder)
-    verdict = "same person" if distance < threshold else "different people"
+    verdict = "same person" if same_person(distance, threshold) else "different people"
     print(f"cosine distance {distance:.4f} (threshold {threshold:.3f}): {verdict}")
     if args.json:
         from pocketswap.files import atomic_write_json

@@ -483,8 +483,9 @@ class DlibEncoder:
 
     def is_same_person(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | bool:
         """True where the embeddings are closer than `same_person_threshold`."""
-        result = self.cosine_distance(a, b) < self.same_person_threshold
-        return bool(result) if np.ndim(result) == 0 else result
+        from pocketswap.faces.identity import same_person
+
+        return same_person(self.cosine_distance(a, b), self.same_person_threshold)
 
 
 __all__ = [

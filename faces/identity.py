@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -74,6 +74,14 @@ def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
 
         return SAME_PERSON_THRESHOLD
     return 0.6
+
+
+def same_person(distance: Any, threshold: float | None = None, encoder: str | Path | None = "dlib") -> Any:
+    """The one same-person decision: cosine ``distance`` (a number or an array) strictly under ``threshold``
+    (default: :func:`same_person_threshold` of ``encoder``). A bool, or a bool array for an array."""
+    limit = same_person_threshold(encoder) if threshold is None else threshold
+    verdict = np.asarray(distance) < limit
+    return bool(verdict) if verdict.ndim == 0 else verdict
 
 
 def identity_embedding(

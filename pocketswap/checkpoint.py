@@ -245,11 +245,11 @@ def locked_identity(extra: dict[str, Any], embedding: Any, what: str, threshold:
     record = extra.get("identity")
     if not record:
         return embedding
-    from pocketswap.faces.identity import cosine_distance
+    from pocketswap.faces.identity import cosine_distance, same_person
 
     own = np.asarray(record["embedding"], np.float32)
     distance = cosine_distance(own, embedding)
-    if distance >= threshold:
+    if not same_person(distance, threshold):
         raise ConfigError(
             f"this checkpoint was personalised for {record['name']} ({record['source']}); {what} is a different "
             f"person (cosine distance {distance:.3f} >= {threshold}). Personalise a run for it: "

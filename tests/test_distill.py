@@ -22,11 +22,12 @@ from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_fa
 from pocketswap.distill.evaluate import COLUMNS, METRICS
 from pocketswap.distill.logs import read_metrics
 from pocketswap.distill.losses import DistillLoss, DlibChipWarp, masked_l1, pixel_weights, ssim_map
-from pocketswap.distill.metrics import expression_error, expression_state, expression_state_error, head_pose, psnr, ssim
+from pocketswap.distill.metrics import expression_error, expression_state, expression_state_error, head_pose
 from pocketswap.distill.train import TrainingDivergedError, train
 from pocketswap.errors import ConfigError
 from pocketswap.faces import samples
 from pocketswap.faces.align import align_face, hull_mask, similarity_transform, template_points, transform_points
+from pocketswap.metrics import psnr, ssim
 
 SIZE = 64
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_03")

@@ -89,6 +89,9 @@ def test_photo_harness_scores_every_axis_for_student_teacher_and_input(harness):
     assert unchanged["sharpness"] == unchanged["seam"] == unchanged["chroma_noise"] == 1.0
     assert unchanged["colour_mismatch"] == unchanged["pose_error"] == unchanged["gaze_error"] == 0.0
     assert unchanged["dlib_same"] == 0.0  # the other person's photo is not the identity
+    again = report["summary"]["recaptured"]  # the same frames captured once more: the measures' own noise
+    assert again["sharpness"] < 1.0 and again["dlib_same"] == 0.0
+    assert 0.0 < again["expression_state_error"] < 0.05 and again["pose_error"] > 0.0
     teacher = report["summary"]["teacher"]
     assert teacher["dlib_same"] > unchanged["dlib_same"] and teacher["dlib_distance"] < unchanged["dlib_distance"]
     judge = str(root / "judge.onnx")
