@@ -143,7 +143,7 @@ def _personalize(args: argparse.Namespace) -> int:
     print(
         f"personalised for {args.identity} in {result.train_seconds / 60:.1f} min of training "
         f"({result.wall_seconds / 60:.1f} min in all); identity figures on {result.held_out_faces} held-out faces.\n"
-        f"next: pocketswap export {args.out} --identity {args.identity} --format tflite --out ARTIFACTS"
+        f"next: pocketswap export {args.out} --format tflite --out ARTIFACTS"
     )
     return 0
 

@@ -15,7 +15,7 @@ from pocketswap.manifest import IDENTITY_MODES, PRECISIONS
 log = logging.getLogger(__name__)
 
 USAGE = """
-  pocketswap export RUN_DIR|CHECKPOINT --identity FACE.jpg|sample:NAME|EMB.npy [--format tflite|coreml|onnx|all]
+  pocketswap export RUN_DIR|CHECKPOINT [--identity FACE.jpg|sample:NAME|EMB.npy] [--format tflite|coreml|onnx|all]
                     [--precision fp32|fp16|int8|all] [--identity-mode baked|dynamic] [--calibration DATASET|DIR|samples]
                     [--image-input] [--compress none|int8|palettize6|palettize4] [--enroll] [--benchmark] --out DIR
   pocketswap export patch MODEL.tflite|MODEL.mlpackage --identity FACE.jpg|EMB.npy --checkpoint CKPT --out NEW
@@ -44,7 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="checkpoint folder or run folder")
-    parser.add_argument("--identity", help="face photo, sample:NAME or .npy embedding of the identity")
+    parser.add_argument(
+        "--identity",
+        help="face photo, sample:NAME or .npy embedding of the identity (a personalised run: by default the photo it was "
+        "personalised from)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     _common_flags(parser)
     group = parser.add_argument_group("export options")

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,10 +93,9 @@ def export_model(
         raise UnsupportedError(f"compression {compress!r} is not supported; choose from {', '.join(COMPRESSIONS)}")
     if compress != "none" and "coreml" not in formats_l:
         raise UnsupportedError(f"--compress {compress} applies to CoreML only; add --format coreml")
-    if identity_mode == "baked" and identity is None:
-        raise ConfigError("baked export needs --identity FACE.jpg|sample:NAME|EMB.npy (or use --identity-mode dynamic)")
-
     net, config, extra, ckpt_dir, ckpt_sha = export_data.load_student(source)
+    if identity_mode == "baked" and identity is None:
+        identity = own_identity_photo(extra)
     size = config.size
     calib = None
     if "int8" in precisions_l and needs_onnx(formats_l):
@@ -160,6 +160,22 @@ def export_model(
         shutil.rmtree(stage, ignore_errors=True)
         if created and not done and not any(out_dir.iterdir()):
             out_dir.rmdir()
+
+
+def own_identity_photo(extra: dict[str, Any]) -> str:
+    """The photo a personalised checkpoint was made from (its ``extra["identity"]["source"]``), so that
+    exporting it needs no --identity; ConfigError for a universal checkpoint or a photo that is gone."""
+    record = extra.get("identity")
+    if not record:
+        raise ConfigError("baked export needs --identity FACE.jpg|sample:NAME|EMB.npy (or use --identity-mode dynamic)")
+    photo = str(record["source"])
+    if not photo.startswith("sample:") and not Path(photo).is_file():
+        raise ConfigError(
+            f"this run was personalised for {record['name']} from {photo}, which is gone: pass --identity with "
+            f"a photo of {record['name']}"
+        )
+    log.info("baking the run's own identity: %s (%s)", record["name"], photo)
+    return photo
 
 
 def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:

@@ -140,17 +140,31 @@ def border_ramp(size: int, width: float = 0.06) -> np.ndarray:
     return np.minimum.outer(ramp, ramp)
 
 
-def color_transfer(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Match the LAB mean/std of `source` to `target` inside `mask` (all HxW, uint8 RGB in/out)."""
-    region = (mask > 0.5).astype(np.uint8)
-    if cv2.countNonZero(region) < 16:
+def color_transfer(
+    source: np.ndarray,
+    target: np.ndarray,
+    region: np.ndarray,
+    eps: float = 1e-3,
+    min_pixels: int = 16,
+    gain_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """``source`` with its CIELAB mean and standard deviation matched to ``target``'s over ``region`` (HxW:
+    bool, or weights counted where > 0.5), all uint8 RGB: per channel ``(x - mean_s) * g + mean_t`` with gain
+    ``g = (std_t + eps) / (std_s + eps)``. ``gain_range`` bounds the lightness gain and caps the chroma gains
+    (which may fall to 0, so a grey target greys the source). Fewer than ``min_pixels`` in the region: unchanged.
+    The one colour match of the project (paste-back and the built-in teacher)."""
+    mask = (region > 0.5).astype(np.uint8)
+    if cv2.countNonZero(mask) < min_pixels:
         return source
     src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB)
-    src_mean, src_std = cv2.meanStdDev(src_lab, mask=region)
-    dst_mean, dst_std = cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_RGB2LAB), mask=region)
-    scale = ((dst_std + 1e-3) / (src_std + 1e-3)).ravel()
-    affine = np.hstack([np.diag(scale), dst_mean - scale[:, None] * src_mean])
-    return cv2.cvtColor(cv2.transform(src_lab, affine), cv2.COLOR_LAB2RGB)  # saturates to uint8
+    src_mean, src_std = cv2.meanStdDev(src_lab, mask=mask)
+    dst_mean, dst_std = cv2.meanStdDev(cv2.cvtColor(target, cv2.COLOR_RGB2LAB), mask=mask)
+    gain = ((dst_std + eps) / (src_std + eps)).ravel()
+    if gain_range is not None:
+        gain[0] = np.clip(gain[0], *gain_range)
+        gain[1:] = np.clip(gain[1:], 0.0, gain_range[1])
+    affine = np.hstack([np.diag(gain), dst_mean - gain[:, None] * src_mean])
+    return cv2.cvtColor(cv2.transform(src_lab, affine), cv2.COLOR_LAB2RGB)  # rounds and saturates to uint8
 
 
 def fine_detail(region: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarray | None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from pocketswap.config import check_range, from_dict, to_dict
 from pocketswap.errors import ConfigError
+from pocketswap.faces.align import color_transfer
 from pocketswap.faces.shape import transfer_shape
 from pocketswap.faces.types import OUTER_LIP
 from pocketswap.faces.warp import MeshWarp
@@ -89,20 +90,6 @@ def _polygon_mask(size: int, polygons: list[np.ndarray]) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32) for p in polygons], 255, lineType=cv2.LINE_8, shift=4)
     return mask
-
-
-def match_lab(source: np.ndarray, target: np.ndarray, region: np.ndarray, std_range: tuple[float, float]) -> np.ndarray:
-    """Shift/scale `source`'s LAB channels so their mean/std inside `region` (bool HxW) match `target`'s."""
-    if region.sum() < 32:
-        return source
-    src = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
-    dst = cv2.cvtColor(target, cv2.COLOR_RGB2LAB).astype(np.float32)
-    src_px, dst_px = src[region], dst[region]
-    scale = (dst_px.std(0) + 1.0) / (src_px.std(0) + 1.0)
-    scale[0] = np.clip(scale[0], *std_range)  # lightness contrast: bounded
-    scale[1:] = np.clip(scale[1:], 0.0, std_range[1])  # chroma: may drop to grey for grey attributes
-    out = (src - src_px.mean(0)) * scale + dst_px.mean(0)
-    return cv2.cvtColor(np.clip(out + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
 def _to_lab(image: np.ndarray) -> np.ndarray:
@@ -240,7 +227,9 @@ class GeometricTeacher(Teacher):
             if cfg.color_transfer == "local":
                 warped = relight(warped, attribute.image, skin, cfg.relight_sigma * size)
             else:
-                warped = match_lab(warped, attribute.image, skin, cfg.color_std_range)
+                warped = color_transfer(
+                    warped, attribute.image, skin, eps=1.0, min_pixels=32, gain_range=cfg.color_std_range
+                )
 
         if cfg.blend == "membrane":
             blended = membrane_blend(warped, backdrop, core, cfg.membrane_clamp, cfg.color_transfer != "none")
