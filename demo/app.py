@@ -233,8 +233,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     from pocketswap.files import check_output, refuse_overwriting_input
 
     if options.output is not None:  # before any model loads: a bad path is one line, not a lost run
-        check_output(options.output, IMAGE_SUFFIXES if is_still(str(options.source)) else VIDEO_SUFFIXES, "--output")
-        refuse_overwriting_input(options.output, str(options.source), "--output")
+        check_output(options.output, IMAGE_SUFFIXES if is_still(str(options.source)) else VIDEO_SUFFIXES, "--out")
+        refuse_overwriting_input(options.output, str(options.source), "--out")
     models = IdentityModels(options.model, identity_files(options.identity), options.threads)
     swapper = LiveSwapper(
         models.current(), FaceAnalyzer(detector="auto", num_threads=options.threads), options.pipeline

@@ -65,7 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help=".tflite, .onnx, checkpoint (or .mlpackage on macOS)")
     p.add_argument("--identity", help="identity face image, .npy embedding, or a folder of them (n cycles)")
     p.add_argument("--source", default="0", help="camera index (0), video file, image or sample:NAME")
-    p.add_argument("--output", help="write the result (video for video/camera sources, image for images)")
+    p.add_argument(
+        "--out", "--output", dest="output", help="write the result (video for video/camera sources, image for images)"
+    )
     p.add_argument("--headless", action="store_true", help="no window; print a summary")
     p.add_argument("--all-faces", action="store_true", help="swap every face, not only the largest")
     p.add_argument(

@@ -153,14 +153,14 @@ def step_demo(out: Path, cfg: QuickstartConfig) -> None:
 
     clip = write_clip(out / "clip.mp4", frames=cfg.clip_frames)
     model = [m for m in _students(out.parent / "artifacts", ".tflite") if "fp32" in m.name][0]
-    pocketswap("demo", "--model", model, "--source", clip, "--headless", "--output", out / "swapped.mp4",
+    pocketswap("demo", "--model", model, "--source", clip, "--headless", "--out", out / "swapped.mp4",
                "--json", out / "summary.json")  # fmt: skip
     from pocketswap.faces import samples
     from pocketswap.imageio import write_image
 
     still = write_image(out / f"{DEMO_FACE}.png", samples.load(DEMO_FACE))
     swapped = out / f"{DEMO_FACE}_swapped.png"
-    pocketswap("demo", "--model", model, "--source", still, "--headless", "--output", swapped)
+    pocketswap("demo", "--model", model, "--source", still, "--headless", "--out", swapped)
     # Is the swapped face judged the identity? (the unswapped photo is the baseline)
     pocketswap("faces", "compare", IDENTITY, swapped, "--json", out / "compare_swapped.json")
     pocketswap("faces", "compare", IDENTITY, still, "--json", out / "compare_original.json")

@@ -226,7 +226,7 @@ def _encoded(kind: str, frames: int = 1, side: int = 64) -> bytes:
             "not a regular file",
         ),
         (
-            ["demo", "--model", "{ckpt}", "--source", "{tmp}/c.mp4", "--output", "{tmp}/c.mp4", "--headless"],
+            ["demo", "--model", "{ckpt}", "--source", "{tmp}/c.mp4", "--out", "{tmp}/c.mp4", "--headless"],
             "is the input file",
         ),
     ],
