@@ -255,7 +255,10 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         for frame in source:
             frame_start = time.perf_counter()
             if not paused or last is None:
-                result = swapper.process(frame, frame_start)
+                # A video file's own clock (frame count / its frame rate) smooths the landmarks, so the same
+                # file gives the same output on every run; a camera's is the wall clock.
+                clock = frames / source.fps if isinstance(source, VideoSource) else frame_start
+                result = swapper.process(frame, clock)
                 last = (frame, result)
             frame, result = last
             frames += 1

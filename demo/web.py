@@ -193,9 +193,10 @@ class Session:
         if not settings.virtual_camera:
             self.virtual_camera.close()
 
-    def process(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, float], int]:
-        """The frame as the page shows it, the per-stage milliseconds and the number of faces."""
-        result = self.swapper.process(frame)
+    def process(self, frame: np.ndarray, t: float | None = None) -> tuple[np.ndarray, dict[str, float], int]:
+        """The frame as the page shows it, the per-stage milliseconds and the number of faces; ``t``: the
+        frame's time in seconds for the landmark smoothing (default: the wall clock)."""
+        result = self.swapper.process(frame, t)
         settings = self.settings
         out = result.frame
         if settings.view == "mask":
@@ -242,7 +243,7 @@ def swap_video_file(
             for frame in video:
                 if frames >= MAX_VIDEO_FRAMES:
                     raise PocketswapError(f"the video is longer than {MAX_VIDEO_FRAMES} frames")
-                out, _, faces = session.process(frame)
+                out, _, faces = session.process(frame, frames / video.fps)  # the file's clock: reproducible
                 writer.write(out)
                 frames += 1
                 with_face += bool(faces)
