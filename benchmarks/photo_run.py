@@ -13,6 +13,7 @@ from pocketswap.benchmarks.photos import (
     METHODS,
     TEACHER_SIZE,
     WORST,
+    Dlib68Expression,
     Judges,
     Person,
     TeacherSwapModel,
@@ -95,7 +96,7 @@ def bench_photos(
     identities = {p.name: write_image(out / "identities" / f"{p.name}.png", photos[p.identity_photo]) for p in people}
     analyzer = FaceAnalyzer(detector="auto", num_threads=threads)
     judge = Judges(people, analyzer, photos, list(judges or []))
-    iris, dlib = IrisModel(threads), DlibEncoder()
+    iris, dlib, second = IrisModel(threads), DlibEncoder(), Dlib68Expression.load()
     swapper = load_teacher(teacher, TEACHER_SIZE, config=teacher_config)  # a bad teacher setting fails here, first
     students = {name: load_swap_model(path, num_threads=threads) for name, path in
                 student_models(target, people, identities, out, person).items()}  # fmt: skip
@@ -134,7 +135,7 @@ def bench_photos(
             found = analyzer.detect(swapped)
             row |= judge.verdicts(judge.embed(swapped, found[0]) if found else None, who, before)
             if found:
-                row |= attribute_errors(found[0], face, swapped, image, iris)
+                row |= attribute_errors(found[0], face, swapped, image, iris, second)
                 chips[method].append(face_chip(swapped, found[0]))
             row |= artefact_scores(swapped, image, face.landmarks)
             rows.append(row)

@@ -158,9 +158,60 @@ class Judges:
         return out
 
 
-def attribute_errors(out_face: Any, photo_face: Any, out: np.ndarray, photo: np.ndarray, iris: Any) -> dict:
+class Dlib68Expression:
+    """A second expression judge, independent of FaceMesh (which also places the teacher's and the students'
+    geometry): dlib's 68-point shape predictor, read as mouth opening / mouth width and each eye's opening /
+    its width. Used when ``dlib`` is installed (the dev extra); its model file ships with face-recognition-models
+    (its training data forbids commercial use: a measuring aid, never part of a swap)."""
+
+    MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
+
+    def __init__(self, predictor: Any, rectangle: Any) -> None:
+        self.predictor, self.rectangle = predictor, rectangle
+
+    @classmethod
+    def load(cls) -> Dlib68Expression | None:
+        """The judge, or None (logged) when dlib or its model file is missing."""
+        from pocketswap.errors import PocketswapError
+        from pocketswap.faces.dlib_resnet import default_model_path
+
+        try:
+            import dlib
+
+            path = default_model_path().parent / cls.MODEL_FILE
+        except (ImportError, PocketswapError) as error:
+            log.info("no dlib 68-point expression judge (%s)", error)
+            return None
+        if not path.is_file():
+            log.info("no dlib 68-point expression judge (%s missing)", path)
+            return None
+        return cls(dlib.shape_predictor(str(path)), dlib.rectangle)
+
+    def state(self, image: np.ndarray, face: Any) -> np.ndarray:
+        """(3,) mouth opening / width, right and left eye opening / width of ``face`` (its box) in ``image``."""
+        x0, y0, x1, y1 = (int(round(float(v))) for v in face.box)
+        shape = self.predictor(np.ascontiguousarray(image), self.rectangle(x0, y0, x1, y1))
+        p = np.array([(part.x, part.y) for part in shape.parts()], np.float64)
+
+        def ratio(tops: list[int], bottoms: list[int], a: int, b: int) -> float:
+            opening = np.linalg.norm(p[tops] - p[bottoms], axis=1).mean()
+            return float(opening / max(np.linalg.norm(p[a] - p[b]), 1e-6))
+
+        return np.array(
+            [ratio([62], [66], 48, 54), ratio([37, 38], [41, 40], 36, 39), ratio([43, 44], [47, 46], 42, 45)]
+        )
+
+    def error(self, out: np.ndarray, out_face: Any, photo: np.ndarray, photo_face: Any) -> float:
+        """Mean absolute difference of :meth:`state` between the swap's face and the attribute photo's."""
+        return float(np.abs(self.state(out, out_face) - self.state(photo, photo_face)).mean())
+
+
+def attribute_errors(
+    out_face: Any, photo_face: Any, out: np.ndarray, photo: np.ndarray, iris: Any, second: Dlib68Expression | None
+) -> dict:
     """Head pose (degrees), landmark expression (inter-ocular units; the face's shape too), expression state
-    (mouth/eye opening and smile ratios) and gaze (eye widths) of the swap's face against the attribute photo's."""
+    (mouth/eye opening and smile ratios; also under the ``second`` judge when there is one) and gaze (eye widths)
+    of the swap's face against the attribute photo's."""
     from pocketswap.distill.metrics import expression_error, expression_state_error, head_pose, pose_error
     from pocketswap.faces.iris import gaze_offsets
 
@@ -168,12 +219,15 @@ def attribute_errors(out_face: Any, photo_face: Any, out: np.ndarray, photo: np.
     pose_a, pose_b = head_pose(out_face.landmarks, size), head_pose(photo_face.landmarks, size)
     gaze_a = gaze_offsets(iris.pupils(out, out_face.landmarks), out_face.landmarks)
     gaze_b = gaze_offsets(iris.pupils(photo, photo_face.landmarks), photo_face.landmarks)
-    return {
+    errors = {
         "pose_error": None if pose_a is None or pose_b is None else pose_error(pose_a, pose_b),
         "expression_error": expression_error(out_face.landmarks, photo_face.landmarks),
         "expression_state_error": expression_state_error(out_face.landmarks, photo_face.landmarks),
         "gaze_error": float(np.linalg.norm(gaze_a - gaze_b, axis=1).mean()),
     }
+    if second is not None:
+        errors["expression_dlib68_error"] = second.error(out, out_face, photo, photo_face)
+    return errors
 
 
 def recapture(image: np.ndarray) -> np.ndarray:
@@ -228,7 +282,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows += [("attributes", "head pose error (deg)", "pose_error"),
              ("attributes", "landmark shape error (inter-ocular)", "expression_error"),
              ("attributes", "expression error (opening, smile)", "expression_state_error"),
+             ("attributes", "expression error (dlib 68-point)", "expression_dlib68_error"),
              ("attributes", "gaze error (eye widths)", "gaze_error")]  # fmt: skip
+    if not any("expression_dlib68_error" in figures for figures in report["summary"].values()):
+        rows = [row for row in rows if row[2] != "expression_dlib68_error"]  # measured without dlib installed
     rows += [("artefacts", "sharpness (x photo)", "sharpness"), ("artefacts", "seam (x photo)", "seam"),
              ("artefacts", "chroma noise (x photo)", "chroma_noise"),
              ("artefacts", "colour mismatch (CIELAB)", "colour_mismatch"),
@@ -264,6 +321,7 @@ __all__ = [
     "Person",
     "TeacherSwapModel",
     "aligned_record",
+    "Dlib68Expression",
     "attribute_errors",
     "face_chip",
     "pad_tight",

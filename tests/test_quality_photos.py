@@ -5,6 +5,7 @@ fails a figure that got worse."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -94,6 +95,8 @@ def test_photo_harness_scores_every_axis_for_student_teacher_and_input(harness):
     assert 0.0 < again["expression_state_error"] < 0.05 and again["pose_error"] > 0.0
     teacher = report["summary"]["teacher"]
     assert teacher["dlib_same"] > unchanged["dlib_same"] and teacher["dlib_distance"] < unchanged["dlib_distance"]
+    if importlib.util.find_spec("dlib"):  # the second expression judge (dev extra): the photo reads as itself
+        assert unchanged["expression_dlib68_error"] == 0.0 < teacher["expression_dlib68_error"]
     judge = str(root / "judge.onnx")
     assert report["judges"]["dlib"]["training_loss"] is True and report["judges"][judge]["training_loss"] is False
     assert all(report["summary"][m][f"{judge}_distance"] is not None for m in METHODS)
@@ -122,3 +125,19 @@ def test_quality_gate_passes_the_frozen_student_and_fails_a_worse_figure():
     raised["figures"]["teacher.dlib_distance"]["value"] -= 0.01
     rows, passed = compare(raised, now)
     assert not passed and [r["figure"] for r in rows if not r["passed"]] == ["teacher.dlib_distance"]
+
+
+def test_dlib_68_point_judge_reads_an_open_mouth_and_a_closed_one():
+    pytest.importorskip("dlib")
+    from pocketswap.benchmarks.photos import Dlib68Expression, recapture
+    from pocketswap.faces.analyzer import shared_analyzer
+
+    judge, analyzer = Dlib68Expression.load(), shared_analyzer()
+    states = {}
+    for name in ("astronaut", "grace_hopper"):  # a smile with the lips apart; closed lips
+        image = samples.load(name)
+        again = recapture(image)
+        states[name] = judge.state(image, analyzer.detect_one(image))
+        assert abs(judge.state(again, analyzer.detect_one(again))[0] - states[name][0]) < 0.01, name
+        assert np.all((states[name][1:] > 0.1) & (states[name][1:] < 0.6)), name  # open eyes, under their width
+    assert states["astronaut"][0] > 0.1 > 0.03 > states["grace_hopper"][0]
