@@ -255,8 +255,9 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
             return _named(job, half(*[torch.from_numpy(feeds[n]).half() for n in job.input_names]))
 
         reference = "pytorch-fp32 vs pytorch float16 with the artifact's weights (CPU emulation of FLOAT16 compute)"
+        compute_tolerance = parity.TOLERANCES["fp16-compute"] if effective == "none" else tolerance
         fields["extra"]["fp16_compute_emulation"] = artifact_parity(
-            job, run_half, precision, f"{path.name} (fp16 compute emulation)", reference, tolerance
+            job, run_half, precision, f"{path.name} (fp16 compute emulation)", reference, compute_tolerance
         )
     if job.is_student and coreml.can_predict():
         device = artifact_parity(

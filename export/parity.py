@@ -29,9 +29,13 @@ log = logging.getLogger(__name__)
 # int8 is judged on real aligned faces only (the calibration distribution): uniform-noise images saturate
 # the calibrated activation ranges (measured on a fitted nano: 20-22 dB on noise, 34-44 dB on faces), so
 # noise cases are recorded but not gated.
+# "fp16-compute" bounds CoreML's FLOAT16 compute as emulated on the CPU (every activation in half precision,
+# not only the weights): a trained compositing nano read max abs 0.0114 there (1.5 grey levels on one pixel,
+# mean 0.00017, 75 dB) where its fp16-weight ONNX/TFLite artifacts read 0.008.
 TOLERANCES: dict[str, dict] = {
     "fp32": {"max_abs": 1e-4},
     "fp16": {"max_abs": 1e-2},
+    "fp16-compute": {"max_abs": 2e-2},
     "int8": {"min_psnr_db": 30.0, "applies_to": "real faces"},
 }
 PEAKS = {IMAGE_OUTPUT: 2.0, MASK_OUTPUT: 1.0}  # value range of each student output (PSNR peak)
