@@ -296,20 +296,20 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 def format_summary(report: dict[str, Any]) -> str:
     """The summary as a plain-text table: one row per figure, one column per method."""
     lines = [f"{report['photos']} swaps of real photos, {len(report['people'])} people; identity given by one photo, "
-             "judged against the person's other photos", f"{'axis':<44} {'figure':<34}" +
+             "judged against the person's other photos", f"{'axis':<44} {'figure':<36}" +
              "".join(f"{m:>11}" for m in METHODS)]  # fmt: skip
     for axis, label, key in summary_rows(report):
         cells = []
         for method in METHODS:
             value = report["summary"][method].get(key)
             cells.append(f"{'-' if value is None else f'{value:.3f}':>11}")
-        lines.append(f"{axis:<44} {label:<34}" + "".join(cells))
+        lines.append(f"{axis:<44} {label:<36}" + "".join(cells))
     video = report.get("video")
     if video:
         lines.append(f"video: {video['source']}, {video['frames']} frames, identity {video['identity']}")
         for key in ("flicker", "landmark_jitter", "identity_distance_mean", "identity_distance_std"):
             cells = "".join(f"{'-' if video[m].get(key) is None else f'{video[m][key]:.3f}':>11}" for m in METHODS)
-            lines.append(f"{'video':<44} {key.replace('_', ' '):<34}" + cells)
+            lines.append(f"{'video':<44} {key.replace('_', ' '):<36}" + cells)
     return "\n".join(lines)
 
 
