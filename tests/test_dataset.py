@@ -203,12 +203,15 @@ def test_generated_dataset_is_valid(reference):
     from pocketswap.distill.data import collate
 
     samples = [s for _, s in zip(range(4), reader, strict=False)]
-    batch = collate(samples, warp=True)
+    batch = collate(samples, warp_shape=0.0)
     assert batch["identity_warped"].shape == batch["identity_image"].shape
     assert not torch.equal(batch["identity_warped"], batch["identity_image"])
+    assert "identity_warped" not in collate(samples)  # students without the warped identity
+    shaped = collate(samples, warp_shape=0.5)["identity_warped"]  # moved half-way to the identity's face shape
+    assert not torch.equal(shaped, batch["identity_warped"])
     samples[1].id_landmarks = None  # a dataset written before identity landmarks were recorded
     with pytest.raises(DatasetError, match="no identity landmarks.*teacher generate"):
-        collate(samples, warp=True)
+        collate(samples, warp_shape=0.0)
     # Streaming with shuffling and rank splits covers every sample exactly once.
     parts = [
         [s.key for s in reader.iter_samples(shuffle=True, seed=1, rank=r, world_size=2, shuffle_buffer=2)]
