@@ -251,6 +251,11 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     snapshot_index = 0
     start = time.perf_counter()
     fps = 0.0
+    progress = None
+    if options.headless and isinstance(source, VideoSource):  # a file swapped without a window: say how far
+        from tqdm import tqdm
+
+        progress = tqdm(total=source.frame_count or None, desc="demo", unit="frame", disable=None)
     try:
         for frame in source:
             frame_start = time.perf_counter()
@@ -262,6 +267,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
                 last = (frame, result)
             frame, result = last
             frames += 1
+            if progress is not None:
+                progress.update()
             with_face += bool(result.faces)
             meter.add(result)
             swapping = swapper.config.swap and bool(result.faces)
@@ -298,6 +305,8 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         raise
     finally:
         source.close()
+        if progress is not None:
+            progress.close()
         if not options.headless:
             cv2.destroyAllWindows()
     if writer is not None:
