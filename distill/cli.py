@@ -125,6 +125,8 @@ def _train(args: argparse.Namespace) -> int:
             f"{'n/a' if summary.best_val_loss is None else f'{summary.best_val_loss:.4f}'} "
             f"(step {summary.best_step}); run: {summary.out}"
         )
+        print(f"next: pocketswap distill eval {summary.out} --data {data}  |  pocketswap export {summary.out} "
+              "--identity FACE.jpg --format tflite --out ARTIFACTS")  # fmt: skip
     return 0
 
 
@@ -168,4 +170,5 @@ def _eval(args: argparse.Namespace) -> int:
     if target is not None:
         atomic_write_json(target, report)
         print(f"report: {target}")
+    print(f"next: pocketswap export {args.run} --identity FACE.jpg --format tflite --out ARTIFACTS")
     return 0

@@ -143,6 +143,9 @@ def _export(args: argparse.Namespace) -> int:
     first = next((a for a in artifacts if a.path.suffix == ".tflite"), None)
     if first is not None:
         print("benchmark: " + " ".join(benchmark_command(first.path, 1, "r.json")))
+    shown = first or next((a for a in artifacts if a.path.suffix == ".onnx"), None)
+    if shown is not None:
+        print(f"next: pocketswap bench latency {shown.path} --threads 1  |  pocketswap demo --model {shown.path}")
     return 0
 
 

@@ -75,6 +75,7 @@ def _generate(args: argparse.Namespace) -> int:
     if result.manifest is not None:
         m = result.manifest
         print(f"dataset {cfg.out}: {m.num_samples} samples, {len(m.shards)} shard(s), {len(m.identities)} identities")
+        print(f"next: pocketswap distill train --data {cfg.out} --preset nano --steps 800 --out runs/RUN")
     return 0
 
 

@@ -396,13 +396,16 @@ def test_a_face_file_name_that_is_not_utf8_generates_and_trains(tmp_path, capsys
     os.rename(os.fsencode(faces / "lfw_00.png"), os.fsencode(faces) + b"/caf\xe9.png")  # a Latin-1 name
     assert main(["teacher", "generate", "--faces", str(faces), "--out", str(tmp_path / "d"), "--pairs", "12",
                  "--workers", "1", "--size", "64"]) == 0, capsys.readouterr().err  # fmt: skip
+    assert f"next: pocketswap distill train --data {tmp_path / 'd'}" in capsys.readouterr().out
     import json
 
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text(encoding="utf-8"))
     assert "caf\ufffd.png" in json.dumps(manifest, ensure_ascii=False)  # recorded printable, still UTF-8
     code = main(["distill", "train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--steps", "1",
                  "--batch-size", "4", "--num-workers", "0", "--no-progress", "student.size=64", "val_fraction=0.34"])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert printed.out.rstrip().splitlines()[-1].startswith(f"next: pocketswap distill eval {tmp_path / 'r'}")
 
 
 @pytest.mark.slow

@@ -173,6 +173,7 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     assert main([*export, "--identity", "sample:astronaut"]) == 2
     assert "personalised for identity:grace_hopper" in capsys.readouterr().err
     assert main(export) == 0  # without --identity: the photo it was personalised from
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("next: pocketswap bench latency")
     manifest = json.loads(next(artifacts.glob("*.onnx.json")).read_text())
     assert manifest["source"]["embedding_sha256"] == extra["identity"]["embedding_sha256"]
     assert [t["name"] for t in manifest["inputs"]] == ["image", "identity_warped"]
