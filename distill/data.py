@@ -18,7 +18,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,12 @@ from pocketswap.dataset import (
     iter_shard_members,
     shuffle_stream,
 )
+from pocketswap.errors import ConfigError
 from pocketswap.faces.warp import warp_identity
+from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
+
+if TYPE_CHECKING:
+    from pocketswap.student.config import StudentConfig
 
 log = logging.getLogger(__name__)
 
@@ -287,12 +292,12 @@ def iter_batches(
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B,S,S,3] -> float [B,3,S,S] in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return images.permute(0, 3, 1, 2).float().div(1.0 / PIXEL_SCALE).add(PIXEL_OFFSET)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float [B,3,S,S] in [-1, 1] -> uint8 [B,S,S,3] (rounded)."""
-    x = images.detach().float().clamp(-1, 1).add(1.0).mul(127.5).round()
+    x = images.detach().float().clamp(-1, 1).sub(PIXEL_OFFSET).mul(1.0 / PIXEL_SCALE).round()
     return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
 
 
@@ -326,6 +331,33 @@ def stream_loader(stream: Any, num_workers: int, seed: int) -> Iterator[dict[str
     return iter(loader)
 
 
+def check_dataset(reader: DatasetReader, student: StudentConfig, preset: str) -> None:
+    """ConfigError when the dataset's crops, embeddings or template do not fit ``student`` (of ``preset``);
+    a warning when its teacher moved the features to another face shape than the student's warped identity."""
+    size, dim = reader.size, reader.embedding_dim
+    if student.size != size:
+        raise ConfigError(
+            f"the dataset's crops are {size} px but the student's field 'size' is {student.size} "
+            f"(preset {preset!r}): generate the dataset with --size {student.size} or set student.size={size}"
+        )
+    if student.embed_dim != dim:
+        raise ConfigError(
+            f"config field 'student.embed_dim' is {student.embed_dim} but the dataset's embeddings have {dim}"
+        )
+    template = reader.manifest.template
+    if template != student.template:
+        raise ConfigError(
+            f"the dataset's crops use the {template!r} template, the student field 'template' is {student.template!r}"
+        )
+    teacher_shape = reader.manifest.teacher.get("shape_transfer")
+    if student.warp_shape is not None and teacher_shape is not None and teacher_shape != student.warp_shape:
+        log.warning(
+            "the teacher moved the features %.2f of the way to the identity's shape, the student's warped identity "
+            "%.2f (student.identity_shape): its input and its targets disagree; set student.identity_shape=%s",
+            teacher_shape, student.warp_shape, teacher_shape,
+        )  # fmt: skip
+
+
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """A collated batch as float tensors in [-1, 1] (images) on ``device``, as the loss reads them."""
     return {
@@ -342,6 +374,7 @@ def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, to
 __all__ = [
     "Split",
     "TrainStream",
+    "check_dataset",
     "collate",
     "dataset_fingerprint",
     "identity_input",

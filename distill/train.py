@@ -36,16 +36,15 @@ from pocketswap.distill.data import (
     Split,
     TrainStream,
     batch_to_device,
+    check_dataset,
     dataset_fingerprint,
-    iter_batches,
     iter_split,
     make_split,
     stream_loader,
-    to_uint8,
 )
 from pocketswap.distill.features import FeatureDistiller, Trainee, load_teacher_module
-from pocketswap.distill.logs import MetricsLog, TensorBoard, image_grid, write_png
-from pocketswap.distill.losses import DistillLoss, face_psnr
+from pocketswap.distill.logs import MetricsLog, TensorBoard, write_png
+from pocketswap.distill.losses import DistillLoss
 from pocketswap.distill.setup import (
     Dist,
     auto_threads,
@@ -58,13 +57,11 @@ from pocketswap.distill.setup import (
     use_deterministic_algorithms,
 )
 from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
+from pocketswap.distill.validation import ValidationGrid, validate
 from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
 from pocketswap.files import atomic_write_bytes, atomic_write_json, exclusive_folder, replace_dir
-from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
-
-GRID_ROWS = 6
 
 
 class TrainingDivergedError(PocketswapError):
@@ -78,7 +75,7 @@ class _Trainer:
         self.device = ctx.device
         self.reader = DatasetReader(data)
         self.scfg = config.student_config(embed_dim=self.reader.embedding_dim)
-        self._check_dataset()
+        check_dataset(self.reader, self.scfg, config.preset)
         self.resume_from = self._resume_checkpoint(resume)
         self.split = self._make_split()
         self.workers = max(1, config.num_workers)
@@ -133,33 +130,9 @@ class _Trainer:
             self._write_run_files()
         self.metrics = MetricsLog(out / "metrics.jsonl", resume_step=self.step) if ctx.main else None
         self.tb = TensorBoard(out / "tb", purge_step=self.step if self.resume_from else None) if ctx.main else None
-        self._grid_batch: dict[str, Any] | None = None
+        self.grid = ValidationGrid(data, self.split, self.scfg.warp_shape, self.device)
 
     # -- setup helpers ---------------------------------------------------------------------------
-    def _check_dataset(self) -> None:
-        size, dim = self.reader.size, self.reader.embedding_dim
-        if self.scfg.size != size:
-            raise ConfigError(
-                f"the dataset's crops are {size} px but the student's field 'size' is {self.scfg.size} "
-                f"(preset {self.cfg.preset!r}): generate the dataset with --size {self.scfg.size} or set student.size={size}"
-            )
-        if self.scfg.embed_dim != dim:
-            raise ConfigError(
-                f"config field 'student.embed_dim' is {self.scfg.embed_dim} but the dataset's embeddings have {dim}"
-            )
-        template = self.reader.manifest.template
-        if template != self.scfg.template:
-            raise ConfigError(
-                f"the dataset's crops use the {template!r} template, the student field 'template' is {self.scfg.template!r}"
-            )
-        teacher_shape = self.reader.manifest.teacher.get("shape_transfer")
-        if self.scfg.warp_shape is not None and teacher_shape is not None and teacher_shape != self.scfg.warp_shape:
-            log.warning(
-                "the teacher moved the features %.2f of the way to the identity's shape, the student's warped identity "
-                "%.2f (student.identity_shape): its input and its targets disagree; set student.identity_shape=%s",
-                teacher_shape, self.scfg.warp_shape, teacher_shape,
-            )  # fmt: skip
-
     def _resume_checkpoint(self, resume: bool) -> Path | None:
         latest = run_state.latest_checkpoint(self.out)
         if resume:
@@ -377,45 +350,15 @@ class _Trainer:
         raise TrainingDivergedError(message)
 
     # -- validation, grids, checkpoints ----------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss terms and face-region PSNR of the EMA student on up to ``val_samples`` held-out pairs."""
         if self.cfg.val_samples == 0 or not self.split.val_names:
             return {}
-        sums: dict[str, float] = {}
-        count = 0
-        samples = iter_split(self.data, self.split, "val", limit=self.cfg.val_samples)
-        for batch in iter_batches(samples, self.cfg.batch_size, self.scfg.warp_shape):
-            t = self._prepare(batch)
-            image, mask = self.ema(t["attribute"], t["embedding"], t["identity_input"])
-            terms = self.loss_fn(image, mask, t)
-            n = len(batch["keys"])
-            image = image.float().clamp(-1, 1)
-            terms["psnr_face"] = face_psnr(image, t["output"], t["mask"])
-            terms["psnr_pasted"] = face_psnr(composite(image, mask.float(), t["attribute"]), t["output"], t["mask"])
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            count += n
-        if count == 0:
-            return {}
-        return {("loss" if k == "total" else k): v / count for k, v in sums.items()} | {"samples": count}
+        return validate(self.ema, self.loss_fn, iter_split(self.data, self.split, "val", limit=self.cfg.val_samples),
+                        self.cfg.batch_size, self.scfg.warp_shape, self.device)  # fmt: skip
 
-    @torch.no_grad()
     def _grid(self, batch: dict[str, Any]) -> None:
-        if self._grid_batch is None:
-            rows = iter_split(self.data, self.split, "val", limit=GRID_ROWS)
-            val = next(iter_batches(rows, GRID_ROWS, self.scfg.warp_shape), None)
-            self._grid_batch = (
-                val if val is not None else {k: v[:GRID_ROWS] for k, v in batch.items() if not k.startswith("_")}
-            )
-        b = self._grid_batch
-        t = self._prepare(b)
-        image, mask = self.ema(t["attribute"], t["embedding"], t["identity_input"])
-        pasted = composite(image.float().clamp(-1, 1), mask.float(), t["attribute"])
-        grid = image_grid(
-            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(pasted),
-            mask[:, 0].float().cpu().numpy(),
-        )  # fmt: skip
+        grid = self.grid.render(self.ema, batch)
         write_png(self.out / "samples" / f"{run_state.step_name(self.step)}.png", grid)
         if self.tb is not None:
             self.tb.image(self.step, "val/identity|attribute|teacher|student pasted|mask", grid)

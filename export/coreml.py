@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from pocketswap.export.common import ExportError, UnsupportedError, captured_output
+from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
 
 log = logging.getLogger(__name__)
 
-IMAGE_SCALE = 1.0 / 127.5
-IMAGE_BIAS = -1.0
+IMAGE_SCALE, IMAGE_BIAS = PIXEL_SCALE, PIXEL_OFFSET  # the students' pixel normalisation, inside the model
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pocketswap.errors import ConfigError, ImageReadError, NoFaceError, Pocketsw
 from pocketswap.export.common import CalibrationError
 from pocketswap.faces.analyzer import shared_analyzer
 from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.runtime import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def to_model_input(crops: np.ndarray) -> np.ndarray:
     crops = np.asarray(crops)
     if crops.ndim == 3:
         crops = crops[None]
-    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+    return np.ascontiguousarray(to_unit_range(crops.transpose(0, 3, 1, 2)))
 
 
 @dataclass

@@ -41,6 +41,7 @@ from pocketswap.export.job import (
     student_tensors,
 )
 from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
+from pocketswap.faces.spec import swap_spec
 from pocketswap.faces.warp import triangulate, warp_identity
 from pocketswap.files import check_output_dir
 from pocketswap.manifest import (
@@ -238,6 +239,7 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
         "crop_size": size,
         "template": config.template,
         "template_points": np.round(template_points(size, config.template), 3).tolist(),
+        "swap_spec": swap_spec(size, config.template),
         "normalization": {
             IMAGE_INPUT: IMAGE_NORMALIZATION,
             IMAGE_OUTPUT: "range [-1, 1]; pixels = (y + 1) * 127.5",

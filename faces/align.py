@@ -131,8 +131,15 @@ def hull_mask(points: np.ndarray, size: int, feather: float = 0.06) -> np.ndarra
     return mask.astype(np.float32) / 255.0
 
 
+# Paste-back numbers (the artifact manifest's ``swap_spec.paste`` records them; :func:`paste_spec`).
+EDGE_RAMP = 0.06  # the mask falls linearly to 0 over this share of the crop at its edges
+COLOUR_REGION = 0.5  # the colour match's statistics come from the pixels whose weight is above this
+COLOUR_EPS = 1e-3  # added to both standard deviations of the colour match's gain
+COLOUR_MIN_PIXELS = 16  # a smaller region leaves the colour as it is
+
+
 @lru_cache(maxsize=8)
-def border_ramp(size: int, width: float = 0.06) -> np.ndarray:
+def border_ramp(size: int, width: float = EDGE_RAMP) -> np.ndarray:
     """size x size float32 weights falling linearly to 0 over `width` of the crop at its edges, so a
     mask that reaches the crop border never leaves a hard seam in the frame."""
     ramp = np.clip((np.arange(size, dtype=np.float32) + 0.5) / max(width * size, 1.0), 0.0, 1.0)
@@ -144,16 +151,16 @@ def color_transfer(
     source: np.ndarray,
     target: np.ndarray,
     region: np.ndarray,
-    eps: float = 1e-3,
-    min_pixels: int = 16,
+    eps: float = COLOUR_EPS,
+    min_pixels: int = COLOUR_MIN_PIXELS,
     gain_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """``source`` with its CIELAB mean and standard deviation matched to ``target``'s over ``region`` (HxW:
-    bool, or weights counted where > 0.5), all uint8 RGB: per channel ``(x - mean_s) * g + mean_t`` with gain
+    bool, or weights counted where > ``COLOUR_REGION``), all uint8 RGB: per channel ``(x - mean_s) * g + mean_t`` with gain
     ``g = (std_t + eps) / (std_s + eps)``. ``gain_range`` bounds the lightness gain and caps the chroma gains
     (which may fall to 0, so a grey target greys the source). Fewer than ``min_pixels`` in the region: unchanged.
     The one colour match of the project (paste-back and the built-in teacher)."""
-    mask = (region > 0.5).astype(np.uint8)
+    mask = (region > COLOUR_REGION).astype(np.uint8)
     if cv2.countNonZero(mask) < min_pixels:
         return source
     src_lab = cv2.cvtColor(source, cv2.COLOR_RGB2LAB)

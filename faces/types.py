@@ -17,21 +17,16 @@ MOUTH_CORNERS = (MOUTH_RIGHT_CORNER, MOUTH_LEFT_CORNER)
 # Outer lip contour, in order.
 OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
 NUM_LANDMARKS = 468
+# The 5 ArcFace-order keypoints, each the mean of these landmarks: image-left eye centre, image-right eye
+# centre, nose tip, image-left mouth corner, image-right mouth corner.
+KEYPOINT_GROUPS = (RIGHT_EYE_RING, LEFT_EYE_RING, (NOSE_TIP,), (MOUTH_RIGHT_CORNER,), (MOUTH_LEFT_CORNER,))
 
 
 def keypoints_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """(5, 2) float32 ArcFace-order keypoints from (468, 2+) FaceMesh landmarks: image-left eye centre,
     image-right eye centre, nose tip, image-left mouth corner, image-right mouth corner."""
     xy = np.asarray(landmarks, dtype=np.float32)[:, :2]
-    return np.stack(
-        [
-            xy[list(RIGHT_EYE_RING)].mean(0),
-            xy[list(LEFT_EYE_RING)].mean(0),
-            xy[NOSE_TIP],
-            xy[MOUTH_RIGHT_CORNER],
-            xy[MOUTH_LEFT_CORNER],
-        ]
-    ).astype(np.float32)
+    return np.stack([xy[list(group)].mean(0) for group in KEYPOINT_GROUPS]).astype(np.float32)
 
 
 def inter_ocular(landmarks: np.ndarray) -> float:

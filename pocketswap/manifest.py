@@ -29,6 +29,11 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
   (``pocketswap.faces.shape.transfer_shape``; 0 or absent: leave them), warp that texture onto them
   piecewise-affinely over those triangles, pixels outside them keeping the texture's own
   (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh draw), and feed it.
+- ``swap_spec`` (students): the pre- and post-processing as data, so that a client needs nothing else:
+  ``front_end`` (the landmark models and their ROI recipe), ``crop`` (the landmark indices averaged into each of
+  the 5 keypoints, the fit, template points, resampling, border), ``normalization`` (``scale``, ``offset``) and
+  ``paste`` (the alpha's edge ramp, the CIELAB colour transfer's formula, region, eps and minimum, resampling to
+  the frame, the fine-detail rule, the blend); see :mod:`pocketswap.faces.spec`.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
 """
 
@@ -58,6 +63,9 @@ IDENTITY_INPUT = "identity"
 WARPED_IDENTITY_INPUT = "identity_warped"
 IMAGE_OUTPUT = "swapped"
 MASK_OUTPUT = "mask"
+# Pixel normalisation of every student image tensor: uint8 RGB p -> p * PIXEL_SCALE + PIXEL_OFFSET in [-1, 1].
+PIXEL_SCALE = 1.0 / 127.5
+PIXEL_OFFSET = -1.0
 STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
 SYNTHETIC_MEDIA_NOTICE = (
     "This model generates synthetic media (face swaps). Disclose that its outputs are synthetic, "
@@ -108,6 +116,7 @@ class Manifest:
     delegation: dict[str, Any] | None = None
     patch: dict[str, Any] | None = None
     identity_texture: dict[str, Any] | None = None
+    swap_spec: dict[str, Any] | None = None
     converters: dict[str, str] = field(default_factory=dict)
     pocketswap_version: str = __version__
     created_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -272,6 +281,8 @@ def artifact_size(path: str | Path) -> int:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "PIXEL_OFFSET",
+    "PIXEL_SCALE",
     "SYNTHETIC_MEDIA_NOTICE",
     "Manifest",
     "ManifestError",

@@ -22,7 +22,7 @@ import numpy as np
 
 from pocketswap.errors import ModelSignatureError, PocketswapError
 from pocketswap.faces.warp import warp_identity
-from pocketswap.manifest import WARPED_IDENTITY_INPUT
+from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE, WARPED_IDENTITY_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ class SwapModel(Protocol):
 
 def to_unit_range(crop: np.ndarray) -> np.ndarray:
     """uint8 RGB HxWx3 -> float32 HxWx3 in [-1, 1]."""
-    return crop.astype(np.float32) * (1.0 / 127.5) - 1.0
+    return crop.astype(np.float32) * np.float32(PIXEL_SCALE) + np.float32(PIXEL_OFFSET)
 
 
 def from_unit_range(image: np.ndarray) -> np.ndarray:
     """float HxWx3 in [-1, 1] -> uint8 RGB."""
-    return np.clip((image + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip((image - PIXEL_OFFSET) * (1.0 / PIXEL_SCALE) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _where(path: str | Path | bytes) -> str:
