@@ -231,8 +231,8 @@ def bench_video(frames: list[np.ndarray], fps: float, models: dict[str, Any], wh
     landmark motion that is not the input's, inter-ocular units per frame) and **identity stability**
     (mean and spread of the per-frame dlib distance to the person)."""
     from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
-    from pocketswap.distill.metrics import inter_ocular
     from pocketswap.faces.align import align_face
+    from pocketswap.faces.types import inter_ocular
 
     inputs = [(frame, (analyzer.detect(frame) or [None])[0]) for frame in frames]
     outputs = {"input": [frame for frame, _ in inputs], "recaptured": [recapture(frame) for frame, _ in inputs]}

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from pocketswap.faces.align import similarity_transform, template_points, transform_points
-from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING
+from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
 
 
 # -- identity ------------------------------------------------------------------------------------
@@ -131,12 +131,6 @@ def detect_crop_landmarks(analyzer: object, crop: np.ndarray, pad: float = 0.5) 
     return landmarks
 
 
-def inter_ocular(landmarks: np.ndarray) -> float:
-    """Distance between the two eye centres (means of the FaceMesh eye rings)."""
-    xy = np.asarray(landmarks, np.float64)[:, :2]
-    return float(np.linalg.norm(xy[list(RIGHT_EYE_RING)].mean(0) - xy[list(LEFT_EYE_RING)].mean(0)))
-
-
 def expression_error(landmarks: np.ndarray, reference: np.ndarray) -> float:
     """Mean landmark distance after a least-squares similarity alignment of ``landmarks`` onto
     ``reference`` (x, y only), divided by the reference's inter-ocular distance."""
@@ -228,7 +222,6 @@ __all__ = [
     "identity_distances",
     "identity_gallery",
     "identity_transfer",
-    "inter_ocular",
     "pose_error",
     "retrieval_top1",
 ]
