@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pocketswap.demo.smoothing import OneEuroFilter
 from pocketswap.faces.align import align_face, paste_back
 from pocketswap.faces.analyzer import FaceAnalyzer
+from pocketswap.faces.smoothing import BETA, DETECT_EVERY, MIN_CUTOFF, OneEuroFilter
 from pocketswap.faces.types import Face
 from pocketswap.runtime import SwapModel
 
@@ -29,9 +29,9 @@ class PipelineConfig:
     detail finer than the crop is added back (`faces.align.fine_detail`). all_faces: swap every face, not
     only the largest."""
 
-    detect_every: int = 5
-    min_cutoff: float = 1.5
-    beta: float = 0.02
+    detect_every: int = DETECT_EVERY
+    min_cutoff: float = MIN_CUTOFF
+    beta: float = BETA
     color_transfer: bool = True
     keep_detail: bool = True
     all_faces: bool = False

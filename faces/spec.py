@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.faces import align, facemesh
+from pocketswap.faces import align, facemesh, smoothing
 from pocketswap.faces.types import KEYPOINT_GROUPS
 from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
 
@@ -63,15 +63,27 @@ def paste_spec() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def video_spec() -> dict[str, Any]:
+    """Tracking and landmark smoothing on video (:class:`pocketswap.demo.pipeline.LiveSwapper`)."""
+    return {
+        "detect_every": smoothing.DETECT_EVERY,  # frames; in between, track (landmarks from the last ones' ROI)
+        "redetect": "when tracking loses a face (presence under min_presence)",
+        "one_euro": {"min_cutoff_hz": smoothing.MIN_CUTOFF, "beta": smoothing.BETA,
+                     "derivative_cutoff_hz": smoothing.DERIVATIVE_CUTOFF, "applies_to": "the 468 landmarks (pixels)"},
+        "clock": "video files: frame index / frame rate (reproducible); cameras: seconds of the wall clock",
+    }  # fmt: skip
+
+
 def swap_spec(size: int, template: str) -> dict[str, Any]:
-    """The manifest's ``swap_spec``: front end, crop, tensor normalisation, paste."""
+    """The manifest's ``swap_spec``: front end, crop, tensor normalisation, paste, video."""
     return {
         "front_end": front_end_spec(),
         "crop": crop_spec(size, template),
         "normalization": {"scale": PIXEL_SCALE, "offset": PIXEL_OFFSET, "channels": "RGB",
                           "output": "pixels = (y - offset) / scale, rounded and clipped to [0, 255]"},
         "paste": paste_spec(),
+        "video": video_spec(),
     }  # fmt: skip
 
 
-__all__ = ["crop_spec", "front_end_spec", "paste_spec", "swap_spec"]
+__all__ = ["crop_spec", "front_end_spec", "paste_spec", "swap_spec", "video_spec"]

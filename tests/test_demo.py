@@ -12,13 +12,13 @@ import torch
 from pocketswap.checkpoint import save_checkpoint
 from pocketswap.cli import main
 from pocketswap.demo.clip import synthetic_frames, write_clip
-from pocketswap.demo.smoothing import OneEuroFilter
 from pocketswap.demo.source import CameraError, open_source
 from pocketswap.demo.video import read_metadata
 from pocketswap.faces.align import align_face, invert_affine, transform_points
 from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.identity import embed_faces, load_encoder
 from pocketswap.faces.samples import load
+from pocketswap.faces.smoothing import OneEuroFilter
 from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
 from pocketswap.student import StudentNet, get_preset
 

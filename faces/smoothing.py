@@ -6,6 +6,14 @@ import math
 
 import numpy as np
 
+# The live pipeline's video defaults (the artifact manifest's ``swap_spec.video`` records them): detect every
+# DETECT_EVERY frames and track the landmarks (FaceMesh from the previous landmarks' ROI) in between, then
+# smooth the 468 landmarks with a One-Euro filter on the frame's time.
+DETECT_EVERY = 5
+MIN_CUTOFF = 1.5  # Hz
+BETA = 0.02
+DERIVATIVE_CUTOFF = 1.0  # Hz
+
 
 def _alpha(cutoff_hz: float, dt: float) -> float:
     tau = 1.0 / (2.0 * math.pi * cutoff_hz)
@@ -18,7 +26,9 @@ class OneEuroFilter:
     min_cutoff: Hz, lower = smoother at rest. beta: speed coefficient, higher = less lag when
     moving. Both are per the paper; positions are in pixels and time in seconds."""
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, derivative_cutoff: float = 1.0) -> None:
+    def __init__(
+        self, min_cutoff: float = MIN_CUTOFF, beta: float = BETA, derivative_cutoff: float = DERIVATIVE_CUTOFF
+    ) -> None:
         self.min_cutoff, self.beta, self.derivative_cutoff = min_cutoff, beta, derivative_cutoff
         self._x: np.ndarray | None = None
         self._dx: np.ndarray | None = None
