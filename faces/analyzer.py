@@ -34,6 +34,8 @@ DETECTORS = ("short", "full", "auto")
 # The main face is the largest among the confident ones: a detection more than this far below the
 # best score (e.g. a building at 0.71 beside a face at 0.96) is never preferred for its size.
 MAIN_FACE_SCORE_MARGIN = 0.15
+MIN_SCORE = 0.5  # detector confidence a face needs
+MIN_PRESENCE = 0.5  # FaceMesh face presence under which a face is dropped (tracking: lost)
 # Tasks backend tracking: the new face must overlap the previous one this much (IoU).
 TRACK_MIN_IOU = 0.3
 
@@ -77,9 +79,9 @@ class FaceAnalyzer:
         self,
         detector: str = "short",
         task_file: str | Path | None = None,
-        min_score: float = 0.5,
+        min_score: float = MIN_SCORE,
         num_threads: int = 1,
-        min_presence: float = 0.5,
+        min_presence: float = MIN_PRESENCE,
     ) -> None:
         if detector not in DETECTORS:
             raise ConfigError(f"detector: unknown value '{detector}'; choose one of: {', '.join(DETECTORS)}")

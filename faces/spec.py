@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.faces import align, facemesh, smoothing
+from pocketswap.faces import align, analyzer, facemesh, smoothing
 from pocketswap.faces.types import KEYPOINT_GROUPS
 from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
 
@@ -17,12 +17,12 @@ def front_end_spec() -> dict[str, Any]:
     """How the 468 landmarks are found (MediaPipe's face_landmark_front_cpu recipe, LiteRT models)."""
     return {
         "detector": {"models": ["face_detection_short_range.tflite", "face_detection_full_range.tflite"],
-                     "order": "short range first; full range when it finds no face", "min_score": 0.5},
+                     "order": "short range first; full range when it finds no face", "min_score": analyzer.MIN_SCORE},
         "landmarks": {"model": facemesh.MODEL_FILE, "input_size": facemesh.INPUT_SIZE, "input_range": [0.0, 1.0],
                       "resample": "bilinear", "border": "replicate", "roi_scale": facemesh.ROI_SCALE,
                       "roi": "detection box (tracking: the previous landmarks' box), square on its long side",
                       "roi_rotation": [[0, 1], [facemesh.TRACK_ROTATION_START, facemesh.TRACK_ROTATION_END]],
-                      "min_presence": 0.5},
+                      "min_presence": analyzer.MIN_PRESENCE},
         "pixel_centres": "pixel i is centred on coordinate i (OpenCV)",
     }  # fmt: skip
 
