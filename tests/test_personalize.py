@@ -132,6 +132,17 @@ def test_locked_identity_refuses_another_person():
     assert locked_identity({}, other, "you.jpg", 0.095) is other  # universal students take anyone
 
 
+def test_a_personalised_run_whose_photo_is_gone_asks_for_one(tmp_path, capsys):
+    own = np.zeros(128, np.float32)
+    own[0] = 1.0
+    record = {"name": "me", "source": str(tmp_path / "moved.jpg"), "embedding": own.tolist()}
+    checkpoint = save_checkpoint(tmp_path / "me", StudentNet(get_preset("nano", size=64)), extra={"identity": record})
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "personalised for me from" in err and "which is gone: pass --identity" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_personalize_end_to_end(pool, tmp_path, capsys):
     torch.manual_seed(0)
