@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -533,7 +534,14 @@ def train(
         if ctx.main:
             out.mkdir(parents=True, exist_ok=True)
         with exclusive_folder(out) if ctx.main else contextlib.nullcontext():  # one run writes OUT at a time
-            summary = _Trainer(config, data, out, ctx, resume, progress).run(stop_after)
+            trainer = _Trainer(config, data, out, ctx, resume, progress)
+            summary = trainer.run(stop_after)
+        if ctx.world > 1:
+            # The DDP wrappers go before the group they use, and every rank is done with the group before any
+            # tears it down: gloo aborted a rank at exit once in CI ("terminate called without an active exception").
+            del trainer
+            gc.collect()
+            dist.barrier()
         log.info("%s at step %d/%d: %.1f samples/s; EMA weights %s", summary.stopped, summary.step, summary.steps,
                  summary.samples_per_s, summary.weights_sha256[:12])  # fmt: skip
         return summary
