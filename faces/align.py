@@ -48,22 +48,18 @@ def template_points(size: int, template: str = "arcface") -> np.ndarray:
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst (Umeyama).
-
-    Returns a 2x3 float32 matrix."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
+    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping src to dst:
+    Umeyama's solution, which in 2-D is the complex least squares z = sum(conj(s) d) / sum(|s|^2) of the
+    centred points. Returns a 2x3 float32 matrix."""
+    src = np.asarray(src, dtype=np.float64)[:, :2]
+    dst = np.asarray(dst, dtype=np.float64)[:, :2]
     src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / len(src)
-    u, sigma, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[-1] = -1.0
-    rotation = u @ np.diag(d) @ vt
-    scale = (sigma * d).sum() / src_c.var(0).sum()
-    translation = dst_mean - scale * rotation @ src_mean
-    return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
+    s, d = src - src_mean, dst - dst_mean
+    norm = max(float((s * s).sum()), 1e-12)
+    a = float((s * d).sum()) / norm
+    b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / norm
+    linear = np.array([[a, -b], [b, a]])
+    return np.hstack([linear, (dst_mean - linear @ src_mean)[:, None]]).astype(np.float32)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

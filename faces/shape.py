@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from pocketswap.faces.align import similarity_transform, transform_points
+from pocketswap.faces.raster import polygon_distances
 from pocketswap.faces.types import LEFT_EYE_RING, MOUTH_CORNERS, OUTER_LIP, RIGHT_EYE_RING
 
 # Features that carry the expression (mouth opening, blinks): under shape transfer each moves as one rigid
@@ -20,29 +21,13 @@ RIGID_FEATURES = (
 )
 
 
-def signed_distance(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Distance of each of ``points`` (N, 2) to the closed ``polygon`` (M, 2): positive inside, negative
-    outside (the sign convention of ``cv2.pointPolygonTest``)."""
-    a, b = polygon, np.roll(polygon, -1, axis=0)
-    edge = b - a
-    rel = points[:, None, :] - a[None]  # (N, M, 2)
-    t = np.clip((rel * edge).sum(-1) / np.maximum((edge * edge).sum(-1), 1e-12), 0.0, 1.0)
-    distance = np.linalg.norm(rel - t[..., None] * edge, axis=-1).min(axis=1)
-    y = points[:, 1:2]
-    straddles = (a[None, :, 1] > y) != (b[None, :, 1] > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = a[None, :, 0] + (y - a[None, :, 1]) * edge[None, :, 0] / edge[None, :, 1]
-    inside = (straddles & (points[:, 0:1] < x_cross)).sum(axis=1) % 2 == 1
-    return np.where(inside, distance, -distance)
-
-
 def rigid_piece(points: np.ndarray, contour: tuple[int, ...], corners: tuple[int, int], grow: float) -> np.ndarray:
     """Indices of the landmarks within ``contour`` grown by ``grow`` of its corner-to-corner width."""
     polygon = points[list(contour)]
     reach = grow * float(np.linalg.norm(points[corners[0]] - points[corners[1]]))
-    near = np.flatnonzero(((points >= polygon.min(0) - reach) & (points <= polygon.max(0) + reach)).all(axis=1))
-    inside = signed_distance(points[near], polygon) >= -reach
-    return np.union1d(near[inside], contour)
+    return np.flatnonzero(
+        polygon_distances(points, polygon, beyond=reach) >= -reach
+    )  # the contour's own points: distance 0
 
 
 def two_point_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

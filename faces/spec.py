@@ -8,20 +8,58 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.faces import align, analyzer, facemesh, smoothing
+from pocketswap.faces import align, analyzer, blazeface, facemesh, smoothing
+from pocketswap.faces.raster import INSIDE_TOLERANCE
+from pocketswap.faces.shape import RIGID_FEATURES
 from pocketswap.faces.types import KEYPOINT_GROUPS
-from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
+from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE, WARPED_IDENTITY_INPUT
+
+
+def _detector_spec(name: str) -> dict[str, Any]:
+    model = blazeface.MODELS[name]
+    anchors = model.anchors
+    return {
+        "model": model.filename, "input_size": anchors.input_size, "input": "p * 2 / 255 - 1 (RGB)",
+        "letterbox": "scale = input_size / max(w, h); the image resized (bilinear) to round(w * scale) x "
+                     "round(h * scale) at offset ((input_size - new_w) // 2, (input_size - new_h) // 2) on zeros",
+        "anchors": {"strides": list(anchors.strides), "anchor_offset": anchors.anchor_offset,
+                    "per_cell": "1 per aspect ratio (+1 when interpolated_scale_aspect_ratio > 0) for each layer "
+                                "of a run of equal strides; cells row-major, a cell's anchors together",
+                    "aspect_ratios": list(anchors.aspect_ratios),
+                    "interpolated_scale_aspect_ratio": anchors.interpolated_scale_aspect_ratio,
+                    "centre": "((col + anchor_offset) / side, (row + anchor_offset) / side), side = ceil(input_size "
+                              "/ stride)"},
+        "outputs": {"boxes": "(1, anchors, 16): centre dx, dy, w, h, then 6 keypoints (dx, dy), input pixels; "
+                             "/ input_size + anchor centre", "scores": "(1, anchors, 1) logits",
+                    "score": "sigmoid(clip(logit, -score_clipping, score_clipping))",
+                    "score_clipping": model.score_clipping},
+        "min_score": analyzer.MIN_SCORE,
+        "nms": {"algorithm": "weighted: best score first, the boxes with IoU > iou form a cluster, output their "
+                             "score-weighted mean box and keypoints with the best score", "iou": model.min_suppression_iou},
+        "to_image": "(letterbox coordinates * input_size - offset) * (w / new_w, h / new_h) - 0.5 (pixel centres)",
+        "keypoints": list(blazeface.KEYPOINT_NAMES),
+    }  # fmt: skip
 
 
 def front_end_spec() -> dict[str, Any]:
-    """How the 468 landmarks are found (MediaPipe's face_landmark_front_cpu recipe, LiteRT models)."""
+    """How the 468 landmarks are found (MediaPipe's face_landmark_front_cpu recipe, LiteRT models), as data."""
     return {
-        "detector": {"models": ["face_detection_short_range.tflite", "face_detection_full_range.tflite"],
-                     "order": "short range first; full range when it finds no face", "min_score": analyzer.MIN_SCORE},
+        "detectors": [_detector_spec("short"), _detector_spec("full")],
+        "detector_order": "short range; the full range one when the short range one gives no face",
+        "main_face": {"score_margin": analyzer.MAIN_FACE_SCORE_MARGIN,
+                      "rule": "detections within score_margin of the best score, largest box area first, then the "
+                              "rest by area; the first whose landmarks are present is the face"},
         "landmarks": {"model": facemesh.MODEL_FILE, "input_size": facemesh.INPUT_SIZE, "input_range": [0.0, 1.0],
-                      "resample": "bilinear", "border": "replicate", "roi_scale": facemesh.ROI_SCALE,
-                      "roi": "detection box (tracking: the previous landmarks' box), square on its long side",
-                      "roi_rotation": [[0, 1], [facemesh.TRACK_ROTATION_START, facemesh.TRACK_ROTATION_END]],
+                      "roi": {"centre": "the box centre (tracking: the landmarks' bounding box)",
+                              "side": "max(box w, box h) * roi_scale", "roi_scale": facemesh.ROI_SCALE,
+                              "angle": "atan2 of the eye line, keypoint 0 -> 1 (tracking: landmark a -> b)",
+                              "tracking_eye_line": [facemesh.TRACK_ROTATION_START, facemesh.TRACK_ROTATION_END]},
+                      "image_to_input": "k = input_size / side; x_in = R(-angle) (p - centre) * k + (input_size - 1) "
+                                        "/ 2, warped bilinear, replicated border",
+                      "output_to_image": "p = R(angle) (q - input_size / 2) * side / input_size + centre; z * side / "
+                                         "input_size",
+                      "outputs": {"landmarks": "1404 values: 468 (x, y, z) input pixels",
+                                  "presence": "sigmoid(clip(logit, -80, 80))"},
                       "min_presence": analyzer.MIN_PRESENCE},
         "pixel_centres": "pixel i is centred on coordinate i (OpenCV)",
     }  # fmt: skip
@@ -63,6 +101,34 @@ def paste_spec() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def identity_warp_spec() -> dict[str, Any]:
+    """The ``identity_warped`` input of students that read it (:func:`pocketswap.faces.warp.warp_identity`)."""
+    return {
+        "input": WARPED_IDENTITY_INPUT,
+        "texture": "the manifest's identity_texture: crop (PNG), its 468 landmarks (crop pixels), fixed triangles",
+        "landmarks": "the frame's 468 landmarks taken into the crop by the crop's similarity",
+        "shape_transfer": {
+            "amount": "identity_texture.shape (0: skip)",
+            "fit": "least-squares similarity (no reflection) of the texture's landmarks onto the frame's: target",
+            "rigid_pieces": [{"contour": list(contour), "corners": list(corners), "grow": grow}
+                             for contour, corners, grow in RIGID_FEATURES],
+            "piece": "the frame's landmarks inside the contour polygon or at most grow * |corner 0 - corner 1| "
+                     "outside it; their target is the frame's moved by the similarity that takes the frame's two "
+                     "corners onto the target's (later pieces overwrite earlier ones)",
+            "fixed": "landmarks on the convex hull of the frame's landmarks keep their place",
+            "result": "frame + amount * (target - frame)",
+        },
+        "raster": {"rule": "the texture's triangles drawn at the moved landmarks: a pixel whose centre is inside "
+                           "a triangle or on its edge (barycentric >= -tolerance) samples the texture at the "
+                           "barycentric mix of the triangle's texture landmarks; later triangles overwrite "
+                           "earlier ones", "tolerance": INSIDE_TOLERANCE,
+                   "outside_mesh": "the texture's own pixel (identity map)"},
+        "resample": "bicubic",
+        "border": "reflect101",  # OpenCV BORDER_REFLECT_101: dcb|abcd|cba
+        "normalization": "as the image input",
+    }  # fmt: skip
+
+
 def video_spec() -> dict[str, Any]:
     """Tracking and landmark smoothing on video (:class:`pocketswap.demo.pipeline.LiveSwapper`)."""
     return {
@@ -75,15 +141,16 @@ def video_spec() -> dict[str, Any]:
 
 
 def swap_spec(size: int, template: str) -> dict[str, Any]:
-    """The manifest's ``swap_spec``: front end, crop, tensor normalisation, paste, video."""
+    """The manifest's ``swap_spec``: front end, crop, tensor normalisation, paste, identity warp, video."""
     return {
         "front_end": front_end_spec(),
         "crop": crop_spec(size, template),
         "normalization": {"scale": PIXEL_SCALE, "offset": PIXEL_OFFSET, "channels": "RGB",
                           "output": "pixels = (y - offset) / scale, rounded and clipped to [0, 255]"},
         "paste": paste_spec(),
+        "identity_warp": identity_warp_spec(),
         "video": video_spec(),
     }  # fmt: skip
 
 
-__all__ = ["crop_spec", "front_end_spec", "paste_spec", "swap_spec", "video_spec"]
+__all__ = ["crop_spec", "front_end_spec", "identity_warp_spec", "paste_spec", "swap_spec", "video_spec"]

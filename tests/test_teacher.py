@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.faces.raster import mesh_maps
 from pocketswap.faces.shape import transfer_shape
 from pocketswap.faces.warp import (
     MeshWarp,
-    TextureWarp,
     border_anchors,
-    triangle_neighbours,
     triangulate,
     warp_identity,
     warp_with_anchors,
@@ -124,27 +123,49 @@ def test_identity_texture_lands_on_the_frame_landmarks(records):
         warp_identity(identity.image, identity.landmarks, np.full((468, 2), np.nan))
 
 
-def test_texture_warp_matches_the_per_triangle_rasteriser(records):
-    """The per-identity warp (fixed triangles, vectorised per frame) gives what rasterising every triangle
-    of the frame's mesh gives: on real faces within a grey level on average, at 128 and 224 px."""
-    for size in (128, SIZE):
-        scale = size / SIZE
-        identity = cv2.resize(records["grace_hopper"].image, (size, size), interpolation=cv2.INTER_AREA)
-        source = records["grace_hopper"].landmarks[:, :2] * scale
-        triangles = triangulate(source)
-        warp = TextureWarp(source, (size, size), triangles)
-        for frame in (records["astronaut"], records["lfw_01"]):
-            target = frame.landmarks[:, :2] * scale
-            reference = MeshWarp(target, (size, size), triangles).warp(identity, source, cv2.INTER_CUBIC)
-            difference = np.abs(warp.warp(identity, target).astype(int) - reference.astype(int))
-            assert difference.mean() < 1.0, (size, difference.mean())
-            assert np.abs(target - source).max() > 2.0  # the two geometries differ: guesses must walk
+def test_rasteriser_is_exact_for_an_affine_mesh(records):
+    """Moving a real face's mesh by one affine map, every covered pixel samples that map's inverse, and the
+    covered pixels are those whose centres lie in the mesh (its convex hull: a Delaunay mesh)."""
+    src = records["grace_hopper"].landmarks[:, :2].astype(np.float64)
+    triangles = triangulate(src)
+    affine = np.array([[0.9, -0.2, 20.0], [0.15, 1.05, -6.0]])
+    dst = src @ affine[:, :2].T + affine[:, 2]
+    map_x, map_y, covered = mesh_maps(src, dst, triangles, (SIZE, SIZE))
+    ys, xs = np.nonzero(covered)
+    expected = cv2.invertAffineTransform(affine) @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
+    assert np.abs(map_x[ys, xs] - expected[0]).max() < 1e-3 and np.abs(map_y[ys, xs] - expected[1]).max() < 1e-3
+    hull = cv2.convexHull(dst.astype(np.float32))
+    grid_y, grid_x = np.mgrid[0:SIZE, 0:SIZE]
+    distance = np.array(
+        [
+            cv2.pointPolygonTest(hull, (float(x), float(y)), True)
+            for x, y in zip(grid_x.ravel(), grid_y.ravel(), strict=True)
+        ]
+    )
+    inside = distance.reshape(SIZE, SIZE) >= 0
+    wrong = (covered > 0) != inside
+    assert np.abs(distance.reshape(SIZE, SIZE)[wrong]).max(initial=0.0) < 0.01
+    assert map_x[~inside].tolist() == grid_x[~inside].astype(np.float32).tolist()  # outside: its own pixel
 
 
-def test_triangle_neighbours_share_an_edge():
-    triangles = np.array([[0, 1, 2], [1, 3, 2], [3, 4, 2]])
-    neighbours = triangle_neighbours(triangles)
-    assert neighbours.tolist() == [[1, -1, -1], [2, 0, -1], [-1, 1, -1]]
+def test_rasteriser_samples_each_pixel_by_its_own_triangle(records):
+    """On a real face moved onto another face's geometry, a pixel samples the barycentric map of the triangle
+    whose interior holds its centre (found here by OpenCV's point-in-polygon test)."""
+    src = records["grace_hopper"].landmarks[:, :2].astype(np.float64)
+    dst = records["astronaut"].landmarks[:, :2].astype(np.float64)
+    triangles = triangulate(src)
+    map_x, map_y, covered = mesh_maps(src, dst, triangles, (SIZE, SIZE))
+    rng = np.random.default_rng(0)
+    checked = 0
+    for y, x in rng.permutation(np.argwhere(covered > 0))[:300]:
+        for triangle in triangles[::-1]:  # where triangles overlap the later one is drawn last and wins
+            corners = dst[triangle].astype(np.float32)
+            if cv2.pointPolygonTest(corners, (float(x), float(y)), True) > 1e-3:
+                weights = np.linalg.solve(np.vstack([corners.T.astype(np.float64), np.ones(3)]), [x, y, 1.0])
+                assert np.allclose([map_x[y, x], map_y[y, x]], weights @ src[triangle], atol=1e-3)
+                checked += 1
+                break
+    assert checked > 250
 
 
 # -- geometric teacher ---------------------------------------------------------------------------
@@ -261,7 +282,8 @@ def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
 
 def test_rigid_pieces_match_opencv_point_polygon_test(records):
     """The vectorised signed distance that picks each rigid piece agrees with cv2.pointPolygonTest."""
-    from pocketswap.faces.shape import RIGID_FEATURES, signed_distance
+    from pocketswap.faces.raster import polygon_distances
+    from pocketswap.faces.shape import RIGID_FEATURES
 
     rng = np.random.default_rng(0)
     for record in records.values():
@@ -269,7 +291,7 @@ def test_rigid_pieces_match_opencv_point_polygon_test(records):
         for contour, _, _ in RIGID_FEATURES:
             polygon = points[list(contour)]
             expected = [cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), True) for x, y in points]
-            assert np.allclose(signed_distance(points, polygon), expected, atol=1e-3)
+            assert np.allclose(polygon_distances(points, polygon), expected, atol=1e-3)
 
 
 def test_warped_identity_carries_the_identity_shape(records):
