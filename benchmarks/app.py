@@ -80,7 +80,9 @@ def benchmark_app(
     model: Path, identity: Path | None = None, seconds: float = 20.0, threads: int = 1, transport: str = "websocket"
 ) -> AppRecord:
     """Serve the app for ``model``, stream the bundled-face clip through a real browser for ``seconds``
-    over ``transport`` (websocket | webrtc)."""
+    over ``transport`` (websocket | webrtc; device: the page's device mode swaps on the browser itself)."""
+    if transport == "device":
+        return _benchmark_device(model, seconds)
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -129,3 +131,51 @@ def benchmark_app(
         browser_path_p50_ms=round(float(np.percentile(e2e - pipeline, 50)), 2),
         browser_path_p95_ms=round(float(np.percentile(e2e - pipeline, 95)), 2),
     )
+
+
+def _benchmark_device(model: Path, seconds: float) -> AppRecord:
+    """Device mode (``/device``): the whole swap in the browser (WASM), frames per second of swapped frames.
+    End to end is one frame's time on the page (canvas in, swap, canvas out); there is no server."""
+    from playwright.sync_api import sync_playwright
+
+    from pocketswap.demo.clip import synthetic_frames, write_y4m
+    from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
+
+    app = create_app(AppOptions(model=model, transport="websocket"))
+    with tempfile.TemporaryDirectory(prefix="pocketswap-bench-device-") as tmp:
+        clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
+        with serving_in_thread(app) as url, sync_playwright() as p:
+            browser = launch_chromium(p, clip)
+            try:
+                page = browser.new_page()
+                page.goto(url.rstrip("/") + "/device")
+                page.wait_for_function("document.getElementById('camera').disabled === false || "
+                                       "document.getElementById('status').className === 'error'", timeout=120_000)  # fmt: skip
+                if page.get_attribute("#status", "class") == "error":
+                    raise PocketswapError(page.text_content("#status") or "device mode did not start")
+                page.click("#camera")
+                page.wait_for_function(f"window.pocketswapDevice.state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+                start_count = page.evaluate("window.pocketswapDevice.state.frames")
+                start = time.perf_counter()
+                time.sleep(seconds)
+                frames = page.evaluate("window.pocketswapDevice.state.frames") - start_count
+                elapsed = time.perf_counter() - start
+                log_rows = page.evaluate("window.pocketswapDevice.state.log")[-frames:]
+            finally:
+                browser.close()
+    rows = [r for r in log_rows if r.get("face")]
+    if not rows:
+        raise PocketswapError("device mode swapped no face in the clip")
+    frame = np.array([r["frame"] for r in rows])
+    pipeline = np.array([sum(r.get(k, 0.0) for k in ("landmarks", "align", "swap", "paste")) for r in rows])
+    return AppRecord(
+        model=str(model), transport="device", frames=frames, seconds=round(elapsed, 2),
+        fps=round(frames / elapsed, 2),
+        end_to_end_p50_ms=round(float(np.percentile(frame, 50)), 2),
+        end_to_end_p95_ms=round(float(np.percentile(frame, 95)), 2),
+        server_p50_ms=0.0,
+        pipeline_p50_ms=round(float(np.percentile(pipeline, 50)), 2),
+        pipeline_p95_ms=round(float(np.percentile(pipeline, 95)), 2),
+        browser_path_p50_ms=round(float(np.percentile(frame - pipeline, 50)), 2),
+        browser_path_p95_ms=round(float(np.percentile(frame - pipeline, 95)), 2),
+    )  # fmt: skip

@@ -268,8 +268,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", help="identity photo, sample:NAME or .npy (for checkpoints)")
     p.add_argument("--seconds", type=float, default=20.0, help="measured streaming time after warm-up")
     p.add_argument("--threads", type=int_range(1), default=1)
-    p.add_argument("--transport", choices=["websocket", "webrtc", "both"], default="both",
-                   help="the page's live stream to measure (both: one after the other)")  # fmt: skip
+    p.add_argument("--transport", choices=["websocket", "webrtc", "both", "device"], default="both",
+                   help="the page's live stream to measure (both: one after the other; device: the swap runs in "
+                        "the browser, from the model's ONNX export)")  # fmt: skip
     p.add_argument("--json", type=output_file(".json"), help="write the records as JSON")
     p.set_defaults(handler=_app)
 

@@ -39,6 +39,8 @@ TOKEN_QUERY = "token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 OPEN_PATHS = ("/favicon.ico",)  # served without a token
+PAGES = ("/", "/device")  # the pages that carry the token: open on loopback
+OPEN_PREFIXES = ("/device/js/", "/device/lib/", "/device/models/")  # public code and face models
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -112,7 +114,7 @@ class AccessPolicy:
         if origin is not None and not self.origin_allowed(origin, host):
             return 403, f"requests from {origin!r} are refused: only this app's own page may use it"
         path = scope.get("path", "")
-        if path in OPEN_PATHS or (path == "/" and not self.public):
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or (path in PAGES and not self.public):
             return None
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         given = headers.get(TOKEN_HEADER) or (query.get(TOKEN_QUERY) or [None])[0]

@@ -266,6 +266,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
+    from pocketswap.demo.on_device import device_routes
     from pocketswap.demo.web_jobs import files_routes, personalize_routes
     from pocketswap.demo.webrtc import STAMP_BITS, STAMP_COLUMNS, STAMP_MARK, WebRTCPeers
 
@@ -363,6 +364,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
         Route("/favicon.ico", lambda _: Response(status_code=204)),
         Route("/api/webrtc/offer", webrtc_offer, methods=["POST"]),
         WebSocketRoute("/ws/live", live),
+        *device_routes(options.model, manifest, policy.token, PAGE_TOKEN),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: client_left, HTTPException: http_error}

@@ -3,9 +3,10 @@ textured-mesh draw) and point-to-polygon distances. Both are Numba functions com
 cached next to this file, so the live path pays neither Python loops nor per-triangle Python calls.
 
 The rasteriser's rule, which the artifact manifest states for clients (``swap_spec.identity_warp``): a
-pixel belongs to a triangle when its centre (pixel ``i`` is centred on coordinate ``i``) is inside it or on
-an edge; where triangles overlap (a folded mesh) the later triangle in the list wins; a pixel no triangle
-covers keeps its own coordinates (samples the texture where it is)."""
+pixel belongs to a triangle when its centre (pixel ``i`` is centred on coordinate ``i``) is inside it or at
+most ``EDGE_REACH`` px outside it, and takes that triangle's affine map (extrapolated out there); where
+triangles overlap (a folded mesh) the later triangle in the list wins; a pixel no triangle covers keeps its
+own coordinates (samples the texture where it is)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from functools import lru_cache
 import numba
 import numpy as np
 
-INSIDE_TOLERANCE = 1e-6  # barycentric slack: a centre on a shared edge belongs to both triangles
+EDGE_REACH = 0.5  # px: a pixel whose centre is this close outside a triangle is drawn by it (as a polygon
+# rasteriser's pixel coverage does; inside the mesh the map is continuous, so only the outline grows by it)
 
 
 @numba.njit(cache=True, nogil=True)
-def _rasterise(dst, src, triangles, map_x, map_y, covered):  # pragma: no cover - compiled
+def _rasterise(dst, src, triangles, reach, map_x, map_y, covered):  # pragma: no cover - compiled
     height, width = map_x.shape
     for t in range(triangles.shape[0]):
         i, j, k = triangles[t, 0], triangles[t, 1], triangles[t, 2]
@@ -27,16 +29,20 @@ def _rasterise(dst, src, triangles, map_x, map_y, covered):  # pragma: no cover 
         if abs(area) < 1e-9:
             continue
         inv = 1.0 / area
-        y_lo = max(0, int(np.ceil(min(ay, by, cy))))
-        y_hi = min(height - 1, int(np.floor(max(ay, by, cy))))
-        x_lo = max(0, int(np.ceil(min(ax, bx, cx))))
-        x_hi = min(width - 1, int(np.floor(max(ax, bx, cx))))
+        # barycentric weight -> pixels from the opposite edge: |area| / that edge's length
+        ha = abs(area) / max(np.hypot(cx - bx, cy - by), 1e-12)
+        hb = abs(area) / max(np.hypot(ax - cx, ay - cy), 1e-12)
+        hc = abs(area) / max(np.hypot(bx - ax, by - ay), 1e-12)
+        y_lo = max(0, int(np.ceil(min(ay, by, cy) - reach)))
+        y_hi = min(height - 1, int(np.floor(max(ay, by, cy) + reach)))
+        x_lo = max(0, int(np.ceil(min(ax, bx, cx) - reach)))
+        x_hi = min(width - 1, int(np.floor(max(ax, bx, cx) + reach)))
         for y in range(y_lo, y_hi + 1):
             for x in range(x_lo, x_hi + 1):
                 wa = ((bx - x) * (cy - y) - (by - y) * (cx - x)) * inv
                 wb = ((cx - x) * (ay - y) - (cy - y) * (ax - x)) * inv
                 wc = 1.0 - wa - wb
-                if wa >= -INSIDE_TOLERANCE and wb >= -INSIDE_TOLERANCE and wc >= -INSIDE_TOLERANCE:
+                if wa * ha >= -reach and wb * hb >= -reach and wc * hc >= -reach:
                     map_x[y, x] = wa * src[i, 0] + wb * src[j, 0] + wc * src[k, 0]
                     map_y[y, x] = wa * src[i, 1] + wb * src[j, 1] + wc * src[k, 1]
                     covered[y, x] = 1
@@ -61,6 +67,7 @@ def mesh_maps(
         np.ascontiguousarray(np.asarray(dst, np.float64)[:, :2]),
         np.ascontiguousarray(np.asarray(src, np.float64)[:, :2]),
         np.ascontiguousarray(triangles, np.int32),
+        EDGE_REACH,
         map_x,
         map_y,
         covered,
@@ -102,4 +109,4 @@ def polygon_distances(points: np.ndarray, polygon: np.ndarray, beyond: float = n
     return out
 
 
-__all__ = ["INSIDE_TOLERANCE", "mesh_maps", "polygon_distances"]
+__all__ = ["EDGE_REACH", "mesh_maps", "polygon_distances"]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pocketswap.faces import align, analyzer, blazeface, facemesh, smoothing
-from pocketswap.faces.raster import INSIDE_TOLERANCE
+from pocketswap.faces.raster import EDGE_REACH
 from pocketswap.faces.shape import RIGID_FEATURES
 from pocketswap.faces.types import KEYPOINT_GROUPS
 from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE, WARPED_IDENTITY_INPUT
@@ -119,9 +119,9 @@ def identity_warp_spec() -> dict[str, Any]:
             "result": "frame + amount * (target - frame)",
         },
         "raster": {"rule": "the texture's triangles drawn at the moved landmarks: a pixel whose centre is inside "
-                           "a triangle or on its edge (barycentric >= -tolerance) samples the texture at the "
+                           "a triangle or at most edge_reach px outside it samples the texture at the (extrapolated) "
                            "barycentric mix of the triangle's texture landmarks; later triangles overwrite "
-                           "earlier ones", "tolerance": INSIDE_TOLERANCE,
+                           "earlier ones", "edge_reach": EDGE_REACH,
                    "outside_mesh": "the texture's own pixel (identity map)"},
         "resample": "bicubic",
         "border": "reflect101",  # OpenCV BORDER_REFLECT_101: dcb|abcd|cba

@@ -24,16 +24,14 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
 - ``identity_texture``: null, or for students that read the warped identity (input ``identity_warped``)
   ``{size, png_base64, landmarks, triangles, outside_mesh, shape}``: the aligned identity crop (PNG), its 468
-  landmarks (x, y crop pixels) and the fixed triangles of its mesh (landmark indices). Per frame, move the
-  frame's landmarks (crop pixels) ``shape`` of the way to the texture's face shape
-  (``pocketswap.faces.shape.transfer_shape``; 0 or absent: leave them), warp that texture onto them
-  piecewise-affinely over those triangles, pixels outside them keeping the texture's own
-  (``pocketswap.faces.warp.warp_identity``; on a phone, one textured-mesh draw), and feed it.
+  landmarks (x, y crop pixels), the fixed triangles of its mesh (landmark indices) and how far the frame's
+  landmarks move to its face shape; ``swap_spec.identity_warp`` says how a frame draws it.
 - ``swap_spec`` (students): the pre- and post-processing as data, so that a client needs nothing else:
   ``front_end`` (the landmark models and their ROI recipe), ``crop`` (the landmark indices averaged into each of
   the 5 keypoints, the fit, template points, resampling, border), ``normalization`` (``scale``, ``offset``) and
   ``paste`` (the alpha's edge ramp, the CIELAB colour transfer's formula, region, eps and minimum, resampling to
-  the frame, the fine-detail rule, the blend); see :mod:`pocketswap.faces.spec`.
+  the frame, the fine-detail rule, the blend), ``identity_warp`` (shape transfer, raster rule) and ``video``
+  (tracking, smoothing, clock); see :mod:`pocketswap.faces.spec` and ``examples/client.py``.
 - ``converters`` (tool versions), ``pocketswap_version``, ``created_utc``, ``notice``, ``extra``.
 """
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.blazeface import model_dir
+from pocketswap.manifest import manifest_path
 from pocketswap.runtime import load_swap_model
 
 CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
@@ -91,3 +94,22 @@ def test_the_client_runs_from_the_command_line(client, artifact, tmp_path):
     assert swapped.shape == frame.shape and np.abs(swapped.astype(int) - frame).mean() > 0.5
     with pytest.raises(SystemExit, match="not a readable image"):
         client.main([str(artifact), str(tmp_path / "missing.png"), "--models", str(model_dir())])
+
+
+def test_readme_integration_section_agrees_with_the_manifest(artifact):
+    """Every ``swap_spec`` field README's integration section names is in a real manifest, every section of
+    ``swap_spec`` is named there, and so are the manifest's file name and the student's tensor names."""
+    readme = (CLIENT.parents[1] / "README.md").read_text()
+    section = readme.split("## Integrating the artifacts", 1)[1].split("\n## ", 1)[0]
+    manifest = json.loads(manifest_path(artifact).read_text())
+    named = set(re.findall(r"swap_spec((?:\.\w+)+)", section))
+    assert len(named) >= 6, named
+    for path in named:
+        node = manifest["swap_spec"]
+        for key in path.strip(".").split("."):
+            assert isinstance(node, dict) and key in node, f"README names swap_spec{path}: no such field"
+            node = node[key]
+    assert {path.strip(".").split(".")[0] for path in named} == set(manifest["swap_spec"])
+    assert "`NAME.EXT.json`" in section and manifest_path(artifact).name == artifact.name + ".json"
+    for tensor in [*manifest["inputs"], *manifest["outputs"]]:
+        assert f"`{tensor['name']}`" in section or f"{tensor['name']}:" in section or f".{tensor['name']}" in section
