@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketswap.cli import int_range, output_dir, output_file
+from pocketswap.cli import int_range, list_values, output_dir, output_file
 
 
 def _threads(text: str) -> list[int]:
@@ -140,7 +140,7 @@ def _roofline(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.roofline import estimate_presets
     from pocketswap.files import atomic_write_json
 
-    estimates = estimate_presets(args.presets, args.precisions)
+    estimates = estimate_presets(list_values(args.presets), list_values(args.precisions))
     print("ESTIMATES (roofline lower bounds from counted MACs and bytes, one big core; not measurements)")
     print(f"{'phone':<24} {'preset':<6} {'prec':<5} {'GMAC':>7} {'MB moved':>9} {'est. ms':>8}")
     for e in estimates:

@@ -8,13 +8,26 @@ from pathlib import Path
 from pocketswap.cli import int_range, output_dir, output_file
 
 
+def model_argument(args: argparse.Namespace) -> str | None:
+    """The model, given as the first argument (as every command takes it) or as ``--model``; not both."""
+    from pocketswap.errors import PocketswapError
+
+    if args.model and args.model_option and args.model != args.model_option:
+        raise PocketswapError(f"two models given ({args.model} and --model {args.model_option}): give one")
+    return args.model or args.model_option
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pocketswap.demo.app import DemoOptions, run_demo
     from pocketswap.demo.pipeline import PipelineConfig
+    from pocketswap.errors import PocketswapError
     from pocketswap.files import atomic_write_json
 
+    model = model_argument(args)
+    if model is None:
+        raise PocketswapError("no model given: pocketswap demo MODEL --source ... (an artifact or a checkpoint)")
     options = DemoOptions(
-        model=Path(args.model),
+        model=Path(model),
         identity=Path(args.identity) if args.identity else None,
         source=args.source,
         output=Path(args.output) if args.output else None,
@@ -45,9 +58,10 @@ def _app(args: argparse.Namespace) -> int:
     from pocketswap.demo.web import AppOptions, serve
     from pocketswap.errors import PocketswapError
 
-    model = Path(args.model) if args.model else DEFAULT_APP_MODEL
-    if args.model is None and not model.exists():
-        raise PocketswapError(f"no --model given and {model} does not exist: run `make demo` first or pass --model")
+    given = model_argument(args)
+    model = Path(given) if given else DEFAULT_APP_MODEL
+    if given is None and not model.exists():
+        raise PocketswapError(f"no model given and {model} does not exist: run `make demo` first or pass MODEL")
     identity = Path(args.identity) if args.identity else None
     universal = Path(args.universal) if args.universal else (DEFAULT_UNIVERSAL if DEFAULT_UNIVERSAL.is_dir() else None)
     options = AppOptions(model=model, identity=identity, threads=args.threads, universal=universal,
@@ -62,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="live face swap from a webcam, video file or image",
         description="Keys: q quit, space pause, s snapshot, m show mask, n next identity, d toggle swap.",
     )
-    p.add_argument("--model", required=True, help=".tflite, .onnx, checkpoint (or .mlpackage on macOS)")
+    p.add_argument("model", nargs="?", help=".tflite, .onnx, checkpoint (or .mlpackage on macOS), as every command "
+                   "takes its model")  # fmt: skip
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the same, as an option")
     p.add_argument("--identity", help="identity face image, .npy embedding, or a folder of them (n cycles)")
     p.add_argument("--source", default="0", help="camera index (0), video file, image or sample:NAME")
     p.add_argument(
@@ -89,7 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "swapped frames back over a WebSocket or WebRTC, per-stage p50/p95), Files (an image or video in, the swap out), "
         "Model (its manifest and identities).",
     )
-    a.add_argument("--model", help=f".tflite/.onnx artifact or a run folder/checkpoint (default {DEFAULT_APP_MODEL})")
+    a.add_argument(
+        "model", nargs="?", help=f".tflite/.onnx artifact or a run folder/checkpoint (default {DEFAULT_APP_MODEL})"
+    )
+    a.add_argument("--model", dest="model_option", metavar="MODEL", help="the same, as an option")
     a.add_argument("--identity", help="identity photo, sample:NAME, .npy, or a folder of them (a checkpoint switches)")
     a.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     a.add_argument("--allow-host", action="append", metavar="NAME",

@@ -81,6 +81,8 @@ def describe_model(model: Path, identities: list[Path], manifest) -> dict[str, A
     """What the Model tab shows: the artifact's manifest (or the checkpoint's config) and the identities."""
     info: dict[str, Any] = {"model": str(model), "identities": [_identity_name(p) for p in identities]}
     info["manifest"] = manifest.to_dict() if manifest is not None else None
+    if manifest is not None and manifest.identity_mode == "baked":  # whose face the artifact carries
+        info["baked_identity"] = Path(str((manifest.source or {}).get("identity") or "an unnamed photo")).name
     config = model / "config.json"
     if manifest is None and config.is_file():
         info["checkpoint_config"] = json.loads(config.read_text())

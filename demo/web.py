@@ -289,16 +289,25 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     async def model(_: Request) -> JSONResponse:
         return JSONResponse(info)
 
-    compared = comparison_run(options.model, manifest)
+    served_comparison = comparison_run(options.model, manifest)
     job = PersonalizeJob(options.universal, options.work_dir)
+    try:
+        job.check_can_start()
+    except PocketswapError as exc:  # the page says so before anyone clicks
+        info["personalize_hint"] = str(exc)
+
+    def compared() -> Path | None:  # this app's own newest personalisation, else the served model's
+        own = job.artifact
+        return (comparison_run(own, model_manifest(own)) if own is not None else None) or served_comparison
 
     async def compare(_: Request) -> JSONResponse:
-        return JSONResponse(comparison(compared))
+        return JSONResponse(comparison(compared()))
 
     async def compare_image(_: Request) -> Response:
-        if compared is None:
+        run = compared()
+        if run is None:
             return JSONResponse({"error": "no personalisation run behind this model"}, status_code=404)
-        return Response((compared / "compare.png").read_bytes(), media_type="image/png")
+        return Response((run / "compare.png").read_bytes(), media_type="image/png")
 
     async def live(websocket: WebSocket) -> None:
         await websocket.accept()

@@ -169,9 +169,10 @@ def files_routes(make_session, attachment) -> list:
                                     status_code=415)  # fmt: skip
             record = jobs.claim(str(form.get("job") or ""))
             identity = whole_number(form.get("identity") or 0, "identity", 0, 10_000)
+            all_faces = str(form.get("all_faces") or "") == "true"
             data = await upload.read()
             session = await asyncio.to_thread(make_session)
-            await asyncio.to_thread(session.configure, {"identity": identity})
+            await asyncio.to_thread(session.configure, {"identity": identity, "all_faces": all_faces})
             if suffix in IMAGE_SUFFIXES:
                 png = await asyncio.to_thread(swap_image_bytes, session, data)
                 return Response(png, media_type="image/png", headers=attachment(upload.filename, ".png"))

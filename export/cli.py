@@ -53,10 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common_flags(parser)
     group = parser.add_argument_group("export options")
     group.add_argument(
-        "--format", default="tflite", help=f"{', '.join(FORMATS)}, a comma list, or all (default tflite)"
+        "--format", nargs="+", default=["tflite"], help=f"{', '.join(FORMATS)}, several, or all (default tflite)"
     )
     group.add_argument(
-        "--precision", default="fp32", help=f"{', '.join(PRECISIONS)}, a comma list, or all (default fp32)"
+        "--precision", nargs="+", default=["fp32"], help=f"{', '.join(PRECISIONS)}, several, or all (default fp32)"
     )
     group.add_argument("--identity-mode", default="baked", choices=IDENTITY_MODES, help="default baked")
     group.add_argument(

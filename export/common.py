@@ -70,9 +70,10 @@ class CalibrationError(PocketswapError):
 
 
 def parse_list(value: str | list[str] | tuple[str, ...], choices: tuple[str, ...], what: str) -> list[str]:
-    """``"fp32,fp16"`` / ``["fp32"]`` / ``"all"`` -> validated list in ``choices`` order."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    items = [v.strip().lower() for v in items if v and v.strip()]
+    """``"fp32,fp16"`` / ``["fp32", "fp16"]`` / ``"all"`` -> validated list in ``choices`` order."""
+    from pocketswap.cli import list_values
+
+    items = [v.lower() for v in list_values(value)]
     if "all" in items:
         return list(choices)
     unknown = [v for v in items if v not in choices]

@@ -71,6 +71,13 @@ def config_flags(args: argparse.Namespace, config_class: type) -> dict:
     }
 
 
+def list_values(values: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The one list grammar of every command: values separated by spaces (``nargs="+"``), commas or both
+    (``--format onnx tflite`` = ``--format onnx,tflite``)."""
+    items = [values] if isinstance(values, str) else list(values)
+    return [v.strip() for item in items for v in str(item).split(",") if v.strip()]
+
+
 def int_range(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high] (high None: no upper bound), else one clear line."""
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pocketswap.cli import int_range, output_file
+from pocketswap.cli import int_range, list_values, output_file
 from pocketswap.student.config import PRESETS  # light: no torch
 
 
@@ -47,7 +47,7 @@ def _summary(args: argparse.Namespace) -> int:
     if args.config:
         configs = [StudentConfig.from_yaml(args.config).replace(**overrides)]
     else:
-        names = list(PRESETS) if "all" in args.preset else args.preset
+        names = list(PRESETS) if "all" in list_values(args.preset) else list_values(args.preset)
         configs = [get_preset(name, **overrides) for name in names]
     summaries = [summarize(c, latency=args.latency, runs=args.runs, threads=args.threads) for c in configs]
     print(format_table(summaries))

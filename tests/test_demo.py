@@ -112,6 +112,16 @@ def test_missing_camera_names_device_and_suggests_a_file():
         open_source("7")
 
 
+def test_the_model_is_the_first_argument_or_an_option_not_two(capsys, checkpoint, tmp_path):
+    out = tmp_path / "swapped.png"
+    argv = ["--identity", "sample:grace_hopper", "--source", "sample:astronaut", "--headless", "--out", str(out)]
+    assert main(["demo", str(checkpoint), *argv]) == 0 and out.is_file()
+    assert main(["demo", str(checkpoint), "--model", str(tmp_path / "other"), *argv]) == 2
+    assert "two models given" in capsys.readouterr().err
+    assert main(["demo", "--source", "sample:astronaut", "--headless"]) == 2
+    assert "no model given: pocketswap demo MODEL" in capsys.readouterr().err
+
+
 def test_checkpoint_without_identity_is_a_clear_error(capsys, checkpoint, tmp_path):
     clip = write_clip(tmp_path / "c.mp4", frames=2)
     assert main(["demo", "--model", str(checkpoint), "--source", str(clip), "--headless"]) == 2

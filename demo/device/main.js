@@ -6,6 +6,7 @@ import { Swapper } from "./swap.js";
 
 const TOKEN = document.querySelector("meta[name=pocketswap-token]").content;
 const api = (path) => fetch(path, { headers: { "X-Pocketswap-Token": TOKEN } });
+document.querySelector("header a").href = `/?token=${encodeURIComponent(TOKEN)}`;
 const status = document.getElementById("status"), stats = document.getElementById("stats");
 const view = document.getElementById("view"), video = document.getElementById("video");
 const button = document.getElementById("camera");

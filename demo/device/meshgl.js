@@ -5,6 +5,7 @@ const VERTEX = `attribute vec2 position; attribute vec2 texel; uniform float siz
 void main() { at = texel; gl_Position = vec4((position + 0.5) / size * 2.0 - 1.0, 0.0, 1.0); }`;
 // Bicubic (Keys, a = -0.75, as the manifest's "bicubic" and OpenCV) from 16 nearest-texel reads.
 const FRAGMENT = `precision highp float; varying vec2 at; uniform sampler2D texture; uniform float size;
+uniform bool direct; // the texture at its own pixels (outside the mesh): one read, what bicubic gives there
 vec4 weights(float t) {
   float a = -0.75; float x0 = 1.0 + t; float x2 = 1.0 - t;
   float w0 = ((a * x0 - 5.0 * a) * x0 + 8.0 * a) * x0 - 4.0 * a;
@@ -13,6 +14,7 @@ vec4 weights(float t) {
   return vec4(w0, w1, w2, 1.0 - w0 - w1 - w2);
 }
 void main() {
+  if (direct) { gl_FragColor = texture2D(texture, (floor(at + 0.5) + 0.5) / size); return; }
   vec2 base = floor(at); vec2 t = at - base;
   vec4 wx = weights(t.x); vec4 wy = weights(t.y); vec4 sum = vec4(0.0);
   for (int j = 0; j < 4; j++) {
@@ -43,6 +45,7 @@ export class MeshWarp {
     gl.linkProgram(program);
     gl.useProgram(program);
     gl.uniform1f(gl.getUniformLocation(program, "size"), size);
+    this.direct = gl.getUniformLocation(program, "direct");
     const rgba = new Uint8Array(size * size * 4);
     for (let i = 0; i < size * size; i++) {
       rgba.set(textureRGB.subarray(3 * i, 3 * i + 3), 4 * i);
@@ -87,7 +90,9 @@ export class MeshWarp {
     }));
     gl.bindBuffer(gl.ARRAY_BUFFER, this.positionBuffer);
     gl.bufferData(gl.ARRAY_BUFFER, this.positions, gl.DYNAMIC_DRAW);
+    gl.uniform1i(this.direct, 1);
     gl.drawArrays(gl.TRIANGLES, this.meshVertices, 6); // the texture where no triangle is
+    gl.uniform1i(this.direct, 0);
     gl.drawArrays(gl.TRIANGLES, 0, this.meshVertices);
     gl.readPixels(0, 0, size, size, gl.RGBA, gl.UNSIGNED_BYTE, this.pixels);
     // GL's rows run bottom-up in window space, but positions were given with y down: row y is at y.
