@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -18,6 +19,7 @@ from pocketswap.benchmarks.app import chromium_path, launch_chromium
 from pocketswap.checkpoint import save_checkpoint
 from pocketswap.cli import main
 from pocketswap.demo.clip import synthetic_frames, write_y4m
+from pocketswap.demo.model_info import comparison
 from pocketswap.demo.video import VideoWriter
 from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
 from pocketswap.errors import PocketswapError
@@ -212,6 +214,11 @@ def test_personalize_tab_trains_exports_and_switches_the_live_model(server, brow
     _next_frames(page, 3)  # the 64 px personalised model now swaps the live frames
     assert page.text_content("#live-error") == ""
     assert page.evaluate("document.getElementById('live-output').dataset.faces") == "1"
+    assert str(artifact) in page.text_content("#model-name")  # the header names the model now live
+    assert "now swaps with" in page.text_content("#personal-done")
+    page.click("nav button[data-tab=compare]")  # the app's own personalisation, without a restart
+    page.wait_for_function("document.getElementById('compare-hint').textContent.includes('held-out swaps')")
+    assert str(artifact.parents[1]) in page.text_content("#compare-hint")
 
     page.click("nav button[data-tab=personalize]")
     page.fill("#personal-sample", "sample:/../..")  # not a bundled sample: refused, nothing written
@@ -223,10 +230,13 @@ def test_personalize_tab_trains_exports_and_switches_the_live_model(server, brow
 def test_compare_tab_says_how_to_get_a_comparison(server, browser):
     url, _, token = server
     page = browser.new_page()
+    page.route("**/api/compare", lambda route: route.fulfill(  # as served before any personalisation
+        content_type="application/json", body=json.dumps(comparison(None))))  # fmt: skip
     page.goto(url)
     page.click("nav button[data-tab=compare]")
     page.wait_for_function("document.getElementById('compare-hint').textContent.length > 0")
     assert "pocketswap distill personalize" in page.text_content("#compare-hint")
+    assert page.evaluate("document.getElementById('compare-image').hidden")
 
 
 def test_files_tab_swaps_an_image_and_names_a_faceless_one(server, browser, tmp_path):
@@ -279,6 +289,18 @@ def test_bad_settings_and_models_are_one_clear_error(tmp_path):
         settings.update({"detect_every": 0})
     settings.update({"swap": False, "unknown": 1})
     assert settings.swap is False
+
+
+def test_personalize_without_a_universal_run_is_said_before_the_click(tmp_path, browser):
+    checkpoint = save_checkpoint(tmp_path / "nano", StudentNet(get_preset("nano")).eval())
+    app = create_app(AppOptions(model=checkpoint, identity=Path("sample:grace_hopper"), universal=None))
+    assert "--universal" in app.state.info["personalize_hint"]
+    with serving_in_thread(app) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.getElementById('personal-error').textContent.length > 0")
+        assert page.is_disabled("#personal-run")
+        assert "--universal RUN_DIR" in page.text_content("#personal-error")
 
 
 def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
