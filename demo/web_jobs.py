@@ -27,6 +27,7 @@ from pocketswap.demo.personal_job import (
     new_job_folder,
     remove_job_folder,
 )
+from pocketswap.demo.session import swap_image_bytes, swap_video_file
 from pocketswap.errors import PocketswapError
 from pocketswap.imageio import IMAGE_SUFFIXES, inspect_image
 
@@ -142,8 +143,6 @@ def files_routes(make_session, attachment) -> list:
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
-
-    from pocketswap.demo.web import swap_image_bytes, swap_video_file
 
     jobs = FileJobs()
 

@@ -156,25 +156,32 @@ def warp_identity(texture: np.ndarray, source: np.ndarray, dst: np.ndarray, tria
     map_y, map_x = np.mgrid[0:size, 0:size].astype(np.float32)
     reach = spec["raster"]["edge_reach"]
     ys, xs = np.mgrid[0:size, 0:size]
-    for i, j, k in triangles:  # a GPU does this loop; a phone client draws the mesh
-        (ax, ay), (bx, by), (cx, cy) = dst[i], dst[j], dst[k]
-        area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-        if abs(area) < 1e-9:
-            continue
-        y0, y1 = max(0, math.ceil(min(ay, by, cy) - reach)), min(size - 1, math.floor(max(ay, by, cy) + reach))
-        x0, x1 = max(0, math.ceil(min(ax, bx, cx) - reach)), min(size - 1, math.floor(max(ax, bx, cx) + reach))
-        if y0 > y1 or x0 > x1:
-            continue
-        x, y = xs[y0 : y1 + 1, x0 : x1 + 1], ys[y0 : y1 + 1, x0 : x1 + 1]
-        wa = ((bx - x) * (cy - y) - (by - y) * (cx - x)) / area
-        wb = ((cx - x) * (ay - y) - (cy - y) * (ax - x)) / area
-        wc = 1.0 - wa - wb
-        heights = [abs(area) / math.hypot(*(q - p)) for p, q in ((dst[j], dst[k]), (dst[k], dst[i]), (dst[i], dst[j]))]
-        inside = (wa * heights[0] >= -reach) & (wb * heights[1] >= -reach) & (wc * heights[2] >= -reach)
-        u = wa * source[i, 0] + wb * source[j, 0] + wc * source[k, 0]
-        v = wa * source[i, 1] + wb * source[j, 1] + wc * source[k, 1]
-        map_x[y0 : y1 + 1, x0 : x1 + 1][inside] = u[inside]
-        map_y[y0 : y1 + 1, x0 : x1 + 1][inside] = v[inside]
+    held = np.zeros((size, size), bool)
+    for border in (False, True):  # inside a triangle first; then the outline's half pixel
+        slack = reach if border else 0.0
+        for i, j, k in triangles:  # a GPU does this loop; a phone client draws the mesh
+            (ax, ay), (bx, by), (cx, cy) = dst[i], dst[j], dst[k]
+            area = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+            if abs(area) < 1e-9:
+                continue
+            y0, y1 = max(0, math.ceil(min(ay, by, cy) - slack)), min(size - 1, math.floor(max(ay, by, cy) + slack))
+            x0, x1 = max(0, math.ceil(min(ax, bx, cx) - slack)), min(size - 1, math.floor(max(ax, bx, cx) + slack))
+            if y0 > y1 or x0 > x1:
+                continue
+            x, y = xs[y0 : y1 + 1, x0 : x1 + 1], ys[y0 : y1 + 1, x0 : x1 + 1]
+            wa = ((bx - x) * (cy - y) - (by - y) * (cx - x)) / area
+            wb = ((cx - x) * (ay - y) - (cy - y) * (ax - x)) / area
+            wc = 1.0 - wa - wb
+            edges = ((dst[j], dst[k]), (dst[k], dst[i]), (dst[i], dst[j]))
+            heights = [abs(area) / math.hypot(*(q - p)) for p, q in edges]  # weight -> pixels from the edge
+            tolerance = slack if border else 1e-9
+            draw = (wa * heights[0] >= -tolerance) & (wb * heights[1] >= -tolerance) & (wc * heights[2] >= -tolerance)
+            if border:
+                draw &= ~held[y0 : y1 + 1, x0 : x1 + 1]
+            else:
+                held[y0 : y1 + 1, x0 : x1 + 1] |= draw
+            map_x[y0 : y1 + 1, x0 : x1 + 1][draw] = (wa * source[i, 0] + wb * source[j, 0] + wc * source[k, 0])[draw]
+            map_y[y0 : y1 + 1, x0 : x1 + 1][draw] = (wa * source[i, 1] + wb * source[j, 1] + wc * source[k, 1])[draw]
     assert (spec["resample"], spec["border"]) == ("bicubic", "reflect101")
     return cv2.remap(texture, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
 

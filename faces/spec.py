@@ -118,10 +118,11 @@ def identity_warp_spec() -> dict[str, Any]:
             "fixed": "landmarks on the convex hull of the frame's landmarks keep their place",
             "result": "frame + amount * (target - frame)",
         },
-        "raster": {"rule": "the texture's triangles drawn at the moved landmarks: a pixel whose centre is inside "
-                           "a triangle or at most edge_reach px outside it samples the texture at the (extrapolated) "
-                           "barycentric mix of the triangle's texture landmarks; later triangles overwrite "
-                           "earlier ones", "edge_reach": EDGE_REACH,
+        "raster": {"rule": "the texture's triangles drawn at the moved landmarks: a pixel whose centre is inside a "
+                           "triangle or on its edge samples the texture at the barycentric mix of the triangle's "
+                           "texture landmarks (later triangles overwrite earlier ones); a pixel no triangle holds but "
+                           "within edge_reach px of one takes that triangle's mix, extrapolated",
+                   "edge_reach": EDGE_REACH,
                    "outside_mesh": "the texture's own pixel (identity map)"},
         "resample": "bicubic",
         "border": "reflect101",  # OpenCV BORDER_REFLECT_101: dcb|abcd|cba

@@ -280,7 +280,7 @@ def test_files_tab_swaps_a_video_with_progress(server, browser):
 def test_bad_settings_and_models_are_one_clear_error(tmp_path):
     with pytest.raises(PocketswapError, match="no such model"):
         AppOptions(model=tmp_path / "missing.tflite")
-    from pocketswap.demo.web import LiveSettings
+    from pocketswap.demo.session import LiveSettings
 
     settings = LiveSettings()
     with pytest.raises(PocketswapError, match="view must be one of"):
@@ -342,7 +342,8 @@ def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
     manifests), switches a tab's model to the one picked, and refuses one that cannot run here."""
     from pocketswap.demo.model_info import artifact_choices, model_manifest
     from pocketswap.demo.personal_job import PersonalizeJob
-    from pocketswap.demo.web import Session, _configure
+    from pocketswap.demo.session import Session
+    from pocketswap.demo.web import _configure
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "nano", StudentNet(get_preset("nano")).eval())

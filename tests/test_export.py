@@ -232,7 +232,13 @@ def test_cli_parses_export_and_patch_forms(workspace, capsys):
 
     parser = build_parser()
     args = parser.parse_args(["export", "runs/x", "--identity", "a.npy", "--precision", "fp32,fp16", "--out", "o"])
-    assert (args.source, args.precision) == ("runs/x", "fp32,fp16")
+    assert (args.source, args.precision) == ("runs/x", ["fp32,fp16"])
+    spaced = parser.parse_args(
+        ["export", "runs/x", "--precision", "fp32", "fp16", "--format", "onnx", "tflite", "--out", "o"]
+    )
+    precisions = ("fp32", "fp16", "int8")  # one list grammar: spaces, commas or both
+    assert parse_list(spaced.precision, precisions, "precision") == parse_list(args.precision, precisions, "precision")
+    assert parse_list(spaced.format, ("tflite", "coreml", "onnx"), "format") == ["tflite", "onnx"]
     patch, rest = _nested_parser(["-v", "export", "patch", "m.tflite", "--identity", "b.npy", "--checkpoint", "c",
                                   "--out", "n.tflite"])  # fmt: skip
     args = patch.parse_args(rest)

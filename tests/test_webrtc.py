@@ -113,7 +113,7 @@ def test_an_answered_offer_that_never_connects_is_dropped(tmp_path):
     from aiortc.mediastreams import VideoStreamTrack
 
     from pocketswap.checkpoint import save_checkpoint
-    from pocketswap.demo.web import AppOptions, Session
+    from pocketswap.demo.session import AppOptions, Session
     from pocketswap.demo.webrtc import WebRTCPeers
     from pocketswap.faces import samples
     from pocketswap.imageio import write_image
