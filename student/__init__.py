@@ -3,7 +3,8 @@
 Public API (torch-heavy names are imported lazily so ``import pocketswap.student`` stays cheap)::
 
     StudentConfig, PRESETS, get_preset              # config.py
-    StudentNet, BakedStudent, DynamicIdentityStudent, ParamSlot   # network.py
+    StudentNet, ParamSlot                           # network.py
+    BakedStudent, DynamicIdentityStudent            # folded.py
     HyperNet                                        # hypernet.py
     StudentSummary, summarize, count_macs, measure_latency        # summary.py
 """
@@ -17,8 +18,8 @@ from pocketswap.student.config import PRESETS, StudentConfig, get_preset
 
 _LAZY = {
     "StudentNet": "network",
-    "BakedStudent": "network",
-    "DynamicIdentityStudent": "network",
+    "BakedStudent": "folded",
+    "DynamicIdentityStudent": "folded",
     "ParamSlot": "network",
     "HyperNet": "hypernet",
     "StudentSummary": "summary",
