@@ -24,17 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pocketswap.dataset import (
-    DatasetError,
-    DatasetReader,
-    Sample,
-    decode_sample,
-    iter_shard_members,
-    shuffle_stream,
-)
+from pocketswap.dataset import DatasetReader, shuffle_stream
 from pocketswap.errors import ConfigError
 from pocketswap.faces.warp import warp_identity
 from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
+from pocketswap.shards import DatasetError, Sample, decode_sample, iter_shard_members
 
 if TYPE_CHECKING:
     from pocketswap.student.config import StudentConfig

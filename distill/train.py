@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import gc
 import json
 import logging
 import math
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,17 +26,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pocketswap.checkpoint import WEIGHTS_NAME, identity_record
 from pocketswap.dataset import DatasetReader
 from pocketswap.distill import state as run_state
 from pocketswap.distill.adversarial import PatchDiscriminator, d_hinge_loss, g_hinge_loss
-from pocketswap.distill.config import TrainConfig, from_dict
+from pocketswap.distill.checkpointing import RunPersistence
+from pocketswap.distill.config import TrainConfig
 from pocketswap.distill.data import (
     Split,
     TrainStream,
     batch_to_device,
     check_dataset,
-    dataset_fingerprint,
     iter_split,
     make_split,
     stream_loader,
@@ -57,10 +54,10 @@ from pocketswap.distill.setup import (
     stop_requested,
     use_deterministic_algorithms,
 )
-from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
+from pocketswap.distill.state import RunSummary
 from pocketswap.distill.validation import ValidationGrid, validate
-from pocketswap.errors import CheckpointError, ConfigError, PocketswapError
-from pocketswap.files import atomic_write_bytes, atomic_write_json, exclusive_folder, replace_dir
+from pocketswap.errors import ConfigError, PocketswapError
+from pocketswap.files import exclusive_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ class TrainingDivergedError(PocketswapError):
 
 
 # -- the trainer ---------------------------------------------------------------------------------
-class _Trainer:
+class _Trainer(RunPersistence):
     def __init__(self, config: TrainConfig, data: Path, out: Path, ctx: Dist, resume: bool, progress: bool) -> None:
         self.cfg, self.data, self.out, self.ctx, self.progress = config, data, out, ctx, progress
         self.device = ctx.device
@@ -134,18 +131,6 @@ class _Trainer:
         self.grid = ValidationGrid(data, self.split, self.scfg.warp_shape, self.device)
 
     # -- setup helpers ---------------------------------------------------------------------------
-    def _resume_checkpoint(self, resume: bool) -> Path | None:
-        latest = run_state.latest_checkpoint(self.out)
-        if resume:
-            if latest is None:
-                log.warning("--resume: no checkpoint in %s yet; starting from scratch", self.out)
-            return latest
-        if latest is not None:
-            raise ConfigError(
-                f"{self.out} already holds checkpoints; pass --resume to continue it or choose a new --out"
-            )
-        return None
-
     def _make_split(self) -> Split:
         run_json = self.out / "run.json"
         if self.resume_from is not None and run_json.is_file():
@@ -163,102 +148,6 @@ class _Trainer:
         if self.cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16
-
-    def _write_run_files(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "config.yaml", self.cfg.to_yaml().encode())
-        atomic_write_json(
-            self.out / "run.json",
-            {
-                "data": str(self.data.resolve()),
-                "dataset_fingerprint": dataset_fingerprint(self.reader),
-                "dataset_samples": len(self.reader),
-                "student": self.scfg.to_dict(),
-                "split": self.split.to_dict(),
-                "world_size": self.ctx.world,
-                "num_workers": self.cfg.num_workers,
-                "device": str(self.device),
-                "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-                "torch": torch.__version__,
-            },
-        )
-
-    # -- state -----------------------------------------------------------------------------------
-    def _rank_state(self) -> dict[str, Any]:
-        positions = {str(k): list(v) for k, v in self.positions.items()}
-        return {"positions": json.dumps(positions), "batches": self.batches, "rng": rng_state()}
-
-    def _gather(self, obj: Any) -> list[Any]:
-        if self.ctx.world == 1:
-            return [obj]
-        gathered: list[Any] = [None] * self.ctx.world
-        dist.all_gather_object(gathered, obj)
-        return gathered
-
-    def _train_state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
-        tree: dict[str, Any] = {
-            "step": self.step,
-            "trainee": self.trainee.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "best_val": self.best_val if math.isfinite(self.best_val) else None,
-            "best_step": self.best_step,
-            "world_size": self.ctx.world,
-            "num_workers": self.workers,
-            "ranks": ranks,
-            "config": self.cfg.to_dict(),
-        }
-        if self.disc is not None and self.d_optimizer is not None:
-            tree["disc"] = self.disc.state_dict()
-            tree["d_optimizer"] = self.d_optimizer.state_dict()
-        if self.scaler is not None:
-            tree["scaler"] = self.scaler.state_dict()
-        return tree
-
-    def _load(self, checkpoint: Path) -> None:
-        from safetensors.torch import load_file
-
-        tree = run_state.load_state(checkpoint)
-        saved = from_dict(tree["config"])
-        changed = [
-            f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.cfg, f.name)
-        ]
-        if changed:
-            log.warning("resuming with changed config field(s): %s (the run will not match an uninterrupted one)",
-                        ", ".join(changed))  # fmt: skip
-        try:
-            self.trainee.load_state_dict(tree["trainee"])
-            self.ema.load_state_dict(load_file(str(checkpoint / WEIGHTS_NAME)))
-            self.optimizer.load_state_dict(tree["optimizer"])
-            if self.disc is not None and self.d_optimizer is not None and "disc" in tree:
-                self.disc.load_state_dict(tree["disc"])
-                self.d_optimizer.load_state_dict(tree["d_optimizer"])
-        except Exception as exc:  # state-dict mismatch, truncated safetensors, missing keys
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            more = f" (+{len(lines) - 2} more lines)" if len(lines) > 2 else ""
-            raise CheckpointError(
-                f"cannot resume from {checkpoint}: {' '.join(lines[:2])[:300]}{more}; resume with the run's own "
-                "settings (preset, student fields) or choose a new --out"
-            ) from exc
-        self.scheduler.load_state_dict(tree["scheduler"])
-        if self.scaler is not None and "scaler" in tree:
-            self.scaler.load_state_dict(tree["scaler"])
-        self.step = int(tree["step"])
-        self.best_val = math.inf if tree["best_val"] is None else float(tree["best_val"])
-        self.best_step = tree["best_step"]
-        self.last_checkpoint = checkpoint
-        if tree["world_size"] == self.ctx.world and tree["num_workers"] == self.workers:
-            mine = tree["ranks"][self.ctx.rank]
-            self.positions = {int(k): (int(v[0]), int(v[1])) for k, v in json.loads(mine["positions"]).items()}
-            self.batches = int(mine["batches"])
-            set_rng_state(mine["rng"])
-        else:
-            epoch = max((e for r in tree["ranks"] for e, _ in json.loads(r["positions"]).values()), default=0)
-            log.warning("resuming with a different world size or worker count: data restarts at epoch %d", epoch + 1)
-            self.positions = {k: (epoch + 1, 0) for k in range(self.workers)}
-        if not run_state.restore_best(self.out, self.best_step, self.best_val):
-            self.best_val, self.best_step = math.inf, None  # the next validation starts best/ again
-        log.info("resumed from %s at step %d", checkpoint, self.step)
 
     # -- data ------------------------------------------------------------------------------------
     def _loader(self) -> Iterator[dict[str, Any]]:
@@ -364,37 +253,6 @@ class _Trainer:
         if self.tb is not None:
             self.tb.image(self.step, "val/identity|attribute|teacher|student pasted|mask", grid)
 
-    def checkpoint(self) -> None:
-        ranks = self._gather(self._rank_state())
-        if not self.ctx.main:
-            return
-        val = self.validate()
-        root = self.out / "checkpoints"
-        final = root / run_state.step_name(self.step)
-        tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        extra = {"step": self.step, "run": str(self.out), "val": val, "dataset": str(self.data)}
-        if self.reader.manifest.identity is not None:  # a one-identity (personalised) student says whose it is
-            extra["identity"] = identity_record(self.reader.manifest.identity)
-        from pocketswap.checkpoint import save_checkpoint
-
-        improved = bool(val) and val["loss"] < self.best_val
-        if improved:
-            self.best_val, self.best_step = val["loss"], self.step
-        save_checkpoint(tmp, self.ema, self.scfg, extra=extra)
-        run_state.save_state(tmp, self._train_state(ranks))
-        replace_dir(tmp, final)
-        run_state.point_last(self.out, final)
-        self.last_checkpoint = final
-        if improved:
-            run_state.copy_model(final, self.out / "best", {"step": self.step, "val": val})
-        run_state.prune(self.out, self.cfg.keep_last)
-        if val:
-            assert self.metrics is not None and self.tb is not None
-            self.metrics.write(self.step, "val", val)
-            self.tb.scalars(self.step, {f"val/{k}": v for k, v in val.items() if k != "samples"})
-            log.info("step %d: val loss %.4f, face PSNR %.2f dB%s", self.step, val["loss"], val["psnr_face"],
-                     " (best)" if improved else "")  # fmt: skip
-
     # -- the loop --------------------------------------------------------------------------------
     def run(self, stop_after: int | None) -> RunSummary:
         cfg = self.cfg
@@ -456,51 +314,6 @@ class _Trainer:
                 self.tb.close()
             del batches
         return self._summary(stopped, train_seconds, trained, time.perf_counter() - started)
-
-    def _finished_summary(self) -> RunSummary | None:
-        """The recorded summary of a run resumed after it completed (nothing is trained or rewritten)."""
-        path = self.out / "summary.json"
-        if self.resume_from is None or self.step < self.cfg.steps or not path.is_file():
-            return None
-        try:
-            summary = RunSummary(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError):
-            return None  # an unreadable summary is rewritten from the checkpoint
-        if self.tb is not None:
-            self.tb.close()
-        log.info("%s is already complete (step %d/%d): nothing to do", self.out, self.step, self.cfg.steps)
-        return summary
-
-    def _summary(self, stopped: str, train_seconds: float, trained: int, wall: float) -> RunSummary:
-        if self.ctx.world > 1:  # BN statistics are per rank; make every rank hold rank 0's
-            for module in (self.ema, self.trainee):
-                for buffer in module.buffers():
-                    dist.broadcast(buffer, 0)
-        digest = weights_digest(self.ema)
-        digests = self._gather(digest)
-        if len(set(digests)) > 1:
-            log.error("ranks finished with different weights: %s", digests)
-        best = self.out / "best"
-        summary = RunSummary(
-            out=str(self.out),
-            step=self.step,
-            steps=self.cfg.steps,
-            stopped=stopped,
-            final_loss=self.last_loss,
-            best_step=self.best_step,
-            best_val_loss=self.best_val if math.isfinite(self.best_val) else None,
-            last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
-            best_checkpoint=str(best) if best.is_dir() else None,
-            samples_per_s=self.cfg.batch_size * self.ctx.world * trained / max(train_seconds, 1e-9),
-            train_seconds=train_seconds,
-            wall_seconds=wall,
-            world_size=self.ctx.world,
-            weights_sha256=digest,
-            rank_weights_sha256=digests,
-        )
-        if self.ctx.main:
-            atomic_write_json(self.out / "summary.json", summary.to_dict())
-        return summary
 
 
 def train(

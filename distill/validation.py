@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pocketswap.dataset import Sample
 from pocketswap.distill.data import Split, batch_to_device, iter_batches, iter_split, to_uint8
 from pocketswap.distill.logs import image_grid
 from pocketswap.distill.losses import DistillLoss, face_psnr
+from pocketswap.shards import Sample
 from pocketswap.student.network import composite
 
 GRID_ROWS = 6

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketswap.config import distributed_rank
-from pocketswap.dataset import DatasetManifest, ShardWriter, shard_name, write_dataset_manifest
+from pocketswap.dataset import DatasetManifest, write_dataset_manifest
 from pocketswap.errors import ConfigError, NoFaceError
 from pocketswap.files import atomic_write_json, temp_glob
+from pocketswap.shards import ShardWriter, shard_name
 from pocketswap.teacher.analysis import analyze_faces, analyze_identity
 from pocketswap.teacher.config import CHUNK, GenerateConfig
 from pocketswap.teacher.pairs import build_teacher, make_pairs

@@ -10,24 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.dataset import (
-    Sample,
-    encode_sample,
-)
 from pocketswap.errors import ConfigError
+from pocketswap.shards import Sample, encode_sample
 from pocketswap.teacher.augment import (
     color_jitter,
     colorize,
     expression_warp,
     flip_record,
     is_grayscale,
-    make_occluder,
     morph_records,
     pose_jitter,
-    skin_tone,
 )
 from pocketswap.teacher.base import AlignedRecord, Teacher, load_teacher
 from pocketswap.teacher.config import GenerateConfig
+from pocketswap.teacher.occluders import make_occluder, skin_tone
 from pocketswap.teacher.workers import limit_threads, pool_context, single_thread_torch
 
 log = logging.getLogger(__name__)

@@ -15,20 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from pocketswap.dataset import (
-    MANIFEST,
-    DatasetError,
-    DatasetManifest,
-    DatasetReader,
-    Sample,
-    ShardWriter,
-    decode_sample,
-    encode_sample,
-    iter_shard,
-    read_dataset_manifest,
-)
+from pocketswap.dataset import MANIFEST, DatasetManifest, DatasetReader, read_dataset_manifest
 from pocketswap.errors import ConfigError, PocketswapError
 from pocketswap.files import temp_path
+from pocketswap.shards import DatasetError, Sample, ShardWriter, decode_sample, encode_sample, iter_shard
 from pocketswap.teacher.generate import GenerateConfig, generate
 
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_05")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pocketswap.checkpoint import load_checkpoint
-from pocketswap.dataset import DatasetManifest, Sample, ShardWriter, shard_name, write_dataset_manifest
+from pocketswap.dataset import DatasetManifest, write_dataset_manifest
 from pocketswap.distill.config import TrainConfig, from_dict, load_config, parse_overrides
 from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_faces
 from pocketswap.distill.evaluate import COLUMNS, METRICS
@@ -28,6 +28,7 @@ from pocketswap.errors import ConfigError
 from pocketswap.faces import samples
 from pocketswap.faces.align import align_face, hull_mask, similarity_transform, template_points, transform_points
 from pocketswap.metrics import psnr, ssim
+from pocketswap.shards import Sample, ShardWriter, shard_name
 
 SIZE = 64
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_03")

@@ -192,9 +192,10 @@ def test_calibration_sources(tmp_path):
     """Dataset folder (attribute crops + embeddings), photo folder (detected + aligned), crops .npy."""
     import cv2
 
-    from pocketswap.dataset import DatasetManifest, Sample, ShardWriter, write_dataset_manifest
+    from pocketswap.dataset import DatasetManifest, write_dataset_manifest
     from pocketswap.export.data import load_calibration, sample_crops
     from pocketswap.faces import samples
+    from pocketswap.shards import Sample, ShardWriter
 
     crops = [c for _, c in sample_crops(128, "arcface", ("astronaut", "grace_hopper", "lfw_01"))]
     with ShardWriter(tmp_path / "ds" / "shard-000000.tar") as writer:

@@ -12,7 +12,7 @@ import torch
 
 from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
 from pocketswap.cli import main
-from pocketswap.dataset import DatasetError, DatasetReader
+from pocketswap.dataset import DatasetReader
 from pocketswap.demo.model_info import comparison, comparison_run
 from pocketswap.demo.pipeline import LiveSwapper
 from pocketswap.distill.data import Split, make_split
@@ -25,6 +25,7 @@ from pocketswap.faces.warp import triangulate
 from pocketswap.imageio import write_image
 from pocketswap.manifest import ManifestError, decode_texture, encode_texture
 from pocketswap.runtime import load_swap_model
+from pocketswap.shards import DatasetError
 from pocketswap.student import StudentNet
 from pocketswap.student.config import get_preset
 from pocketswap.teacher.analysis import analyze_identity

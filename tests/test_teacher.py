@@ -18,6 +18,7 @@ from pocketswap.faces.warp import (
     warp_with_anchors,
 )
 from pocketswap.teacher import augment as aug
+from pocketswap.teacher import occluders
 from pocketswap.teacher.base import AlignedRecord, load_teacher
 from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
 from pocketswap.teacher.mesh import EYE_RINGS, FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
@@ -511,8 +512,8 @@ def test_occluders_and_morphs(records):
     cfg = aug.OccluderConfig(max_cover=0.3)
     hull = aug.face_mask(record.landmarks, SIZE, 0.0) > 0.5
     for seed in range(12):
-        occ = aug.make_occluder(
-            np.random.default_rng(seed), record.landmarks, SIZE, cfg, [record.image], [aug.skin_tone(record)]
+        occ = occluders.make_occluder(
+            np.random.default_rng(seed), record.landmarks, SIZE, cfg, [record.image], [occluders.skin_tone(record)]
         )
         assert occ.kind in aug.OCCLUDER_KINDS
         assert occ.alpha.max() > 0.9
