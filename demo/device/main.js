@@ -47,6 +47,15 @@ async function process(parts, rgba, width, height, seconds, timings) {
 }
 
 const LOG_FRAMES = 2000; // per-frame timings kept for `pocketswap bench app --transport device`
+function label() { // as the app's frames: synthetic media is labelled
+  context.font = "bold 16px system-ui, sans-serif";
+  const width = context.measureText("SYNTHETIC").width + 12;
+  context.fillStyle = "rgba(176, 0, 32, 0.85)";
+  context.fillRect(8, view.height - 30, width, 22);
+  context.fillStyle = "#fff";
+  context.fillText("SYNTHETIC", 14, view.height - 13);
+}
+
 const state = { frames: 0, started: 0, running: false, stream: null, log: [] };
 
 async function loop(parts) {
@@ -60,6 +69,7 @@ async function loop(parts) {
     const timings = {};
     const face = (await process(parts, pixels.data, w, h, performance.now() / 1000, timings)) !== null;
     context.putImageData(pixels, 0, 0);
+    if (face) label();
     const stages = Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
     state.frames++;
     state.log.push({ ...timings, frame: performance.now() - frameStart, face });
@@ -81,6 +91,7 @@ async function start(parts) {
   await video.play();
   Object.assign(state, { frames: 0, started: performance.now(), running: true, log: [] });
   button.textContent = "Stop camera";
+  say("Swapping on this device: no frame leaves it.");
   loop(parts);
 }
 
