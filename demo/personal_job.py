@@ -214,7 +214,8 @@ class PersonalizeJob:
         info["elapsed_s"] = round(time.time() - self.started)
         rows = _train_rows(request.out / "metrics.jsonl")
         if self.state == "running":
-            info["phase"] = "training" if rows else "teacher pairs"
+            started = rows or (request.out / "run.json").is_file()  # the trainer writes run.json as it starts
+            info["phase"] = "training" if started else "teacher pairs"
             if (request.out / "summary.json").is_file():
                 info["phase"] = "evaluating and exporting"
         if rows:
