@@ -14,8 +14,11 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +79,28 @@ class AppRecord:
         )
 
 
+@contextmanager
+def app_page(options) -> Iterator[tuple[Any, str]]:
+    """A page of a headless Chromium whose camera plays the bundled-face clip (30 FPS), and the URL of the app
+    serving ``options`` (an :class:`~pocketswap.demo.web.AppOptions`)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise PocketswapError("bench app needs Playwright: pip install 'pocketswap[dev]' (or playwright)") from exc
+    from pocketswap.demo.clip import synthetic_frames, write_y4m
+    from pocketswap.demo.web import create_app, serving_in_thread
+
+    app = create_app(options)
+    with tempfile.TemporaryDirectory(prefix="pocketswap-bench-app-") as tmp:
+        clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
+        with serving_in_thread(app) as url, sync_playwright() as p:
+            browser = launch_chromium(p, clip)
+            try:
+                yield browser.new_page(), url
+            finally:
+                browser.close()
+
+
 def benchmark_app(
     model: Path, identity: Path | None = None, seconds: float = 20.0, threads: int = 1, transport: str = "websocket"
 ) -> AppRecord:
@@ -83,34 +108,22 @@ def benchmark_app(
     over ``transport`` (websocket | webrtc; device: the page's device mode swaps on the browser itself)."""
     if transport == "device":
         return _benchmark_device(model, seconds)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        raise PocketswapError("bench app needs Playwright: pip install 'pocketswap[dev]' (or playwright)") from exc
-    from pocketswap.demo.clip import synthetic_frames, write_y4m
     from pocketswap.demo.pipeline import STAGES
-    from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
+    from pocketswap.demo.web import AppOptions
 
-    app = create_app(AppOptions(model=model, identity=identity, threads=threads, transport=transport))
-    with tempfile.TemporaryDirectory(prefix="pocketswap-bench-app-") as tmp:
-        clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
-        with serving_in_thread(app) as url, sync_playwright() as p:
-            browser = launch_chromium(p, clip)
-            try:
-                page = browser.new_page()
-                page.goto(url)
-                page.wait_for_function(f"document.getElementById('transport').value === '{transport}'")
-                page.click("#camera")
-                page.wait_for_function(f"state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
-                if page.evaluate("state.transport") != transport:
-                    raise PocketswapError(f"the page fell back from {transport}: {page.text_content('#live-error')}")
-                start_count = page.evaluate("state.log.length")
-                start = time.perf_counter()
-                time.sleep(seconds)
-                log_rows = page.evaluate("state.log")
-                elapsed = time.perf_counter() - start
-            finally:
-                browser.close()
+    options = AppOptions(model=model, identity=identity, threads=threads, transport=transport)
+    with app_page(options) as (page, url):
+        page.goto(url)
+        page.wait_for_function(f"document.getElementById('transport').value === '{transport}'")
+        page.click("#camera")
+        page.wait_for_function(f"state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+        if page.evaluate("state.transport") != transport:
+            raise PocketswapError(f"the page fell back from {transport}: {page.text_content('#live-error')}")
+        start_count = page.evaluate("state.log.length")
+        start = time.perf_counter()
+        time.sleep(seconds)
+        log_rows = page.evaluate("state.log")
+        elapsed = time.perf_counter() - start
     rows = [r for r in log_rows[start_count:] if r["transport"] == transport]
     if not rows:
         raise PocketswapError("no swapped frames came back from the page")
@@ -136,33 +149,22 @@ def benchmark_app(
 def _benchmark_device(model: Path, seconds: float) -> AppRecord:
     """Device mode (``/device``): the whole swap in the browser (WASM), frames per second of swapped frames.
     End to end is one frame's time on the page (canvas in, swap, canvas out); there is no server."""
-    from playwright.sync_api import sync_playwright
+    from pocketswap.demo.web import AppOptions
 
-    from pocketswap.demo.clip import synthetic_frames, write_y4m
-    from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
-
-    app = create_app(AppOptions(model=model, transport="websocket"))
-    with tempfile.TemporaryDirectory(prefix="pocketswap-bench-device-") as tmp:
-        clip = write_y4m(Path(tmp) / "clip.y4m", synthetic_frames("astronaut", frames=90, empty_every=0), fps=30)
-        with serving_in_thread(app) as url, sync_playwright() as p:
-            browser = launch_chromium(p, clip)
-            try:
-                page = browser.new_page()
-                page.goto(url.rstrip("/") + "/device")
-                page.wait_for_function("document.getElementById('camera').disabled === false || "
-                                       "document.getElementById('status').className === 'error'", timeout=120_000)  # fmt: skip
-                if page.get_attribute("#status", "class") == "error":
-                    raise PocketswapError(page.text_content("#status") or "device mode did not start")
-                page.click("#camera")
-                page.wait_for_function(f"window.pocketswapDevice.state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
-                start_count = page.evaluate("window.pocketswapDevice.state.frames")
-                start = time.perf_counter()
-                time.sleep(seconds)
-                frames = page.evaluate("window.pocketswapDevice.state.frames") - start_count
-                elapsed = time.perf_counter() - start
-                log_rows = page.evaluate("window.pocketswapDevice.state.log")[-frames:]
-            finally:
-                browser.close()
+    with app_page(AppOptions(model=model)) as (page, url):
+        page.goto(url + "/device")
+        page.wait_for_function("document.getElementById('camera').disabled === false || "
+                               "document.getElementById('status').className === 'error'", timeout=120_000)  # fmt: skip
+        if page.get_attribute("#status", "class") == "error":
+            raise PocketswapError(page.text_content("#status") or "device mode did not start")
+        page.click("#camera")
+        page.wait_for_function(f"window.pocketswapDevice.state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+        start_count = page.evaluate("window.pocketswapDevice.state.frames")
+        start = time.perf_counter()
+        time.sleep(seconds)
+        frames = page.evaluate("window.pocketswapDevice.state.frames") - start_count
+        elapsed = time.perf_counter() - start
+        log_rows = page.evaluate("window.pocketswapDevice.state.log")[-frames:]
     rows = [r for r in log_rows if r.get("face")]
     if not rows:
         raise PocketswapError("device mode swapped no face in the clip")
