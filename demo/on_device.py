@@ -9,6 +9,7 @@ public code and public model files only; the model and its manifest need the tok
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from pathlib import Path
@@ -62,6 +63,12 @@ def device_routes(model: Path, manifest, token: str, page_token: str) -> list:
     if spec:
         face_models = {d["model"] for d in spec["front_end"]["detectors"]} | {spec["front_end"]["landmarks"]["model"]}
     page_html = (DEVICE_DIR / "device.html").read_text().replace(page_token, token)
+    cannot = why_not or ("" if NODE_MODULES.is_dir() else INSTALL_HINT)
+    if cannot:  # said on the page itself: without its runtimes the page's script could not even load
+        page_html = page_html.replace(
+            '<div id="status" role="status">Loading the runtimes…</div>',
+            f'<div id="status" role="status" class="error">Device mode cannot start: {html.escape(cannot)}</div>',
+        ).replace('<script type="module" src="/device/js/main.js"></script>', "")
 
     def missing(what: str) -> JSONResponse:
         return JSONResponse({"error": what}, status_code=404)

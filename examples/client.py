@@ -37,6 +37,12 @@ def _run_tflite(interpreter, tensor: np.ndarray) -> list[np.ndarray]:
     return [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
 
 
+def _supported(section: str, found: tuple, known: tuple) -> None:
+    """This client implements the manifest's rules as of its writing; a manifest with other rules is one line."""
+    if found != known:
+        raise ValueError(f"swap_spec.{section}: resampling {found} is not one this client implements {known}")
+
+
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity without reflection taking ``src`` onto ``dst`` (2x3)."""
     s, d = src - src.mean(0), dst - dst.mean(0)
@@ -182,7 +188,7 @@ def warp_identity(texture: np.ndarray, source: np.ndarray, dst: np.ndarray, tria
                 held[y0 : y1 + 1, x0 : x1 + 1] |= draw
             map_x[y0 : y1 + 1, x0 : x1 + 1][draw] = (wa * source[i, 0] + wb * source[j, 0] + wc * source[k, 0])[draw]
             map_y[y0 : y1 + 1, x0 : x1 + 1][draw] = (wa * source[i, 1] + wb * source[j, 1] + wc * source[k, 1])[draw]
-    assert (spec["resample"], spec["border"]) == ("bicubic", "reflect101")
+    _supported("identity_warp", (spec["resample"], spec["border"]), ("bicubic", "reflect101"))
     return cv2.remap(texture, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
 
 
@@ -256,7 +262,7 @@ def swap(frame: np.ndarray, landmarks: np.ndarray, model: SwapModel) -> np.ndarr
     xy = landmarks[:, :2].astype(np.float32)
     keypoints = np.stack([xy[group].mean(0) for group in crop["keypoints"]]).astype(np.float64)
     matrix = similarity(keypoints, np.asarray(crop["template_points"], np.float64)).astype(np.float32)
-    assert (crop["resample"], crop["border"]) == ("bicubic", "reflect")
+    _supported("crop", (crop["resample"], crop["border"]), ("bicubic", "reflect"))
     aligned = cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     m64 = matrix.astype(np.float64)
     crop_landmarks = (landmarks[:, :2].astype(np.float64) @ m64[:, :2].T + m64[:, 2]).astype(np.float32)
@@ -299,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, required=True, help="folder of the face models the manifest names")
     parser.add_argument("--out", type=Path, default=Path("swapped.png"))
     args = parser.parse_args(argv)
+    if not Path(f"{args.artifact}.json").is_file():
+        sys.exit(f"{args.artifact}: no such artifact with its manifest ({args.artifact}.json)")
+    if not args.models.is_dir():
+        sys.exit(f"{args.models}: no such folder of face models")
     frame = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if frame is None:
         sys.exit(f"{args.image}: not a readable image")

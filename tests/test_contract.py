@@ -94,6 +94,10 @@ def test_the_client_runs_from_the_command_line(client, artifact, tmp_path):
     assert swapped.shape == frame.shape and np.abs(swapped.astype(int) - frame).mean() > 0.5
     with pytest.raises(SystemExit, match="not a readable image"):
         client.main([str(artifact), str(tmp_path / "missing.png"), "--models", str(model_dir())])
+    with pytest.raises(SystemExit, match="no such artifact with its manifest"):
+        client.main([str(tmp_path / "missing.onnx"), str(photo), "--models", str(model_dir())])
+    with pytest.raises(SystemExit, match="no such folder of face models"):
+        client.main([str(artifact), str(photo), "--models", str(tmp_path / "nowhere")])
 
 
 def test_readme_integration_section_agrees_with_the_manifest(artifact):

@@ -109,6 +109,9 @@ def test_device_mode_of_a_checkpoint_says_what_to_export(tmp_path):
             urllib.request.urlopen(request)
         assert refused.value.code == 404
         assert "--format onnx" in json.loads(refused.value.read())["error"]
+        with urllib.request.urlopen(f"{url}/device") as page:  # the page says so itself, with no script to fail
+            text = page.read().decode()
+        assert "Device mode cannot start" in text and "--format onnx" in text and "main.js" not in text
         for path in ("/device/lib/../../../setup.cfg", "/device/js/..%2F..%2Fsetup.cfg", "/device/models/x.tflite"):
             with pytest.raises(urllib.error.HTTPError) as missing:
                 urllib.request.urlopen(f"{url}{path}")
