@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketswap.cli import int_range, list_values, output_dir, output_file
+from pocketswap.core.cli_args import int_range, list_values, output_dir, output_file
 
 
 def _threads(text: str) -> list[int]:
@@ -21,7 +21,7 @@ def _threads(text: str) -> list[int]:
 
 def _latency(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.latency import bench_artifact
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
 
     targets = [(a, args.runs) for a in args.artifacts] + [(f"ref:{n}", args.reference_runs) for n in args.references]
     records = []
@@ -92,18 +92,12 @@ def _gate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identity_embedding(spec: str | None):
-    """An embedding from an .npy file or a face photo / sample:NAME (None when not given)."""
-    from pocketswap.faces.identity import identity_embedding
-
-    return identity_embedding(spec)[0] if spec else None
-
-
 def _pipeline(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.pipeline import benchmark_pipeline
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
+    from pocketswap.faces.identity import read_identity
 
-    embedding = _identity_embedding(args.identity)
+    embedding = read_identity(args.identity).embedding if args.identity else None
     records = []
     for model in args.models:
         for threads in args.threads:
@@ -123,7 +117,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 def _app(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.app import benchmark_app
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
 
     identity = Path(args.identity) if args.identity else None
     transports = ("websocket", "webrtc") if args.transport == "both" else (args.transport,)
@@ -138,7 +132,7 @@ def _app(args: argparse.Namespace) -> int:
 
 def _roofline(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.roofline import estimate_presets
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
 
     estimates = estimate_presets(list_values(args.presets), list_values(args.precisions))
     print("ESTIMATES (roofline lower bounds from counted MACs and bytes, one big core; not measurements)")
@@ -156,7 +150,7 @@ def _device(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pocketswap.benchmarks.ondevice import android_benchmark, coreml_benchmark
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
 
     records = []
     for artifact in map(Path, args.artifacts):
@@ -185,7 +179,7 @@ def _quality(args: argparse.Namespace) -> int:
     if args.people:
         from pocketswap.benchmarks.photo_run import bench_photos
         from pocketswap.benchmarks.photos import format_summary
-        from pocketswap.distill.config import parse_overrides
+        from pocketswap.core.config import parse_overrides
 
         report = bench_photos(args.target, args.people, args.out, judges=args.judge, teacher=args.teacher,
                               person=args.person, threads=args.threads, video=args.video,
@@ -214,10 +208,10 @@ def _quality(args: argparse.Namespace) -> int:
 def _check_measures(args: argparse.Namespace) -> int:
     from pocketswap.benchmarks.degrade import DEFECTS, check_measures
     from pocketswap.benchmarks.photos import pad_tight
+    from pocketswap.core.files import atomic_write_json
+    from pocketswap.core.imageio import IMAGE_SUFFIXES, read_image
     from pocketswap.faces import samples
     from pocketswap.faces.analyzer import FaceAnalyzer
-    from pocketswap.files import atomic_write_json
-    from pocketswap.imageio import IMAGE_SUFFIXES, read_image
 
     if args.photos == "samples":
         photos = [(name, samples.load(name)) for name in ("astronaut", "grace_hopper")]

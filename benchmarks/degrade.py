@@ -92,7 +92,7 @@ def check_measures(photos: list[tuple[str, np.ndarray]], analyzer) -> dict:
             scores[defect].append(artefact_scores(copy, photo, landmarks))
             chips[defect].append(face_chip(copy, faces[0]))
     if not used:
-        from pocketswap.errors import NoFaceError
+        from pocketswap.core.errors import NoFaceError
 
         raise NoFaceError("no face found in any of the photos to check the measures on")
     encoder = DlibEncoder()

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketswap.benchmarks.latency import bench_interleaved, device_name, target_kind
-from pocketswap.errors import ConfigError
-from pocketswap.files import atomic_write_json, file_sha256
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.files import atomic_write_json, file_sha256
 
 log = logging.getLogger(__name__)
 

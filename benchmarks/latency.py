@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 
 @dataclass
@@ -63,7 +63,7 @@ def device_name() -> str:
 
 def _artifact_metadata(path: Path) -> dict:
     """Precision and preset from the artifact's manifest (``<artifact>.json``), when it has a valid one."""
-    from pocketswap.manifest import ManifestError, read_manifest
+    from pocketswap.core.manifest import ManifestError, read_manifest
 
     try:
         manifest = read_manifest(path)
@@ -128,18 +128,12 @@ def bench_in_worker(kind: str, target: str, threads: int, runs: int, runtime: st
 def check_model_file(path: Path) -> None:
     """Open a .tflite / .onnx once in this process, so a corrupt, truncated or foreign file is one
     clear line before any benchmark runs (LiteRT's tool would only print log lines)."""
-    try:
-        if path.suffix == ".tflite":
-            from ai_edge_litert.interpreter import Interpreter
+    from pocketswap.core.runners import onnx_session, tflite_interpreter
 
-            Interpreter(model_path=str(path))
-        else:
-            import onnxruntime as ort
-
-            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # the runtimes raise ValueError / their own types for bad files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
-        raise PocketswapError(f"{path}: not a loadable {path.suffix} model (corrupt or truncated?): {first}") from exc
+    if path.suffix == ".tflite":
+        tflite_interpreter(path)
+    else:
+        onnx_session(path, what=f"{path.suffix} model", quiet=True)
 
 
 def target_kind(target: str | Path) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from pocketswap.benchmarks.photos import (
     recapture,
     summarise,
 )
-from pocketswap.errors import ConfigError, NoFaceError
+from pocketswap.core.errors import ConfigError, NoFaceError
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,13 @@ def bench_photos(
     ``teacher_config``: settings of the teacher (its config fields)."""
     from tqdm import tqdm
 
+    from pocketswap.core.files import atomic_write_json, check_output_dir
+    from pocketswap.core.imageio import read_image, write_image
+    from pocketswap.demo.swap_model import load_swap_model
     from pocketswap.distill.artefacts import artefact_scores, frechet_distance
     from pocketswap.faces.analyzer import FaceAnalyzer
     from pocketswap.faces.dlib_resnet import DlibEncoder
     from pocketswap.faces.iris import IrisModel
-    from pocketswap.files import atomic_write_json, check_output_dir
-    from pocketswap.imageio import read_image, write_image
-    from pocketswap.runtime import load_swap_model
     from pocketswap.teacher.base import load_teacher
 
     target, out = Path(target), Path(out)
@@ -197,7 +197,7 @@ def worst_swaps(rows: list[dict[str, Any]], out: Path) -> dict[str, list[str]]:
     at the photos' own resolution (up to ``STRIP_MAX`` px high)."""
     import cv2
 
-    from pocketswap.imageio import read_image, write_image
+    from pocketswap.core.imageio import read_image, write_image
 
     student = [r for r in rows if r["method"] == "student"]
     shown: dict[str, list[str]] = {}

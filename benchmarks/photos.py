@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import ConfigError, NoFaceError
-from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.core.errors import ConfigError, NoFaceError
+from pocketswap.core.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Judges:
 
     def verdicts(self, embeddings: dict[str, np.ndarray] | None, person: str, before: dict[str, float]) -> dict:
         """Per judge: distance to the person, same person, moved closer than the photo, retrieved first."""
-        from pocketswap.faces.identity import same_person
+        from pocketswap.core.metrics import same_person
 
         out: dict[str, Any] = {}
         for judge in self.names:
@@ -172,7 +172,7 @@ class Dlib68Expression:
     @classmethod
     def load(cls) -> Dlib68Expression | None:
         """The judge, or None (logged) when dlib or its model file is missing."""
-        from pocketswap.errors import PocketswapError
+        from pocketswap.core.errors import PocketswapError
         from pocketswap.faces.dlib_resnet import default_model_path
 
         try:

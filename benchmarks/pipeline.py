@@ -43,12 +43,12 @@ class PipelineRecord:
 def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, threads: int = 1, runs: int = 200):
     """Time each live-pipeline stage for `model_path` (a baked artifact or checkpoint + embedding)."""
     from pocketswap.demo.pipeline import PipelineConfig
+    from pocketswap.demo.swap_model import load_swap_model
     from pocketswap.faces.align import align_face, paste_back
     from pocketswap.faces.bench import sample_frame
     from pocketswap.faces.blazeface import BlazeFace
     from pocketswap.faces.facemesh import FaceMesh
     from pocketswap.faces.types import Face
-    from pocketswap.runtime import load_swap_model
 
     cv2.setNumThreads(threads)
     frame = sample_frame()

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def resolve_student(target: Path) -> tuple[Path, dict[str, Any] | None]:
     """(run dir or checkpoint to evaluate, the artifact's parity record or None)."""
     if target.suffix not in ARTIFACT_SUFFIXES:
         return target, None
-    from pocketswap.manifest import read_manifest
+    from pocketswap.core.manifest import read_manifest
 
     manifest = read_manifest(target)  # ManifestError (a PocketswapError) names a missing or broken one
     checkpoint = (manifest.source or {}).get("checkpoint")
@@ -38,9 +38,10 @@ def bench_quality(
     target: str | Path, faces: str | Path, out: str | Path, pairs: int = 64, seed: int = 0, teacher: str = "geometric"
 ) -> dict[str, Any]:
     """Make `pairs` held-out pairs from the photos in `faces` and score student vs teacher on them."""
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
+    from pocketswap.core.checkpoint import resolve_checkpoint
+    from pocketswap.core.files import atomic_write_json
     from pocketswap.distill.evaluate import evaluate
-    from pocketswap.files import atomic_write_json
+    from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.teacher.augment import AugmentConfig
     from pocketswap.teacher.generate import GenerateConfig, generate
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def write_eval_set(folder: Path) -> str:
     """The frozen eval set under ``folder`` (one sub-folder per bundled portrait); returns its sha256."""
     import cv2
 
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces import samples
-    from pocketswap.imageio import write_image
 
     digest = hashlib.sha256()
     for name in GATE_PEOPLE:
@@ -91,7 +91,7 @@ def measure(student: Path, threads: int) -> tuple[dict[str, float], str]:
 
 def update_quality_baseline(baseline: Path = QUALITY_BASELINE, student: Path = REFERENCE_STUDENT) -> dict[str, Any]:
     """Measure the reference student twice (1 and 2 threads) and freeze the figures with their spread."""
-    from pocketswap.files import atomic_write_json
+    from pocketswap.core.files import atomic_write_json
 
     first, digest = measure(student, 1)
     second, _ = measure(student, 2)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pocketswap import __version__
-from pocketswap.errors import PocketswapError
-from pocketswap.files import atomic_write_bytes
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def _classify(path: Path) -> tuple[str, object]:
     if not path.exists():
         raise PocketswapError(f"{path}: no such result file")
     if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        from pocketswap.imageio import read_image
+        from pocketswap.core.imageio import read_image
 
         read_image(path)  # an empty, truncated or foreign file is named here, not embedded as a broken image
         return "image", path.read_bytes()

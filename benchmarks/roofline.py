@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import nn
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 
 PROFILES = Path(__file__).with_name("phones.yaml")
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}

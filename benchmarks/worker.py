@@ -55,11 +55,11 @@ def _tflite_tool(target: str, threads: int, runs: int, result_json: str) -> None
 
 def _load_tflite(target: str, threads: int) -> Loaded:
     import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+
+    from pocketswap.core.runners import tflite_interpreter
 
     start = time.perf_counter()
-    interpreter = Interpreter(model_path=target, num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = tflite_interpreter(target, threads)
     rng = np.random.default_rng(0)
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], rng.uniform(-1, 1, detail["shape"]).astype(detail["dtype"]))
@@ -69,13 +69,11 @@ def _load_tflite(target: str, threads: int) -> Loaded:
 
 def _load_onnx(target: str, threads: int) -> Loaded:
     import numpy as np
-    import onnxruntime as ort
+
+    from pocketswap.core.runners import onnx_session
 
     start = time.perf_counter()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(target, options, providers=["CPUExecutionProvider"])
+    session = onnx_session(target, threads)
     rng = np.random.default_rng(0)
     feeds = {
         i.name: rng.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in i.shape]).astype(
@@ -140,7 +138,8 @@ def _load_torch_target(kind: str, name: str, threads: int) -> Loaded:
 def _load_checkpoint(target: str, threads: int) -> Loaded:
     import torch
 
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
+    from pocketswap.core.checkpoint import resolve_checkpoint
+    from pocketswap.student.checkpoint import load_checkpoint
 
     start = time.perf_counter()
     model, config, _ = load_checkpoint(resolve_checkpoint(target))

@@ -13,12 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.imageio import IMAGE_SUFFIXES, write_image
 from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
 from pocketswap.demo.source import ImageSource, VideoSource, is_still, open_source
-from pocketswap.errors import PocketswapError
+from pocketswap.demo.swap_model import SwapModel, load_swap_model
 from pocketswap.faces.align import align_face
-from pocketswap.imageio import IMAGE_SUFFIXES, write_image
-from pocketswap.runtime import SwapModel, load_swap_model
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +109,24 @@ class IdentityModels:
     def _check_baked_identity(self) -> None:
         """Refuse an --identity of another person than the one baked into the artifact (whose embedding
         its manifest records); without that record, say that it cannot be checked."""
-        from pocketswap.faces.identity import cosine_distance, same_person, same_person_threshold
-        from pocketswap.manifest import ManifestError, read_manifest
+        from pocketswap.core.manifest import ManifestError, read_manifest
+        from pocketswap.core.metrics import cosine_distance, same_person
+        from pocketswap.faces.identity import same_person_threshold
 
         try:
-            source = read_manifest(self.model_path).source or {}
+            baked = read_manifest(self.model_path).identity()
         except ManifestError:
-            source = {}
-        baked = source.get("embedding")
+            baked = None
         if baked is None:
             log.warning("%s: its manifest does not record the baked identity; cannot check that --identity %s "
                         "is the same person", self.model_path, self.identities[0])  # fmt: skip
             return
-        self.encoder = source.get("encoder") or "dlib"
-        given = self.embedding(0)
-        distance = cosine_distance(given, np.asarray(baked, np.float32))
+        self.encoder = baked.encoder or "dlib"
+        distance = cosine_distance(self.embedding(0), baked.embedding)
         threshold = same_person_threshold(self.encoder)
         if not same_person(distance, threshold):
             raise PocketswapError(
-                f"{self.model_path} is baked for {source.get('identity', 'another identity')}; --identity "
+                f"{self.model_path} is baked for {baked.name}; --identity "
                 f"{self.identities[0]} is another person (distance {distance:.3f} >= {threshold}): drop --identity "
                 "to swap the baked face, or export the model for this one"
             )
@@ -136,9 +135,9 @@ class IdentityModels:
         if not self.identities:
             return None
         if index not in self.embeddings:
-            from pocketswap.faces.identity import identity_embedding
+            from pocketswap.faces.identity import read_identity
 
-            self.embeddings[index] = identity_embedding(self.identities[index], encoder=self.encoder)[0]
+            self.embeddings[index] = read_identity(self.identities[index], encoder=self.encoder).embedding
         return self.embeddings[index]
 
     def current(self) -> SwapModel:
@@ -228,9 +227,9 @@ def identity_consistency(crops: list[np.ndarray], embedding: np.ndarray | None, 
 
 def run_demo(options: DemoOptions) -> DemoSummary:
     """Run the demo until the source ends, q is pressed or `max_frames` is reached."""
+    from pocketswap.core.files import check_output, refuse_overwriting_input
     from pocketswap.demo.video import VIDEO_SUFFIXES, VideoWriter
     from pocketswap.faces.analyzer import FaceAnalyzer
-    from pocketswap.files import check_output, refuse_overwriting_input
 
     if options.output is not None:  # before any model loads: a bad path is one line, not a lost run
         check_output(options.output, IMAGE_SUFFIXES if is_still(str(options.source)) else VIDEO_SUFFIXES, "--out")

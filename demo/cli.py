@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pocketswap.cli import int_range, output_dir, output_file
+from pocketswap.core.cli_args import int_range, output_dir, output_file
 
 
 def model_argument(args: argparse.Namespace) -> str | None:
     """The model, given as the first argument (as every command takes it) or as ``--model``; not both."""
-    from pocketswap.errors import PocketswapError
+    from pocketswap.core.errors import PocketswapError
 
     if args.model and args.model_option and args.model != args.model_option:
         raise PocketswapError(f"two models given ({args.model} and --model {args.model_option}): give one")
@@ -18,10 +18,10 @@ def model_argument(args: argparse.Namespace) -> str | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pocketswap.core.errors import PocketswapError
+    from pocketswap.core.files import atomic_write_json
     from pocketswap.demo.app import DemoOptions, run_demo
     from pocketswap.demo.pipeline import PipelineConfig
-    from pocketswap.errors import PocketswapError
-    from pocketswap.files import atomic_write_json
 
     model = model_argument(args)
     if model is None:
@@ -55,8 +55,8 @@ DEFAULT_UNIVERSAL = Path("runs/quickstart/run")  # the universal student `make d
 
 
 def _app(args: argparse.Namespace) -> int:
+    from pocketswap.core.errors import PocketswapError
     from pocketswap.demo.web import AppOptions, serve
-    from pocketswap.errors import PocketswapError
 
     given = model_argument(args)
     model = Path(given) if given else DEFAULT_APP_MODEL

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ class ArtifactChoice:
 def artifact_choices(model: Path, manifest) -> list[ArtifactChoice]:
     """The artifacts exported with ``model`` (same folder, same identity): the served one first. A
     checkpoint (no manifest) has none; unreadable manifests are skipped."""
-    from pocketswap.manifest import ManifestError, read_manifest
+    from pocketswap.core.manifest import ManifestError, read_manifest
 
     if manifest is None:
         return []
@@ -43,13 +43,23 @@ def artifact_choices(model: Path, manifest) -> list[ArtifactChoice]:
             other = read_manifest(path)
         except ManifestError:
             continue
-        if (other.source or {}).get("embedding_sha256") == (manifest.source or {}).get("embedding_sha256"):
+        if _identity_hash(other) == _identity_hash(manifest):
             found.append((artifact, other))
     return [_choice(path, m) for path, m in found]
 
 
+def _identity_hash(manifest) -> str | None:
+    from pocketswap.core.manifest import ManifestError
+
+    try:
+        baked = manifest.identity()
+    except ManifestError:
+        return None
+    return baked.sha256 if baked is not None else None
+
+
 def _choice(path: Path, manifest) -> ArtifactChoice:
-    from pocketswap.runtime import unavailable_here
+    from pocketswap.demo.swap_model import unavailable_here
 
     parity = manifest.parity or {}
     verdict = "passed" if parity.get("passed") else "FAILED" if parity else "not checked"
@@ -69,7 +79,7 @@ def _choice(path: Path, manifest) -> ArtifactChoice:
 
 def model_manifest(model: Path):
     """The artifact's manifest, or None for a checkpoint / run folder."""
-    from pocketswap.manifest import ManifestError, read_manifest
+    from pocketswap.core.manifest import ManifestError, read_manifest
 
     try:
         return read_manifest(model)
@@ -82,7 +92,13 @@ def describe_model(model: Path, identities: list[Path], manifest) -> dict[str, A
     info: dict[str, Any] = {"model": str(model), "identities": [_identity_name(p) for p in identities]}
     info["manifest"] = manifest.to_dict() if manifest is not None else None
     if manifest is not None and manifest.identity_mode == "baked":  # whose face the artifact carries
-        info["baked_identity"] = Path(str((manifest.source or {}).get("identity") or "an unnamed photo")).name
+        from pocketswap.core.manifest import ManifestError
+
+        try:
+            baked = manifest.identity()
+        except ManifestError:
+            baked = None
+        info["baked_identity"] = baked.name if baked is not None else "an unnamed photo"
     config = model / "config.json"
     if manifest is None and config.is_file():
         info["checkpoint_config"] = json.loads(config.read_text())

@@ -52,8 +52,8 @@ def device_routes(model: Path, manifest, token: str, page_token: str) -> list:
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
+    from pocketswap.core.manifest import manifest_path, read_manifest
     from pocketswap.faces.blazeface import model_path
-    from pocketswap.manifest import manifest_path, read_manifest
 
     artifact, why_not = device_artifact(model, manifest)
     spec = read_manifest(artifact).swap_spec if artifact is not None else None
@@ -61,7 +61,8 @@ def device_routes(model: Path, manifest, token: str, page_token: str) -> list:
         artifact, why_not = None, f"{artifact.name}: its manifest has no swap_spec (exported by an older pocketswap)"
     face_models = set()
     if spec:
-        face_models = {d["model"] for d in spec["front_end"]["detectors"]} | {spec["front_end"]["landmarks"]["model"]}
+        front = spec.rules["front_end"]
+        face_models = {d["model"] for d in front["detectors"]} | {front["landmarks"]["model"]}
     page_html = (DEVICE_DIR / "device.html").read_text().replace(page_token, token)
     cannot = why_not or ("" if NODE_MODULES.is_dir() else INSTALL_HINT)
     if cannot:  # said on the page itself: without its runtimes the page's script could not even load

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
     number of images written. Photos are checked from their header (format, size) first."""
     import tempfile
 
+    from pocketswap.core.imageio import IMAGE_SUFFIXES, inspect_image, write_image
     from pocketswap.demo.source import VideoSource
-    from pocketswap.imageio import IMAGE_SUFFIXES, inspect_image, write_image
 
     if len(uploads) > MAX_FACE_UPLOADS:
         raise PocketswapError(f"at most {MAX_FACE_UPLOADS} files of faces to train against, got {len(uploads)}")
@@ -130,7 +130,7 @@ class PersonalizeJob:
 
     def check_can_start(self) -> None:
         """Raise the reason a new job cannot start now (before anything of the request is written)."""
-        from pocketswap.checkpoint import resolve_checkpoint
+        from pocketswap.core.checkpoint import resolve_checkpoint
 
         if self.universal is None:
             raise PocketswapError("no universal run to personalise from: start the app with --universal RUN_DIR")

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pocketswap.demo.swap_model import SwapModel
 from pocketswap.faces.align import align_face, paste_back
 from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.smoothing import BETA, DETECT_EVERY, MIN_CUTOFF, OneEuroFilter
 from pocketswap.faces.types import Face
-from pocketswap.runtime import SwapModel
 
 STAGES = ("detect", "track", "align", "swap", "paste")
 

@@ -13,11 +13,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.imageio import decode_image
 from pocketswap.demo.app import IdentityModels, draw_label, mask_view
 from pocketswap.demo.guard import whole_number
 from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
-from pocketswap.errors import PocketswapError
-from pocketswap.imageio import decode_image
 
 log = logging.getLogger(__name__)
 

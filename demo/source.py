@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pocketswap.errors import ImageReadError, PocketswapError
-from pocketswap.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from pocketswap.core.errors import ImageReadError, PocketswapError
+from pocketswap.core.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 

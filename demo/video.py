@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.files import PendingFile
-from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
+from pocketswap.core.files import PendingFile
+from pocketswap.core.manifest import SYNTHETIC_MEDIA_NOTICE
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
+from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.app import identity_files
 from pocketswap.demo.guard import AccessPolicy, Guard, is_loopback, parse_json, whole_number
 from pocketswap.demo.model_info import (
@@ -39,7 +40,6 @@ from pocketswap.demo.model_info import (
 from pocketswap.demo.personal_job import PersonalizeJob
 from pocketswap.demo.pipeline import STAGES
 from pocketswap.demo.session import AppOptions, Session, decode_jpeg, encode_jpeg
-from pocketswap.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.imageio import IMAGE_SUFFIXES, inspect_image
 from pocketswap.demo.guard import whole_number
 from pocketswap.demo.personal_job import (
     MAX_PAIRS,
@@ -28,8 +30,6 @@ from pocketswap.demo.personal_job import (
     remove_job_folder,
 )
 from pocketswap.demo.session import swap_image_bytes, swap_video_file
-from pocketswap.errors import PocketswapError
-from pocketswap.imageio import IMAGE_SUFFIXES, inspect_image
 
 VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progress?job=ID`

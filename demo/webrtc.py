@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.pipeline import STAGES
-from pocketswap.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 Public API (torch-heavy names are imported lazily so ``import pocketswap.distill`` stays cheap)::
 
-    TrainConfig, load_config                       # config.py
+    TrainConfig                                    # config.py (TrainConfig.load: YAML + overrides)
     train, TrainingDivergedError; RunSummary       # train.py; state.py
     evaluate, format_table                         # evaluate.py
-    metrics                                        # psnr, ssim, identity, expression, head pose
+    metrics                                        # identity, expression, head pose (PSNR/SSIM: pocketswap.core.metrics)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pocketswap.distill.config import TrainConfig, load_config
+from pocketswap.distill.config import TrainConfig
 
 _LAZY = {
     "train": "train",
@@ -23,7 +23,7 @@ _LAZY = {
     "format_table": "evaluate",
 }
 
-__all__ = ["TrainConfig", "load_config", *_LAZY]
+__all__ = ["TrainConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,13 +15,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pocketswap.checkpoint import WEIGHTS_NAME, identity_record
+from pocketswap.core.checkpoint import WEIGHTS_NAME
+from pocketswap.core.errors import CheckpointError, ConfigError
+from pocketswap.core.files import atomic_write_bytes, atomic_write_json, replace_dir
+from pocketswap.core.identity import Identity
 from pocketswap.distill import state as run_state
-from pocketswap.distill.config import TrainConfig, from_dict
+from pocketswap.distill.config import TrainConfig
 from pocketswap.distill.data import dataset_fingerprint
 from pocketswap.distill.state import RunSummary, rng_state, set_rng_state, weights_digest
-from pocketswap.errors import CheckpointError, ConfigError
-from pocketswap.files import atomic_write_bytes, atomic_write_json, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class RunPersistence:
         from safetensors.torch import load_file
 
         tree = run_state.load_state(checkpoint)
-        saved = from_dict(tree["config"])
+        saved = TrainConfig.from_dict(tree["config"])
         changed = [
             f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.cfg, f.name)
         ]
@@ -147,8 +148,8 @@ class RunPersistence:
         tmp = root / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
         extra = {"step": self.step, "run": str(self.out), "val": val, "dataset": str(self.data)}
         if self.reader.manifest.identity is not None:  # a one-identity (personalised) student says whose it is
-            extra["identity"] = identity_record(self.reader.manifest.identity)
-        from pocketswap.checkpoint import save_checkpoint
+            extra["identity"] = Identity.from_record(self.reader.manifest.identity, "dataset manifest").to_record()
+        from pocketswap.student.checkpoint import save_checkpoint
 
         improved = bool(val) and val["loss"] < self.best_val
         if improved:

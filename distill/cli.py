@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pocketswap.cli import add_config_flags, config_flags, output_dir, output_file
-from pocketswap.config import distributed_rank, yaml_safe_load
+from pocketswap.core.cli_args import add_config_flags, config_flags, output_dir, output_file
+from pocketswap.core.config import distributed_rank, yaml_safe_load
 from pocketswap.distill.config import TrainConfig  # light: no torch
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS  # light too
 
@@ -98,9 +98,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pocketswap.distill.config import load_config, parse_overrides
+    from pocketswap.core.config import parse_overrides
+    from pocketswap.core.errors import ConfigError
     from pocketswap.distill.train import train
-    from pocketswap.errors import ConfigError
 
     base = None
     data = args.data
@@ -114,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {**flags, **parse_overrides(args.overrides)}
     if "student" in flags and not isinstance(flags["student"], dict):
         raise ConfigError("config field 'student' must be a mapping, e.g. --student '{size: 128}'")
-    config = load_config(args.config, overrides, base=base)
+    config = TrainConfig.load(args.config, overrides, base=base)
     summary = train(
         config, data, args.out, resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress
     )
@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _personalize(args: argparse.Namespace) -> int:
-    from pocketswap.distill.config import parse_overrides
+    from pocketswap.core.config import parse_overrides
     from pocketswap.distill.evaluate import format_table
     from pocketswap.distill.personalize import personalize
 
@@ -151,8 +151,8 @@ def _personalize(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pocketswap.core.files import atomic_write_json
     from pocketswap.distill.evaluate import evaluate, format_table
-    from pocketswap.files import atomic_write_json
 
     report = evaluate(
         args.run,

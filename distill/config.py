@@ -1,20 +1,16 @@
 """`TrainConfig`: every knob of a distillation run, loaded from YAML and CLI overrides.
 
-Validation raises :class:`pocketswap.errors.ConfigError` naming the offending field. Values given
+Validation raises :class:`pocketswap.core.errors.ConfigError` naming the offending field. Values given
 as strings on the command line (``lr=2e-3``, ``--batch-size 16``) are parsed as YAML scalars first.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pocketswap.config import coerce, config_field, load_yaml, parse_value
-from pocketswap.errors import ConfigError
+from pocketswap.core.config import Config, coerce_fields, config_field
+from pocketswap.core.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -28,7 +24,7 @@ _f = config_field
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Distillation settings. Field help texts are shown by ``pocketswap distill train --help``."""
 
     # student
@@ -96,8 +92,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS[f.name]))
+        coerce_fields(self)
         from pocketswap.student.config import PRESETS
 
         if self.preset not in PRESETS:
@@ -151,19 +146,6 @@ class TrainConfig:
                     f"config field 'feature_layers' entries look like 'teacher.layer=student.layer', got {item!r}"
                 )
 
-    # -- construction ----------------------------------------------------------------------------
-    def replace(self, **changes: Any) -> TrainConfig:
-        return from_dict({**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON data (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
     def student_config(self, embed_dim: int | None = None) -> Any:
         """The `StudentConfig`: the preset with `student` overrides (and the dataset's embedding size)."""
         from pocketswap.student.config import get_preset
@@ -177,18 +159,6 @@ class TrainConfig:
             raise ConfigError(str(exc).replace("field '", "field 'student.", 1)) from exc
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """The shared field check, plus "a,b,c" strings for tuple-of-str fields given on the command line."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if isinstance(value, str) and typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, Ellipsis):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    return coerce(name, value, hint)
-
-
 def _at_least(name: str, value: float, low: float) -> None:
     if value < low:
         raise ConfigError(f"config field '{name}' must be >= {low}, got {value!r}")
@@ -199,69 +169,4 @@ def _between(name: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"config field '{name}' must be in [{low}, {high}], got {value!r}")
 
 
-def from_dict(data: dict[str, Any] | None) -> TrainConfig:
-    """Build a TrainConfig; unknown keys are errors naming the key."""
-    data = dict(data or {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        hint = _closest(unknown[0], known)
-        raise ConfigError(f"unknown config field '{unknown[0]}'" + (f" (did you mean '{hint}'?)" if hint else ""))
-    return TrainConfig(**data)
-
-
-def _closest(name: str, known: set[str]) -> str | None:
-    import difflib
-
-    match = difflib.get_close_matches(name.replace("-", "_"), sorted(known), n=1)
-    return match[0] if match else None
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["lr=2e-3", "w_adv=0.1"]`` -> {"lr": 0.002, "w_adv": 0.1}; ``student.size=64`` sets a sub-key."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like field=value")
-        value = parse_value(text)
-        if "." in key:
-            head, sub = key.split(".", 1)
-            out.setdefault(head, {})
-            if not isinstance(out[head], dict):
-                raise ConfigError(f"config field '{head}' is not a mapping")
-            out[head][sub] = value
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(
-    path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict | None = None
-) -> TrainConfig:
-    """``base`` dict, then the YAML file at ``path``, then ``overrides``; validated."""
-    data: dict[str, Any] = dict(base or {})
-    if path is not None:
-        path = Path(path)
-        data = _merge(data, load_yaml(path))
-    data = _merge(data, overrides or {})
-    try:
-        return from_dict(data)
-    except ConfigError as exc:
-        if path is not None:
-            raise ConfigError(f"{path}: {exc}") from exc
-        raise
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if key == "student" and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
-__all__ = ["TrainConfig", "from_dict", "load_config", "parse_overrides", "parse_value"]
+__all__ = ["TrainConfig"]

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pocketswap.dataset import DatasetReader, shuffle_stream
-from pocketswap.errors import ConfigError
+from pocketswap.core.dataset import DatasetReader, shuffle_stream
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.shards import DatasetError, Sample, decode_sample, iter_shard_members
+from pocketswap.core.spec import PIXELS
 from pocketswap.faces.warp import warp_identity
-from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
-from pocketswap.shards import DatasetError, Sample, decode_sample, iter_shard_members
 
 if TYPE_CHECKING:
     from pocketswap.student.config import StudentConfig
@@ -203,7 +203,7 @@ def collate(samples: list[Sample], warp_shape: float | None = None) -> dict[str,
 def identity_input(batch: dict[str, Any]) -> torch.Tensor:
     """The identity image a student reads, as float [B,3,S,S] in [-1, 1]: the warped identity when the
     batch carries it (``collate(..., warp_shape)``), else the aligned identity crop."""
-    return to_unit(batch["identity_warped"] if "identity_warped" in batch else batch["identity_image"])
+    return PIXELS.to_model_torch(batch["identity_warped"] if "identity_warped" in batch else batch["identity_image"])
 
 
 class TrainStream(IterableDataset):
@@ -284,17 +284,6 @@ def iter_batches(
         yield collate(batch, warp_shape)
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,S,S,3] -> float [B,3,S,S] in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(1.0 / PIXEL_SCALE).add(PIXEL_OFFSET)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float [B,3,S,S] in [-1, 1] -> uint8 [B,S,S,3] (rounded)."""
-    x = images.detach().float().clamp(-1, 1).sub(PIXEL_OFFSET).mul(1.0 / PIXEL_SCALE).round()
-    return x.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
-
-
 def dataset_fingerprint(reader: DatasetReader) -> str:
     """Short hash of the shard hashes: identifies a dataset's content."""
     text = ",".join(s.sha256 for s in reader.manifest.shards)
@@ -355,9 +344,9 @@ def check_dataset(reader: DatasetReader, student: StudentConfig, preset: str) ->
 def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """A collated batch as float tensors in [-1, 1] (images) on ``device``, as the loss reads them."""
     return {
-        "attribute": to_unit(batch["attribute"]).to(device),
-        "output": to_unit(batch["output"]).to(device),
-        "identity_image": to_unit(batch["identity_image"]).to(device),
+        "attribute": PIXELS.to_model_torch(batch["attribute"]).to(device),
+        "output": PIXELS.to_model_torch(batch["output"]).to(device),
+        "identity_image": PIXELS.to_model_torch(batch["identity_image"]).to(device),
         "identity_input": identity_input(batch).to(device),
         "mask": batch["mask"].unsqueeze(1).to(device),
         "embedding": batch["embedding"].to(device),
@@ -377,6 +366,4 @@ __all__ = [
     "make_split",
     "name_hash",
     "pair_faces",
-    "to_uint8",
-    "to_unit",
 ]

@@ -28,8 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
-from pocketswap.dataset import DatasetReader
+from pocketswap.core.checkpoint import resolve_checkpoint
+from pocketswap.core.dataset import DatasetReader
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.metrics import cosine_similarity, psnr, ssim
+from pocketswap.core.spec import PIXELS
 from pocketswap.distill import metrics as M
 from pocketswap.distill.data import (
     Split,
@@ -37,12 +40,9 @@ from pocketswap.distill.data import (
     identity_input,
     iter_batches,
     iter_split,
-    to_uint8,
-    to_unit,
 )
-from pocketswap.errors import ConfigError
 from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
-from pocketswap.metrics import psnr, ssim
+from pocketswap.student.checkpoint import load_checkpoint
 from pocketswap.student.network import composite
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class _Column:
         out = {
             "psnr_face": _mean(self.psnr),
             "ssim_face": _mean(self.ssim),
-            "id_cosine": _mean(M.cosine(emb, targets).tolist()),
+            "id_cosine": _mean(cosine_similarity(emb, targets).tolist()),
             **transfer,
             # retrieval among one identity (a personalisation dataset) would be trivially 1
             "id_retrieval_top1": M.retrieval_top1(emb, labels, *gallery) if n and len(gallery[1]) > 1 else None,
@@ -198,11 +198,11 @@ def evaluate(
     size = scfg.size
     with torch.no_grad():
         for batch in iter_batches(iter_split(data, held, which, limit=max_samples), batch_size, scfg.warp_shape):
-            attribute = to_unit(batch["attribute"]).to(dev)
+            attribute = PIXELS.to_model_torch(batch["attribute"]).to(dev)
             image, mask = model(attribute, batch["embedding"].to(dev), identity_input(batch).to(dev))
             image = composite(image.clamp(-1, 1), mask, attribute)
             images = {
-                "student": to_uint8(image),
+                "student": PIXELS.to_pixels_torch(image),
                 "teacher": batch["output"].numpy(),
                 "attribute": batch["attribute"].numpy(),
             }

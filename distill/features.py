@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.files import atomic_write_bytes
+from pocketswap.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -12,49 +12,14 @@ terms live in :mod:`pocketswap.distill.features` and :mod:`pocketswap.distill.ad
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pocketswap.core.metrics import ssim_map_torch
 from pocketswap.distill.config import TrainConfig
-from pocketswap.metrics import SSIM_SIGMA, SSIM_WINDOW
 from pocketswap.student.network import composite
-
-
-# -- SSIM ----------------------------------------------------------------------------------------
-@lru_cache(maxsize=8)
-def _gauss_1d(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return (g / g.sum()).float()
-
-
-def _blur(x: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur per channel with reflect padding (OpenCV's BORDER_REFLECT_101)."""
-    c = x.shape[1]
-    g = _gauss_1d(size, sigma).to(x)
-    pad = size // 2
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
-    return F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
-
-
-def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM [B,1,H,W] (mean over channels) of images in [-1, 1], Gaussian window 11 /
-    sigma 1.5, computed on [0, 1] values (SSIM is not shift-invariant) so it matches
-    :func:`pocketswap.metrics.ssim` on uint8 images. Identical images give 1 everywhere."""
-    c1, c2 = 0.01**2, 0.03**2
-    x, y = (x.float() + 1.0) * 0.5, (y.float() + 1.0) * 0.5
-    mu_x, mu_y = _blur(x, SSIM_WINDOW, SSIM_SIGMA), _blur(y, SSIM_WINDOW, SSIM_SIGMA)
-    sxx = _blur(x * x, SSIM_WINDOW, SSIM_SIGMA) - mu_x**2
-    syy = _blur(y * y, SSIM_WINDOW, SSIM_SIGMA) - mu_y**2
-    sxy = _blur(x * y, SSIM_WINDOW, SSIM_SIGMA) - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    return (num / den).mean(dim=1, keepdim=True)
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -73,13 +38,6 @@ def soft_bce(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> tor
     would raise), so a diverging run is reported as such."""
     prob = prob.clamp(eps, 1.0 - eps)
     return -(target * prob.log() + (1.0 - target) * (1.0 - prob).log()).mean()
-
-
-def face_psnr(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the PSNR (8-bit scale) inside ``mask`` [B,1,S,S] of [-1, 1] images."""
-    err = ((image - target) * 127.5).pow(2).mean(1, keepdim=True)
-    mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1e-6)
-    return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean()
 
 
 def pixel_weights(mask: torch.Tensor, inside: float) -> torch.Tensor:
@@ -175,7 +133,7 @@ class DistillLoss(nn.Module):
         if self.weights["l1"]:
             terms["l1"] = masked_l1(image, teacher, weights)
         if self.weights["ssim"]:
-            terms["ssim"] = 1.0 - weighted_mean(ssim_map(image, teacher), weights)
+            terms["ssim"] = 1.0 - weighted_mean(ssim_map_torch(image, teacher), weights)
         if self.weights["outside"]:
             terms["outside"] = masked_l1(image, attribute, 1.0 - tmask)
         if self.weights["id"] and self.embedder is not None:
@@ -203,10 +161,8 @@ __all__ = [
     "DlibChipWarp",
     "IdentityEmbedder",
     "arcface_to_dlib_theta",
-    "face_psnr",
     "masked_l1",
     "pixel_weights",
     "soft_bce",
-    "ssim_map",
     "weighted_mean",
 ]

@@ -1,5 +1,5 @@
 """Face-swap quality metrics on uint8 RGB crops and FaceMesh landmarks (numpy; reusable by the
-benchmarks stage on any folder of aligned faces; PSNR and SSIM are in :mod:`pocketswap.metrics`).
+benchmarks stage on any folder of aligned faces; PSNR and SSIM are in :mod:`pocketswap.core.metrics`).
 
 - :class:`IdentityScorer`: dlib embeddings of ArcFace-aligned crops (warped to dlib's 150 px chip);
   :func:`cosine`, :func:`retrieval_top1`.
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from pocketswap.core.metrics import cosine_distance, same_person
 from pocketswap.faces.align import similarity_transform, template_points, transform_points
 from pocketswap.faces.types import LEFT_EYE_RING, RIGHT_EYE_RING, inter_ocular
 
@@ -60,14 +61,6 @@ class IdentityScorer:
         return self.encoder.embed_chips(self.chips(crops))  # type: ignore[attr-defined]
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of (N, D) arrays."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
-    return (a * b).sum(-1)
-
-
 def identity_gallery(embeddings: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """One L2-normalised mean embedding per label, labels sorted."""
     names = sorted(set(labels))
@@ -92,7 +85,7 @@ def retrieval_top1(
 def identity_distances(swaps: np.ndarray, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per swap, the cosine distance (1 - cos) of the swapped face and of the unswapped input to the
     identity's embedding (rows of (N, D) arrays)."""
-    return 1.0 - cosine(swaps, targets), 1.0 - cosine(inputs, targets)
+    return cosine_distance(swaps, targets), cosine_distance(inputs, targets)
 
 
 def identity_transfer(
@@ -102,8 +95,9 @@ def identity_transfer(
     judged the same person (distance < ``threshold``, default: the dlib encoder's documented
     same-person threshold, as in ``pocketswap faces compare``) and the share moved closer to the
     identity than the input was."""
-    from pocketswap.faces.identity import same_person
+    from pocketswap.faces.identity import same_person_threshold
 
+    threshold = same_person_threshold() if threshold is None else threshold
     swap_d, input_d = identity_distances(swaps, inputs, targets)
     if len(swap_d) == 0:
         return {"id_distance": float("nan"), "same_person": float("nan"), "moved_closer": float("nan")}
@@ -213,7 +207,6 @@ __all__ = [
     "POSE_LANDMARKS",
     "POSE_MODEL_POINTS",
     "IdentityScorer",
-    "cosine",
     "detect_crop_landmarks",
     "expression_error",
     "expression_state",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 from pocketswap.teacher.geometric import GeometricConfig
 
 if TYPE_CHECKING:
@@ -98,8 +98,8 @@ def personalize_config(
 ) -> TrainConfig:
     """The fine-tuning config for the student checkpoint ``source``: :data:`DEFAULTS`, the checkpoint's
     student config with :data:`STUDENT_FIELDS`, then ``overrides`` (``student`` merges into the student config)."""
-    from pocketswap.checkpoint import load_checkpoint
-    from pocketswap.distill.config import from_dict
+    from pocketswap.distill.config import TrainConfig
+    from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.student.config import PRESETS
 
     _, scfg, _ = load_checkpoint(source)
@@ -113,7 +113,7 @@ def personalize_config(
               "init_from": str(source), "seed": seed, **overrides}  # fmt: skip
     if steps is not None:
         fields["steps"] = steps
-    return from_dict(fields)
+    return TrainConfig.from_dict(fields)
 
 
 def personalize(
@@ -134,9 +134,10 @@ def personalize(
     """Personalise the student of ``run`` (run folder or checkpoint) for the face in ``identity``
     (photo or ``sample:NAME``) into the run folder ``out``. Raises PocketswapError subclasses on bad
     input (not a run, no or several faces in the photo, an ``out`` that holds another identity)."""
-    from pocketswap.checkpoint import checkpoint_encoder, load_checkpoint, resolve_checkpoint
+    from pocketswap.core.checkpoint import checkpoint_encoder, resolve_checkpoint
+    from pocketswap.core.files import atomic_write_json
     from pocketswap.distill.train import train
-    from pocketswap.files import atomic_write_json
+    from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.teacher.generate import GenerateConfig, generate
 
     started = time.perf_counter()
@@ -183,11 +184,13 @@ def compare(out: Path, universal: str | Path, max_samples: int = 64, grid_rows: 
     pipeline pastes them, blended over the attribute by their own masks)."""
     import torch
 
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
-    from pocketswap.distill.data import Split, identity_input, iter_batches, iter_split, to_uint8, to_unit
+    from pocketswap.core.checkpoint import resolve_checkpoint
+    from pocketswap.core.files import atomic_write_json
+    from pocketswap.core.spec import PIXELS
+    from pocketswap.distill.data import Split, identity_input, iter_batches, iter_split
     from pocketswap.distill.evaluate import evaluate
     from pocketswap.distill.logs import image_grid, write_png
-    from pocketswap.files import atomic_write_json
+    from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.student.network import composite
 
     data = out / DATA_DIR
@@ -218,9 +221,9 @@ def compare(out: Path, universal: str | Path, max_samples: int = 64, grid_rows: 
     if batch is not None:
         general = load_checkpoint(resolve_checkpoint(universal))[0]
         with torch.no_grad():
-            attribute = to_unit(batch["attribute"])
+            attribute = PIXELS.to_model_torch(batch["attribute"])
             inputs = attribute, batch["embedding"], identity_input(batch)
-            columns = [to_uint8(composite(*net(*inputs), attribute)) for net in (general, personal)]
+            columns = [PIXELS.to_pixels_torch(composite(*net(*inputs), attribute)) for net in (general, personal)]
         grid = image_grid(
             batch["identity_image"].numpy(), batch["attribute"].numpy(), batch["output"].numpy(), *columns
         )

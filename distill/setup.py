@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pocketswap.config import distributed_rank
+from pocketswap.core.config import distributed_rank
+from pocketswap.core.errors import ConfigError
 from pocketswap.distill.config import TrainConfig
-from pocketswap.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ def stop_requested() -> bool:
 
 def load_initial_weights(student: nn.Module, source: str) -> None:
     """Start from a checkpoint's weights; tensors the checkpoint lacks (new identity maps) keep their init."""
-    from pocketswap.checkpoint import load_checkpoint, resolve_checkpoint
+    from pocketswap.core.checkpoint import resolve_checkpoint
+    from pocketswap.student.checkpoint import load_checkpoint
 
     init, _, _ = load_checkpoint(resolve_checkpoint(source))
     own, found = student.state_dict(), init.state_dict()

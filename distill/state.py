@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pocketswap.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from pocketswap.errors import CheckpointError
-from pocketswap.files import atomic_path, atomic_write_bytes, replace_dir
+from pocketswap.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from pocketswap.core.errors import CheckpointError
+from pocketswap.core.files import atomic_path, atomic_write_bytes, replace_dir
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pocketswap.dataset import DatasetReader
+from pocketswap.core.dataset import DatasetReader
+from pocketswap.core.errors import ConfigError, PocketswapError
+from pocketswap.core.files import exclusive_folder
 from pocketswap.distill import state as run_state
 from pocketswap.distill.adversarial import PatchDiscriminator, d_hinge_loss, g_hinge_loss
 from pocketswap.distill.checkpointing import RunPersistence
@@ -56,8 +58,6 @@ from pocketswap.distill.setup import (
 )
 from pocketswap.distill.state import RunSummary
 from pocketswap.distill.validation import ValidationGrid, validate
-from pocketswap.errors import ConfigError, PocketswapError
-from pocketswap.files import exclusive_folder
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pocketswap.distill.data import Split, batch_to_device, iter_batches, iter_split, to_uint8
+from pocketswap.core.metrics import psnr_torch
+from pocketswap.core.shards import Sample
+from pocketswap.core.spec import PIXELS
+from pocketswap.distill.data import Split, batch_to_device, iter_batches, iter_split
 from pocketswap.distill.logs import image_grid
-from pocketswap.distill.losses import DistillLoss, face_psnr
-from pocketswap.shards import Sample
+from pocketswap.distill.losses import DistillLoss
 from pocketswap.student.network import composite
 
 GRID_ROWS = 6
@@ -39,8 +41,8 @@ def validate(
         terms = loss_fn(image, mask, t)
         n = len(batch["keys"])
         image = image.float().clamp(-1, 1)
-        terms["psnr_face"] = face_psnr(image, t["output"], t["mask"])
-        terms["psnr_pasted"] = face_psnr(composite(image, mask.float(), t["attribute"]), t["output"], t["mask"])
+        terms["psnr_face"] = psnr_torch(image, t["output"], t["mask"])
+        terms["psnr_pasted"] = psnr_torch(composite(image, mask.float(), t["attribute"]), t["output"], t["mask"])
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         count += n
@@ -71,7 +73,7 @@ class ValidationGrid:
         image, mask = student(t["attribute"], t["embedding"], t["identity_input"])
         pasted = composite(image.float().clamp(-1, 1), mask.float(), t["attribute"])
         return image_grid(
-            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), to_uint8(pasted),
+            b["identity_image"].numpy(), b["attribute"].numpy(), b["output"].numpy(), PIXELS.to_pixels_torch(pasted),
             mask[:, 0].float().cpu().numpy(),
         )  # fmt: skip
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pocketswap.core.manifest import IDENTITY_MODES, PRECISIONS
 from pocketswap.export.common import COMPRESSIONS, FORMATS
-from pocketswap.manifest import IDENTITY_MODES, PRECISIONS
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class CalibrationError(PocketswapError):
 
 def parse_list(value: str | list[str] | tuple[str, ...], choices: tuple[str, ...], what: str) -> list[str]:
     """``"fp32,fp16"`` / ``["fp32", "fp16"]`` / ``"all"`` -> validated list in ``choices`` order."""
-    from pocketswap.cli import list_values
+    from pocketswap.core.cli_args import list_values
 
     items = [v.lower() for v in list_values(value)]
     if "all" in items:

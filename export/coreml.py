@@ -27,12 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pocketswap.core.spec import PIXELS
 from pocketswap.export.common import ExportError, UnsupportedError, captured_output
-from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE
 
 log = logging.getLogger(__name__)
-
-IMAGE_SCALE, IMAGE_BIAS = PIXEL_SCALE, PIXEL_OFFSET  # the students' pixel normalisation, inside the model
 
 
 @dataclass
@@ -92,8 +90,8 @@ def convert(
                 ct.ImageType(
                     name=spec.name,
                     shape=spec.shape,
-                    scale=IMAGE_SCALE,
-                    bias=[IMAGE_BIAS] * 3,
+                    scale=PIXELS.scale,  # the students' pixel normalisation, inside the model
+                    bias=[PIXELS.offset] * 3,
                     color_layout=ct.colorlayout.RGB,
                 )
             )
@@ -243,7 +241,7 @@ def predict(path: str | Path, feeds: dict[str, np.ndarray], image_input: bool = 
     data = {}
     for name, value in feeds.items():
         if name in image_names:
-            pixels = np.clip(np.round((value[0].transpose(1, 2, 0) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+            pixels = PIXELS.to_pixels(value[0].transpose(1, 2, 0))
             data[name] = Image.fromarray(pixels)
         else:
             data[name] = value.astype(np.float32)

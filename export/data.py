@@ -15,11 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.errors import ConfigError, ImageReadError, NoFaceError, PocketswapError
+from pocketswap.core.errors import ImageReadError, NoFaceError, PocketswapError
+from pocketswap.core.imageio import IMAGE_SUFFIXES
+from pocketswap.core.spec import PIXELS
 from pocketswap.export.common import CalibrationError
 from pocketswap.faces.analyzer import shared_analyzer
-from pocketswap.imageio import IMAGE_SUFFIXES
-from pocketswap.runtime import to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def to_model_input(crops: np.ndarray) -> np.ndarray:
     crops = np.asarray(crops)
     if crops.ndim == 3:
         crops = crops[None]
-    return np.ascontiguousarray(to_unit_range(crops.transpose(0, 3, 1, 2)))
+    return np.ascontiguousarray(PIXELS.to_model(crops.transpose(0, 3, 1, 2)))
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _npy_crops(path: Path, size: int, limit: int) -> np.ndarray:
 
 
 def _dataset_crops(path: Path, size: int, limit: int) -> CalibrationSet:
-    from pocketswap.dataset import DatasetReader
+    from pocketswap.core.dataset import DatasetReader
 
     crops, embeddings = [], []
     for sample in DatasetReader(path).iter_samples():
@@ -149,7 +149,7 @@ def _dataset_crops(path: Path, size: int, limit: int) -> CalibrationSet:
 
 
 def _folder_crops(path: Path, size: int, template: str, limit: int) -> CalibrationSet:
-    from pocketswap.imageio import read_image
+    from pocketswap.core.imageio import read_image
 
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     crops, skipped = [], 0
@@ -176,25 +176,11 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR)
 
 
-def identity_face(spec: str | Path, size: int, template: str = "arcface") -> tuple[np.ndarray, np.ndarray]:
-    """(aligned SxS uint8 RGB crop, its (468, 3) landmarks in crop pixels) of the face in a photo /
-    ``sample:NAME`` (spatial-identity students read the crop, warped-identity students both)."""
-    from pocketswap.faces.align import align_face
-    from pocketswap.faces.samples import load_image_or_sample
-
-    text = str(spec)
-    if text.endswith((".npy", ".npz")):
-        raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
-    image = load_image_or_sample(text)
-    face = shared_analyzer().detect_one(image, source=text)
-    aligned = align_face(image, face.keypoints, size, template)
-    return aligned.crop, aligned.landmarks_in_crop(face.landmarks)
-
-
 def load_student(source: str | Path):
     """(StudentNet in eval mode, StudentConfig, extra, checkpoint dir, sha256 of its safetensors)."""
-    from pocketswap.checkpoint import WEIGHTS_NAME, load_checkpoint, resolve_checkpoint
-    from pocketswap.files import file_sha256
+    from pocketswap.core.checkpoint import WEIGHTS_NAME, resolve_checkpoint
+    from pocketswap.core.files import file_sha256
+    from pocketswap.student.checkpoint import load_checkpoint
 
     directory = resolve_checkpoint(source)
     net, config, extra = load_checkpoint(directory)

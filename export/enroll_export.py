@@ -11,10 +11,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pocketswap.core.manifest import IDENTITY_INPUT, TensorInfo
 from pocketswap.export import data as export_data
 from pocketswap.export.formats import export_formats
 from pocketswap.export.job import Artifact, Job, random_embedding
-from pocketswap.manifest import IDENTITY_INPUT, TensorInfo
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pocketswap.core.manifest import IMAGE_INPUT
+from pocketswap.core.runners import TFLiteRunner
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import FORMAT_TABLE, ExportError, UnsupportedError, needs_onnx
@@ -26,8 +28,6 @@ from pocketswap.export.job import (
     finish,
     io_tensors,
 )
-from pocketswap.manifest import IMAGE_INPUT
-from pocketswap.runtime import TFLiteRunner
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketswap.export import data as export_data
-from pocketswap.export import parity
-from pocketswap.files import file_sha256
-from pocketswap.manifest import (
+from pocketswap.core.files import file_sha256
+from pocketswap.core.manifest import (
     IDENTITY_INPUT,
     IMAGE_INPUT,
     IMAGE_OUTPUT,
@@ -25,10 +23,11 @@ from pocketswap.manifest import (
     artifact_size,
     write_manifest,
 )
+from pocketswap.export import data as export_data
+from pocketswap.export import parity
 
 log = logging.getLogger(__name__)
 
-IMAGE_NORMALIZATION = "RGB uint8 pixels p -> p / 127.5 - 1 (range [-1, 1])"
 NUM_RANDOM_CASES = 2
 CALIBRATION_LIMIT = 32
 
@@ -42,7 +41,7 @@ class Artifact:
 
     @property
     def manifest_path(self) -> Path:
-        from pocketswap.manifest import manifest_path
+        from pocketswap.core.manifest import manifest_path
 
         return manifest_path(self.path)
 

@@ -163,11 +163,9 @@ def _layer_of(node, producers: dict, constants: set[str], depth: int = 12) -> st
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run with onnxruntime on CPU; returns outputs in graph order."""
-    import onnxruntime as ort
+    from pocketswap.core.runners import onnx_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, quiet=True)
     return session.run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
 
 

@@ -17,9 +17,9 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+from pocketswap.core.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS
+from pocketswap.core.metrics import psnr
 from pocketswap.export.common import ParityError
-from pocketswap.manifest import IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT, STUDENT_OUTPUTS
-from pocketswap.metrics import psnr
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketswap.checkpoint import checkpoint_encoder, locked_identity
-from pocketswap.errors import CheckpointError, ConfigError, OutputError
+from pocketswap.core.checkpoint import checkpoint_encoder, checkpoint_identity, locked_identity
+from pocketswap.core.errors import CheckpointError, ConfigError, OutputError
+from pocketswap.core.files import atomic_write_bytes, check_output, file_sha256, replace_dir
+from pocketswap.core.identity import Identity
+from pocketswap.core.manifest import (
+    IMAGE_INPUT,
+    STUDENT_OUTPUTS,
+    Manifest,
+    artifact_size,
+    read_manifest,
+    write_manifest,
+)
+from pocketswap.core.runners import TFLiteRunner
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import ExportError, UnsupportedError
-from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
-from pocketswap.files import atomic_write_bytes, check_output, file_sha256, replace_dir
-from pocketswap.manifest import IMAGE_INPUT, STUDENT_OUTPUTS, Manifest, artifact_size, read_manifest, write_manifest
-from pocketswap.runtime import TFLiteRunner
+from pocketswap.faces.identity import read_identity, same_person_threshold
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +304,7 @@ class PatchResult:
 
 def patch_model(
     model: str | Path,
-    identity: str | Path,
+    identity: str | Path | Identity,
     checkpoint: str | Path,
     out: str | Path,
     encoder: str | None = None,
@@ -324,8 +332,10 @@ def patch_model(
     if manifest.source.get("checkpoint_sha256") not in (None, ckpt_sha):
         raise CheckpointError(f"{checkpoint}: not the checkpoint {model.name} was exported from (sha256 differs)")
     encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder or manifest.source.get("encoder"))
-    emb, identity_source = identity_embedding(identity, config.embed_dim, encoder_name)
-    emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
+    given = identity if isinstance(identity, Identity) else read_identity(identity, config.embed_dim, encoder_name)
+    locked_identity(extra, given.embedding, given.source, same_person_threshold(encoder_name))
+    baked = checkpoint_identity(extra) or given  # a personalised checkpoint bakes its own
+    emb = baked.embedding
     names = [e["name"] for e in manifest.patch["tensors"]]
     tensors = baked_identity_tensors(net, torch.from_numpy(emb), names)
     out = Path(out)
@@ -341,9 +351,7 @@ def patch_model(
     new.sha256 = file_sha256(out)
     new.source = {
         **manifest.source,
-        "identity": identity_source,
-        "embedding_sha256": embedding_sha256(emb),
-        "embedding": [round(float(v), 6) for v in emb],
+        "identity": baked.to_record(),
         "patched_from": manifest.artifact,
     }
     new.parity = record

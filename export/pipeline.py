@@ -2,11 +2,12 @@
 
 Everything is built in a temp folder inside ``out_dir`` and moved into place only when every requested
 artifact converted and passed parity, so a failure leaves nothing half-written. Each artifact gets a
-manifest (:mod:`pocketswap.manifest`) next to it.
+manifest (:mod:`pocketswap.core.manifest`) next to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -17,8 +18,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pocketswap.checkpoint import checkpoint_encoder, locked_identity
-from pocketswap.errors import ConfigError
+from pocketswap.core.checkpoint import checkpoint_encoder, checkpoint_identity, locked_identity
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.files import check_output_dir
+from pocketswap.core.identity import Identity
+from pocketswap.core.manifest import (
+    IDENTITY_INPUT,
+    IDENTITY_MODES,
+    IMAGE_INPUT,
+    PRECISIONS,
+    STUDENT_OUTPUTS,
+    WARPED_IDENTITY_INPUT,
+    encode_texture,
+)
 from pocketswap.export import data as export_data
 from pocketswap.export import parity
 from pocketswap.export.common import (
@@ -33,28 +45,15 @@ from pocketswap.export.enroll_export import export_enrollment
 from pocketswap.export.formats import export_formats
 from pocketswap.export.job import (
     CALIBRATION_LIMIT,
-    IMAGE_NORMALIZATION,
     NUM_RANDOM_CASES,
     Artifact,
     Job,
     random_embedding,
     student_tensors,
 )
-from pocketswap.faces.identity import embedding_sha256, identity_embedding, same_person_threshold
+from pocketswap.faces.identity import read_identity, same_person_threshold
 from pocketswap.faces.spec import swap_spec
 from pocketswap.faces.warp import triangulate, warp_identity
-from pocketswap.files import check_output_dir
-from pocketswap.manifest import (
-    IDENTITY_INPUT,
-    IDENTITY_MODES,
-    IMAGE_INPUT,
-    IMAGE_OUTPUT,
-    MASK_OUTPUT,
-    PRECISIONS,
-    STUDENT_OUTPUTS,
-    WARPED_IDENTITY_INPUT,
-    encode_texture,
-)
 
 log = logging.getLogger(__name__)
 
@@ -95,33 +94,26 @@ def export_model(
     if compress != "none" and "coreml" not in formats_l:
         raise UnsupportedError(f"--compress {compress} applies to CoreML only; add --format coreml")
     net, config, extra, ckpt_dir, ckpt_sha = export_data.load_student(source)
-    if identity_mode == "baked" and identity is None:
-        identity = own_identity_photo(extra)
     size = config.size
     calib = None
     if "int8" in precisions_l and needs_onnx(formats_l):
         calib = export_data.load_calibration(calibration, size, config.template, CALIBRATION_LIMIT)
         log.info("int8 calibration: %d crops from %s", len(calib.crops), calib.source)
     encoder_name = checkpoint_encoder(extra, config.embed_dim, encoder)
-    if extra.get("identity") and identity_mode == "dynamic":
+    own = checkpoint_identity(extra)
+    if own is not None and identity_mode == "dynamic":
         raise UnsupportedError(
-            f"this checkpoint was personalised for {extra['identity']['name']}: export it baked (--identity PHOTO); "
-            "the dynamic mode is for universal students"
+            f"this checkpoint was personalised for {own.name}: export it baked; the dynamic mode is for universal "
+            "students"
         )
     if config.identity_encoder and (enroll or identity_mode == "dynamic"):
         raise UnsupportedError(
             "this student has a spatial identity encoder ('identity_encoder'): it exports baked, without --enroll "
             "(its identity maps would be a second run-time input)"
         )
-    face = None
-    if identity is not None:
-        emb, identity_source = identity_embedding(identity, config.embed_dim, encoder_name)
-        emb = locked_identity(extra, emb, str(identity), same_person_threshold(encoder_name))
-        if config.identity_encoder:
-            face = export_data.identity_face(identity, size, config.template)
-    else:
-        emb = random_embedding(config.embed_dim, seed=7)
-        identity_source = "supplied at run time (parity used a random embedding)"
+    baked = baked_identity(identity, own, identity_mode, config, encoder_name, extra)
+    face = baked.face(size, config.template) if baked is not None and config.identity_encoder else None
+    emb = baked.embedding if baked is not None else random_embedding(config.embed_dim, seed=7)
 
     out_dir = Path(out_dir)
     created = not out_dir.exists()
@@ -138,9 +130,7 @@ def export_model(
             source={
                 "checkpoint": str(ckpt_dir),
                 "checkpoint_sha256": ckpt_sha,
-                "identity": identity_source,
-                "embedding_sha256": embedding_sha256(emb) if identity else None,
-                "embedding": [round(float(v), 6) for v in emb] if identity else None,
+                "identity": baked.to_record() if baked is not None else None,
                 "encoder": encoder_name,
             }
         )
@@ -163,20 +153,36 @@ def export_model(
             out_dir.rmdir()
 
 
-def own_identity_photo(extra: dict[str, Any]) -> str:
-    """The photo a personalised checkpoint was made from (its ``extra["identity"]["source"]``), so that
-    exporting it needs no --identity; ConfigError for a universal checkpoint or a photo that is gone."""
-    record = extra.get("identity")
-    if not record:
-        raise ConfigError("baked export needs --identity FACE.jpg|sample:NAME|EMB.npy (or use --identity-mode dynamic)")
-    photo = str(record["source"])
-    if not photo.startswith("sample:") and not Path(photo).is_file():
-        raise ConfigError(
-            f"this run was personalised for {record['name']} from {photo}, which is gone: pass --identity with "
-            f"a photo of {record['name']}"
-        )
-    log.info("baking the run's own identity: %s (%s)", record["name"], photo)
-    return photo
+def baked_identity(
+    identity: str | Path | None, own: Identity | None, mode: str, config: Any, encoder: str | None, extra: dict
+) -> Identity | None:
+    """The identity to bake: the checkpoint's own (a personalised run: no photo is read when it stored its
+    face), else the photo / ``sample:NAME`` / ``.npy`` given (read once; a personalised checkpoint takes only
+    the same person), else None (dynamic mode: supplied at run time, parity uses a random embedding)."""
+    needs_face = bool(config.identity_encoder)
+    if identity is None and own is not None:
+        if not needs_face or own.face(config.size, config.template) is not None:
+            log.info("baking the run's own identity: %s (%s)", own.name, own.source)
+            return own
+        if not own.source.startswith("sample:") and not Path(own.source).is_file():
+            raise ConfigError(
+                f"this run was personalised for {own.name} from {own.source}, which is gone and its checkpoint keeps "
+                f"no face: pass --identity with a photo of {own.name}"
+            )
+        identity = own.source
+    if identity is None:
+        if mode == "baked":
+            raise ConfigError(
+                "baked export needs --identity FACE.jpg|sample:NAME|EMB.npy (or use --identity-mode dynamic)"
+            )
+        return None
+    read = read_identity(identity, config.embed_dim, encoder, config.size if needs_face else None, config.template)
+    locked_identity(extra, read.embedding, str(identity), same_person_threshold(encoder))
+    if own is None:
+        return read
+    if not needs_face or own.face(config.size, config.template) is not None:
+        return own
+    return dataclasses.replace(own, crop=read.crop, landmarks=read.landmarks, template=read.template)
 
 
 def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
@@ -240,11 +246,6 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
         "template": config.template,
         "template_points": np.round(template_points(size, config.template), 3).tolist(),
         "swap_spec": swap_spec(size, config.template),
-        "normalization": {
-            IMAGE_INPUT: IMAGE_NORMALIZATION,
-            IMAGE_OUTPUT: "range [-1, 1]; pixels = (y + 1) * 127.5",
-            MASK_OUTPUT: "range [0, 1]; blend weight of the swapped crop when pasting back",
-        },
         "extra": {
             "student_config": config.to_dict(),
             "num_identity_params": int(net.num_identity_params),

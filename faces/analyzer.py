@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from pocketswap.errors import ConfigError, NoFaceError
-from pocketswap.imageio import to_rgb_uint8
+from pocketswap.core.errors import ConfigError, NoFaceError
+from pocketswap.core.imageio import to_rgb_uint8
 
 from .blazeface import BlazeFace, Detection, iou_matrix
 from .facemesh import FaceMesh, MeshResult

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.errors import ModelSignatureError
+from pocketswap.core.errors import ModelSignatureError
 from pocketswap.faces.identity import as_chip_batch
 
 logger = logging.getLogger(__name__)
@@ -38,23 +38,13 @@ class ArcFaceOnnxEncoder:
     chip_size = CHIP_SIZE
     template = "arcface"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, batch_size: int = 32) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: str | Path, batch_size: int = 32) -> None:
+        from pocketswap.core.runners import onnx_session
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelSignatureError(f"ArcFace ONNX model '{self.path}' not found (expected a .onnx file)")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelSignatureError(
-                f"cannot load ArcFace ONNX model '{self.path}': not a valid ONNX file ({message[:200]})"
-            ) from None
+        self.session = onnx_session(self.path, what="ArcFace ONNX model", quiet=True)
         self.input_name, self.output_name, self.fixed_batch = self._check_signature()
         self.batch_size = self.fixed_batch or batch_size
         self._probe()

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pocketswap.errors import ModelSignatureError
+from pocketswap.core.errors import ModelSignatureError
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,9 @@ def model_path(filename: str) -> Path:
 
 def make_interpreter(path: Path, num_threads: int = 1):
     """A LiteRT interpreter with tensors allocated."""
-    from ai_edge_litert.interpreter import Interpreter
+    from pocketswap.core.runners import tflite_interpreter
 
-    try:
-        interpreter = Interpreter(model_path=str(path), num_threads=max(1, int(num_threads)))
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        raise ModelSignatureError(f"{path}: cannot load TFLite model ({exc})") from exc
-    return interpreter
+    return tflite_interpreter(path, num_threads)
 
 
 def generate_anchors(options: AnchorOptions) -> np.ndarray:

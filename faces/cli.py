@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from pocketswap.cli import MAX_CROP, MIN_CROP, int_range, output_file
-from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.core.cli_args import MAX_CROP, MIN_CROP, int_range, output_file
+from pocketswap.core.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ def _which(face) -> str:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    from pocketswap.core.files import atomic_write_json
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces.draw import annotate
     from pocketswap.faces.samples import load_image_or_sample
-    from pocketswap.files import atomic_write_json
-    from pocketswap.imageio import write_image
 
     image = load_image_or_sample(args.image)
     analyzer = _analyzer(args)
@@ -65,10 +65,10 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _align(args: argparse.Namespace) -> int:
+    from pocketswap.core.files import refuse_overwriting_input
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces.align import align_face
     from pocketswap.faces.samples import load_image_or_sample
-    from pocketswap.files import refuse_overwriting_input
-    from pocketswap.imageio import write_image
 
     refuse_overwriting_input(args.out, args.image, "--out")
     image = load_image_or_sample(args.image)
@@ -82,9 +82,9 @@ def _align(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from pocketswap.core.files import atomic_path, check_output
     from pocketswap.faces.identity import embed_faces, load_encoder
     from pocketswap.faces.samples import load_image_or_sample
-    from pocketswap.files import atomic_path, check_output
 
     image = load_image_or_sample(args.image)
     face = _analyzer(args).detect_one(image, source=args.image)
@@ -96,7 +96,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pocketswap.faces.identity import cosine_distance, embed_faces, load_encoder, same_person, same_person_threshold
+    from pocketswap.core.metrics import cosine_distance, same_person
+    from pocketswap.faces.identity import embed_faces, load_encoder, same_person_threshold
     from pocketswap.faces.samples import load_image_or_sample
 
     analyzer, encoder = _analyzer(args), load_encoder(args.encoder)
@@ -109,7 +110,7 @@ def _compare(args: argparse.Namespace) -> int:
     verdict = "same person" if same_person(distance, threshold) else "different people"
     print(f"cosine distance {distance:.4f} (threshold {threshold:.3f}): {verdict}")
     if args.json:
-        from pocketswap.files import atomic_write_json
+        from pocketswap.core.files import atomic_write_json
 
         atomic_write_json(args.json, {"kind": "face_compare", "a": args.image_a, "b": args.image_b,
                                       "distance": round(distance, 4), "threshold": threshold, "verdict": verdict})  # fmt: skip
@@ -117,8 +118,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from pocketswap.core.files import atomic_write_json
     from pocketswap.faces.bench import benchmark_face_pipeline
-    from pocketswap.files import atomic_write_json
 
     result = benchmark_face_pipeline(runs=args.runs, threads=args.threads, crop_size=args.size)
     for key, value in result.to_dict().items():

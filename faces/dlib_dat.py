@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pocketswap.errors import CheckpointError
+from pocketswap.core.errors import CheckpointError
 
 
 class _Reader:

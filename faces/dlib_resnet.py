@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketswap.errors import CheckpointError
+from pocketswap.core.errors import CheckpointError
 from pocketswap.faces.dlib_dat import DatLayer, parse_dat
 from pocketswap.faces.identity import as_chip_batch
 
@@ -305,16 +305,14 @@ class DlibEncoder:
         return self.model(x, normalize=True)
 
     def cosine_distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Cosine distance between rows of `a` and `b` (broadcast), L2-normalising both."""
-        a = np.asarray(a, np.float64)
-        b = np.asarray(b, np.float64)
-        a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-        b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-        return 1.0 - (a * b).sum(-1)
+        """Cosine distance between rows of `a` and `b` (broadcast): :func:`pocketswap.core.metrics.cosine_distance`."""
+        from pocketswap.core.metrics import cosine_distance
+
+        return cosine_distance(a, b)
 
     def is_same_person(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | bool:
         """True where the embeddings are closer than `same_person_threshold`."""
-        from pocketswap.faces.identity import same_person
+        from pocketswap.core.metrics import same_person
 
         return same_person(self.cosine_distance(a, b), self.same_person_threshold)
 

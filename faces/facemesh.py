@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pocketswap.errors import ModelSignatureError
+from pocketswap.core.errors import ModelSignatureError
 
 from .blazeface import Detection, make_interpreter, model_path
 

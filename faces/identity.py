@@ -6,13 +6,13 @@ Encoders: the built-in dlib ResNet (128-d, offline, differentiable) or a user's 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from pocketswap.core.identity import Identity
 from pocketswap.faces.align import align_face
 from pocketswap.faces.types import Face
 
@@ -54,17 +54,6 @@ def embed_faces(image: np.ndarray, faces: list[Face], encoder: IdentityEncoder) 
     return encoder.embed_chips(chips)
 
 
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """1 - cosine similarity of two embeddings."""
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(1.0 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
-
-
-def embedding_sha256(embedding: np.ndarray) -> str:
-    """SHA-256 of an embedding's float32 bytes (how manifests and checkpoints name an identity)."""
-    return hashlib.sha256(np.ascontiguousarray(embedding, np.float32).tobytes()).hexdigest()
-
-
 def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
     """Cosine distance under which two embeddings are the same person: dlib's documented threshold for
     the built-in encoder; for a user's ArcFace-style model 0.6 (cosine similarity 0.4, a common
@@ -76,28 +65,29 @@ def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
     return 0.6
 
 
-def same_person(distance: Any, threshold: float | None = None, encoder: str | Path | None = "dlib") -> Any:
-    """The one same-person decision: cosine ``distance`` (a number or an array) strictly under ``threshold``
-    (default: :func:`same_person_threshold` of ``encoder``). A bool, or a bool array for an array."""
-    limit = same_person_threshold(encoder) if threshold is None else threshold
-    verdict = np.asarray(distance) < limit
-    return bool(verdict) if verdict.ndim == 0 else verdict
-
-
-def identity_embedding(
-    spec: str | Path, embed_dim: int | None = None, encoder: str | Path | None = "dlib"
-) -> tuple[np.ndarray, str]:
-    """(D,) float32 embedding from an ``.npy`` (or ``.npz`` with one array) or a face photo / ``sample:NAME``
-    (embedded with ``encoder``: "dlib" or an ArcFace ``.onnx``; None means unknown and refuses photos). The one
-    photo -> embedding of every stage: ``embed_dim`` (when given) is what the model expects; a
-    missing file, no face, a non-numeric, wrong-size, NaN or all-zero embedding is one clear error."""
-    from pocketswap.errors import ConfigError, ImageReadError
+def read_identity(
+    spec: str | Path,
+    embed_dim: int | None = None,
+    encoder: str | Path | None = "dlib",
+    size: int | None = None,
+    template: str = "arcface",
+) -> Identity:
+    """The :class:`Identity` of an ``.npy`` embedding (or ``.npz`` with one array) or of a face photo /
+    ``sample:NAME``, read and detected once: embedded with ``encoder`` ("dlib" or an ArcFace ``.onnx``; None
+    means unknown and refuses photos) and, with ``size``, also aligned to a ``size`` px crop on ``template``
+    with its 468 landmarks. The one photo -> identity of every stage: ``embed_dim`` (when given) is what the
+    model expects; a missing file, no face, a non-numeric, wrong-size, NaN or all-zero embedding is one
+    clear error."""
+    from pocketswap.core.errors import ConfigError, ImageReadError
 
     text = str(spec)
+    crop = landmarks = None
     if text.endswith((".npy", ".npz")):
         path = Path(text)
         if not path.is_file():
             raise ImageReadError(f"identity embedding {path}: no such file")
+        if size is not None:
+            raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
         try:
             data = np.load(path, allow_pickle=False)
             emb = data[data.files[0]] if hasattr(data, "files") else data
@@ -105,25 +95,27 @@ def identity_embedding(
                 raise ValueError(f"holds {emb.dtype} values, not numbers")
         except (OSError, ValueError, IndexError) as exc:
             raise ImageReadError(f"identity embedding {path}: unreadable ({exc})") from exc
-        emb = np.asarray(emb, np.float32).reshape(-1)
-        source = f"embedding {path.name}"
+        emb, name, encoder = np.asarray(emb, np.float32).reshape(-1), path.name, None
     else:
         if encoder is None:
             raise ConfigError(f"the checkpoint's embed_dim is {embed_dim}; pass --encoder ARCFACE.onnx to embed {text}")
-        from pocketswap.faces.identity import embed_faces, load_encoder
-        from pocketswap.faces.samples import load_image_or_sample
+        from pocketswap.faces.analyzer import shared_analyzer
+        from pocketswap.faces.samples import SAMPLE_PREFIX, load_image_or_sample
 
         image = load_image_or_sample(text)
-        from pocketswap.faces.analyzer import shared_analyzer
-
         face = shared_analyzer().detect_one(image, source=text)
         log.info("identity %s: the face at box %s (score %.2f)", text, [round(float(v)) for v in face.box], face.score)
         emb = embed_faces(image, [face], load_encoder(encoder))[0].astype(np.float32)
-        source = f"photo {Path(text).name} ({encoder} encoder)"
+        name = text[len(SAMPLE_PREFIX) :] if text.startswith(SAMPLE_PREFIX) else Path(text).name
+        if not text.startswith(SAMPLE_PREFIX):
+            text = str(Path(text).resolve())
+        if size is not None:
+            aligned = align_face(image, face.keypoints, size, template)
+            crop, landmarks = aligned.crop, aligned.landmarks_in_crop(face.landmarks)
     if emb.ndim != 1 or (embed_dim is not None and emb.shape != (embed_dim,)):
-        raise ConfigError(f"identity {text}: embedding has shape {emb.shape} but the model expects ({embed_dim},)")
+        raise ConfigError(f"identity {spec}: embedding has shape {emb.shape} but the model expects ({embed_dim},)")
     if not np.isfinite(emb).all():
-        raise ConfigError(f"identity {text}: embedding holds NaN or infinite values")
+        raise ConfigError(f"identity {spec}: embedding holds NaN or infinite values")
     if not np.linalg.norm(emb) > 1e-6:
-        raise ConfigError(f"identity {text}: embedding is all zeros (no identity)")
-    return emb, source
+        raise ConfigError(f"identity {spec}: embedding is all zeros (no identity)")
+    return Identity(name, text, emb, None if encoder is None else str(encoder), crop, landmarks, template)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketswap.errors import ModelSignatureError
+from pocketswap.core.errors import ModelSignatureError
 
 from .types import NUM_LANDMARKS, Face
 

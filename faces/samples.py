@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pocketswap.errors import ImageReadError
-from pocketswap.imageio import read_image, to_rgb_uint8
+from pocketswap.core.errors import ImageReadError
+from pocketswap.core.imageio import read_image, to_rgb_uint8
 
 NUM_LFW = 100
 PORTRAITS = ("astronaut", "grace_hopper", "camera")

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from pocketswap.core.manifest import WARPED_IDENTITY_INPUT
+from pocketswap.core.spec import PIXELS, SwapSpec
 from pocketswap.faces import align, analyzer, blazeface, facemesh, smoothing
 from pocketswap.faces.raster import EDGE_REACH
 from pocketswap.faces.shape import RIGID_FEATURES
 from pocketswap.faces.types import KEYPOINT_GROUPS
-from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE, WARPED_IDENTITY_INPUT
 
 
 def _detector_spec(name: str) -> dict[str, Any]:
@@ -71,7 +72,6 @@ def crop_spec(size: int, template: str) -> dict[str, Any]:
         "keypoints": [list(group) for group in KEYPOINT_GROUPS],  # each keypoint: the mean of its landmarks
         "fit": "least-squares similarity (Umeyama, no reflection) of the keypoints onto template_points",
         "template_points": np.round(align.template_points(size, template), 4).tolist(),
-        "size": size,
         "resample": "bicubic",
         "border": "reflect",  # OpenCV BORDER_REFLECT: fedcba|abcdefgh|hgfedcb
     }
@@ -141,17 +141,11 @@ def video_spec() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def swap_spec(size: int, template: str) -> dict[str, Any]:
-    """The manifest's ``swap_spec``: front end, crop, tensor normalisation, paste, identity warp, video."""
-    return {
-        "front_end": front_end_spec(),
-        "crop": crop_spec(size, template),
-        "normalization": {"scale": PIXEL_SCALE, "offset": PIXEL_OFFSET, "channels": "RGB",
-                          "output": "pixels = (y - offset) / scale, rounded and clipped to [0, 255]"},
-        "paste": paste_spec(),
-        "identity_warp": identity_warp_spec(),
-        "video": video_spec(),
-    }  # fmt: skip
+def swap_spec(size: int, template: str) -> SwapSpec:
+    """The manifest's ``swap_spec``: crop, tensor normalisation, front end, paste, identity warp, video."""
+    rules = {"front_end": front_end_spec(), "crop": crop_spec(size, template), "paste": paste_spec(),
+             "identity_warp": identity_warp_spec(), "video": video_spec()}  # fmt: skip
+    return SwapSpec(size, template, PIXELS, rules)
 
 
 __all__ = ["crop_spec", "front_end_spec", "identity_warp_spec", "paste_spec", "swap_spec", "video_spec"]

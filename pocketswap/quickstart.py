@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketswap.cli import output_dir
+from pocketswap.core.cli_args import output_dir
+from pocketswap.core.errors import PocketswapError
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS
-from pocketswap.errors import PocketswapError
 from pocketswap.teacher.geometric import GeometricConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def step_export(out: Path, cfg: QuickstartConfig) -> None:
 
 def _students(root: Path, suffix: str) -> list[Path]:
     """Baked student artifacts with the given suffix (their manifests say kind=student)."""
-    from pocketswap.manifest import read_manifest
+    from pocketswap.core.manifest import read_manifest
 
     found = []
     for path in sorted(root.glob(f"*{suffix}.json")):
@@ -155,8 +155,8 @@ def step_demo(out: Path, cfg: QuickstartConfig) -> None:
     model = [m for m in _students(out.parent / "artifacts", ".tflite") if "fp32" in m.name][0]
     pocketswap("demo", "--model", model, "--source", clip, "--headless", "--out", out / "swapped.mp4",
                "--json", out / "summary.json")  # fmt: skip
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces import samples
-    from pocketswap.imageio import write_image
 
     still = write_image(out / f"{DEMO_FACE}.png", samples.load(DEMO_FACE))
     swapped = out / f"{DEMO_FACE}_swapped.png"

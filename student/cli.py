@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pocketswap.cli import int_range, list_values, output_file
+from pocketswap.core.cli_args import int_range, list_values, output_file
 from pocketswap.student.config import PRESETS  # light: no torch
 
 

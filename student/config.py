@@ -1,18 +1,17 @@
 """Student configuration: a validated dataclass, a registry of presets, dict/YAML round-trips.
 
 Every field is plain data so a config can live in a checkpoint's JSON or a YAML file. Invalid
-values raise :class:`pocketswap.errors.ConfigError` naming the field.
+values raise :class:`pocketswap.core.errors.ConfigError` naming the field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocketswap.config import check_range
-from pocketswap.errors import ConfigError
+from pocketswap.core.config import Config, check_range, coerce_fields, load_yaml
+from pocketswap.core.errors import ConfigError
 
 NORMS = ("bn", "none")
 IDENTITY_MAPS = ("none", "skips", "head", "both")
@@ -20,7 +19,7 @@ ACTIVATIONS = ("relu", "relu6")
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(Config):
     """Shape of a student UNet and its identity hypernetwork.
 
     The encoder has ``len(enc_channels)`` stride-2 blocks (depthwise 4x4 + pointwise), so ``size``
@@ -66,10 +65,7 @@ class StudentConfig:
     demod_eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        for name in ("enc_channels", "dec_channels"):  # accept lists (from JSON/YAML)
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        coerce_fields(self)  # types (lists from JSON/YAML become tuples); the checks below are ranges and rules
         self.validate()
 
     def validate(self) -> None:
@@ -161,33 +157,9 @@ class StudentConfig:
         skips = list(reversed(self.enc_channels[:-1]))
         return [p + s for p, s in zip(prev, skips, strict=True)]
 
-    def replace(self, **changes: Any) -> StudentConfig:
-        """A validated copy with some fields changed (e.g. ``embed_dim=512`` for ArcFace)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field '{sorted(unknown)[0]}'")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-friendly dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
-        """Build from a dict; unknown keys are an error, missing keys take defaults."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"student config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config field '{unknown[0]}' (known: {', '.join(sorted(known))})")
-        return cls(**data)
-
     def to_yaml(self, path: str | Path | None = None) -> str:
         """YAML text; also written to ``path`` when given."""
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        text = super().to_yaml()
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -195,18 +167,7 @@ class StudentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> StudentConfig:
         """Load a YAML file. A top-level ``preset: NAME`` key starts from that preset."""
-        import yaml
-
-        from pocketswap.config import yaml_safe_load
-
-        try:
-            data = yaml_safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read student config {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"student config {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"student config {path} must be a YAML mapping")
+        data = load_yaml(path)
         if "preset" in data:
             return get_preset(data.pop("preset"), **data)
         return cls.from_dict(data)

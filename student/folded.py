@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 from pocketswap.student.compose import pool
 from pocketswap.student.layers import (
     SeparableDown,

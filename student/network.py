@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 from pocketswap.student.compose import Composer, pool
 from pocketswap.student.config import StudentConfig
 from pocketswap.student.hypernet import HyperNet

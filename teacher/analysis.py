@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import ConfigError, ImageReadError, NoFaceError
-from pocketswap.files import atomic_write_bytes
-from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.core.errors import ConfigError, ImageReadError, NoFaceError
+from pocketswap.core.files import atomic_write_bytes
+from pocketswap.core.imageio import IMAGE_SUFFIXES
 from pocketswap.teacher.base import AlignedRecord
 from pocketswap.teacher.config import CACHE_VERSION, SAMPLES, GenerateConfig
 from pocketswap.teacher.workers import limit_threads, pool_context, single_thread_torch
@@ -86,11 +86,11 @@ class FaceAnalysis:
     def __call__(self, source: Source, single: bool = False) -> Analysis:
         """Analysis of one image. ``single``: a second confident face of comparable size (>= 1/4 of the
         main face's area) is an error (ConfigError), as when the image names whose face to learn."""
+        from pocketswap.core.imageio import read_image
         from pocketswap.faces.align import align_face
         from pocketswap.faces.analyzer import MAIN_FACE_SCORE_MARGIN
         from pocketswap.faces.identity import embed_faces
         from pocketswap.faces.samples import load
-        from pocketswap.imageio import read_image
 
         try:
             image = read_image(source.path) if source.path is not None else load(source.name)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import cv2
 import numpy as np
 
-from pocketswap.config import check_range, from_dict
-from pocketswap.errors import ConfigError
+from pocketswap.core.config import Config, check_range
+from pocketswap.core.errors import ConfigError
 from pocketswap.faces.types import LEFT_EYE_RING, MOUTH_CORNERS, RIGHT_EYE_RING, inter_ocular
 from pocketswap.faces.warp import MeshWarp, border_anchors
 from pocketswap.teacher.base import AlignedRecord, face_mask
@@ -43,7 +42,7 @@ def _prob(name: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
-class FlipConfig:
+class FlipConfig(Config):
     attribute: float = 0.5  # probability of mirroring the attribute
     identity: float = 0.5  # probability of mirroring the identity
 
@@ -53,7 +52,7 @@ class FlipConfig:
 
 
 @dataclass(frozen=True)
-class PoseConfig:
+class PoseConfig(Config):
     prob: float = 0.5
     roll_degrees: float = 8.0  # max in-plane rotation
     scale: float = 0.06  # max relative zoom in/out
@@ -67,7 +66,7 @@ class PoseConfig:
 
 
 @dataclass(frozen=True)
-class ExpressionConfig:
+class ExpressionConfig(Config):
     prob: float = 0.5
     jaw_open: float = 0.25  # max jaw drop, fraction of the inter-ocular distance
     smile: float = 0.15  # max mouth-corner pull (outwards and up), fraction of inter-ocular distance
@@ -80,7 +79,7 @@ class ExpressionConfig:
 
 
 @dataclass(frozen=True)
-class ColorConfig:
+class ColorConfig(Config):
     prob: float = 0.8  # probability of jittering the attribute
     identity_prob: float = 0.3  # probability of (milder) jitter on the identity
     brightness: float = 0.15
@@ -101,7 +100,7 @@ class ColorConfig:
 
 
 @dataclass(frozen=True)
-class OccluderConfig:
+class OccluderConfig(Config):
     prob: float = 0.3  # probability that a pair gets occluders
     max_count: int = 2
     kinds: tuple[str, ...] = OCCLUDER_KINDS
@@ -116,7 +115,7 @@ class OccluderConfig:
 
 
 @dataclass(frozen=True)
-class PseudoIdentityConfig:
+class PseudoIdentityConfig(Config):
     share: float = 0.3  # fraction of cross-identity pairs whose identity is a morph of two real faces
     count: int = 200  # size of the pseudo-identity pool (each a fixed function of the seed)
     alpha: tuple[float, float] = (0.35, 0.65)  # mixing weight range of the second face
@@ -130,7 +129,7 @@ class PseudoIdentityConfig:
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Config):
     """All augmentation knobs; `enabled: false` turns every augmentation off."""
 
     enabled: bool = True
@@ -140,10 +139,6 @@ class AugmentConfig:
     color: ColorConfig = field(default_factory=ColorConfig)
     occluder: OccluderConfig = field(default_factory=OccluderConfig)
     pseudo_identity: PseudoIdentityConfig = field(default_factory=PseudoIdentityConfig)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> AugmentConfig:
-        return from_dict(cls, data)
 
 
 # -- geometry helpers ----------------------------------------------------------------------------

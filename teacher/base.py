@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 from pocketswap.faces.align import hull_mask
 from pocketswap.faces.types import keypoints_from_landmarks
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pocketswap.cli import MAX_CROP, MIN_CROP, add_config_flags, config_flags, int_range, output_dir, output_file
-from pocketswap.imageio import IMAGE_SUFFIXES
+from pocketswap.core.cli_args import (
+    MAX_CROP,
+    MIN_CROP,
+    add_config_flags,
+    config_flags,
+    int_range,
+    output_dir,
+    output_file,
+)
+from pocketswap.core.imageio import IMAGE_SUFFIXES
 from pocketswap.teacher.config import GenerateConfig  # light: no model imports
 
 log = logging.getLogger(__name__)
@@ -52,11 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from pocketswap.errors import ConfigError
+    from pocketswap.core.errors import ConfigError
     from pocketswap.teacher.generate import generate
 
     overrides = config_flags(args, GenerateConfig)
-    cfg = GenerateConfig.load(args.config, **overrides)
+    cfg = GenerateConfig.load(args.config, overrides)
     if args.no_augment:
         from dataclasses import replace
 
@@ -84,8 +92,8 @@ def _preview(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from pocketswap.dataset import DatasetReader
-    from pocketswap.imageio import write_image
+    from pocketswap.core.dataset import DatasetReader
+    from pocketswap.core.imageio import write_image
 
     reader = DatasetReader(args.dataset)
     rows = []

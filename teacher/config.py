@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pocketswap.config import check_range, config_field, from_dict, load_yaml, to_dict
-from pocketswap.errors import ConfigError
+from pocketswap.core.config import Config, check_range, config_field, to_dict
+from pocketswap.core.errors import ConfigError
 from pocketswap.teacher.augment import (
     AugmentConfig,
 )
@@ -22,7 +21,7 @@ CHUNK = 4  # pairs per worker task
 
 # -- configuration -------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Config):
     """Settings of `pocketswap teacher generate` (YAML keys have the same names)."""
 
     out: str = config_field("", "output dataset folder")
@@ -60,17 +59,6 @@ class GenerateConfig:
             raise ConfigError(f"config field 'detector' must be short, full or auto, got {self.detector!r}")
         if not self.teacher:
             raise ConfigError("config field 'teacher' must be 'geometric' or a path to an .onnx model")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> GenerateConfig:
-        return from_dict(cls, data)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, **overrides: Any) -> GenerateConfig:
-        """YAML file (optional) with `overrides` (None values ignored) on top."""
-        data = load_yaml(path) if path else {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
 
     def num_shards(self) -> int:
         return (self.pairs + self.shard_size - 1) // self.shard_size

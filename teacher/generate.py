@@ -21,11 +21,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketswap.config import distributed_rank
-from pocketswap.dataset import DatasetManifest, write_dataset_manifest
-from pocketswap.errors import ConfigError, NoFaceError
-from pocketswap.files import atomic_write_json, temp_glob
-from pocketswap.shards import ShardWriter, shard_name
+from pocketswap.core.config import distributed_rank
+from pocketswap.core.dataset import DatasetManifest, write_dataset_manifest
+from pocketswap.core.errors import ConfigError, NoFaceError
+from pocketswap.core.files import atomic_write_json, temp_glob
+from pocketswap.core.identity import Identity
+from pocketswap.core.shards import ShardWriter, shard_name
 from pocketswap.teacher.analysis import analyze_faces, analyze_identity
 from pocketswap.teacher.config import CHUNK, GenerateConfig
 from pocketswap.teacher.pairs import build_teacher, make_pairs
@@ -164,8 +165,8 @@ def generate(
         manifest = build_manifest(cfg, pool, teacher, records)  # type: ignore[arg-type]
         if fixed is not None:
             source = cfg.identity if cfg.identity.startswith("sample:") else str(Path(cfg.identity).resolve())
-            manifest.identity = {"source": source, "name": fixed.name,
-                                 "embedding": [float(v) for v in fixed.embedding]}  # fmt: skip
+            manifest.identity = Identity(fixed.name, source, fixed.embedding, cfg.encoder, fixed.image,
+                                         fixed.landmarks, manifest.template).to_record()  # fmt: skip
         write_dataset_manifest(out, manifest)
         log.info("wrote %s (%d samples in %d shards)", out / "manifest.json", manifest.num_samples, len(records))
     else:

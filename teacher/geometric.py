@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.config import check_range, from_dict, to_dict
-from pocketswap.errors import ConfigError
+from pocketswap.core.config import Config, check_range, to_dict
+from pocketswap.core.errors import ConfigError
 from pocketswap.faces.align import color_transfer
 from pocketswap.faces.shape import transfer_shape
 from pocketswap.faces.types import OUTER_LIP
@@ -39,7 +39,7 @@ COLOR_TRANSFERS = ("local", "global", "none")
 
 
 @dataclass(frozen=True)
-class GeometricConfig:
+class GeometricConfig(Config):
     """Knobs of the geometric teacher (fractions are of the crop side)."""
 
     feather: float = 0.05  # width of the mask's soft edge
@@ -80,10 +80,6 @@ class GeometricConfig:
             raise ConfigError(f"config field 'pyramid_levels' must be in [1, 8], got {self.pyramid_levels!r}")
         check_range("shape_transfer", self.shape_transfer, 0.0, 1.0)
         check_range("membrane_clamp", self.membrane_clamp, 0.5, 100.0)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> GeometricConfig:
-        return from_dict(cls, data)
 
 
 def _polygon_mask(size: int, polygons: list[np.ndarray]) -> np.ndarray:

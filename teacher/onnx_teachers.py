@@ -33,8 +33,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.config import check_range, from_dict, to_dict
-from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.core.config import Config, check_range, to_dict
+from pocketswap.core.errors import ConfigError, ModelSignatureError
 from pocketswap.faces.align import invert_affine, similarity_transform, template_points
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput, face_mask
 
@@ -74,7 +74,7 @@ STYLES: dict[str, Convention] = {
 
 
 @dataclass(frozen=True)
-class OnnxTeacherConfig:
+class OnnxTeacherConfig(Config):
     """Options of the ONNX adapters."""
 
     template: str = "arcface"  # alignment template of the model's input crop
@@ -234,15 +234,9 @@ class OnnxTeacher(Teacher):
         self._template = template_points(self.model_size, self.cfg.template)
 
     def _make_session(self):
-        import onnxruntime as ort
+        from pocketswap.core.runners import onnx_session
 
-        options = ort.SessionOptions()
-        if self.cfg.num_threads:
-            options.intra_op_num_threads = self.cfg.num_threads
-        try:
-            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelSignatureError(f"{self.path}: onnxruntime cannot load the model ({exc})") from exc
+        return onnx_session(self.path, self.cfg.num_threads or 0, "ONNX teacher model")
 
     def config(self) -> dict[str, Any]:
         stat = self.path.stat()
@@ -364,7 +358,7 @@ def load_onnx_teacher(
     options: dict[str, Any] | None = None,
 ) -> OnnxTeacher:
     """An `OnnxTeacher` for `path`; the style is detected from the signature when not given."""
-    config = from_dict(OnnxTeacherConfig, options or {})
+    config = OnnxTeacherConfig.from_dict(options or {})
     if style is None:
         style = detect_style(read_signature(path), path)
         log.info("%s: detected a %s-style model", path, style)

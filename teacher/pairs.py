@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from pocketswap.errors import ConfigError
-from pocketswap.shards import Sample, encode_sample
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.shards import Sample, encode_sample
 from pocketswap.teacher.augment import (
     color_jitter,
     colorize,

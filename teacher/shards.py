@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap import __version__
-from pocketswap.dataset import DatasetManifest
-from pocketswap.errors import ConfigError
-from pocketswap.files import atomic_write_json, file_sha256
-from pocketswap.shards import MEMBERS, ShardInfo, iter_shard_members, shard_name
+from pocketswap.core.dataset import DatasetManifest
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.files import atomic_write_json, file_sha256
+from pocketswap.core.shards import MEMBERS, ShardInfo, iter_shard_members, shard_name
 from pocketswap.teacher.analysis import FacePool
 from pocketswap.teacher.base import Teacher
 from pocketswap.teacher.config import GenerateConfig

@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from pocketswap.benchmarks.app import chromium_path, launch_chromium
-from pocketswap.checkpoint import save_checkpoint
 from pocketswap.cli import main
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.imageio import write_image
 from pocketswap.demo.clip import synthetic_frames, write_y4m
 from pocketswap.demo.model_info import comparison
 from pocketswap.demo.video import VideoWriter
 from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
-from pocketswap.errors import PocketswapError
 from pocketswap.faces import samples
-from pocketswap.imageio import write_image
 from pocketswap.student import StudentNet, get_preset
+from pocketswap.student.checkpoint import save_checkpoint
 
 LABEL_BOX = (slice(420, 480), slice(0, 200))  # rows, columns of the SYNTHETIC label (bottom left)
 

@@ -25,15 +25,15 @@ import psutil
 import pytest
 import torch
 
-from pocketswap.checkpoint import save_checkpoint
+from pocketswap.core.imageio import write_image
 from pocketswap.demo.clip import synthetic_frames
 from pocketswap.demo.personal_job import JOB_ID
 from pocketswap.demo.video import VideoWriter
 from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
 from pocketswap.demo.webrtc import MAX_PEERS
 from pocketswap.faces import samples
-from pocketswap.imageio import write_image
 from pocketswap.student import StudentNet, get_preset
+from pocketswap.student.checkpoint import save_checkpoint
 
 UPLOAD_MB = 2  # the hostile server's upload limit (small, so oversized bodies stay cheap to send)
 
@@ -479,7 +479,7 @@ def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_pat
     WebSocket and fetches the API. Nothing starts, nothing is written, the socket never opens."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     from pocketswap.benchmarks.app import chromium_path
-    from pocketswap.errors import PocketswapError
+    from pocketswap.core.errors import PocketswapError
 
     try:
         chromium_path()

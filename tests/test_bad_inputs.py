@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pocketswap.cli import main
-from pocketswap.errors import ConfigError, OutputError
-from pocketswap.files import atomic_write_bytes, check_output
-from pocketswap.imageio import write_image
+from pocketswap.core.errors import ConfigError, OutputError
+from pocketswap.core.files import atomic_write_bytes, check_output
+from pocketswap.core.imageio import write_image
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
@@ -154,7 +154,7 @@ def test_a_read_only_folder_is_named(tmp_path):
 
 @pytest.mark.parametrize(("rank", "world"), [("x", "2"), ("2", "2"), ("0", "0")])
 def test_bad_torchrun_environment_is_one_clear_error(monkeypatch, rank, world):
-    from pocketswap.config import distributed_rank
+    from pocketswap.core.config import distributed_rank
 
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", world)
@@ -165,7 +165,7 @@ def test_bad_torchrun_environment_is_one_clear_error(monkeypatch, rank, world):
 def test_config_flags_are_typed_by_their_field(tmp_path, capsys):
     import argparse
 
-    from pocketswap.cli import add_config_flags, config_flags
+    from pocketswap.core.cli_args import add_config_flags, config_flags
     from pocketswap.teacher.config import GenerateConfig
 
     parser = argparse.ArgumentParser()
@@ -182,8 +182,8 @@ def test_config_flags_are_typed_by_their_field(tmp_path, capsys):
 # -- the second round: names, pipes, lying manifests, formats, same-file outputs, full disks ---------
 @pytest.fixture(scope="module")
 def nano_checkpoint(tmp_path_factory):
-    from pocketswap.checkpoint import save_checkpoint
     from pocketswap.student import StudentNet, get_preset
+    from pocketswap.student.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     return save_checkpoint(tmp_path_factory.mktemp("nano") / "nano", StudentNet(get_preset("nano")).eval())
@@ -251,7 +251,7 @@ def test_exif_orientation_is_applied_like_a_viewer(tmp_path):
     """A phone portrait stored sideways (EXIF orientation 2-8) is read upright, as PIL's exif_transpose shows it."""
     from PIL import Image, ImageOps
 
-    from pocketswap.imageio import read_image
+    from pocketswap.core.imageio import read_image
 
     pixels = np.random.default_rng(0).integers(0, 255, (40, 64, 3), np.uint8)
     for orientation in range(1, 9):
@@ -298,8 +298,8 @@ def _lying(artifact, tmp_path, change) -> str:
 @pytest.fixture(scope="module")
 def warped_artifact(tmp_path_factory):
     """A baked ONNX export of a random-weight student that reads the warped identity (its manifest has a texture)."""
-    from pocketswap.checkpoint import save_checkpoint
     from pocketswap.student import StudentNet, get_preset
+    from pocketswap.student.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("warped")
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pocketswap.benchmarks.latency import bench_artifact
 from pocketswap.benchmarks.references import count_params_and_macs, mobilefaceswap_student, simswap_size_generator
 from pocketswap.benchmarks.roofline import estimate_presets, load_profiles
 from pocketswap.cli import main
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 from pocketswap.student import StudentNet, get_preset
 
 
@@ -77,7 +77,7 @@ def test_latency_records_for_onnx_and_json(tmp_path, capsys):
 
 
 def test_latency_of_checkpoints_with_and_without_a_spatial_identity_encoder(tmp_path):
-    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.student.checkpoint import save_checkpoint
 
     for encoder in (False, True):  # a spatial-identity student bakes an identity crop too
         config = get_preset("nano").replace(identity_encoder=encoder)
@@ -125,9 +125,9 @@ def test_roofline_estimates_are_labelled_and_ordered():
 @pytest.mark.slow
 def test_quality_on_a_user_folder_scores_student_and_teacher(tmp_path):
     from pocketswap.benchmarks.quality import bench_quality
-    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces import samples
-    from pocketswap.imageio import write_image
+    from pocketswap.student.checkpoint import save_checkpoint
 
     faces = tmp_path / "faces"
     for name in ("astronaut", "grace_hopper", "lfw_01"):

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from pocketswap.core.manifest import manifest_path
 from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+from pocketswap.demo.swap_model import load_swap_model
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.blazeface import model_dir
-from pocketswap.manifest import manifest_path
-from pocketswap.runtime import load_swap_model
 
 CLIENT = Path(__file__).resolve().parents[1] / "examples" / "client.py"
 
@@ -45,9 +45,9 @@ def test_the_client_imports_nothing_of_pocketswap():
 @pytest.fixture(scope="module", params=["nano", "warped"])
 def artifact(request, tmp_path_factory):
     """A plain nano and a nano that reads the warped identity (with shape transfer: the live default)."""
-    from pocketswap.checkpoint import save_checkpoint
     from pocketswap.export.pipeline import export_model
     from pocketswap.student import StudentNet, get_preset
+    from pocketswap.student.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     overrides = (

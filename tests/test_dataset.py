@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from pocketswap.dataset import MANIFEST, DatasetManifest, DatasetReader, read_dataset_manifest
-from pocketswap.errors import ConfigError, PocketswapError
-from pocketswap.files import temp_path
-from pocketswap.shards import DatasetError, Sample, ShardWriter, decode_sample, encode_sample, iter_shard
+from pocketswap.core.dataset import MANIFEST, DatasetManifest, DatasetReader, read_dataset_manifest
+from pocketswap.core.errors import ConfigError, PocketswapError
+from pocketswap.core.files import temp_path
+from pocketswap.core.shards import DatasetError, Sample, ShardWriter, decode_sample, encode_sample, iter_shard
 from pocketswap.teacher.generate import GenerateConfig, generate
 
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_05")
@@ -113,8 +113,8 @@ def test_manifest_validation_names_the_field():
 @pytest.fixture(scope="module")
 def faces_dir(tmp_path_factory) -> Path:
     """Real sample faces as files (one in a subfolder), plus a corrupt file and a face-less image."""
+    from pocketswap.core.imageio import write_image
     from pocketswap.faces import samples
-    from pocketswap.imageio import write_image
 
     root = tmp_path_factory.mktemp("faces")
     for i, name in enumerate(FACES):
@@ -321,8 +321,8 @@ def test_generate_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="'same_identity_shar'"):
         GenerateConfig.load(config)
     with pytest.raises(ConfigError, match="'pairs'"):
-        GenerateConfig.load(None, pairs="many")
-    cfg = GenerateConfig.load(None, pairs=4, teacher_config={"blend": "laplacian"})
+        GenerateConfig.load(None, {"pairs": "many"})
+    cfg = GenerateConfig.load(None, {"pairs": 4, "teacher_config": {"blend": "laplacian"}})
     assert cfg.pairs == 4 and cfg.teacher_config == {"blend": "laplacian"} and cfg.num_shards() == 1
     with pytest.raises(ConfigError, match="no images"):
         generate(GenerateConfig(faces=str(tmp_path), out=str(tmp_path / "o")), progress=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pocketswap.checkpoint import save_checkpoint
 from pocketswap.cli import main
+from pocketswap.core.manifest import SYNTHETIC_MEDIA_NOTICE
 from pocketswap.demo.clip import synthetic_frames, write_clip
 from pocketswap.demo.source import CameraError, open_source
 from pocketswap.demo.video import read_metadata
@@ -19,8 +19,8 @@ from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.identity import embed_faces, load_encoder
 from pocketswap.faces.samples import load
 from pocketswap.faces.smoothing import OneEuroFilter
-from pocketswap.manifest import SYNTHETIC_MEDIA_NOTICE
 from pocketswap.student import StudentNet, get_preset
+from pocketswap.student.checkpoint import save_checkpoint
 
 FRAMES = 16
 
@@ -79,7 +79,7 @@ def test_headless_video_swaps_faces_only(tmp_path, capsys, checkpoint, identity)
 
 
 def test_image_source_writes_labelled_image(tmp_path, capsys, checkpoint, identity):
-    from pocketswap.imageio import read_image, write_image
+    from pocketswap.core.imageio import read_image, write_image
 
     source = write_image(tmp_path / "astronaut.png", load("astronaut"))
     out = tmp_path / "swapped.png"
@@ -149,7 +149,7 @@ def test_synthetic_clip_has_faceless_frames():
 def test_a_model_baked_for_another_person_is_refused(tmp_path, capsys, checkpoint, identity):
     """`demo --identity B` with a model baked for A would swap A while reporting B: refused; the
     baked person's own .npy is accepted."""
-    from pocketswap.imageio import write_image
+    from pocketswap.core.imageio import write_image
 
     art = tmp_path / "art"
     assert main(["export", str(checkpoint), "--identity", str(identity), "--format", "onnx", "--precision", "fp32",

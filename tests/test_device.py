@@ -15,17 +15,17 @@ import pytest
 
 from pocketswap.benchmarks.app import chromium_path, launch_chromium
 from pocketswap.benchmarks.quality_gate import REFERENCE_STUDENT
-from pocketswap.checkpoint import save_checkpoint
+from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.clip import synthetic_frames, write_y4m
 from pocketswap.demo.on_device import NODE_MODULES
 from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+from pocketswap.demo.swap_model import load_swap_model
 from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
-from pocketswap.errors import PocketswapError
 from pocketswap.export.pipeline import export_model
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import FaceAnalyzer
-from pocketswap.runtime import load_swap_model
 from pocketswap.student import StudentNet, get_preset
+from pocketswap.student.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow
 

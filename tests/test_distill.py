@@ -15,20 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-from pocketswap.checkpoint import load_checkpoint
-from pocketswap.dataset import DatasetManifest, write_dataset_manifest
-from pocketswap.distill.config import TrainConfig, from_dict, load_config, parse_overrides
+from pocketswap.core.config import parse_overrides
+from pocketswap.core.dataset import DatasetManifest, write_dataset_manifest
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.metrics import psnr, ssim, ssim_map_torch
+from pocketswap.core.shards import Sample, ShardWriter, shard_name
+from pocketswap.distill.config import TrainConfig
 from pocketswap.distill.data import TrainStream, iter_split, make_split, pair_faces
 from pocketswap.distill.evaluate import COLUMNS, METRICS
 from pocketswap.distill.logs import read_metrics
-from pocketswap.distill.losses import DistillLoss, DlibChipWarp, masked_l1, pixel_weights, ssim_map
+from pocketswap.distill.losses import DistillLoss, DlibChipWarp, masked_l1, pixel_weights
 from pocketswap.distill.metrics import expression_error, expression_state, expression_state_error, head_pose
 from pocketswap.distill.train import TrainingDivergedError, train
-from pocketswap.errors import ConfigError
 from pocketswap.faces import samples
 from pocketswap.faces.align import align_face, hull_mask, similarity_transform, template_points, transform_points
-from pocketswap.metrics import psnr, ssim
-from pocketswap.shards import Sample, ShardWriter, shard_name
+from pocketswap.student.checkpoint import load_checkpoint
 
 SIZE = 64
 FACES = ("astronaut", "grace_hopper", "lfw_00", "lfw_01", "lfw_02", "lfw_03")
@@ -117,16 +118,18 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, faces) -> Path:
 
 
 def fast_config(**changes) -> TrainConfig:
-    return from_dict({**FAST, **changes})
+    return TrainConfig.from_dict({**FAST, **changes})
 
 
 # -- losses and metrics --------------------------------------------------------------------------
 def test_ssim_of_identical_images_is_one_and_matches_numpy(faces) -> None:
     a, b = faces["astronaut"]["crop"], faces["grace_hopper"]["crop"]
     ta, tb = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1 for x in (a, b))
-    assert torch.allclose(ssim_map(ta, ta), torch.ones(1, 1, SIZE, SIZE), atol=1e-5)
+    assert torch.allclose(ssim_map_torch(ta, ta), torch.ones(1, 1, SIZE, SIZE), atol=1e-5)
     assert ssim(a, a) == pytest.approx(1.0)
-    assert float(ssim_map(ta, tb).mean()) == pytest.approx(ssim(a, b), abs=1e-4)  # same window, borders and constants
+    assert float(ssim_map_torch(ta, tb).mean()) == pytest.approx(
+        ssim(a, b), abs=1e-4
+    )  # same window, borders and constants
     assert ssim(a, b) < 0.9
     assert psnr(a, a) == float("inf")
     noisy = np.clip(a.astype(np.int16) + 10, 0, 255).astype(np.uint8)
@@ -199,20 +202,20 @@ def test_landmark_metrics(faces) -> None:
 # -- config --------------------------------------------------------------------------------------
 def test_bad_config_field_is_named(tmp_path: Path, dataset: Path) -> None:
     with pytest.raises(ConfigError, match="'lr'"):
-        from_dict({"lr": "fast"})
+        TrainConfig.from_dict({"lr": "fast"})
     with pytest.raises(ConfigError, match="'batchsize'.*batch_size"):
-        from_dict({"batchsize": 8})
+        TrainConfig.from_dict({"batchsize": 8})
     with pytest.raises(ConfigError, match="'student.size'"):
-        from_dict({"student": {"size": 100}})
+        TrainConfig.from_dict({"student": {"size": 100}})
     with pytest.raises(ConfigError, match="'ema_decay'"):
-        load_config(overrides=parse_overrides(["ema_decay=1.5"]))
+        TrainConfig.load(overrides=parse_overrides(["ema_decay=1.5"]))
     with pytest.raises(ConfigError, match="'freeze'.*'encoders'"):
-        from_dict({"freeze": ["encoders"]})
+        TrainConfig.from_dict({"freeze": ["encoders"]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("preset: nano\nw_id: -1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'w_id'"):
-        load_config(bad)
-    assert load_config(overrides=parse_overrides(["lr=2e-3", "betas=[0.5, 0.9]"])).lr == 0.002
+        TrainConfig.load(bad)
+    assert TrainConfig.load(overrides=parse_overrides(["lr=2e-3", "betas=[0.5, 0.9]"])).lr == 0.002
 
     from pocketswap.cli import main
 
@@ -222,7 +225,7 @@ def test_bad_config_field_is_named(tmp_path: Path, dataset: Path) -> None:
 
 # -- data ----------------------------------------------------------------------------------------
 def test_split_holds_out_identities(dataset: Path) -> None:
-    from pocketswap.dataset import read_dataset_manifest
+    from pocketswap.core.dataset import read_dataset_manifest
 
     split = make_split(read_dataset_manifest(dataset).identities, 0.34, salt=0)
     assert len(split.val_names) == 2
@@ -494,7 +497,7 @@ def test_ctrl_c_between_checkpoints_resumes_exactly(tmp_path: Path, dataset: Pat
 
 def test_two_trainings_into_one_folder_are_refused(tmp_path: Path, dataset: Path, capsys) -> None:
     from pocketswap.cli import main
-    from pocketswap.files import exclusive_folder
+    from pocketswap.core.files import exclusive_folder
 
     out = tmp_path / "run"
     out.mkdir()
@@ -507,5 +510,5 @@ def test_two_trainings_into_one_folder_are_refused(tmp_path: Path, dataset: Path
 def test_yaml_numbers_without_a_dot_are_numbers(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("lr: 2e-3\nsteps: 10\nw_id: 1e-1\n")
-    config = load_config(path)
+    config = TrainConfig.load(path)
     assert config.lr == 0.002 and config.w_id == 0.1 and config.steps == 10

@@ -14,11 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from pocketswap.checkpoint import save_checkpoint
-from pocketswap.errors import CheckpointError, NoFaceError, PocketswapError
-from pocketswap.export import parity
-from pocketswap.export.common import CalibrationError, ParityError, UnsupportedError, parse_list
-from pocketswap.manifest import (
+from pocketswap.core.errors import CheckpointError, NoFaceError, PocketswapError
+from pocketswap.core.manifest import (
     SYNTHETIC_MEDIA_NOTICE,
     Manifest,
     ManifestError,
@@ -27,7 +24,10 @@ from pocketswap.manifest import (
     read_manifest,
     write_manifest,
 )
-from pocketswap.runtime import TFLiteRunner
+from pocketswap.core.runners import TFLiteRunner
+from pocketswap.export import parity
+from pocketswap.export.common import CalibrationError, ParityError, UnsupportedError, parse_list
+from pocketswap.student.checkpoint import save_checkpoint
 from pocketswap.student.config import get_preset
 from pocketswap.student.network import StudentNet
 
@@ -192,10 +192,10 @@ def test_calibration_sources(tmp_path):
     """Dataset folder (attribute crops + embeddings), photo folder (detected + aligned), crops .npy."""
     import cv2
 
-    from pocketswap.dataset import DatasetManifest, write_dataset_manifest
+    from pocketswap.core.dataset import DatasetManifest, write_dataset_manifest
+    from pocketswap.core.shards import Sample, ShardWriter
     from pocketswap.export.data import load_calibration, sample_crops
     from pocketswap.faces import samples
-    from pocketswap.shards import Sample, ShardWriter
 
     crops = [c for _, c in sample_crops(128, "arcface", ("astronaut", "grace_hopper", "lfw_01"))]
     with ShardWriter(tmp_path / "ds" / "shard-000000.tar") as writer:

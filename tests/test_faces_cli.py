@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pocketswap.cli import main
+from pocketswap.core.imageio import read_image, write_image
 from pocketswap.faces import samples
-from pocketswap.imageio import read_image, write_image
 
 
 def run(capsys, *argv):

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pocketswap.errors import ConfigError, ModelSignatureError, NoFaceError
+from pocketswap.core.errors import ConfigError, ModelSignatureError, NoFaceError
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import FaceAnalyzer, main_face_order
 from pocketswap.faces.blazeface import MODELS, BlazeFace, Detection, generate_anchors, weighted_nms

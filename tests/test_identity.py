@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from pocketswap.errors import CheckpointError, ModelSignatureError, PocketswapError
+from pocketswap.core.errors import CheckpointError, ConfigError, ModelSignatureError, PocketswapError
+from pocketswap.core.identity import Identity
 from pocketswap.faces import samples
 from pocketswap.faces.arcface_onnx import ArcFaceOnnxEncoder
 from pocketswap.faces.dlib_resnet import (
@@ -22,7 +24,7 @@ from pocketswap.faces.dlib_resnet import (
     default_model_path,
     load_dlib_resnet,
 )
-from pocketswap.faces.identity import identity_embedding
+from pocketswap.faces.identity import read_identity
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +254,7 @@ def test_arcface_missing_or_corrupt_file(tmp_path: Path) -> None:
         ArcFaceOnnxEncoder(tmp_path / "missing.onnx")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"this is not an onnx model" * 10)
-    with pytest.raises(ModelSignatureError, match="not a valid ONNX file"):
+    with pytest.raises(ModelSignatureError, match="not a loadable ArcFace ONNX model"):
         ArcFaceOnnxEncoder(corrupt)
 
 
@@ -269,9 +271,27 @@ def test_bad_identity_embeddings_are_one_clear_error(tmp_path, values, message):
     path = tmp_path / "identity.npy"
     np.save(path, values)
     with pytest.raises(PocketswapError, match=message):
-        identity_embedding(path, 128)
+        read_identity(path, 128)
 
 
 def test_a_sample_photo_is_an_identity_everywhere():
-    embedding, source = identity_embedding("sample:grace_hopper", 128)
-    assert embedding.shape == (128,) and np.isfinite(embedding).all() and "grace_hopper" in source
+    identity = read_identity("sample:grace_hopper", 128)
+    assert identity.embedding.shape == (128,) and np.isfinite(identity.embedding).all()
+    assert (identity.name, identity.source, identity.encoder, identity.crop) == (
+        "grace_hopper",
+        "sample:grace_hopper",
+        "dlib",
+        None,
+    )
+
+
+def test_an_identity_read_once_round_trips_whole_through_its_record():
+    identity = read_identity("sample:grace_hopper", 128, size=96)
+    assert identity.crop.shape == (96, 96, 3) and identity.landmarks.shape == (468, 2)
+    again = Identity.from_record(json.loads(json.dumps(identity.to_record())))
+    assert again.sha256 == identity.sha256 and np.array_equal(again.embedding, identity.embedding)
+    assert np.array_equal(again.crop, identity.crop) and np.abs(again.landmarks - identity.landmarks).max() <= 5e-4
+    assert again.face(96, "arcface") is not None and again.face(128, "arcface") is None
+    record = identity.to_record() | {"embedding_sha256": "0" * 64}
+    with pytest.raises(ConfigError, match="'embedding_sha256' does not match"):
+        Identity.from_record(record, "manifest")

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pocketswap.errors import ImageReadError
+from pocketswap.core.errors import ImageReadError
+from pocketswap.core.imageio import read_image, to_rgb_uint8, write_image
 from pocketswap.faces import samples
-from pocketswap.imageio import read_image, to_rgb_uint8, write_image
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from pocketswap.checkpoint import load_checkpoint, locked_identity, save_checkpoint
 from pocketswap.cli import main
-from pocketswap.dataset import DatasetReader
+from pocketswap.core.checkpoint import locked_identity
+from pocketswap.core.dataset import DatasetReader
+from pocketswap.core.errors import ConfigError, ImageReadError, ModelSignatureError, NoFaceError
+from pocketswap.core.imageio import write_image
+from pocketswap.core.manifest import ManifestError, decode_texture, encode_texture, read_manifest
+from pocketswap.core.shards import DatasetError
 from pocketswap.demo.model_info import comparison, comparison_run
 from pocketswap.demo.pipeline import LiveSwapper
+from pocketswap.demo.swap_model import load_swap_model
 from pocketswap.distill.data import Split, make_split
 from pocketswap.distill.metrics import identity_transfer
-from pocketswap.errors import ConfigError, ImageReadError, ModelSignatureError, NoFaceError
 from pocketswap.export.data import align_photo_landmarks
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import shared_analyzer
 from pocketswap.faces.warp import triangulate
-from pocketswap.imageio import write_image
-from pocketswap.manifest import ManifestError, decode_texture, encode_texture
-from pocketswap.runtime import load_swap_model
-from pocketswap.shards import DatasetError
 from pocketswap.student import StudentNet
+from pocketswap.student.checkpoint import load_checkpoint, save_checkpoint
 from pocketswap.student.config import get_preset
 from pocketswap.teacher.analysis import analyze_identity
 from pocketswap.teacher.generate import GenerateConfig, generate
@@ -133,14 +134,26 @@ def test_locked_identity_refuses_another_person():
     assert locked_identity({}, other, "you.jpg", 0.095) is other  # universal students take anyone
 
 
-def test_a_personalised_run_whose_photo_is_gone_asks_for_one(tmp_path, capsys):
+def test_a_personalised_run_exports_from_its_recorded_identity_without_the_photo(tmp_path, capsys):
     own = np.zeros(128, np.float32)
     own[0] = 1.0
     record = {"name": "me", "source": str(tmp_path / "moved.jpg"), "embedding": own.tolist()}
     checkpoint = save_checkpoint(tmp_path / "me", StudentNet(get_preset("nano", size=64)), extra={"identity": record})
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "out")]) == 0
+    (artifact,) = (tmp_path / "out").glob("*.onnx")
+    baked = read_manifest(artifact).identity()
+    assert (baked.name, baked.source) == ("me", record["source"]) and np.array_equal(baked.embedding, own)
+
+
+def test_a_spatial_personalised_run_without_its_face_asks_for_the_photo(tmp_path, capsys):
+    own = np.zeros(128, np.float32)
+    own[0] = 1.0
+    record = {"name": "me", "source": str(tmp_path / "moved.jpg"), "embedding": own.tolist()}  # an older record
+    net = StudentNet(get_preset("nano", size=64, identity_encoder=True))
+    checkpoint = save_checkpoint(tmp_path / "me", net, extra={"identity": record})
     assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "personalised for me from" in err and "which is gone: pass --identity" in err
+    assert "personalised for me from" in err and "which is gone and its checkpoint keeps no face" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -184,10 +197,11 @@ def test_personalize_end_to_end(pool, tmp_path, capsys):
     export = ["export", str(out), "--format", "onnx", "--precision", "fp32", "--out", str(artifacts)]
     assert main([*export, "--identity", "sample:astronaut"]) == 2
     assert "personalised for identity:grace_hopper" in capsys.readouterr().err
-    assert main(export) == 0  # without --identity: the photo it was personalised from
+    assert main(export) == 0  # without --identity: the identity its checkpoint carries (the photo is not read)
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("next: pocketswap bench latency")
     manifest = json.loads(next(artifacts.glob("*.onnx.json")).read_text())
-    assert manifest["source"]["embedding_sha256"] == extra["identity"]["embedding_sha256"]
+    assert manifest["source"]["identity"] == extra["identity"]  # the Identity, stored whole at every stage
+    assert manifest["identity_texture"]["png_base64"] == extra["identity"]["face"]["png_base64"]
     assert [t["name"] for t in manifest["inputs"]] == ["image", "identity_warped"]
     assert manifest["parity"]["passed"] and len(manifest["identity_texture"]["landmarks"]) == 468
 

@@ -62,9 +62,9 @@ def harness(tmp_path_factory):
     from test_identity import _arcface_model
 
     from pocketswap.benchmarks.quality_gate import write_eval_set
-    from pocketswap.checkpoint import save_checkpoint
     from pocketswap.cli import main
     from pocketswap.student import StudentNet, get_preset
+    from pocketswap.student.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("harness")
     _arcface_model(root / "judge.onnx")  # a second (tiny, random) ArcFace-style recogniser

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from pocketswap.dataset import DatasetReader
+from pocketswap.core.dataset import DatasetReader
 from pocketswap.quickstart import STEPS, QuickstartConfig, run_quickstart
 
 

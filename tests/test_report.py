@@ -11,9 +11,9 @@ import pytest
 
 from pocketswap.benchmarks.report import build_report, write_report
 from pocketswap.cli import main
-from pocketswap.errors import PocketswapError
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.imageio import write_image
 from pocketswap.faces import samples
-from pocketswap.imageio import write_image
 
 
 @pytest.fixture

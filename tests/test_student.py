@@ -12,15 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from pocketswap.checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    load_checkpoint,
-    read_metadata,
-    resolve_checkpoint,
-    save_checkpoint,
-)
-from pocketswap.errors import CheckpointError, ConfigError
+from pocketswap.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata, resolve_checkpoint
+from pocketswap.core.errors import CheckpointError, ConfigError
+from pocketswap.core.spec import PIXELS, Normalization
 from pocketswap.faces import samples
 from pocketswap.student import (
     PRESETS,
@@ -30,6 +24,7 @@ from pocketswap.student import (
     StudentNet,
     get_preset,
 )
+from pocketswap.student.checkpoint import load_checkpoint, save_checkpoint
 from pocketswap.student.layers import Upsample2x
 from pocketswap.student.summary import count_macs, peak_activation_bytes, summarize
 
@@ -322,7 +317,8 @@ def test_checkpoint_roundtrip(tmp_path, nano, embeddings):
     assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     meta = read_metadata(directory)
     assert meta["preset"] == "nano" and meta["embed_dim"] == 128 and meta["crop_size"] == 128
-    assert meta["template"] == "arcface" and meta["normalization"] == "[-1,1] RGB NCHW"
+    assert meta["template"] == "arcface" and meta["normalization"]["layout"] == "NCHW"
+    assert Normalization.from_dict(meta["normalization"]) == PIXELS  # the one normalisation, as data
     for path in (directory, directory / WEIGHTS_NAME, directory / CONFIG_NAME):
         model, config, extra = load_checkpoint(path, expected_config="nano")
         assert config == nano.config and extra == {"step": 1234} and not model.training

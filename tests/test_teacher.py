@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pocketswap.errors import ConfigError, ModelSignatureError
+from pocketswap.core.errors import ConfigError, ModelSignatureError
 from pocketswap.faces.raster import EDGE_REACH, mesh_maps
 from pocketswap.faces.shape import transfer_shape
 from pocketswap.faces.warp import (

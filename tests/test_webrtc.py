@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.webrtc import (
     STAMP_BITS,
     STAMP_MARK,
@@ -16,7 +17,6 @@ from pocketswap.demo.webrtc import (
     split_stamp,
     stamp_rows,
 )
-from pocketswap.errors import PocketswapError
 
 aiortc = pytest.importorskip("aiortc")
 
@@ -112,12 +112,12 @@ def test_an_answered_offer_that_never_connects_is_dropped(tmp_path):
     from aiortc import RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import VideoStreamTrack
 
-    from pocketswap.checkpoint import save_checkpoint
+    from pocketswap.core.imageio import write_image
     from pocketswap.demo.session import AppOptions, Session
     from pocketswap.demo.webrtc import WebRTCPeers
     from pocketswap.faces import samples
-    from pocketswap.imageio import write_image
     from pocketswap.student import StudentNet, get_preset
+    from pocketswap.student.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "nano", StudentNet(get_preset("nano")).eval())

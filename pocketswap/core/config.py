@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pocketswap.errors import ConfigError
+from pocketswap.core.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -40,6 +40,8 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
         return from_dict(hint, value, prefix=f"{name}.")
     if origin is tuple:
         args = typing.get_args(hint)
+        if isinstance(value, str) and args == (str, Ellipsis):  # "a,b,c" from a command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config field '{name}' must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
@@ -75,12 +77,18 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass `cls` from `data`, type-checking each field; unknown keys are errors.
     The instance's own `validate()` (if any) runs from `__post_init__`."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config {prefix.rstrip('.') or cls.__name__} must be a mapping, got {type(data).__name__}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config field '{prefix}{unknown[0]}'; known fields: {', '.join(sorted(names))}")
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0].replace("-", "_"), sorted(names), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; known fields: {', '.join(sorted(names))}"
+        raise ConfigError(f"unknown config field '{prefix}{unknown[0]}'{hint}")
     values = {key: coerce(prefix + key, value, hints[key]) for key, value in data.items()}
     try:
         return cls(**values)
@@ -176,3 +184,78 @@ def parse_value(text: str) -> Any:
         return yaml_safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """The one ``field=value`` grammar: ``["lr=2e-3", "student.size=64"]`` -> ``{"lr": 0.002, "student":
+    {"size": 64}}`` (values read as YAML scalars/lists; a dotted key sets a sub-field)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like field=value")
+        value = parse_value(text)
+        if "." in key:
+            head, sub = key.split(".", 1)
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise ConfigError(f"config field '{head}' is not a mapping")
+            out[head][sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on ``base``, mapping fields merged key by key (``student.size=64`` keeps the other
+    student fields)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def coerce_fields(config: Any) -> None:
+    """Check (and normalise: lists to tuples, ints to floats) every field of the dataclass ``config`` against
+    its type hint, in place (frozen dataclasses too); ConfigError names the first bad field."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        object.__setattr__(config, f.name, coerce(f.name, getattr(config, f.name), hints[f.name]))
+
+
+class Config:
+    """Base of every dataclass config: built from dicts (:func:`from_dict`, types checked, unknown fields
+    named with the closest known one), YAML files and ``field=value`` overrides in one order (defaults <
+    base < ``--config FILE`` < flags and overrides), and written back as plain data. A subclass's
+    ``validate()`` (called from its ``__post_init__``) checks ranges and choices."""
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        return from_dict(cls, data)
+
+    @classmethod
+    def load(
+        cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None, base: dict | None = None
+    ) -> T:
+        """``base``, then the YAML file at ``path``, then ``overrides`` (None values ignored); validated, with
+        an error in the file named by its path."""
+        data = merge(dict(base or {}), load_yaml(path) if path else {})
+        data = merge(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            return from_dict(cls, data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON data (nested configs as mappings, tuples as lists)."""
+        return to_dict(self)
+
+    def replace(self: T, **changes: Any) -> T:
+        """A validated copy with some fields changed; an unknown field is an error."""
+        return from_dict(type(self), {**to_dict(self), **changes})
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

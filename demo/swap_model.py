@@ -6,9 +6,8 @@ Every model maps an aligned SxSx3 uint8 RGB crop to (swapped crop uint8, mask fl
 models that read the warped identity (``needs_landmarks``) also take the face's 468 landmarks in crop
 pixels and warp the identity texture their manifest carries onto them.
 Artifacts are opened through their manifest (the contract): tensors are fed and read by the names it
-records, in NCHW (the TFLite runner transposes its NHWC tensors), int8 tensors quantised with their
-own scales. `TFLiteRunner` and `OnnxRunner` are the one way every stage (export parity, demo,
-benchmarks) runs an artifact.
+records, in the model's own layout (one transpose for an NCHW model, none for LiteRT's NHWC), with the
+normalisation of its ``swap_spec``; :mod:`pocketswap.core.runners` runs them.
 """
 
 from __future__ import annotations
@@ -20,9 +19,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pocketswap.errors import ModelSignatureError, PocketswapError
+from pocketswap.core.errors import ModelSignatureError, PocketswapError
+from pocketswap.core.manifest import WARPED_IDENTITY_INPUT
+from pocketswap.core.runners import open_runner
+from pocketswap.core.spec import PIXELS
 from pocketswap.faces.warp import warp_identity
-from pocketswap.manifest import PIXEL_OFFSET, PIXEL_SCALE, WARPED_IDENTITY_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -36,105 +37,13 @@ class SwapModel(Protocol):
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def to_unit_range(crop: np.ndarray) -> np.ndarray:
-    """uint8 RGB HxWx3 -> float32 HxWx3 in [-1, 1]."""
-    return crop.astype(np.float32) * np.float32(PIXEL_SCALE) + np.float32(PIXEL_OFFSET)
-
-
-def from_unit_range(image: np.ndarray) -> np.ndarray:
-    """float HxWx3 in [-1, 1] -> uint8 RGB."""
-    return np.clip((image - PIXEL_OFFSET) * (1.0 / PIXEL_SCALE) + 0.5, 0, 255).astype(np.uint8)
-
-
-def _where(path: str | Path | bytes) -> str:
-    return "model bytes" if isinstance(path, bytes | bytearray) else str(path)
-
-
-class TFLiteRunner:
-    """Runs a .tflite with LiteRT's interpreter (XNNPACK), tensors by name. Feeds and results use PyTorch
-    layouts (NCHW images, flat vectors); 4-D tensors are transposed to and from NHWC; int8 tensors are
-    quantised and dequantised with their own scales."""
-
-    def __init__(self, path: str | Path | bytes, num_threads: int = 1) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            if isinstance(path, bytes | bytearray):
-                self.interpreter = Interpreter(model_content=bytes(path), num_threads=num_threads)
-            else:
-                self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelSignatureError(f"{_where(path)}: not a loadable .tflite model ({exc})") from exc
-        self.inputs = {d["name"]: d for d in self.interpreter.get_input_details()}
-        self.outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, value in feeds.items():
-            if name not in self.inputs:
-                raise ModelSignatureError(f"TFLite model has no input {name!r} (it has {', '.join(self.inputs)})")
-            d = self.inputs[name]
-            value = np.asarray(value, np.float32)
-            if value.ndim == 4:
-                value = value.transpose(0, 2, 3, 1)
-            self.interpreter.set_tensor(d["index"], _quantize(value, d))
-        self.interpreter.invoke()
-        out = {}
-        for name, d in self.outputs.items():
-            value = _dequantize(self.interpreter.get_tensor(d["index"]), d)
-            out[name] = value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
-        return out
-
-
-def _quantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(value / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return value.astype(detail["dtype"])
-
-
-def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        return (value.astype(np.float32) - zero) * scale
-    return value.astype(np.float32)
-
-
-class OnnxRunner:
-    """Runs a .onnx with ONNX Runtime's CPU provider, tensors by name (NCHW, as exported); float16
-    inputs are cast from float32 feeds and every result is float32."""
-
-    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelSignatureError(f"{path}: not a loadable ONNX model ({exc})") from exc
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = sorted(set(feeds) - set(self.inputs))
-        if missing:
-            raise ModelSignatureError(f"ONNX model has no input {missing[0]!r} (it has {', '.join(self.inputs)})")
-        typed = {
-            name: np.asarray(v, np.float16 if "float16" in self.inputs[name].type else np.float32)
-            for name, v in feeds.items()
-        }
-        return {name: v.astype(np.float32) for name, v in zip(self.outputs, self.session.run(None, typed), strict=True)}
-
-
 class ArtifactSwapModel:
     """A baked student artifact (``.tflite`` or ``.onnx``) opened through its manifest: the image input
     and the swapped/mask outputs are found by the names the manifest records (the contract every
     pocketswap artifact follows); crop size and template come from it too."""
 
     def __init__(self, path: Path, num_threads: int = 1) -> None:
-        from pocketswap.manifest import (
+        from pocketswap.core.manifest import (
             IMAGE_INPUT,
             IMAGE_OUTPUT,
             MASK_OUTPUT,
@@ -144,7 +53,7 @@ class ArtifactSwapModel:
         )
 
         self.name = path.name
-        self.runner = TFLiteRunner(path, num_threads) if path.suffix == ".tflite" else OnnxRunner(path, num_threads)
+        self.runner = open_runner(path, num_threads)
         try:
             manifest = read_manifest(path)
         except ManifestError as exc:
@@ -160,6 +69,8 @@ class ArtifactSwapModel:
                 raise ModelSignatureError(f"{path}: its manifest names no tensor {wanted!r}")
         self.input, self.image, self.mask = IMAGE_INPUT, IMAGE_OUTPUT, MASK_OUTPUT
         self.size, self.template = self._checked_size(path, manifest.crop_size), manifest.template or "arcface"
+        self.pixels = manifest.swap_spec.normalization if manifest.swap_spec is not None else PIXELS
+        self.channels_last = self.runner.layout == "NHWC"
         self.texture = None
         if WARPED_IDENTITY_INPUT in {t.name for t in manifest.inputs}:
             if manifest.identity_texture is None:
@@ -195,21 +106,25 @@ class ArtifactSwapModel:
         """Whether the model reads the warped identity (call it with the face's landmarks in crop pixels)."""
         return self.texture is not None
 
+    def _feed(self, crop: np.ndarray) -> np.ndarray:
+        """An HxWx3 uint8 crop as the model's image tensor, in its own layout (one transpose for NCHW)."""
+        x = self.pixels.to_model(crop)[None]
+        return x if self.channels_last else x.transpose(0, 3, 1, 2)
+
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {self.input: to_unit_range(crop).transpose(2, 0, 1)[None]}
+        feeds = {self.input: self._feed(crop)}
         if self.texture is not None:
             if landmarks is None:
                 raise ModelSignatureError(f"{self.name} reads the warped identity: pass the face's landmarks too")
             t = self.texture
-            warped = warp_identity(t.crop, t.landmarks, landmarks, t.triangles, t.shape)
-            feeds[WARPED_IDENTITY_INPUT] = to_unit_range(warped).transpose(2, 0, 1)[None]
-        out = self.runner(feeds)
-        return _to_crop(out[self.image], out[self.mask])
-
-
-def _to_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NCHW model outputs -> (uint8 HxWx3 crop, float32 HxW mask in [0, 1])."""
-    return from_unit_range(image[0].transpose(1, 2, 0)), np.clip(mask[0, 0].astype(np.float32), 0.0, 1.0)
+            feeds[WARPED_IDENTITY_INPUT] = self._feed(
+                warp_identity(t.crop, t.landmarks, landmarks, t.triangles, t.shape)
+            )
+        out = self.runner(feeds, native=True)
+        image, mask = out[self.image][0], out[self.mask][0]
+        if not self.channels_last:
+            image, mask = image.transpose(1, 2, 0), mask[0]
+        return self.pixels.to_pixels(image), np.clip(mask.reshape(mask.shape[:2]), 0.0, 1.0)
 
 
 class TorchSwapModel:
@@ -218,8 +133,9 @@ class TorchSwapModel:
     def __init__(self, path: Path, embedding: np.ndarray, num_threads: int = 1) -> None:
         import torch
 
-        from pocketswap.checkpoint import load_checkpoint, locked_identity, resolve_checkpoint
+        from pocketswap.core.checkpoint import locked_identity, resolve_checkpoint
         from pocketswap.faces.identity import same_person_threshold
+        from pocketswap.student.checkpoint import load_checkpoint
 
         torch.set_num_threads(num_threads)
         model, config, extra = load_checkpoint(resolve_checkpoint(path))
@@ -238,10 +154,10 @@ class TorchSwapModel:
         self._torch = torch
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        x = self._torch.from_numpy(to_unit_range(crop).transpose(2, 0, 1)[None].copy())
+        x = self._torch.from_numpy(PIXELS.to_model(crop).transpose(2, 0, 1)[None].copy())
         with self._torch.inference_mode():
             image, mask = self.model(x)
-        return _to_crop(image.numpy(), mask.numpy())
+        return PIXELS.to_pixels(image[0].numpy().transpose(1, 2, 0)), np.clip(mask[0, 0].numpy(), 0.0, 1.0)
 
 
 def unavailable_here(path: str | Path) -> str:

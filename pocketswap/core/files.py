@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pocketswap.errors import OutputError
+from pocketswap.core.errors import OutputError
 
 NAME_MAX = 255  # bytes of one file or folder name on Linux and macOS file systems
 

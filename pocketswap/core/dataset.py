@@ -14,7 +14,7 @@ A dataset is a folder with WebDataset-style tar shards and a ``manifest.json``::
   (468, 3) float32 landmarks of the identity crop, crop pixels.
 - ``KEY.json``: per-sample metadata (teacher name and config hash, pair type, source names, ...).
 
-The shards, their members' codecs and the deterministic writer are :mod:`pocketswap.shards`; this module is
+The shards, their members' codecs and the deterministic writer are :mod:`pocketswap.core.shards`; this module is
 the manifest and `DatasetReader`, which streams samples shard by shard without loading the dataset into memory.
 """
 
@@ -30,8 +30,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pocketswap.files import atomic_write_json, file_sha256
-from pocketswap.shards import DatasetError, Sample, ShardInfo, iter_shard
+from pocketswap.core.errors import ConfigError
+from pocketswap.core.files import atomic_write_json, file_sha256
+from pocketswap.core.identity import Identity
+from pocketswap.core.shards import DatasetError, Sample, ShardInfo, iter_shard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,8 +111,11 @@ class DatasetManifest:
             raise DatasetError(f"{where}: field 'num_samples' is {data['num_samples']} but the shards hold {total}")
         if "dim" not in data["embedding"]:
             raise DatasetError(f"{where}: field 'embedding.dim' is missing")
-        if data.get("identity") is not None and not isinstance(data["identity"], dict):
-            raise DatasetError(f"{where}: field 'identity' must be an object")
+        if data.get("identity") is not None:
+            try:
+                Identity.from_record(data["identity"], f"{where}: field 'identity'")
+            except ConfigError as exc:
+                raise DatasetError(str(exc)) from exc
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "shards"}
         return cls(
             shards=shards,

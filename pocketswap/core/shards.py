@@ -1,4 +1,4 @@
-"""The shards of a paired-face dataset (:mod:`pocketswap.dataset`): one sample's members and their codecs,
+"""The shards of a paired-face dataset (:mod:`pocketswap.core.dataset`): one sample's members and their codecs,
 the deterministic tar writer and the shard reader.
 
 A shard is a WebDataset-style tar: ``KEY.id.png KEY.attr.png KEY.out.png KEY.mask.png KEY.id_emb.npy
@@ -22,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.errors import PocketswapError
-from pocketswap.files import PendingFile, file_sha256
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.files import PendingFile, file_sha256
 
 log = logging.getLogger(__name__)
 

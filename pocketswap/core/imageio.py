@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pocketswap.errors import ImageReadError, OutputError
-from pocketswap.files import atomic_write_bytes, check_output
+from pocketswap.core.errors import ImageReadError, OutputError
+from pocketswap.core.files import atomic_write_bytes, check_output
 
 # Image files every command reads and writes (OpenCV's codecs).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -136,3 +138,24 @@ def write_image(path: str | Path, image_rgb: np.ndarray) -> Path:
     if not ok:
         raise OutputError(f"image {path}: cannot encode an image with suffix '{path.suffix}'")
     return atomic_write_bytes(path, encoded.tobytes())
+
+
+def png_base64(image_rgb: np.ndarray) -> str:
+    """An RGB uint8 image as base64 PNG text (how manifests carry small images)."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.asarray(image_rgb, np.uint8), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError("cannot encode the image as PNG")
+    return base64.b64encode(png.tobytes()).decode()
+
+
+def from_png_base64(text: str, source: str, size: int) -> np.ndarray:
+    """The ``size`` x ``size`` RGB image of :func:`png_base64` text; `ImageReadError` naming ``source``
+    when it is not base64, not an image, or not that size (a larger image is refused before decoding)."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (TypeError, ValueError, binascii.Error) as exc:
+        raise ImageReadError(f"{source}: not base64 ({exc})") from exc
+    image = decode_image(data, source, max_pixels=size * size)
+    if image.shape[:2] != (size, size):
+        raise ImageReadError(f"{source}: the image is {image.shape[1]}x{image.shape[0]}, its 'size' says {size}")
+    return image

@@ -2,7 +2,7 @@
 
 An artifact ``DIR/nano_baked_fp16.tflite`` gets ``DIR/nano_baked_fp16.tflite.json`` (a ``.mlpackage``
 directory gets ``NAME.mlpackage.json`` beside it). The manifest tells app code how to feed the model
-(tensor names, shapes, layout, dtype, normalisation, alignment template and crop size), what it is
+(tensor names, shapes, layout, dtype; the typed ``swap_spec``: crop, normalisation, rules), what it is
 (preset, precision, identity mode, source checkpoint hash, pocketswap version), how good the conversion
 is (parity figures against PyTorch), what it runs on (op list, delegation) and, for baked TFLite/CoreML
 students, where the identity-dependent weights live so that ``pocketswap export patch`` (or an app)
@@ -15,20 +15,20 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
   ``precision`` ("fp32" | "fp16" | "int8"), ``identity_mode`` ("baked" | "dynamic" | null).
 - ``preset``, ``crop_size``, ``template`` and ``template_points`` (5x2 crop pixels, ArcFace order).
 - ``inputs`` / ``outputs``: lists of ``{name, shape, dtype, layout, range, description}``.
-- ``normalization``: how pixels map to tensors (e.g. ``x / 127.5 - 1`` for RGB uint8 to [-1, 1]).
 - ``parity``: ``{reference, tolerance, passed, cases: [{case, output, max_abs, mean_abs, psnr_db}]}``.
 - ``file_size_bytes``, ``sha256`` (of the file, or of a ``.mlpackage``'s files in sorted order).
-- ``source``: ``{checkpoint, checkpoint_sha256, identity, embedding_sha256, embedding, encoder}`` (the
-  baked identity's embedding, so a consumer can tell whether a photo shows the same person).
+- ``source``: ``{checkpoint, checkpoint_sha256, identity}``; ``identity`` is the baked identity's record
+  (:class:`pocketswap.core.identity.Identity`: name, source photo, encoder, embedding and its hash, and the
+  aligned face when it was stored), so a consumer can tell whether a photo shows the same person.
 - ``ops`` (op type -> count), ``delegation`` (TFLite: ``{fully_accelerated, partitions, suspect_ops}``).
 - ``patch``: null or ``{kind, unpatched_sha256, tensors: [{name, offset, nbytes, dtype, shape, permutation, ...}]}``.
 - ``identity_texture``: null, or for students that read the warped identity (input ``identity_warped``)
   ``{size, png_base64, landmarks, triangles, outside_mesh, shape}``: the aligned identity crop (PNG), its 468
   landmarks (x, y crop pixels), the fixed triangles of its mesh (landmark indices) and how far the frame's
   landmarks move to its face shape; ``swap_spec.identity_warp`` says how a frame draws it.
-- ``swap_spec`` (students): the pre- and post-processing as data, so that a client needs nothing else:
-  ``front_end`` (the landmark models and their ROI recipe), ``crop`` (the landmark indices averaged into each of
-  the 5 keypoints, the fit, template points, resampling, border), ``normalization`` (``scale``, ``offset``) and
+- ``swap_spec`` (students; :class:`pocketswap.core.spec.SwapSpec` in memory): the pre- and post-processing as
+  data, so that a client needs nothing else: ``front_end`` (the landmark models and their ROI recipe), ``crop`` (the landmark indices averaged into each of
+  the 5 keypoints, the fit, size, template and its points, resampling, border), ``normalization`` (``scale``, ``offset``) and
   ``paste`` (the alpha's edge ramp, the CIELAB colour transfer's formula, region, eps and minimum, resampling to
   the frame, the fine-detail rule, the blend), ``identity_warp`` (shape transfer, raster rule) and ``video``
   (tracking, smoothing, clock); see :mod:`pocketswap.faces.spec` and ``examples/client.py``.
@@ -45,8 +45,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pocketswap import __version__
-from pocketswap.errors import PocketswapError
-from pocketswap.files import atomic_write_json
+from pocketswap.core.errors import ConfigError, PocketswapError
+from pocketswap.core.files import atomic_write_json
+from pocketswap.core.identity import LANDMARK_COUNT, Identity
+from pocketswap.core.spec import SpecError, SwapSpec
 
 FORMAT = "pocketswap-artifact"
 FORMAT_VERSION = 1
@@ -61,9 +63,6 @@ IDENTITY_INPUT = "identity"
 WARPED_IDENTITY_INPUT = "identity_warped"
 IMAGE_OUTPUT = "swapped"
 MASK_OUTPUT = "mask"
-# Pixel normalisation of every student image tensor: uint8 RGB p -> p * PIXEL_SCALE + PIXEL_OFFSET in [-1, 1].
-PIXEL_SCALE = 1.0 / 127.5
-PIXEL_OFFSET = -1.0
 STUDENT_OUTPUTS = (IMAGE_OUTPUT, MASK_OUTPUT)
 SYNTHETIC_MEDIA_NOTICE = (
     "This model generates synthetic media (face swaps). Disclose that its outputs are synthetic, "
@@ -105,7 +104,6 @@ class Manifest:
     crop_size: int | None = None
     template: str | None = None
     template_points: list[list[float]] | None = None
-    normalization: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     file_size_bytes: int = 0
     sha256: str = ""
@@ -114,7 +112,7 @@ class Manifest:
     delegation: dict[str, Any] | None = None
     patch: dict[str, Any] | None = None
     identity_texture: dict[str, Any] | None = None
-    swap_spec: dict[str, Any] | None = None
+    swap_spec: SwapSpec | None = None
     converters: dict[str, str] = field(default_factory=dict)
     pocketswap_version: str = __version__
     created_utc: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -134,6 +132,21 @@ class Manifest:
             )
         self.inputs = [t if isinstance(t, TensorInfo) else TensorInfo(**t) for t in self.inputs]
         self.outputs = [t if isinstance(t, TensorInfo) else TensorInfo(**t) for t in self.outputs]
+        if isinstance(self.swap_spec, dict):
+            try:
+                self.swap_spec = SwapSpec.from_dict(self.swap_spec, "manifest", self.template)
+            except SpecError as exc:
+                raise ManifestError(str(exc)) from exc
+
+    def identity(self) -> Identity | None:
+        """The baked identity (``source["identity"]``), None for a dynamic or an unnamed one."""
+        record = (self.source or {}).get("identity")
+        if not isinstance(record, dict):  # None, or the name-only string of older manifests
+            return None
+        try:
+            return Identity.from_record(record, f"{self.artifact}: field 'source.identity'")
+        except ConfigError as exc:
+            raise ManifestError(str(exc)) from exc
 
     def input(self, name: str) -> TensorInfo:
         return _by_name(self.inputs, name, "input")
@@ -145,7 +158,11 @@ class Manifest:
         data = {"format": FORMAT, "format_version": FORMAT_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            data[f.name] = [t.to_dict() for t in value] if f.name in ("inputs", "outputs") else value
+            if f.name in ("inputs", "outputs"):
+                value = [t.to_dict() for t in value]
+            elif isinstance(value, SwapSpec):
+                value = value.to_dict()
+            data[f.name] = value
         return data
 
     @classmethod
@@ -196,9 +213,6 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, where=str(path))
 
 
-LANDMARK_COUNT = 468  # FaceMesh points of an identity texture
-
-
 class Texture(NamedTuple):
     """A manifest's identity texture: the aligned crop (SxSx3 uint8 RGB), its landmarks ((468, 2) float32
     crop pixels) and the fixed triangles of its mesh ((T, 3) int32 landmark indices; None in manifests
@@ -214,18 +228,19 @@ class Texture(NamedTuple):
 def encode_texture(crop: Any, landmarks: Any, triangles: Any, shape: float) -> dict[str, Any]:
     """The manifest's ``identity_texture`` for an SxSx3 uint8 RGB crop, its (468, 2+) landmarks, the
     (T, 3) triangles of the mesh the warp moves it by and the student's ``identity_shape``."""
-    import base64
-
-    import cv2
     import numpy as np
 
-    ok, png = cv2.imencode(".png", cv2.cvtColor(np.asarray(crop, np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ManifestError("cannot encode the identity texture as PNG")
+    from pocketswap.core.errors import OutputError
+    from pocketswap.core.imageio import png_base64
+
+    try:
+        png = png_base64(crop)
+    except OutputError as exc:
+        raise ManifestError(f"cannot encode the identity texture: {exc}") from exc
     points = np.round(np.asarray(landmarks, np.float64)[:, :2], 3).tolist()
     return {
         "size": int(crop.shape[0]),
-        "png_base64": base64.b64encode(png.tobytes()).decode(),
+        "png_base64": png,
         "landmarks": points,
         "triangles": np.asarray(triangles, np.int64).tolist(),
         "outside_mesh": "texture",  # pixels outside the triangles keep the texture's own
@@ -235,27 +250,21 @@ def encode_texture(crop: Any, landmarks: Any, triangles: Any, shape: float) -> d
 
 def decode_texture(texture: dict[str, Any], where: str = "manifest") -> Texture:
     """The :class:`Texture` of a manifest's ``identity_texture``."""
-    import base64
-    import binascii
-
     import numpy as np
 
-    from pocketswap.errors import ImageReadError
-    from pocketswap.imageio import decode_image
+    from pocketswap.core.errors import ImageReadError
+    from pocketswap.core.imageio import from_png_base64
 
     field = f"{where}: field 'identity_texture'"
     try:
         size = int(texture["size"])
-        data = base64.b64decode(texture["png_base64"], validate=True)
         landmarks = np.asarray(texture["landmarks"], np.float32)
         triangles = texture.get("triangles")
         triangles = None if triangles is None else np.asarray(triangles, np.int64)
         shape = float(texture.get("shape", 0.0))
-        crop = decode_image(data, field, max_pixels=size * size)  # a texture bigger than its stated size: refused
-    except (KeyError, TypeError, ValueError, binascii.Error, ImageReadError) as exc:
+        crop = from_png_base64(texture["png_base64"], field, size)  # bigger than its stated size: refused
+    except (KeyError, TypeError, ValueError, ImageReadError) as exc:
         raise ManifestError(f"{field} is malformed ({exc})") from exc
-    if crop.shape[:2] != (size, size):
-        raise ManifestError(f"{field}: the crop is {crop.shape[1]}x{crop.shape[0]}, its 'size' says {size}")
     if landmarks.shape != (LANDMARK_COUNT, 2) or not np.isfinite(landmarks).all():
         raise ManifestError(
             f"{field}: 'landmarks' must be {LANDMARK_COUNT} finite (x, y) points, got {landmarks.shape}"
@@ -279,8 +288,6 @@ def artifact_size(path: str | Path) -> int:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "PIXEL_OFFSET",
-    "PIXEL_SCALE",
     "SYNTHETIC_MEDIA_NOTICE",
     "Manifest",
     "ManifestError",
