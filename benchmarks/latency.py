@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketswap.core.checkpoint import is_checkpoint_path
 from pocketswap.core.errors import PocketswapError
 
 
@@ -147,7 +148,7 @@ def target_kind(target: str | Path) -> tuple[str, str]:
         raise PocketswapError(f"{path}: no such artifact")
     if path.suffix in (".tflite", ".onnx"):
         return path.suffix[1:], target
-    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+    if is_checkpoint_path(path):
         return "checkpoint", target
     raise PocketswapError(f"{path}: unsupported artifact type (expected .tflite, .onnx or a checkpoint)")
 

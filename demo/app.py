@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pocketswap.core.checkpoint import checkpoint_identity, is_checkpoint_path, read_metadata, resolve_checkpoint
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.imageio import IMAGE_SUFFIXES, write_image
 from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
@@ -96,12 +97,16 @@ class IdentityModels:
 
     def __init__(self, model_path: Path, identities: list[Path], threads: int) -> None:
         self.model_path, self.identities, self.threads = model_path, identities, threads
-        self.is_checkpoint = model_path.is_dir() or model_path.suffix in (".safetensors", ".json")
-        if self.is_checkpoint and not identities:
-            raise PocketswapError("a checkpoint model needs --identity (an image or an .npy embedding)")
+        self.is_checkpoint = is_checkpoint_path(model_path)
         self.index = 0
         self._cache: dict[int, SwapModel] = {}
         self.embeddings: dict[int, np.ndarray] = {}
+        if self.is_checkpoint and not identities:  # a personalised run carries whose it is
+            own = checkpoint_identity(read_metadata(resolve_checkpoint(model_path))["extra"])
+            if own is None:
+                raise PocketswapError("a checkpoint model needs --identity (an image or an .npy embedding)")
+            log.info("swapping in the run's own identity: %s (%s)", own.name, own.source)
+            self.identities, self.embeddings[0] = [Path(own.source)], own.embedding
         self.encoder = "dlib"
         if not self.is_checkpoint and identities:
             self._check_baked_identity()

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pocketswap.core.checkpoint import is_checkpoint_path
 from pocketswap.core.errors import ModelSignatureError, PocketswapError
 from pocketswap.core.manifest import WARPED_IDENTITY_INPUT
 from pocketswap.core.runners import open_runner
@@ -178,7 +179,7 @@ def load_swap_model(path: str | Path, embedding: np.ndarray | None = None, num_t
         return ArtifactSwapModel(path, num_threads)
     if unavailable_here(path):
         raise PocketswapError(f"{path}: {unavailable_here(path)}")
-    if path.is_dir() or path.suffix in (".safetensors", ".json"):
+    if is_checkpoint_path(path):
         if embedding is None:
             raise PocketswapError(f"{path}: a checkpoint needs an identity embedding to bake")
         return TorchSwapModel(path, embedding, num_threads)

@@ -14,7 +14,7 @@ import torch
 from pocketswap.core.manifest import IDENTITY_INPUT, TensorInfo
 from pocketswap.export import data as export_data
 from pocketswap.export.formats import export_formats
-from pocketswap.export.job import Artifact, Job, random_embedding
+from pocketswap.export.job import Artifact, Job, ParityCases, random_embedding
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,11 @@ def _enroll_job(
     def named_reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {outputs.name: reference(feeds[inputs.name])}
 
-    return dataclasses.replace(
-        student,
-        kind=kind,
-        name=name,
-        module=module,
-        cases=[(case, {inputs.name: value}) for case, value in cases],
-        reference=named_reference,
-        base_manifest={"kind": kind, "source": student.base_manifest.get("source", {}), **fields},
-        inputs=[inputs],
-        outputs=[outputs],
-        peaks={outputs.name: 2.0},
-        identity_names=[],
-        calibration=None,
-    )
+    checks = ParityCases([(case, {inputs.name: value}) for case, value in cases], named_reference,
+                         {outputs.name: 2.0}, student.checks.strict)  # fmt: skip
+    fields = {"kind": kind, "source": student.manifest_fields.get("source", {}), **fields}
+    side = dataclasses.replace(student.origin, identity_names=[], calibration=None)
+    return Job(name, kind, module, [inputs], [outputs], checks, fields, side, student.stage, student.work)
 
 
 def _enroll_jobs(job: Job, students: list[Artifact]) -> list[Job]:
@@ -73,15 +64,15 @@ def _enroll_jobs(job: Job, students: list[Artifact]) -> list[Job]:
     def encoder_reference(chip: np.ndarray) -> np.ndarray:
         return encoder.resnet(torch.from_numpy(chip), normalize=True).numpy()
 
-    d, p = job.config.embed_dim, int(job.net.num_identity_params)
+    d, p = job.origin.config.embed_dim, int(job.origin.net.num_identity_params)
     embs = [(f"random-{i}", random_embedding(d, 300 + i)[None]) for i in range(2)]
-    embs.append(("identity", job.embedding[None].astype(np.float32)))
+    embs.append(("identity", job.origin.embedding[None].astype(np.float32)))
     emb_info = TensorInfo("embedding", [1, d], "float32", "NC", [-1.0, 1.0], "L2-normalised identity embedding")
-    layout = [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in job.net.param_layout()]
+    layout = [{"name": s.name, "shape": list(s.shape), "offset": s.offset} for s in job.origin.net.param_layout()]
 
     @torch.no_grad()
     def hyper_reference(emb: np.ndarray) -> np.ndarray:
-        return job.net.identity_params(torch.from_numpy(emb)).numpy()
+        return job.origin.net.identity_params(torch.from_numpy(emb)).numpy()
 
     jobs = [
         _enroll_job(
@@ -91,9 +82,9 @@ def _enroll_jobs(job: Job, students: list[Artifact]) -> list[Job]:
             {"template": "dlib", "crop_size": 150, "template_points": _template_points(150, "dlib")},
         ),
         _enroll_job(
-            job, f"{job.config.name}_hypernet", "hypernetwork", enroll.HyperParamsModule(job.net), hyper_reference, embs,
+            job, f"{job.origin.config.name}_hypernet", "hypernetwork", enroll.HyperParamsModule(job.origin.net), hyper_reference, embs,
             emb_info, TensorInfo(IDENTITY_INPUT, [1, p], "float32", "NC", None, "identity vector of the dynamic student"),
-            {"preset": job.config.name, "extra": {"identity_layout": layout}},
+            {"preset": job.origin.config.name, "extra": {"identity_layout": layout}},
         ),
     ]  # fmt: skip
     patched = next((a for a in students if a.manifest.runtime == "tflite" and a.manifest.patch), None)
@@ -102,18 +93,18 @@ def _enroll_jobs(job: Job, students: list[Artifact]) -> list[Job]:
         names = [e["name"] for e in entries]
 
         def baked_reference(emb: np.ndarray) -> np.ndarray:
-            tensors = patch.baked_identity_tensors(job.net, torch.from_numpy(emb), names)
+            tensors = patch.baked_identity_tensors(job.origin.net, torch.from_numpy(emb), names)
             flat = [np.transpose(tensors[e["name"]], e["permutation"]).reshape(-1) for e in entries]
             return np.concatenate(flat)[None]
 
         n = sum(int(np.prod(e["torch_shape"])) for e in entries)
         jobs.append(
             _enroll_job(
-                job, f"{job.config.name}_baked_weights", "hypernetwork", enroll.BakedWeightsModule(job.net, entries),
+                job, f"{job.origin.config.name}_baked_weights", "hypernetwork", enroll.BakedWeightsModule(job.origin.net, entries),
                 baked_reference, embs, emb_info,
                 TensorInfo("weights", [1, n], "float32", "NC", None, "identity tensors of the baked TFLite student, in patch order"),
                 {
-                    "preset": job.config.name,
+                    "preset": job.origin.config.name,
                     "extra": {
                         "patches": [a.path.name for a in students if a.manifest.runtime == "tflite" and a.manifest.patch],
                         "patch_order": [{"name": e["name"], "numel": int(np.prod(e["torch_shape"])), "shape": e["shape"]} for e in entries],

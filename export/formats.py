@@ -105,7 +105,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
     if "int8" in precisions:
         feeds = calibration_feeds(job, layout=fmt.layout)
         calib = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-    crops = np.stack([c for _, c in export_data.sample_crops(job.config.size, job.config.template)])
+    crops = np.stack([c for _, c in export_data.sample_crops(job.origin.config.size, job.origin.config.template)])
     raw = tflite.convert_onnx(
         onnx_path,
         job.work / f"tflite-{job.name}",
@@ -124,7 +124,7 @@ def _tflite_artifacts(job: Job, onnx_path: Path, precisions: list[str], benchmar
         fields = {"parity": record, "ops": tflite.list_ops(path), "delegation": tflite.delegation(path)}
         inputs, outputs = tflite.io_details(path)
         _check_io(job, path, inputs, outputs)
-        if job.is_student and job.mode == "baked" and precision in ("fp32", "fp16"):
+        if job.is_student and job.origin.mode == "baked" and precision in ("fp32", "fp16"):
             fields["patch"] = _patch_record(job, path, "tflite")
         if benchmark:
             fields["extra"] = {"benchmark_host": _bench(path)}
@@ -145,8 +145,8 @@ def _name_tflite_io(job: Job, path: Path) -> None:
         if len(hits) != 1:
             raise ExportError(f"{path.name}: cannot find input {name!r} among {[d['name'] for d in inputs]}")
         in_pos[name] = hits[0]
-    feeds = job.cases[0][1]
-    ref = job.reference(feeds)
+    feeds = job.checks.cases[0][1]
+    ref = job.checks.reference(feeds)
     raw = TFLiteRunner(path)({inputs[in_pos[k]]["name"]: v for k, v in feeds.items()})
     names = [d["name"] for d in outputs]
     out_pos = {}
@@ -180,9 +180,11 @@ def _bench(path: Path) -> dict:
 def _patch_record(job: Job, path: Path, kind: str) -> dict | None:
     from pocketswap.export import patch
 
-    if not job.identity_names:
+    if not job.origin.identity_names:
         return None
-    tensors = patch.baked_identity_tensors(job.net, torch.from_numpy(job.embedding), job.identity_names)
+    tensors = patch.baked_identity_tensors(
+        job.origin.net, torch.from_numpy(job.origin.embedding), job.origin.identity_names
+    )
     try:
         record = patch.map_tflite(path, tensors) if kind == "tflite" else patch.map_coreml(path, tensors)
     except UnsupportedError as exc:
@@ -206,11 +208,9 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
         coreml.InputSpec(t.name, tuple(t.shape), is_image=job.is_student and t.name == IMAGE_INPUT) for t in job.inputs
     ]
     if job.is_student:
-        description = (
-            f"pocketswap {job.config.name} face-swap student ({job.mode} identity). Outputs are synthetic media."
-        )
-        metadata = {"preset": job.config.name, "identity_mode": job.mode, "crop_size": job.config.size,
-                    "template": job.config.template}  # fmt: skip
+        description = f"pocketswap {job.origin.config.name} face-swap student ({job.origin.mode} identity). Outputs are synthetic media."
+        metadata = {"preset": job.origin.config.name, "identity_mode": job.origin.mode, "crop_size": job.origin.config.size,
+                    "template": job.origin.config.template}  # fmt: skip
     else:
         description, metadata = f"pocketswap {job.name} ({job.kind})", None
     coreml.convert(
@@ -269,7 +269,7 @@ def _coreml_artifact(job: Job, precision: str, image_input: bool, compress: str)
     fields["extra"]["compression"] = effective
     fields["extra"]["compute_precision"] = "FLOAT32" if precision == "fp32" else "FLOAT16"
     fields["extra"]["minimum_deployment_target"] = "iOS16"
-    if job.is_student and job.mode == "baked" and effective == "none":
+    if job.is_student and job.origin.mode == "baked" and effective == "none":
         fields["patch"] = _patch_record(job, path, "coreml")
     io = io_tensors(job, fmt.layout, "image (RGB, scale 1/127.5, bias -1)" if image_input else None)
     if image_input:

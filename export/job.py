@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,31 +48,48 @@ class Artifact:
 
 
 @dataclass
-class Job:
-    """One model to export (the spec every format converts): its module, named tensors (canonical
-    NCHW/NC forms), parity cases and PyTorch reference, the manifest fields all its artifacts carry;
-    plus the student context (network, identity, calibration) that student artifacts also use.
-    Student and enrollment models (:mod:`pocketswap.export.enroll_export`) are both Jobs."""
+class StudentOrigin:
+    """The student an export comes from: its network and config, identity mode, the identity it bakes, the
+    names of its identity-dependent tensors (``export patch``), int8 calibration and, for warped-identity
+    students, the identity texture [1,3,S,S] (their calibration's second input)."""
 
     net: torch.nn.Module
-    config: object
-    module: torch.nn.Module
+    config: Any
     mode: str
-    stage: Path
-    work: Path
-    cases: list[tuple[str, dict[str, np.ndarray]]]
-    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-    base_manifest: dict
     embedding: np.ndarray
     identity_names: list[str]
     calibration: export_data.CalibrationSet | None
-    check: bool
+    identity_texture: np.ndarray | None = None
+
+
+@dataclass
+class ParityCases:
+    """What every format of a job is checked against: named feed cases, the PyTorch reference run on them,
+    each output's peak (the PSNR scale), and whether a failure stops the export (``strict``)."""
+
+    cases: list[tuple[str, dict[str, np.ndarray]]]
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+    peaks: dict[str, float]
+    strict: bool
+
+
+@dataclass
+class Job:
+    """One model to export (the spec every format converts): the module and its named tensors (canonical
+    NCHW/NC forms), the parity cases, the manifest fields all its artifacts carry, the student it comes from (``origin``),
+    and where it works (``stage``: the staging folder; ``work``: scratch). Student and enrollment models
+    (:mod:`pocketswap.export.enroll_export`) are both Jobs."""
+
     name: str
+    kind: str
+    module: torch.nn.Module
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    peaks: dict[str, float]
-    kind: str = "student"
-    identity_texture: np.ndarray | None = None  # [1,3,S,S] identity crop (warped-identity students' calibration)
+    checks: ParityCases
+    manifest_fields: dict
+    origin: StudentOrigin
+    stage: Path
+    work: Path
 
     @property
     def input_names(self) -> list[str]:
@@ -133,29 +151,29 @@ def io_tensors(job: Job, layout: str, image_dtype: str | None = None) -> tuple[l
 
 
 def example_inputs(job: Job) -> tuple[torch.Tensor, ...]:
-    feeds = job.cases[0][1]
+    feeds = job.checks.cases[0][1]
     return tuple(torch.from_numpy(feeds[name]) for name in job.input_names)
 
 
 def artifact_parity(
     job: Job, run: Callable, precision: str, artifact: str, reference: str = "pytorch-fp32", tolerance=None
 ) -> dict:
-    results = parity.evaluate(job.cases, job.reference, run, job.peaks)
+    results = parity.evaluate(job.checks.cases, job.checks.reference, run, job.checks.peaks)
     record = parity.summarize(results, precision, reference, tolerance)
     log.info(
         "%s parity [%s]: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s)",
         artifact, reference, record["max_abs"], record["mean_abs"], record["min_psnr_db"],
         "ok" if record["passed"] else "FAILED",
     )  # fmt: skip
-    if job.check:
+    if job.checks.strict:
         parity.check(record, artifact)
     return record
 
 
 def finish(job: Job, path: Path, runtime: str, precision: str, layout: str, **fields) -> Artifact:
     inputs, outputs = fields.pop("io", None) or io_tensors(job, layout)
-    base = {k: v for k, v in job.base_manifest.items() if k != "extra"}
-    extra = {**job.base_manifest.get("extra", {}), **fields.pop("extra", {})}
+    base = {k: v for k, v in job.manifest_fields.items() if k != "extra"}
+    extra = {**job.manifest_fields.get("extra", {}), **fields.pop("extra", {})}
     manifest = Manifest(
         artifact=path.name,
         runtime=runtime,
@@ -190,18 +208,18 @@ def converter_versions(runtime: str) -> dict[str, str]:
 
 
 def calibration_feeds(job: Job, layout: str) -> list[dict[str, np.ndarray]]:
-    assert job.calibration is not None
-    crops = job.calibration.crops
+    assert job.origin.calibration is not None
+    crops = job.origin.calibration.crops
     images = export_data.to_model_input(crops)
     feeds = []
-    params = calibration_params(job, len(crops)) if job.mode == "dynamic" else None
+    params = calibration_params(job, len(crops)) if job.origin.mode == "dynamic" else None
     for i in range(len(crops)):
         image = images[i : i + 1]
         feed = {IMAGE_INPUT: image.transpose(0, 2, 3, 1) if layout == "NHWC" else image}
         if params is not None:
             feed[IDENTITY_INPUT] = params[i : i + 1]
-        if job.identity_texture is not None:  # the unwarped texture: the same pixel statistics
-            texture = job.identity_texture
+        if job.origin.identity_texture is not None:  # the unwarped texture: the same pixel statistics
+            texture = job.origin.identity_texture
             feed[WARPED_IDENTITY_INPUT] = texture.transpose(0, 2, 3, 1) if layout == "NHWC" else texture
         feeds.append(feed)
     return feeds
@@ -210,12 +228,16 @@ def calibration_feeds(job: Job, layout: str) -> list[dict[str, np.ndarray]]:
 def calibration_params(job: Job, n: int) -> np.ndarray:
     """Identity vectors for calibrating a dynamic student: the dataset's embeddings, else the export identity
     plus random unit embeddings."""
-    embs = job.calibration.embeddings if job.calibration is not None else None
+    embs = job.origin.calibration.embeddings if job.origin.calibration is not None else None
     if embs is None or len(embs) == 0:
-        embs = np.stack([job.embedding] + [random_embedding(job.config.embed_dim, 200 + i) for i in range(n - 1)])
+        embs = np.stack(
+            [job.origin.embedding] + [random_embedding(job.origin.config.embed_dim, 200 + i) for i in range(n - 1)]
+        )
     embs = np.resize(embs, (n, embs.shape[1])).astype(np.float32)
     with torch.no_grad():
-        return np.concatenate([job.net.identity_params(torch.from_numpy(e).reshape(1, -1)).numpy() for e in embs])
+        return np.concatenate(
+            [job.origin.net.identity_params(torch.from_numpy(e).reshape(1, -1)).numpy() for e in embs]
+        )
 
 
 def layout_shape(shape: list[int], layout: str) -> list[int]:

@@ -48,6 +48,8 @@ from pocketswap.export.job import (
     NUM_RANDOM_CASES,
     Artifact,
     Job,
+    ParityCases,
+    StudentOrigin,
     random_embedding,
     student_tensors,
 )
@@ -126,7 +128,7 @@ def export_model(
             net, config, identity_mode, emb, face, stage, calib, check_parity,
             name or f"{config.name}_{identity_mode}",
         )  # fmt: skip
-        job.base_manifest.update(
+        job.manifest_fields.update(
             source={
                 "checkpoint": str(ckpt_dir),
                 "checkpoint_sha256": ckpt_sha,
@@ -258,27 +260,18 @@ def make_job(net, config, mode, emb, face, stage, calib, check, name) -> Job:
         ]
     if warped:
         base["identity_texture"] = encode_texture(*face, triangles, config.identity_shape)
-    return Job(
+    origin = StudentOrigin(
         net=net,
         config=config,
-        module=module,
         mode=mode,
-        stage=stage,
-        work=work,
-        cases=cases,
-        reference=reference,
-        base_manifest=base,
         embedding=emb,
         # spatial-identity students are re-exported per identity, not patched
         identity_names=identity_dependent_names(net) if mode == "baked" and not config.identity_encoder else [],
         calibration=calib,
-        check=check,
-        name=name,
-        inputs=inputs,
-        outputs=outputs,
-        peaks=dict(parity.PEAKS),
         identity_texture=None if not warped else export_data.to_model_input(face[0]),
     )
+    checks = ParityCases(cases, reference, dict(parity.PEAKS), check)
+    return Job(name, "student", module, inputs, outputs, checks, base, origin, stage, work)
 
 
 # -- moving into place ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pocketswap.demo.source import CameraError, open_source
 from pocketswap.demo.video import read_metadata
 from pocketswap.faces.align import align_face, invert_affine, transform_points
 from pocketswap.faces.analyzer import FaceAnalyzer
-from pocketswap.faces.identity import embed_faces, load_encoder
+from pocketswap.faces.identity import embed_faces, load_encoder, read_identity
 from pocketswap.faces.samples import load
 from pocketswap.faces.smoothing import OneEuroFilter
 from pocketswap.student import StudentNet, get_preset
@@ -126,6 +126,19 @@ def test_checkpoint_without_identity_is_a_clear_error(capsys, checkpoint, tmp_pa
     clip = write_clip(tmp_path / "c.mp4", frames=2)
     assert main(["demo", "--model", str(checkpoint), "--source", str(clip), "--headless"]) == 2
     assert "needs --identity" in capsys.readouterr().err
+
+
+def test_a_personalised_checkpoint_swaps_its_own_identity_without_one(capsys, tmp_path):
+    torch.manual_seed(0)
+    own = read_identity("sample:grace_hopper", 128)
+    personal = save_checkpoint(
+        tmp_path / "me", StudentNet(get_preset("nano")).eval(), extra={"identity": own.to_record()}
+    )
+    out = tmp_path / "swapped.png"
+    argv = ["demo", str(personal), "--source", "sample:astronaut", "--headless", "--out", str(out)]
+    assert main(argv) == 0 and out.is_file()
+    assert main([*argv[:2], "--identity", "sample:astronaut", *argv[2:]]) == 2  # somebody else: refused
+    assert "personalised for grace_hopper" in capsys.readouterr().err
 
 
 def test_one_euro_filter_smooths_jitter_and_follows_motion():

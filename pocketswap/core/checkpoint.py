@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pocketswap import __version__
@@ -39,6 +40,12 @@ CONFIG_NAME = "config.json"
 FORMAT = "pocketswap-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "pocketswap"
+
+
+def is_checkpoint_path(path: str | Path) -> bool:
+    """Whether ``path`` names a checkpoint (its folder or either file) or a run folder, not an artifact."""
+    path = Path(path)
+    return path.suffix in (".safetensors", ".json") or (path.is_dir() and path.suffix != ".mlpackage")
 
 
 def checkpoint_dir(path: str | Path) -> Path:
@@ -189,7 +196,7 @@ def locked_identity(extra: dict[str, Any], embedding: Any, what: str, threshold:
     own = checkpoint_identity(extra)
     if own is None:
         return embedding
-    distance = cosine_distance(own.embedding, embedding)
+    distance = cosine_distance(own.embedding, np.ravel(embedding))
     if not same_person(distance, threshold):
         raise ConfigError(
             f"this checkpoint was personalised for {own.name} ({own.source}); {what} is a different "
