@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pocketswap.core.errors import PocketswapError
+from pocketswap.core.metrics import percentile
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,13 @@ def benchmark_app(
         frames=len(rows),
         seconds=round(elapsed, 2),
         fps=round(len(rows) / elapsed, 2),
-        end_to_end_p50_ms=round(float(np.percentile(e2e, 50)), 2),
-        end_to_end_p95_ms=round(float(np.percentile(e2e, 95)), 2),
-        server_p50_ms=round(float(np.percentile(server, 50)), 2),
-        pipeline_p50_ms=round(float(np.percentile(pipeline, 50)), 2),
-        pipeline_p95_ms=round(float(np.percentile(pipeline, 95)), 2),
-        browser_path_p50_ms=round(float(np.percentile(e2e - pipeline, 50)), 2),
-        browser_path_p95_ms=round(float(np.percentile(e2e - pipeline, 95)), 2),
+        end_to_end_p50_ms=percentile(e2e, 50, 2),
+        end_to_end_p95_ms=percentile(e2e, 95, 2),
+        server_p50_ms=percentile(server, 50, 2),
+        pipeline_p50_ms=percentile(pipeline, 50, 2),
+        pipeline_p95_ms=percentile(pipeline, 95, 2),
+        browser_path_p50_ms=percentile(e2e - pipeline, 50, 2),
+        browser_path_p95_ms=percentile(e2e - pipeline, 95, 2),
     )
 
 
@@ -173,11 +174,11 @@ def _benchmark_device(model: Path, seconds: float) -> AppRecord:
     return AppRecord(
         model=str(model), transport="device", frames=frames, seconds=round(elapsed, 2),
         fps=round(frames / elapsed, 2),
-        end_to_end_p50_ms=round(float(np.percentile(frame, 50)), 2),
-        end_to_end_p95_ms=round(float(np.percentile(frame, 95)), 2),
+        end_to_end_p50_ms=percentile(frame, 50, 2),
+        end_to_end_p95_ms=percentile(frame, 95, 2),
         server_p50_ms=0.0,
-        pipeline_p50_ms=round(float(np.percentile(pipeline, 50)), 2),
-        pipeline_p95_ms=round(float(np.percentile(pipeline, 95)), 2),
-        browser_path_p50_ms=round(float(np.percentile(frame - pipeline, 50)), 2),
-        browser_path_p95_ms=round(float(np.percentile(frame - pipeline, 95)), 2),
+        pipeline_p50_ms=percentile(pipeline, 50, 2),
+        pipeline_p95_ms=percentile(pipeline, 95, 2),
+        browser_path_p50_ms=percentile(frame - pipeline, 50, 2),
+        browser_path_p95_ms=percentile(frame - pipeline, 95, 2),
     )  # fmt: skip

@@ -25,6 +25,7 @@ import numpy as np
 
 from pocketswap.core.checkpoint import is_checkpoint_path
 from pocketswap.core.errors import PocketswapError
+from pocketswap.core.metrics import percentile
 
 
 @dataclass
@@ -191,11 +192,7 @@ def bench_interleaved(targets: list[str], threads: int = 1, runs: int = 20, roun
 
 
 def summarise(times_ms: np.ndarray) -> dict:
-    return {
-        "median_ms": round(float(np.median(times_ms)), 4),
-        "p5_ms": round(float(np.percentile(times_ms, 5)), 4),
-        "p95_ms": round(float(np.percentile(times_ms, 95)), 4),
-    }
+    return {"median_ms": percentile(times_ms, 50), "p5_ms": percentile(times_ms, 5), "p95_ms": percentile(times_ms, 95)}
 
 
 def time_callable(fn, runs: int, warmup: int = 5) -> np.ndarray:

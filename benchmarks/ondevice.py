@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketswap.core.metrics import percentile
+
 
 @dataclass
 class DeviceRecord:
@@ -92,5 +94,5 @@ def coreml_benchmark(artifact: Path, runs: int = 50) -> DeviceRecord:
         model.predict(feeds)
         times.append((time.perf_counter() - start) * 1e3)
     record.status, record.device = "measured", platform.machine()
-    record.latency_ms, record.statistic = round(float(np.median(times)), 3), "median"
+    record.latency_ms, record.statistic = percentile(times, 50, 3), "median"
     return record

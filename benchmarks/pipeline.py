@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from pocketswap.benchmarks.latency import device_name, time_callable
+from pocketswap.core.metrics import percentile
 
 
 @dataclass
@@ -86,7 +87,7 @@ def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, thr
                 ),
             )
         )
-    medians = {name: float(np.median(time_callable(fn, runs))) for name, fn in stages}
+    medians = {name: percentile(time_callable(fn, runs), 50, 6) for name, fn in stages}
     tail = medians["align"] + medians["swap"] + medians["paste"]
     total = medians["detect"] + medians["landmarks"] + tail
     total_tracking = medians["track"] + tail

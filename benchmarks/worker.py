@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pocketswap.core.metrics import percentile
+
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux: KiB
@@ -197,8 +199,8 @@ def _interleaved(targets: list[str], threads: int, runs: int, rounds: int) -> di
     pooled = {target: np.concatenate(t) for target, t in times.items()}
     return {
         target: {
-            "p10_ms": round(float(np.percentile(t, 10)), 4),
-            "median_ms": round(float(np.median(t)), 4),
+            "p10_ms": percentile(t, 10),
+            "median_ms": percentile(t, 50),
             "runs": int(t.size),
         }
         for target, t in pooled.items()

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from pocketswap.core.metrics import percentile
+
 
 @dataclass
 class FaceBenchResult:
@@ -57,8 +59,8 @@ def benchmark_face_pipeline(runs: int = 300, threads: int = 1, crop_size: int = 
         frame="640x480 astronaut",
         threads=threads,
         runs=runs,
-        detect_landmarks_ms=round(float(np.median(detect_ms)), 3),
-        align_ms=round(float(np.median(align_ms)), 3),
-        total_ms=round(float(np.median(total)), 3),
-        total_p95_ms=round(float(np.percentile(total, 95)), 3),
+        detect_landmarks_ms=percentile(detect_ms, 50, 3),
+        align_ms=percentile(align_ms, 50, 3),
+        total_ms=percentile(total, 50, 3),
+        total_p95_ms=percentile(total, 95, 3),
     )

@@ -18,7 +18,6 @@ Methods:
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 import weakref
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from pocketswap.core.metrics import percentile
 from pocketswap.student.config import StudentConfig
 from pocketswap.student.network import StudentNet
 
@@ -157,8 +157,7 @@ def measure_latency(
                     times.append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)
-    q = statistics.quantiles(times, n=20, method="inclusive") if len(times) > 1 else times * 19
-    return Latency(statistics.median(times), q[0], q[-1], runs, threads)
+    return Latency(percentile(times, 50), percentile(times, 5), percentile(times, 95), runs, threads)
 
 
 def summarize(

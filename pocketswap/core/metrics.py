@@ -1,6 +1,6 @@
 """The one definition of every measure the stages share: PSNR and SSIM (numpy, optionally weighted by a
-mask of soft weights in [0, 1]; torch, differentiable, for training and validation), and the identity
-decision (cosine distance, same person strictly under an encoder's threshold)."""
+mask of soft weights in [0, 1]; torch, differentiable, for training and validation), the identity
+decision (cosine distance, same person strictly under an encoder's threshold) and timing percentiles."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Mean SSIM of two uint8 images, weighted by ``mask`` (1.0 for identical images)."""
     w = _weights(mask, np.shape(a))
     return float((w * ssim_map(a, b)).sum() / max(w.sum(), 1e-12))
+
+
+# -- timings --------------------------------------------------------------------------------------
+def percentile(values: Any, q: float, digits: int = 4) -> float:
+    """The ``q``-th percentile of ``values`` (linear interpolation between the closest ranks, numpy's
+    default), rounded to ``digits``: the one summary every timing uses (median = ``q`` 50)."""
+    return round(float(np.percentile(np.asarray(values, np.float64), q)), digits)
 
 
 # -- torch, on [-1, 1] image batches [B,3,H,W] -----------------------------------------------------
@@ -122,6 +129,7 @@ __all__ = [
     "SSIM_WINDOW",
     "cosine_distance",
     "cosine_similarity",
+    "percentile",
     "psnr",
     "psnr_torch",
     "same_person",
