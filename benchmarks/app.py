@@ -117,13 +117,13 @@ def benchmark_app(
         page.goto(url)
         page.wait_for_function(f"document.getElementById('transport').value === '{transport}'")
         page.click("#camera")
-        page.wait_for_function(f"state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
-        if page.evaluate("state.transport") != transport:
+        page.wait_for_function(f"window.pocketswap.state.log.length >= {WARMUP_FRAMES}", timeout=120_000)
+        if page.evaluate("window.pocketswap.state.transport") != transport:
             raise PocketswapError(f"the page fell back from {transport}: {page.text_content('#live-error')}")
-        start_count = page.evaluate("state.log.length")
+        start_count = page.evaluate("window.pocketswap.state.log.length")
         start = time.perf_counter()
         time.sleep(seconds)
-        log_rows = page.evaluate("state.log")
+        log_rows = page.evaluate("window.pocketswap.state.log")
         elapsed = time.perf_counter() - start
     rows = [r for r in log_rows[start_count:] if r["transport"] == transport]
     if not rows:

@@ -40,7 +40,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 OPEN_PATHS = ("/favicon.ico",)  # served without a token
 PAGES = ("/", "/device")  # the pages that carry the token: open on loopback
-OPEN_PREFIXES = ("/device/js/", "/device/lib/", "/device/models/")  # public code and face models
+OPEN_PREFIXES = ("/js/", "/device/js/", "/device/lib/", "/device/models/")  # public code and face models
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pocketswap.core.config import Config, check_range, coerce_fields, config_field
 from pocketswap.demo.swap_model import SwapModel
 from pocketswap.faces.align import align_face, paste_back
 from pocketswap.faces.analyzer import FaceAnalyzer
@@ -21,21 +22,27 @@ from pocketswap.faces.types import Face
 STAGES = ("detect", "track", "align", "swap", "paste")
 
 
-@dataclass
-class PipelineConfig:
-    """detect_every: run the detector every N frames and track landmarks in between (1 = always detect).
-    min_cutoff/beta: One-Euro landmark smoothing (Hz, speed coefficient). color_transfer: LAB colour
-    matching at paste-back. keep_detail: on a face larger than the model's crop, the frame's luminance
-    detail finer than the crop is added back (`faces.align.fine_detail`). all_faces: swap every face, not
-    only the largest."""
+MAX_DETECT_EVERY = 300
 
-    detect_every: int = DETECT_EVERY
-    min_cutoff: float = MIN_CUTOFF
-    beta: float = BETA
-    color_transfer: bool = True
-    keep_detail: bool = True
-    all_faces: bool = False
-    swap: bool = True
+
+@dataclass
+class PipelineConfig(Config):
+    """The live pipeline's switches, the one definition the demo's flags, the app's Live tab (its settings
+    schema, :func:`pocketswap.demo.session.settings_schema`) and the benchmarks set."""
+
+    detect_every: int = config_field(DETECT_EVERY, "detect every N frames, tracking landmarks in between")
+    min_cutoff: float = config_field(MIN_CUTOFF, "One-Euro landmark smoothing: minimum cutoff (Hz)")
+    beta: float = config_field(BETA, "One-Euro landmark smoothing: speed coefficient")
+    color_transfer: bool = config_field(True, "colour transfer (CIELAB) at paste-back")
+    keep_detail: bool = config_field(True, "add back the frame's detail finer than the crop on large faces")
+    all_faces: bool = config_field(False, "swap every face, not only the largest")
+    swap: bool = config_field(True, "swap (off: the frame as it is, with the timings)")
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        check_range("detect_every", self.detect_every, 1, MAX_DETECT_EVERY)
+        check_range("min_cutoff", self.min_cutoff, 1e-6, None)
+        check_range("beta", self.beta, 0.0, None)
 
 
 @dataclass

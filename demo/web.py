@@ -39,11 +39,13 @@ from pocketswap.demo.model_info import (
 )
 from pocketswap.demo.personal_job import PersonalizeJob
 from pocketswap.demo.pipeline import STAGES
-from pocketswap.demo.session import AppOptions, Session, decode_jpeg, encode_jpeg
+from pocketswap.demo.session import AppOptions, Session, decode_jpeg, encode_jpeg, settings_schema
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
+UI_DIR = Path(__file__).with_name("ui")  # the page's ES modules: one per tab, plus the shared helpers
+UI_SCRIPTS = frozenset(p.name for p in UI_DIR.glob("*.js"))
 MAX_SETTINGS_BYTES = 16 * 1024  # one settings message of the Live tab
 MAX_OFFER_BYTES = 256 * 1024  # one WebRTC offer (an SDP is a few kB)
 PAGE_TOKEN = "__POCKETSWAP_TOKEN__"  # replaced in the served page by the launch's token
@@ -56,7 +58,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -76,12 +78,22 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
                                                                  "mark": STAMP_MARK}}  # fmt: skip
     Session(options, identities)  # load once up front: a bad model or identity fails at start, not in a tab
     page_html = PAGE.read_text().replace(PAGE_TOKEN, policy.token)
+    schema = settings_schema()
 
     async def page(_: Request) -> HTMLResponse:
         return HTMLResponse(page_html, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
     async def model(_: Request) -> JSONResponse:
         return JSONResponse(info)
+
+    async def live_settings(_: Request) -> JSONResponse:
+        return JSONResponse(schema)
+
+    async def script(request: Request) -> Response:
+        path = UI_DIR / request.path_params["name"]
+        if path.name not in UI_SCRIPTS:
+            return JSONResponse({"error": "no such script"}, status_code=404)
+        return FileResponse(path, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     served_comparison = comparison_run(options.model, manifest)
     job = PersonalizeJob(options.universal, options.work_dir)
@@ -160,6 +172,8 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     routes = [
         Route("/", page),
         Route("/api/model", model),
+        Route("/api/settings", live_settings),
+        Route("/js/{name}", script),
         Route("/api/compare", compare),
         *personalize_routes(job, options.personal_faces),
         Route("/api/compare.png", compare_image),
@@ -198,7 +212,7 @@ def _configure(session: Session, text: str, job: PersonalizeJob, artifacts: list
         if Path(artifacts[index].path) != session.models.model_path:
             session.use_model(Path(artifacts[index].path))
     session.configure(data)
-    return [json.dumps({"settings": {k: v for k, v in vars(session.settings).items() if not k.startswith("_")}})]
+    return [json.dumps({"settings": session.settings.to_dict()})]
 
 
 def _frame(session: Session, data: bytes) -> list[str | bytes]:

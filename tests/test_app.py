@@ -129,11 +129,13 @@ def test_live_swap_over_webrtc_measures_capture_to_display(server, browser, tmp_
     page, errors = _live_page(browser, url, "webrtc")
     swapped = _next_frames(page, 45)  # 1.5 s: Chrome's encoder starts below 640x480 while its bandwidth ramps up
     page.screenshot(path=str(tmp_path / "live-webrtc.png"))
-    assert page.evaluate("state.transport") == "webrtc", page.text_content("#live-error")
+    assert page.evaluate("window.pocketswap.state.transport") == "webrtc", page.text_content("#live-error")
     assert page.text_content("#live-error") == ""
     # the page reads its clock off the returned frames and matches the server's timings by it
-    page.wait_for_function("state.log.filter((r) => r.transport === 'webrtc').length >= 3", timeout=30_000)
-    rows = page.evaluate("state.log.filter((r) => r.transport === 'webrtc')")
+    page.wait_for_function(
+        "window.pocketswap.state.log.filter((r) => r.transport === 'webrtc').length >= 3", timeout=30_000
+    )
+    rows = page.evaluate("window.pocketswap.state.log.filter((r) => r.transport === 'webrtc')")
     assert rows and all(0 < r["e2e"] < 5000 and "swap" in r["stages"] for r in rows)
 
     page.uncheck("#swap")
@@ -164,7 +166,7 @@ def test_webrtc_that_cannot_connect_falls_back_to_the_websocket(server, browser)
     page.select_option("#transport", "webrtc")
     page.click("#camera")
     _next_frames(page, 3)
-    assert page.evaluate("state.transport") == "websocket"
+    assert page.evaluate("window.pocketswap.state.transport") == "websocket"
     assert page.input_value("#transport") == "websocket"
     assert "WebRTC unavailable (refused for the test)" in page.text_content("#live-error")
 
@@ -283,12 +285,20 @@ def test_bad_settings_and_models_are_one_clear_error(tmp_path):
     from pocketswap.demo.session import LiveSettings
 
     settings = LiveSettings()
-    with pytest.raises(PocketswapError, match="view must be one of"):
+    with pytest.raises(PocketswapError, match="'view' must be one of"):
         settings.update({"view": "sideways"})
-    with pytest.raises(PocketswapError, match=r"detect_every must be in \[1, "):
+    with pytest.raises(PocketswapError, match=r"'detect_every' must be in \[1, "):
         settings.update({"detect_every": 0})
     settings.update({"swap": False, "unknown": 1})
-    assert settings.swap is False
+    assert settings.pipeline.swap is False
+    from pocketswap.demo.pipeline import PipelineConfig
+    from pocketswap.demo.session import LIVE_SWITCHES, settings_schema
+
+    schema = {entry["name"]: entry for entry in settings_schema()}  # what the page builds its switches from
+    assert set(LIVE_SWITCHES) <= set(schema) and schema["view"]["choices"] == ["swap", "split", "mask"]
+    assert all(schema[name]["default"] == getattr(PipelineConfig(), name) for name in LIVE_SWITCHES)
+    with pytest.raises(PocketswapError, match="'detect_every' must be in"):
+        settings.update({"detect_every": schema["detect_every"]["max"] + 1})
 
 
 def test_personalize_without_a_universal_run_is_said_before_the_click(tmp_path, browser):
@@ -314,7 +324,7 @@ def test_a_bad_frame_is_reported_and_the_session_goes_on(server):
         ws.send(HEADER.pack(0.0) + b"not a jpeg at all")
         assert "the frame: not an image or corrupt" in json.loads(ws.recv(timeout=60))["error"]
         ws.send('{"view": "sideways"}')
-        assert "view must be one of" in json.loads(ws.recv(timeout=60))["error"]
+        assert "'view' must be one of" in json.loads(ws.recv(timeout=60))["error"]
         ws.send('{"virtual_camera": true}')
         assert json.loads(ws.recv(timeout=60))["settings"]["virtual_camera"] is True
         ws.send(HEADER.pack(0.5) + jpeg.tobytes())

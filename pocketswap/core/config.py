@@ -15,6 +15,12 @@ from pocketswap.core.errors import ConfigError
 T = TypeVar("T")
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message quotes it: its repr, cut at ``limit`` characters (a client's value may be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def coerce(name: str, value: Any, hint: Any) -> Any:
     """`value` checked against type `hint` (unions, nested dataclasses, tuples, dicts, scalars);
     raises ConfigError naming field `name`."""
@@ -31,45 +37,47 @@ def coerce(name: str, value: Any, hint: Any) -> Any:
                 return coerce(name, value, option)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"config field '{name}': invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"config field '{name}': invalid value {_shown(value)}")
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config field '{name}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be a mapping, got {_shown(value)}")
         return from_dict(hint, value, prefix=f"{name}.")
     if origin is tuple:
         args = typing.get_args(hint)
         if isinstance(value, str) and args == (str, Ellipsis):  # "a,b,c" from a command line
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config field '{name}' must be a list, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be a list, got {_shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(name, v, args[0]) for v in value)
         if len(value) != len(args):
-            raise ConfigError(f"config field '{name}' must have {len(args)} values, got {list(value)!r}")
+            raise ConfigError(f"config field '{name}' must have {len(args)} values, got {_shown(list(value))}")
         return tuple(coerce(name, v, a) for v, a in zip(value, args, strict=True))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config field '{name}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be a mapping, got {_shown(value)}")
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config field '{name}' must be true or false, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be true or false, got {_shown(value)}")
         return value
     if hint is int:
+        if isinstance(value, float) and value.is_integer():  # 1e5 from YAML, 1e9 from JSON: a whole number
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config field '{name}' must be an integer, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be an integer, got {_shown(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config field '{name}' must be a number, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be a number, got {_shown(value)}")
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"config field '{name}' must be finite, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be finite, got {_shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config field '{name}' must be a string, got {value!r}")
+            raise ConfigError(f"config field '{name}' must be a string, got {_shown(value)}")
         return value
     return value
 
@@ -154,7 +162,7 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
     """Raise ConfigError naming `name` unless low <= value <= high."""
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ConfigError(f"config field '{name}' must be in {bounds}, got {value!r}")
+        raise ConfigError(f"config field '{name}' must be in {bounds}, got {_shown(value)}")
 
 
 def distributed_rank() -> tuple[int, int]:
