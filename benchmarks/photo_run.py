@@ -57,7 +57,8 @@ def student_models(target: Path, people: list[Person], identities: dict[str, Pat
 
 def swap_with(model: Any, image: np.ndarray, analyzer: Any) -> np.ndarray:
     """``image`` swapped by ``model`` through the live pipeline (detect every frame: a still)."""
-    from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+    from pocketswap.demo.pipeline import LiveSwapper
+    from pocketswap.demo.settings import PipelineConfig
 
     return LiveSwapper(model, analyzer, PipelineConfig(detect_every=1)).process(image).frame
 
@@ -230,7 +231,8 @@ def bench_video(frames: list[np.ndarray], fps: float, models: dict[str, Any], wh
     **flicker** (frame-to-frame change of the face region, swap / input), **landmark jitter** (the swap's
     landmark motion that is not the input's, inter-ocular units per frame) and **identity stability**
     (mean and spread of the per-frame dlib distance to the person)."""
-    from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+    from pocketswap.demo.pipeline import LiveSwapper
+    from pocketswap.demo.settings import PipelineConfig
     from pocketswap.faces.align import align_face
     from pocketswap.faces.types import inter_ocular
 

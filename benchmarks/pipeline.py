@@ -43,7 +43,7 @@ class PipelineRecord:
 
 def benchmark_pipeline(model_path: str, embedding: np.ndarray | None = None, threads: int = 1, runs: int = 200):
     """Time each live-pipeline stage for `model_path` (a baked artifact or checkpoint + embedding)."""
-    from pocketswap.demo.pipeline import PipelineConfig
+    from pocketswap.demo.settings import PipelineConfig
     from pocketswap.demo.swap_model import load_swap_model
     from pocketswap.faces.align import align_face, paste_back
     from pocketswap.faces.bench import sample_frame

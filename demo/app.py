@@ -16,7 +16,8 @@ import numpy as np
 from pocketswap.core.checkpoint import checkpoint_identity, is_checkpoint_path, read_metadata, resolve_checkpoint
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.imageio import IMAGE_SUFFIXES, write_image
-from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper, PipelineConfig
+from pocketswap.demo.pipeline import STAGES, FrameResult, LiveSwapper
+from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.source import ImageSource, VideoSource, is_still, open_source
 from pocketswap.demo.swap_model import SwapModel, load_swap_model
 from pocketswap.faces.align import align_face

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pocketswap.core.cli_args import int_range, output_dir, output_file
+from pocketswap.core.cli_args import add_switch_flags, int_range, output_dir, output_file, switch_values
+from pocketswap.demo.settings import PipelineConfig
 
 
 def model_argument(args: argparse.Namespace) -> str | None:
@@ -21,7 +22,6 @@ def _demo(args: argparse.Namespace) -> int:
     from pocketswap.core.errors import PocketswapError
     from pocketswap.core.files import atomic_write_json
     from pocketswap.demo.app import DemoOptions, run_demo
-    from pocketswap.demo.pipeline import PipelineConfig
 
     model = model_argument(args)
     if model is None:
@@ -35,12 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
         label=not args.no_label,
         threads=args.threads,
         max_frames=args.max_frames,
-        pipeline=PipelineConfig(
-            detect_every=args.detect_every,
-            all_faces=args.all_faces,
-            color_transfer=not args.no_color_transfer,
-            keep_detail=not args.no_detail,
-        ),
+        pipeline=PipelineConfig.from_dict(switch_values(args)),
     )
     summary = run_demo(options)
     for line in summary.lines():
@@ -85,13 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", "--output", dest="output", help="write the result (video for video/camera sources, image for images)"
     )
     p.add_argument("--headless", action="store_true", help="no window; print a summary")
-    p.add_argument("--all-faces", action="store_true", help="swap every face, not only the largest")
-    p.add_argument(
-        "--detect-every", type=int_range(1), default=5, help="run the detector every N frames, track between"
-    )
-    p.add_argument("--no-color-transfer", action="store_true", help="skip LAB colour matching at paste-back")
-    p.add_argument("--no-detail", action="store_true",
-                   help="on faces larger than the model's crop, do not add back the frame's finer detail")  # fmt: skip
+    add_switch_flags(p.add_argument_group("live pipeline"), PipelineConfig, {"keep_detail": ["--no-detail"]})
     p.add_argument("--no-label", action="store_true", help="hide the 'SYNTHETIC' label (e.g. for recording)")
     p.add_argument("--threads", type=int_range(1), default=1)
     p.add_argument("--max-frames", type=int_range(1), help="stop after this many frames")

@@ -12,37 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pocketswap.core.config import Config, check_range, coerce_fields, config_field
+from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.swap_model import SwapModel
 from pocketswap.faces.align import align_face, paste_back
 from pocketswap.faces.analyzer import FaceAnalyzer
-from pocketswap.faces.smoothing import BETA, DETECT_EVERY, MIN_CUTOFF, OneEuroFilter
+from pocketswap.faces.smoothing import OneEuroFilter
 from pocketswap.faces.types import Face
 
 STAGES = ("detect", "track", "align", "swap", "paste")
-
-
-MAX_DETECT_EVERY = 300
-
-
-@dataclass
-class PipelineConfig(Config):
-    """The live pipeline's switches, the one definition the demo's flags, the app's Live tab (its settings
-    schema, :func:`pocketswap.demo.session.settings_schema`) and the benchmarks set."""
-
-    detect_every: int = config_field(DETECT_EVERY, "detect every N frames, tracking landmarks in between")
-    min_cutoff: float = config_field(MIN_CUTOFF, "One-Euro landmark smoothing: minimum cutoff (Hz)")
-    beta: float = config_field(BETA, "One-Euro landmark smoothing: speed coefficient")
-    color_transfer: bool = config_field(True, "colour transfer (CIELAB) at paste-back")
-    keep_detail: bool = config_field(True, "add back the frame's detail finer than the crop on large faces")
-    all_faces: bool = config_field(False, "swap every face, not only the largest")
-    swap: bool = config_field(True, "swap (off: the frame as it is, with the timings)")
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        check_range("detect_every", self.detect_every, 1, MAX_DETECT_EVERY)
-        check_range("min_cutoff", self.min_cutoff, 1e-6, None)
-        check_range("beta", self.beta, 0.0, None)
 
 
 @dataclass

@@ -4,28 +4,26 @@ uploaded still or video through a session."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pocketswap.core.config import Config, check_range, coerce_fields, config_field, to_dict
-from pocketswap.core.errors import ConfigError, PocketswapError
+from pocketswap.core.errors import PocketswapError
 from pocketswap.core.imageio import decode_image
 from pocketswap.demo.app import IdentityModels, draw_label, mask_view
-from pocketswap.demo.pipeline import MAX_DETECT_EVERY, LiveSwapper, PipelineConfig
+from pocketswap.demo.pipeline import LiveSwapper
+from pocketswap.demo.settings import LiveSettings
 
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 85
 MAX_FRAME_PIXELS = 4096 * 4096  # a live frame or uploaded still larger than this is refused from its header
 MAX_VIDEO_FRAMES = 18_000  # frames of one uploaded video (10 minutes at 30 FPS)
-VIEWS = ("swap", "split", "mask")  # swapped frame, before | after, mask overlay
 TRANSPORTS = ("websocket", "webrtc")  # the Live tab's streams; the page falls back to the WebSocket
 
 
@@ -49,69 +47,6 @@ class AppOptions:
             raise PocketswapError(f"{self.model}: no such model (give an exported artifact or a run folder)")
         if self.max_upload_mb < 1:
             raise PocketswapError(f"max_upload_mb must be >= 1, got {self.max_upload_mb}")
-
-
-LIVE_SWITCHES = ("swap", "color_transfer", "all_faces", "detect_every")  # the Live tab's share of PipelineConfig
-
-
-@dataclass
-class LiveSettings(Config):
-    """One tab's switches, sent by the page as JSON: its own (view, label, identity, virtual camera) and its
-    share of the :class:`PipelineConfig` (``pipeline``, which the tab's swapper runs with). Unknown keys are
-    ignored, bad values refused before any is applied."""
-
-    view: str = config_field("swap", "view", VIEWS)
-    label: bool = config_field(True, "SYNTHETIC label")
-    virtual_camera: bool = config_field(False, "virtual camera (video calls)")
-    identity: int = config_field(0, "identity (index)")
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if self.view not in VIEWS:
-            raise ConfigError(f"config field 'view' must be one of {', '.join(VIEWS)}, got {self.view!r:.40}")
-        check_range("identity", self.identity, 0, 10_000)
-
-    def update(self, data: dict[str, Any]) -> None:
-        """Apply the known keys of ``data``, all checked before any is applied (a bad one names itself)."""
-        own = {k: data[k] for k in ("view", "label", "virtual_camera", "identity") if k in data}
-        switches = {k: data[k] for k in LIVE_SWITCHES if k in data}
-        pipeline = self.pipeline.replace(**switches)
-        checked = self.replace(**own, pipeline=pipeline)
-        for name in own:
-            setattr(self, name, getattr(checked, name))
-        for name in switches:  # in place: the tab's swapper holds this object
-            setattr(self.pipeline, name, getattr(pipeline, name))
-
-
-# The Live tab's controls in order, with their short labels (the fields' help texts become tooltips).
-PAGE_LABELS = {"swap": "swap", "view": "View", "label": "SYNTHETIC label", "color_transfer": "colour transfer",
-               "all_faces": "all faces", "virtual_camera": "virtual camera (video calls)",
-               "detect_every": "Detect every N frames"}  # fmt: skip
-
-
-def settings_schema() -> list[dict[str, Any]]:
-    """The Live tab's switches as data (name, label, type, default, choices or bounds), in the page's order:
-    the page builds its controls from this, and :meth:`LiveSettings.update` checks what it sends."""
-    import typing
-
-    fields = {f.name: f for f in dataclasses.fields(LiveSettings)} | {
-        f.name: f for f in dataclasses.fields(PipelineConfig) if f.name in LIVE_SWITCHES
-    }
-    defaults = {**to_dict(LiveSettings()), **to_dict(PipelineConfig())}
-    hints = typing.get_type_hints(LiveSettings) | typing.get_type_hints(PipelineConfig)
-    schema = []
-    for name, label in PAGE_LABELS.items():
-        meta, hint = fields[name].metadata, hints[name]
-        entry = {"name": name, "label": label, "help": meta["help"], "default": defaults[name]}
-        if meta.get("choices"):
-            entry |= {"type": "choice", "choices": list(meta["choices"])}
-        elif hint is bool:
-            entry["type"] = "bool"
-        else:
-            entry |= {"type": "int", "min": 1, "max": MAX_DETECT_EVERY}
-        schema.append(entry)
-    return schema
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

@@ -16,9 +16,7 @@ goes on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +26,8 @@ from pathlib import Path
 
 from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.app import identity_files
-from pocketswap.demo.guard import AccessPolicy, Guard, is_loopback, parse_json, whole_number
+from pocketswap.demo.guard import AccessPolicy, Guard, is_loopback
 from pocketswap.demo.model_info import (
-    ArtifactChoice,
     artifact_choices,
     comparison,
     comparison_run,
@@ -38,18 +35,16 @@ from pocketswap.demo.model_info import (
     model_manifest,
 )
 from pocketswap.demo.personal_job import PersonalizeJob
-from pocketswap.demo.pipeline import STAGES
-from pocketswap.demo.session import AppOptions, Session, decode_jpeg, encode_jpeg, settings_schema
+from pocketswap.demo.session import AppOptions, Session
+from pocketswap.demo.settings import settings_schema
+from pocketswap.demo.web_live import MAX_OFFER_BYTES, configure_session, live_routes
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page.html")
 UI_DIR = Path(__file__).with_name("ui")  # the page's ES modules: one per tab, plus the shared helpers
 UI_SCRIPTS = frozenset(p.name for p in UI_DIR.glob("*.js"))
-MAX_SETTINGS_BYTES = 16 * 1024  # one settings message of the Live tab
-MAX_OFFER_BYTES = 256 * 1024  # one WebRTC offer (an SDP is a few kB)
 PAGE_TOKEN = "__POCKETSWAP_TOKEN__"  # replaced in the served page by the launch's token
-HEADER = struct.Struct("<d")  # each live frame starts with the client's capture time (ms, float64)
 
 
 def create_app(options: AppOptions, policy: AccessPolicy | None = None):
@@ -59,12 +54,11 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-    from starlette.routing import Route, WebSocketRoute
-    from starlette.websockets import WebSocket, WebSocketDisconnect
+    from starlette.routing import Route
 
     from pocketswap.demo.on_device import device_routes
     from pocketswap.demo.web_jobs import files_routes, personalize_routes
-    from pocketswap.demo.webrtc import STAMP_BITS, STAMP_COLUMNS, STAMP_MARK, WebRTCPeers
+    from pocketswap.demo.webrtc import STAMP_BITS, STAMP_COLUMNS, STAMP_MARK
 
     policy = policy or AccessPolicy()
     policy.max_body_bytes = options.max_upload_mb * 1024 * 1024
@@ -115,53 +109,14 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
             return JSONResponse({"error": "no personalisation run behind this model"}, status_code=404)
         return Response((run / "compare.png").read_bytes(), media_type="image/png")
 
-    async def live(websocket: WebSocket) -> None:
-        await websocket.accept()
-        try:
-            session = await asyncio.to_thread(Session, options, identities)
-        except PocketswapError as exc:
-            await websocket.send_text(json.dumps({"error": str(exc)}))
-            await websocket.close()
-            return
-        try:
-            while True:
-                message = await websocket.receive()
-                if message.get("type") == "websocket.disconnect":
-                    break
-                if message.get("text") is not None:
-                    await _reply(websocket, partial(_configure, job=job, artifacts=artifacts), session, message["text"])
-                elif message.get("bytes") is not None:
-                    await _reply(websocket, _frame, session, message["bytes"])
-        except WebSocketDisconnect:
-            pass
-        finally:
-            session.virtual_camera.close()
-
-    peers = WebRTCPeers(partial(Session, options, identities), partial(_configure, job=job, artifacts=artifacts))
-
-    async def webrtc_offer(request: Request) -> JSONResponse:
-        try:
-            offer = parse_json(await request.body(), "the offer", MAX_OFFER_BYTES)
-        except PocketswapError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        try:
-            return JSONResponse(await peers.answer(offer))
-        except PocketswapError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+    configure = partial(configure_session, job=job, artifacts=artifacts)
+    live, peers = live_routes(partial(Session, options, identities), configure)
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
         await peers.close_all()
         await asyncio.to_thread(job.shutdown)  # a running personalisation keeps its checkpoint
-
-    async def _reply(websocket, handler, session: Session, payload) -> None:
-        try:
-            for item in await asyncio.to_thread(handler, session, payload):
-                await (websocket.send_bytes(item) if isinstance(item, bytes) else websocket.send_text(item))
-        except (PocketswapError, ValueError, TypeError, OverflowError) as exc:
-            log.info("live frame skipped: %s", exc)
-            await websocket.send_text(json.dumps({"error": str(exc)}))
 
     async def client_left(_: Request, __: Exception) -> Response:
         return Response(status_code=400)  # nobody reads it: the client has gone
@@ -179,8 +134,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
         Route("/api/compare.png", compare_image),
         *files_routes(partial(Session, options, identities), _attachment),
         Route("/favicon.ico", lambda _: Response(status_code=204)),
-        Route("/api/webrtc/offer", webrtc_offer, methods=["POST"]),
-        WebSocketRoute("/ws/live", live),
+        *live,
         *device_routes(options.model, manifest, policy.token, PAGE_TOKEN),
     ]
     app = Starlette(
@@ -193,44 +147,6 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
     guarded = Guard(app, policy)
     guarded.state = app.state
     return guarded
-
-
-def _configure(session: Session, text: str, job: PersonalizeJob, artifacts: list[ArtifactChoice]) -> list[str]:
-    data = parse_json(text, "the settings", MAX_SETTINGS_BYTES)
-    if not isinstance(data, dict):
-        raise PocketswapError("settings must be a JSON object")
-    if data.pop("use_personalised", False):
-        if job.artifact is None:
-            raise PocketswapError("no personalised model yet: run the Personalize tab first")
-        session.use_model(job.artifact)
-    if "artifact" in data:  # the Live tab's picker: another export of the served model
-        index = whole_number(data.pop("artifact"), "artifact", 0, 10_000)
-        if index >= len(artifacts):
-            raise PocketswapError(f"artifact {index} is out of range (this model has {len(artifacts)} exports)")
-        if artifacts[index].unavailable:
-            raise PocketswapError(f"{artifacts[index].name}: {artifacts[index].unavailable}")
-        if Path(artifacts[index].path) != session.models.model_path:
-            session.use_model(Path(artifacts[index].path))
-    session.configure(data)
-    return [json.dumps({"settings": session.settings.to_dict()})]
-
-
-def _frame(session: Session, data: bytes) -> list[str | bytes]:
-    if len(data) <= HEADER.size:
-        raise PocketswapError("empty frame")
-    (sent_ms,) = HEADER.unpack_from(data)
-    start = time.perf_counter()
-    frame = decode_jpeg(data[HEADER.size :])
-    decoded = time.perf_counter()
-    out, timings, faces = session.process(frame)
-    processed = time.perf_counter()
-    jpeg = encode_jpeg(out)
-    timings = {k: round(v, 2) for k, v in timings.items() if k in STAGES}
-    timings["decode"] = round((decoded - start) * 1e3, 2)
-    timings["encode"] = round((time.perf_counter() - processed) * 1e3, 2)
-    server_ms = round((time.perf_counter() - start) * 1e3, 2)
-    stats = {"sent_ms": sent_ms, "server_ms": server_ms, "stages": timings, "faces": faces, "shape": frame.shape[:2]}
-    return [json.dumps({"stats": stats}), jpeg]
 
 
 def _attachment(name: str | None, suffix: str) -> dict[str, str]:

@@ -35,17 +35,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Fine-tuning settings that differ from `TrainConfig`'s defaults (FIELD=VALUE overrides win; student.*
-# overrides are merged into the starting checkpoint's student config). Steps: 800 personalise nano in
-# about 8 minutes on 2 CPU cores (500: 82.8% of held-out swaps judged the same person, 1000: 87.5%, but
-# 11 minutes in `make demo`, also with the identity term on 8 of 16 samples: over the 10-minute budget);
-# a lower LR than training from scratch; in-process data (both cores train).
+# overrides are merged into the starting checkpoint's student config): a step count that fits a 2-core CPU's
+# minutes, a lower LR than training from scratch, in-process data (both cores train). How each value was
+# chosen, with its figures: results/personalisation.md.
 DEFAULTS: dict[str, Any] = {
     "steps": 800,
     "batch_size": 16,
     "lr": 1e-3,
     "warmup_steps": 50,
     "w_id": 0.3,
-    "map_lr_mult": 20.0,  # the identity maps start at zero and are plain constants: 20x the LR (95% vs 92% same person)
+    "map_lr_mult": 20.0,  # the identity maps start at zero and are plain constants: they learn at 20x the LR
     "split_by": "attribute",
     "val_fraction": 0.1,
     "val_samples": 64,
@@ -55,10 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
 }
 # The personalised student's identity inputs: learned constant maps, and the spatial encoder reading the
-# identity crop mesh-warped onto each frame's landmarks (64 held-out pairs of `make demo`: same person 85.9% vs
-# 79.7%, face PSNR to the teacher 22.45 vs 18.84 dB with the fixed crop; glasses land once, in the right place).
-# The warped identity carries the face shape the built-in teacher gives its swaps (John_Shimkus of faces-dev:
-# same person 65.9% -> 77.3% against the frame's own landmarks).
+# identity crop mesh-warped onto each frame's landmarks, moved as far to the identity's face shape as the
+# built-in teacher moves its swaps (so student and teacher agree on the shape it learns).
 STUDENT_FIELDS: dict[str, Any] = {
     "identity_maps": "both", "identity_encoder": True, "identity_warp": True,
     "identity_shape": GeometricConfig.shape_transfer,

@@ -45,13 +45,13 @@ class QuickstartConfig:
     clip_frames: int = 96
     workers: int = 2
     eval_split: str = "val"  # held-out identities; the tiny run has too few pairs for a val split
-    spatial_identity: bool = True  # the universal student reads the identity crop (baked-only export)
-    # ... mesh-warped onto each frame's landmarks (held-out retrieval 59.8% vs 26.8% with the fixed crop)
+    # The universal student reads the identity crop (baked-only export), mesh-warped onto each frame's
+    # landmarks with its features moved as far to the identity's face shape as the teacher's, and builds its
+    # swap from that warped crop's own pixels (`student.compose`). Ablations: results/universal-student.md
+    # and results/quality-on-real-photos.md.
+    spatial_identity: bool = True
     warped_identity: bool = True
-    # ... and builds its swap from that warped crop's own pixels (`student.compose`): judged the same person
-    # on 50.9% of 55 real colour photos of people it never saw, against 16.4% painting every pixel itself
     compose: bool = True
-    # ... whose features are moved as far to the identity's face shape as the teacher's (`shape_transfer`)
     identity_shape: float = GeometricConfig.shape_transfer
     personal_steps: int = PERSONALIZE_DEFAULTS["steps"]  # fine-tuning steps of the demo identity's personalised student
     personal_pairs: int = 1024

@@ -22,7 +22,8 @@ from pocketswap.core.imageio import write_image
 from pocketswap.demo.clip import synthetic_frames, write_y4m
 from pocketswap.demo.model_info import comparison
 from pocketswap.demo.video import VideoWriter
-from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
+from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
+from pocketswap.demo.web_live import HEADER
 from pocketswap.faces import samples
 from pocketswap.student import StudentNet, get_preset
 from pocketswap.student.checkpoint import save_checkpoint
@@ -282,7 +283,7 @@ def test_files_tab_swaps_a_video_with_progress(server, browser):
 def test_bad_settings_and_models_are_one_clear_error(tmp_path):
     with pytest.raises(PocketswapError, match="no such model"):
         AppOptions(model=tmp_path / "missing.tflite")
-    from pocketswap.demo.session import LiveSettings
+    from pocketswap.demo.settings import LiveSettings
 
     settings = LiveSettings()
     with pytest.raises(PocketswapError, match="'view' must be one of"):
@@ -291,8 +292,7 @@ def test_bad_settings_and_models_are_one_clear_error(tmp_path):
         settings.update({"detect_every": 0})
     settings.update({"swap": False, "unknown": 1})
     assert settings.pipeline.swap is False
-    from pocketswap.demo.pipeline import PipelineConfig
-    from pocketswap.demo.session import LIVE_SWITCHES, settings_schema
+    from pocketswap.demo.settings import LIVE_SWITCHES, PipelineConfig, settings_schema
 
     schema = {entry["name"]: entry for entry in settings_schema()}  # what the page builds its switches from
     assert set(LIVE_SWITCHES) <= set(schema) and schema["view"]["choices"] == ["swap", "split", "mask"]
@@ -353,7 +353,7 @@ def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
     from pocketswap.demo.model_info import artifact_choices, model_manifest
     from pocketswap.demo.personal_job import PersonalizeJob
     from pocketswap.demo.session import Session
-    from pocketswap.demo.web import _configure
+    from pocketswap.demo.web_live import configure_session
 
     torch.manual_seed(0)
     checkpoint = save_checkpoint(tmp_path / "nano", StudentNet(get_preset("nano")).eval())
@@ -367,12 +367,12 @@ def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
 
     session = Session(AppOptions(model=served), [])
     job = PersonalizeJob(None)
-    _configure(session, json.dumps({"artifact": 1}), job, choices)
+    configure_session(session, json.dumps({"artifact": 1}), job, choices)
     assert str(session.models.model_path) == choices[1].path
     frame = next(synthetic_frames("astronaut", frames=1, empty_every=0))
     assert session.process(frame)[2] == 1  # the fp16 export swaps the face
     with pytest.raises(PocketswapError, match="out of range"):
-        _configure(session, json.dumps({"artifact": 5}), job, choices)
+        configure_session(session, json.dumps({"artifact": 5}), job, choices)
     (out / "nano_baked_fp32.mlpackage").mkdir()  # a CoreML export beside them: listed, not runnable here
     (out / "nano_baked_fp32.mlpackage.json").write_text(
         json.dumps(model_manifest(served).to_dict() | {"runtime": "coreml", "artifact": "nano_baked_fp32.mlpackage"})
@@ -380,7 +380,7 @@ def test_artifact_picker_lists_the_exports_and_switches_the_tab_model(tmp_path):
     coreml = [c for c in artifact_choices(served, model_manifest(served)) if c.runtime == "coreml"]
     if coreml[0].unavailable:  # on Linux
         with pytest.raises(PocketswapError, match="macOS"):
-            _configure(session, json.dumps({"artifact": 1}), job, [choices[0], coreml[0]])
+            configure_session(session, json.dumps({"artifact": 1}), job, [choices[0], coreml[0]])
 
 
 def test_personalize_against_uploaded_photos_and_a_video(tmp_path):

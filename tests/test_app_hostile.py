@@ -29,7 +29,8 @@ from pocketswap.core.imageio import write_image
 from pocketswap.demo.clip import synthetic_frames
 from pocketswap.demo.personal_job import JOB_ID
 from pocketswap.demo.video import VideoWriter
-from pocketswap.demo.web import HEADER, AppOptions, create_app, serving_in_thread
+from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
+from pocketswap.demo.web_live import HEADER
 from pocketswap.demo.webrtc import MAX_PEERS
 from pocketswap.faces import samples
 from pocketswap.student import StudentNet, get_preset

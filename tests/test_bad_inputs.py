@@ -211,7 +211,7 @@ def _encoded(kind: str, frames: int = 1, side: int = 64) -> bytes:
         (["faces", "detect", "{tmp}/gif_named.png"], "GIF images are not supported"),
         (["faces", "align", "{tmp}/still.png", "--out", "{tmp}/still.png"], "is the input file"),
         (["demo", "--model", "m.onnx", "--max-frames", "-1"], ">= 1"),
-        (["demo", "--model", "m.onnx", "--detect-every", "0"], ">= 1"),
+        (["demo", "--model", "m.onnx", "--detect-every", "0"], r"'detect_every' must be in \[1, 300\]"),
         (
             [
                 "demo",

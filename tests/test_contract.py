@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from pocketswap.core.manifest import manifest_path
-from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+from pocketswap.demo.pipeline import LiveSwapper
+from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.swap_model import load_swap_model
 from pocketswap.faces import samples
 from pocketswap.faces.analyzer import FaceAnalyzer

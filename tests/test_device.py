@@ -18,7 +18,8 @@ from pocketswap.benchmarks.quality_gate import REFERENCE_STUDENT
 from pocketswap.core.errors import PocketswapError
 from pocketswap.demo.clip import synthetic_frames, write_y4m
 from pocketswap.demo.on_device import NODE_MODULES
-from pocketswap.demo.pipeline import LiveSwapper, PipelineConfig
+from pocketswap.demo.pipeline import LiveSwapper
+from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.swap_model import load_swap_model
 from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
 from pocketswap.export.pipeline import export_model

@@ -101,3 +101,30 @@ def output_dir(text: str) -> str:
     except OutputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def add_switch_flags(parser: argparse.ArgumentParser, config_class: type, aliases: dict | None = None) -> None:
+    """Switch-style flags for the dataclass config ``config_class``: a bool field that defaults to true gets
+    ``--no-NAME``, one that defaults to false ``--NAME``, any other ``--NAME VALUE`` (help text and default
+    from :func:`pocketswap.core.config.config_field`; ``aliases``: more option strings per field). Read them
+    back with :func:`switch_values`; the config itself checks the values."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        default, name, help_text = f.default, f.name.replace("_", "-"), f.metadata.get("help", "")
+        extra = tuple((aliases or {}).get(f.name, ()))
+        if hints[f.name] is bool:
+            flag = f"--no-{name}" if default else f"--{name}"
+            parser.add_argument(flag, *extra, dest=f"sw_{f.name}", action="store_const", const=not default,
+                                help=f"turn off: {help_text}" if default else help_text)  # fmt: skip
+        else:
+            metavar = {int: "INT", float: "FLOAT"}.get(hints[f.name], "VALUE")
+            parser.add_argument(f"--{name}", *extra, dest=f"sw_{f.name}", type=hints[f.name], metavar=metavar,
+                                help=f"{help_text} (default: {default})")  # fmt: skip
+
+
+def switch_values(args: argparse.Namespace) -> dict:
+    """The fields given with :func:`add_switch_flags`' flags."""
+    return {k[3:]: v for k, v in vars(args).items() if k.startswith("sw_") and v is not None}

@@ -5,12 +5,13 @@ decision (cosine distance, same person strictly under an encoder's threshold) an
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -68,6 +69,8 @@ def percentile(values: Any, q: float, digits: int = 4) -> float:
 # -- torch, on [-1, 1] image batches [B,3,H,W] -----------------------------------------------------
 @lru_cache(maxsize=8)
 def _gauss_1d(size: int, sigma: float) -> torch.Tensor:
+    import torch
+
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return (g / g.sum()).float()
@@ -75,6 +78,8 @@ def _gauss_1d(size: int, sigma: float) -> torch.Tensor:
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
     """Separable SSIM-window Gaussian blur per channel, reflect padding (OpenCV's BORDER_REFLECT_101)."""
+    import torch.nn.functional as F
+
     c, g, pad = x.shape[1], _gauss_1d(SSIM_WINDOW, SSIM_SIGMA).to(x), SSIM_WINDOW // 2
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     x = F.conv2d(x, g.view(1, 1, 1, SSIM_WINDOW).expand(c, 1, 1, SSIM_WINDOW), groups=c)
@@ -96,6 +101,8 @@ def ssim_map_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def psnr_torch(image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of the PSNR (8-bit scale, as :func:`psnr`) inside ``mask`` [B,1,S,S] of [-1, 1]
     images."""
+    import torch
+
     err = ((image - target) * 127.5).pow(2).mean(1, keepdim=True)
     mse = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1e-6)
     return (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).mean()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from pocketswap.core.errors import PocketswapError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SpecError(PocketswapError):
@@ -46,6 +48,8 @@ class Normalization:
 
     def to_pixels_torch(self, images: torch.Tensor) -> np.ndarray:
         """Float [B,3,H,W] model values -> uint8 [B,H,W,3] numpy, rounded as :meth:`to_pixels`."""
+        import torch
+
         x = images.detach().float().sub(self.offset).mul(1.0 / self.scale).add(0.5).clamp(0, 255).floor()
         return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
