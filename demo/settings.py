@@ -20,7 +20,7 @@ MAX_DETECT_EVERY = 300
 @dataclass
 class PipelineConfig(Config):
     """The live pipeline's switches, the one definition the demo's flags, the app's Live tab (its settings
-    schema, :func:`pocketswap.demo.session.settings_schema`) and the benchmarks set."""
+    schema, :func:`settings_schema`) and the benchmarks set."""
 
     detect_every: int = config_field(DETECT_EVERY, "detect every N frames, tracking landmarks in between")
     min_cutoff: float = config_field(MIN_CUTOFF, "One-Euro landmark smoothing: minimum cutoff (Hz)")
