@@ -70,17 +70,15 @@ class StudentConfig(Config):
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        _check_type("name", self.name, str)
         if not self.name:
             raise ConfigError("config field 'name' must be a non-empty string")
         for name in ("size", "embed_dim", "hyper_hidden", "hyper_layers", "compose_smooth", "core_scale"):
-            _check_positive_int(name, getattr(self, name))
+            _check_positive(name, getattr(self, name))
         for name in ("enc_channels", "dec_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple) or not value:
-                raise ConfigError(f"config field '{name}' must be a non-empty list of ints, got {value!r}")
-            for v in value:
-                _check_positive_int(name, v)
+            if not getattr(self, name):
+                raise ConfigError(f"config field '{name}' must be a non-empty list of ints")
+            for v in getattr(self, name):
+                _check_positive(name, v)
         if len(self.enc_channels) < 2:
             raise ConfigError("config field 'enc_channels' needs at least 2 stages")
         if len(self.dec_channels) != len(self.enc_channels) - 1:
@@ -93,8 +91,6 @@ class StudentConfig(Config):
             raise ConfigError(
                 f"config field 'size' ({self.size}) must be divisible by core_scale * 2**len(enc_channels) = {stride}"
             )
-        for name in ("head_image_skip", "normalize_embedding", "identity_encoder", "identity_warp", "compose"):
-            _check_type(name, getattr(self, name), bool)
         if self.identity_warp and not self.identity_encoder:
             raise ConfigError(
                 "config field 'identity_warp' needs 'identity_encoder': true (the encoder reads the warp)"
@@ -107,16 +103,13 @@ class StudentConfig(Config):
             raise ConfigError(
                 f"config field 'compose_smooth' ({self.compose_smooth}) must divide the core size {self.core_size}"
             )
-        if isinstance(self.identity_shape, bool) or not isinstance(self.identity_shape, (int, float)):
-            raise ConfigError(f"config field 'identity_shape' must be a number in [0, 1], got {self.identity_shape!r}")
         check_range("identity_shape", self.identity_shape, 0.0, 1.0)
         _check_choice("identity_maps", self.identity_maps, IDENTITY_MAPS)
         _check_choice("norm", self.norm, NORMS)
         _check_choice("act", self.act, ACTIVATIONS)
-        _check_type("template", self.template, str)
         if not self.template:
             raise ConfigError("config field 'template' must be a non-empty string")
-        if isinstance(self.demod_eps, bool) or not isinstance(self.demod_eps, (int, float)) or self.demod_eps <= 0:
+        if self.demod_eps <= 0:
             raise ConfigError(f"config field 'demod_eps' must be a positive float, got {self.demod_eps!r}")
 
     @property
@@ -173,13 +166,8 @@ class StudentConfig(Config):
         return cls.from_dict(data)
 
 
-def _check_type(name: str, value: Any, kind: type) -> None:
-    if not isinstance(value, kind):
-        raise ConfigError(f"config field '{name}' must be {kind.__name__}, got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def _check_positive(name: str, value: int) -> None:
+    if value <= 0:
         raise ConfigError(f"config field '{name}' must be a positive int, got {value!r}")
 
 
