@@ -175,6 +175,48 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extras(values: list[str]) -> dict[str, str]:
+    extras = {}
+    for text in values:
+        name, sep, folder = text.partition("=")
+        if not sep or not name or not folder:
+            raise argparse.ArgumentTypeError(f"--extra takes NAME=FOLDER, got '{text}'")
+        extras[name] = folder
+    return extras
+
+
+def _panel(args: argparse.Namespace) -> int:
+    from pocketswap.benchmarks.panel import build_panel, format_scores, score_panel
+    from pocketswap.core.errors import ConfigError
+    from pocketswap.core.files import atomic_write_json
+
+    if args.score is not None:
+        key = args.key or (Path(args.target) / "key.json" if args.target else None)
+        if key is None:
+            raise ConfigError("--score needs the panel's key: --key OUT/key.json (or the panel folder as TARGET)")
+        scores = score_panel(key, args.score)
+        print(format_scores(scores))
+        if args.json:
+            atomic_write_json(args.json, scores)
+            print(f"scores -> {args.json}")
+        return 0
+    if not args.target or not args.out:
+        raise ConfigError("bench panel needs TARGET (a run, artifact or `bench quality --people` folder) and --out")
+    quality = Path(args.target)
+    if not (quality / "quality_photos.json").is_file():
+        if not args.people:
+            raise ConfigError(f"{quality} is no `bench quality --people` output: give --people DIR to make the swaps")
+        from pocketswap.benchmarks.photo_run import bench_photos
+
+        bench_photos(args.target, args.people, Path(args.out) / "quality", person=args.person, threads=args.threads)
+        quality = Path(args.out) / "quality"
+    key = build_panel(quality, args.out, _extras(args.extra), args.per_source, args.seed, args.people)
+    print(f"{len(key['items'])} faces -> {Path(args.out) / 'rate' / 'index.html'} (give raters the rate/ folder only)")
+    print(f"key -> {Path(args.out) / 'key.json'}")
+    print(f"next: pocketswap bench panel --score ANSWERS.json ... --key {Path(args.out) / 'key.json'}")
+    return 0
+
+
 def _quality(args: argparse.Namespace) -> int:
     if args.people:
         from pocketswap.benchmarks.photo_run import bench_photos
@@ -303,6 +345,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-config", nargs="+", default=[], metavar="KEY=VALUE",
                    help="with --people: teacher settings (e.g. relight_sigma=0.1 keep_eyes=false for the geometric one)")  # fmt: skip
     p.set_defaults(handler=_quality)
+
+    p = commands.add_parser(
+        "panel", help="a blind realism panel: face crops of photos and swaps to rate 1-5, and --score for the answers"
+    )
+    p.add_argument("target", nargs="?", help="a `bench quality --people` output folder, or a run/artifact (with "
+                   "--people); with --score: the panel folder")  # fmt: skip
+    p.add_argument("--people", help="one sub-folder of photos per person (makes the swaps; judges --extra swaps)")
+    p.add_argument("--person", help="with --people and a baked artifact: the folder whose face it carries")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=FOLDER",
+                   help="another method's swaps, named OWNER_PHOTO_as_IDENTITY like the run's (repeat for more)")  # fmt: skip
+    p.add_argument("--per-source", type=int_range(1), help="at most this many faces per source")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    p.add_argument("--threads", type=int_range(1), default=1)
+    p.add_argument("--out", type=output_dir, help="panel folder: rate/ (for raters) and key.json")
+    p.add_argument("--score", nargs="+", metavar="ANSWERS.json", help="score raters' answer files instead")
+    p.add_argument("--key", help="with --score: the panel's key.json")
+    p.add_argument("--json", type=output_file(".json"), help="with --score: write the scores as JSON")
+    p.set_defaults(handler=_panel)
 
     p = commands.add_parser(
         "check-measures", help="show that each artefact measure ranks blurred/seamed/speckled/recoloured copies worse"

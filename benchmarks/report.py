@@ -312,9 +312,13 @@ def _caption(path: Path, captions: dict[str, str]) -> str:
 
 
 def build_report(
-    paths: list[str | Path], title: str = "pocketswap report", captions: dict[str, str] | None = None
+    paths: list[str | Path],
+    title: str = "pocketswap report",
+    captions: dict[str, str] | None = None,
+    base: Path | None = None,
 ) -> str:
-    """The HTML text of a report over `paths` (see module docstring for what is understood)."""
+    """The HTML text of a report over `paths` (see module docstring for what is understood); ``base``: the
+    report's folder, for relative links (a panel's rating page)."""
     captions = captions or {}
     sections: list[tuple[str, str]] = []
     manifests: list[dict] = []
@@ -352,6 +356,10 @@ def build_report(
             )
             summary["shards"] = len(data.get("shards", []))
             sections.append(("Dataset", table([summary])))
+        elif kind in ("panel_key", "panel_scores"):
+            from pocketswap.benchmarks.panel import report_section
+
+            sections.append(report_section(data, path, base))
         elif kind == "face_compare":
             compares.append({k: data.get(k) for k in ("a", "b", "distance", "threshold", "verdict")})
         elif kind == "demo":
@@ -378,4 +386,4 @@ def build_report(
 
 
 def write_report(paths: list[str | Path], out: str | Path, title: str = "pocketswap report", **kwargs) -> Path:
-    return atomic_write_bytes(out, build_report(paths, title, **kwargs).encode())
+    return atomic_write_bytes(out, build_report(paths, title, base=Path(out).parent, **kwargs).encode())

@@ -1,6 +1,7 @@
 """`pocketswap quickstart`: the whole pipeline on the bundled sample faces (what `make demo` runs).
 
-faces -> teacher generate -> distill train -> distill eval -> distill personalize (the demo identity,
+faces -> teacher generate -> distill train -> distill eval -> bench quality -> bench panel (a blind realism panel
+of those swaps to rate in the browser) -> distill personalize (the demo identity,
 sample:grace_hopper) -> export (the personalised student) -> bench (latency, pipeline,
 quality, roofline) -> demo on a synthetic clip (headless) -> bench report. Every step writes into
 one output folder and a `.done` marker last, so a re-run skips finished steps and an interrupted
@@ -114,6 +115,10 @@ def step_quality(out: Path, cfg: QuickstartConfig) -> None:
     pocketswap("bench", "quality", out.parent / "run", "--people", out / "people", "--video", "clip", "--out", out)
 
 
+def step_panel(out: Path, cfg: QuickstartConfig) -> None:
+    pocketswap("bench", "panel", out.parent / "quality", "--out", out)
+
+
 def step_personal(out: Path, cfg: QuickstartConfig) -> None:
     resume = ["--resume"] if (out / "checkpoints").exists() else []
     pocketswap("distill", "personalize", out.parent / "run", "--identity", IDENTITY, "--out", out, "--steps",
@@ -173,6 +178,8 @@ def step_report(out: Path, cfg: QuickstartConfig) -> None:
         root / "run" / "metrics.jsonl",
         root / "eval" / "eval.json",
         root / "quality" / "quality_photos.json",  # the bundled colour portraits: faces the student trained on
+        root / "panel" / "key.json",  # a link to its rating page
+        root / "panel" / "scores.json",  # where a user scored raters' answers into it
         *sorted((root / "run" / "samples").glob("*.png"))[-1:],
         root / "personal" / "eval.json",
         root / "personal" / "compare.png",
@@ -196,6 +203,7 @@ STEPS = (
     Step("run", "distill: train the student", step_train),
     Step("eval", "distill: evaluate student vs teacher on held-out identities", step_eval),
     Step("quality", "bench quality: student | teacher | input on the bundled colour photos and clip", step_quality),
+    Step("panel", "bench panel: the quality swaps as a blind realism panel to rate in the browser", step_panel),
     Step("personal", "distill: personalise the student for the demo identity", step_personal),
     Step("artifacts", "export: ONNX, TFLite, CoreML with parity checks (personalised student)", step_export),
     Step("bench", "benchmarks: latency, live pipeline, phone estimates", step_bench),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,127 @@ def test_dlib_68_point_judge_reads_an_open_mouth_and_a_closed_one():
         assert abs(judge.state(again, analyzer.detect_one(again))[0] - states[name][0]) < 0.01, name
         assert np.all((states[name][1:] > 0.1) & (states[name][1:] < 0.6)), name  # open eyes, under their width
     assert states["astronaut"][0] > 0.1 > 0.03 > states["grace_hopper"][0]
+
+
+@pytest.fixture(scope="module")
+def panel(harness, tmp_path_factory):
+    """`bench panel` on the harness's quality run, with the teacher's swaps given once more as an --extra method."""
+    import shutil
+
+    from pocketswap.cli import main
+
+    root, _ = harness
+    extra = tmp_path_factory.mktemp("extra")
+    for path in (root / "out" / "swaps" / "teacher").glob("*.jpg"):
+        shutil.copy(path, extra / path.name)
+    out = root / "panel"
+    argv = ["bench", "panel", str(root / "out"), "--out", str(out), "--extra", f"theirs={extra}",
+            "--people", str(root / "people")]  # fmt: skip
+    assert main(argv) == 0
+    return out, json.loads((out / "key.json").read_text())
+
+
+@pytest.mark.slow
+def test_panel_shows_each_photo_once_under_neutral_names_and_keeps_the_key_apart(panel):
+    out, key = panel
+    items = key["items"]
+    assert {i["source"] for i in items} == {"photo", "student", "teacher", "theirs"}
+    assert len({i["photo"] for i in items}) == len(items) == 6  # every photo once, never beside its own swap
+    rate = sorted(p.name for p in (out / "rate").iterdir())
+    assert rate == sorted(["index.html", *(i["image"] for i in items)])
+    page = (out / "rate" / "index.html").read_text()
+    for secret in ("teacher", "student", "theirs", "grace_hopper", "astronaut", "_as_"):
+        assert secret not in page and all(secret not in name for name in rate)
+    assert not (out / "rate" / "key.json").exists()
+    theirs = [i for i in items if i["source"] == "theirs"]  # --extra swaps judged like the run's own
+    teacher_rows = {(i["photo"], i["identity"]): i["judged_identity"] for i in items if i["source"] == "teacher"}
+    assert all(isinstance(i["judged_identity"], bool) and i["identity_distance"] is not None for i in theirs)
+    assert all(teacher_rows.get((i["photo"], i["identity"]), v) == v for i in theirs for v in [i["judged_identity"]])
+    from pocketswap.core.imageio import read_image
+
+    crops = [read_image(out / "rate" / i["image"]) for i in items]
+    assert all(c.shape == (320, 320, 3) and c.std() > 10 for c in crops)
+
+
+@pytest.mark.slow
+def test_panel_page_rates_with_keys_in_headless_chromium_from_file_url(panel, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    from pocketswap.benchmarks.app import chromium_path
+    from pocketswap.benchmarks.panel import score_panel
+    from pocketswap.core.errors import PocketswapError
+
+    try:
+        executable = chromium_path()
+    except PocketswapError as exc:
+        pytest.skip(str(exc))
+    out, key = panel
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto((out / "rate" / "index.html").as_uri())
+        page.fill("#rater", "tester")
+        page.click("#start")
+        for number in range(len(key["items"])):
+            page.wait_for_function("document.getElementById('face').naturalWidth === 320")
+            assert page.text_content("#progress").startswith(f"face {number + 1} of {len(key['items'])}")
+            page.keyboard.press("Enter")  # not rated yet: stays on this face
+            assert page.text_content("#progress").startswith(f"face {number + 1} ")
+            page.keyboard.press(str(number % 5 + 1))
+            if number == 0:
+                page.fill("#reason", "teeth look grey")
+            page.keyboard.press("Enter")
+        assert page.is_visible("#save")
+        answers = json.loads(page.evaluate("window.panelAnswers()"))
+        with page.expect_download() as download:
+            page.click("#save")
+        saved = json.loads(Path(download.value.path()).read_text())
+        browser.close()
+    assert not errors and saved == answers
+    assert answers["rater"] == "tester" and [a["score"] for a in answers["answers"]] == [n % 5 + 1 for n in range(6)]
+    assert answers["answers"][0]["reason"] == "teeth look grey"
+    (tmp_path / "a.json").write_text(json.dumps(answers))
+    scores = score_panel(out / "key.json", [tmp_path / "a.json"])
+    assert sum(s["n"] for s in scores["sources"].values()) == 6
+
+
+def test_panel_scores_merge_raters_with_intervals_joint_share_and_grouped_reasons(tmp_path):
+    from pocketswap.benchmarks.panel import format_scores, score_panel, wilson_interval
+    from pocketswap.cli import main
+    from pocketswap.core.errors import ConfigError
+
+    items = [{"image": f"face_{n:03d}.png", "source": s, "judged_identity": j}
+             for n, (s, j) in enumerate([("photo", None)] * 4 + [("teacher", True)] * 3 + [("teacher", False)])]  # fmt: skip
+    (tmp_path / "key.json").write_text(json.dumps({"kind": "panel_key", "panel": "panel-x", "items": items}))
+    first = [5, 4, 4, 2, 5, 4, 1, 5]  # photos: 3 of 4 real; teacher: 004, 005, 007 real, 004 and 005 judged
+    second = [4, 3, 5, 5, 2, 2, 2, 4]  # photos 3 of 4; teacher: face_007 real but not judged the identity
+    reasons = {4: "Teeth are grey and the mouth smeared", 6: "halo along the jaw; skin tone differs", 7: ""}
+    for name, scores in (("a", first), ("b", second)):
+        answers = [
+            {"image": f"face_{n:03d}.png", "score": s, "reason": reasons.get(n, "")} for n, s in enumerate(scores)
+        ]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"panel": "panel-x", "rater": name, "answers": answers}))
+    result = score_panel(tmp_path / "key.json", [tmp_path / "a.json", tmp_path / "b.json"])
+    photo, teacher = result["sources"]["photo"], result["sources"]["teacher"]
+    assert result["raters"] == 2 and photo["n"] == 8 and teacher["n"] == 8
+    assert photo["rated_real"] == 6 and "passing" not in photo
+    assert teacher["rated_real"] == 4 and teacher["passing"] == 2 and teacher["judged_identity_share"] == 0.75
+    assert teacher["rated_real_ci95"] == pytest.approx((0.2152, 0.7848), abs=1e-4)  # Wilson, 4 of 8
+    assert wilson_interval(0, 12)[0] == 0.0 and 0.24 < wilson_interval(0, 12)[1] < 0.25
+    assert teacher["mean_score"] == pytest.approx(25 / 8)
+    assert teacher["reasons"] == {"mouth, teeth, lips": 2, "skin texture": 4, "seam, edge, halo": 2,
+                                  "tone, colour, light": 2}  # fmt: skip
+    text = format_scores(result)
+    assert "teacher" in text and "4/8 50% [22%-78%]" in text and "2/8 25%" in text
+    assert main(["bench", "panel", "--score", str(tmp_path / "a.json"), "--key", str(tmp_path / "key.json"),
+                 "--json", str(tmp_path / "s.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "s.json").read_text())["sources"]["teacher"]["n"] == 4
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"panel": "panel-x", "answers": [{"image": "face_000.png", "score": 7}]})
+    )
+    (tmp_path / "other.json").write_text(json.dumps({"panel": "panel-y", "answers": []}))
+    for bad in ("bad.json", "other.json", "missing.json"):
+        with pytest.raises(ConfigError):
+            score_panel(tmp_path / "key.json", [tmp_path / bad])
+        assert main(["bench", "panel", "--score", str(tmp_path / bad), "--key", str(tmp_path / "key.json")]) == 2

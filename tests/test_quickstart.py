@@ -33,7 +33,18 @@ def test_tiny_quickstart_produces_every_artifact_and_the_report(tmp_path, caplog
     page = (out / "report" / "report.html").read_text()
     verdict = json.loads((out / "demo" / "compare_swapped.json").read_text())
     assert verdict["verdict"] in ("same person", "different people") and 0 <= verdict["distance"] <= 2
-    for section in ("Quality", "Identity checks", "Latency", "Live pipeline per stage", "Artifacts", "Dataset"):
+    key = json.loads((out / "panel" / "key.json").read_text())  # the quality swaps as a blind panel, linked
+    assert len(key["items"]) == 6 and 'href="../panel/rate/index.html"' in page
+    assert (out / "panel" / "rate" / "index.html").is_file()
+    for section in (
+        "Quality",
+        "Blind realism panel",
+        "Identity checks",
+        "Latency",
+        "Live pipeline per stage",
+        "Artifacts",
+        "Dataset",
+    ):
         assert f"<h2>{section}" in page, section
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5
 
