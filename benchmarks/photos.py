@@ -88,6 +88,7 @@ class TeacherSwapModel:
 
     def __init__(self, teacher: Any, identity: Any) -> None:
         self.teacher, self.identity = teacher, identity
+        self.matches_colour = teacher.matches_colour  # a relit swap needs no colour match at the paste
         self.size, self.name = teacher.size, f"teacher:{teacher.name}"
 
     def __call__(self, crop: np.ndarray, landmarks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

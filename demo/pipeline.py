@@ -43,6 +43,11 @@ class LiveSwapper:
         self.totals_ms: dict[str, float] = defaultdict(float)
         self.frames = 0
 
+    @property
+    def _match(self) -> bool:
+        """Whether the paste matches the swap's colour to the frame (not for a model that relights its own)."""
+        return not getattr(self.model, "matches_colour", False)
+
     def set_model(self, model: SwapModel) -> None:
         """Switch identity (a model baked for another face) without losing tracking."""
         self.model = model
@@ -83,7 +88,7 @@ class LiveSwapper:
             swapped, mask = self.model(aligned.crop, landmarks)
             t2 = time.perf_counter()
             out = paste_back(
-                out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer,
+                out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer and self._match,
                 keep_detail=self.config.keep_detail,
             )  # fmt: skip
             t3 = time.perf_counter()

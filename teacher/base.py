@@ -72,6 +72,8 @@ class Teacher(ABC):
     """A face-swap teacher working on aligned crops of `size` pixels."""
 
     name: str = "teacher"
+    # True for a teacher whose swaps already carry the frame's light and tone (the paste adds no colour match)
+    matches_colour: bool = False
 
     def __init__(self, size: int) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 32:

@@ -33,8 +33,10 @@ from pocketswap.faces.types import OUTER_LIP
 from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
 from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, RIGHT_EYEBROW
+from pocketswap.teacher.skin import damp_fine_chroma, facial_hair_mask, lip_colour_from, polygon_mask, relight
 
 BLENDS = ("membrane", "poisson", "laplacian", "alpha")
+LIPS = ("frame", "colour", "identity")
 COLOR_TRANSFERS = ("local", "global", "none")
 
 
@@ -45,13 +47,19 @@ class GeometricConfig(Config):
     feather: float = 0.05  # width of the mask's soft edge
     # "local": relight (the identity's local CIELAB mean over the skin replaced by the attribute's);
     # "global": match the skin's LAB mean/std once; "none": the identity's own colour.
-    color_transfer: str = "global"
+    color_transfer: str = "local"
     color_std_range: tuple[float, float] = (0.7, 1.4)  # "global": clamp on the per-channel std ratio
     relight_sigma: float = 0.1  # "local": Gaussian width of the local mean (lighting, skin tone)
     chroma_detail: float = 0.5  # how much of the identity's finest a*/b* variation is kept
     keep_mouth: bool = True  # keep the attribute's mouth interior (inner-lip polygon)
     mouth_dilate: float = 0.008  # grow the inner-lip polygon by this much before feathering
     keep_eyes: bool = True  # keep the attribute's eyeballs (inside the eyelid contours): its gaze
+    # Facial hair is the frame's, like head hair: where the attribute or the identity has a beard, moustache or
+    # stubble, the attribute's pixels stay (a beard is neither painted over as skin nor painted on as a shadow).
+    keep_facial_hair: bool = True
+    # The lips: "frame" the attribute's lips whole (no lipstick, no identity teeth squeezed into them, no
+    # smile folds of an open identity mouth); "colour" the identity's lips in the attribute's a*/b*; "identity".
+    lips: str = "frame"
     # "membrane": Poisson-style seamless blend with outliers on the boundary clamped (no colour bleed
     # from hats or hair); "poisson": cv2.seamlessClone; "laplacian": pyramid blend; "alpha": feathered.
     blend: str = "membrane"
@@ -74,53 +82,14 @@ class GeometricConfig(Config):
         if not 0.0 < low <= 1.0 <= high:
             raise ConfigError(f"config field 'color_std_range' must satisfy 0 < low <= 1 <= high, got {[low, high]}")
         check_range("mouth_dilate", self.mouth_dilate, 0.0, 0.1)
+        if self.lips not in LIPS:
+            raise ConfigError(f"config field 'lips' must be one of {', '.join(LIPS)}, got {self.lips!r}")
         if self.blend not in BLENDS:
             raise ConfigError(f"config field 'blend' must be one of {', '.join(BLENDS)}, got {self.blend!r}")
         if not 1 <= self.pyramid_levels <= 8:
             raise ConfigError(f"config field 'pyramid_levels' must be in [1, 8], got {self.pyramid_levels!r}")
         check_range("shape_transfer", self.shape_transfer, 0.0, 1.0)
         check_range("membrane_clamp", self.membrane_clamp, 0.5, 100.0)
-
-
-def _polygon_mask(size: int, polygons: list[np.ndarray]) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(mask, [np.round(p * 16).astype(np.int32) for p in polygons], 255, lineType=cv2.LINE_8, shift=4)
-    return mask
-
-
-def _to_lab(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-
-
-def _from_lab(lab: np.ndarray) -> np.ndarray:
-    return np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _local_mean(lab: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-weighted mean of ``lab`` over the pixels of ``weights`` (normalised convolution)."""
-    total = cv2.GaussianBlur(lab * weights[..., None], (0, 0), sigma)
-    return total / np.maximum(cv2.GaussianBlur(weights, (0, 0), sigma), 1e-4)[..., None]
-
-
-def relight(source: np.ndarray, target: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
-    """``source`` (uint8 RGB, already warped onto ``target``'s geometry) under ``target``'s lighting and skin
-    tone: its CIELAB local mean over ``region`` (bool HxW skin) swapped for ``target``'s."""
-    if region.sum() < 32:
-        return source
-    src, dst = _to_lab(source), _to_lab(target)
-    weights = region.astype(np.float32)
-    return _from_lab(src - _local_mean(src, weights, sigma) + _local_mean(dst, weights, sigma))
-
-
-def damp_fine_chroma(image: np.ndarray, keep: float) -> np.ndarray:
-    """``image`` with its a*/b* variation finer than one pixel scaled by ``keep`` (speckle, not features:
-    the luminance carries the detail)."""
-    if keep >= 1.0:
-        return image
-    lab = _to_lab(image)
-    chroma = lab[..., 1:]
-    lab[..., 1:] -= (1.0 - keep) * (chroma - cv2.GaussianBlur(chroma, (0, 0), 1.0))
-    return _from_lab(lab)
 
 
 def feathered(mask: np.ndarray, grow: int) -> np.ndarray:
@@ -199,6 +168,10 @@ class GeometricTeacher(Teacher):
         super().__init__(size)
         self.cfg = config or GeometricConfig()
 
+    @property
+    def matches_colour(self) -> bool:  # type: ignore[override]
+        return self.cfg.color_transfer == "local"
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size, **to_dict(self.cfg)}
 
@@ -215,11 +188,13 @@ class GeometricTeacher(Teacher):
             backdrop = warp.warp(attribute.image, attribute.landmarks)
         warped = damp_fine_chroma(warp.warp(identity.image, identity.landmarks), cfg.chroma_detail)
         core, mask = self._region(dst)
+        if cfg.lips == "colour":
+            warped = lip_colour_from(warped, backdrop, dst)
         if cfg.color_transfer != "none":
             features = [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS]
             features += [attribute.landmarks[list(OUTER_LIP), :2]]
             features += [attribute.landmarks[list(b), :2] for b in (RIGHT_EYEBROW, LEFT_EYEBROW)]
-            skin = (core > 0) & (_polygon_mask(size, features) == 0)
+            skin = (core > 0) & (polygon_mask(size, features) == 0)
             if cfg.color_transfer == "local":
                 warped = relight(warped, attribute.image, skin, cfg.relight_sigma * size)
             else:
@@ -239,12 +214,17 @@ class GeometricTeacher(Teacher):
         out = blended.astype(np.float32) * alpha + backdrop.astype(np.float32) * (1.0 - alpha)
 
         kept = []  # the attribute's own: mouth interior, eyeballs
-        if cfg.keep_mouth:
-            mouth = _polygon_mask(size, [dst[list(INNER_LIP)]])
+        if cfg.lips == "frame":
+            kept.append(feathered(polygon_mask(size, [dst[list(OUTER_LIP)]]), max(1, size // 128)))
+        elif cfg.keep_mouth:
+            mouth = polygon_mask(size, [dst[list(INNER_LIP)]])
             kept.append(feathered(mouth, int(round(cfg.mouth_dilate * size))))
         if cfg.keep_eyes:
-            eyes = _polygon_mask(size, [dst[list(ring)] for ring in EYE_RINGS])
+            eyes = polygon_mask(size, [dst[list(ring)] for ring in EYE_RINGS])
             kept.append(feathered(cv2.erode(eyes, np.ones((3, 3), np.uint8)), 0))
+        if cfg.keep_facial_hair:
+            hair = np.maximum(facial_hair_mask(backdrop, dst, core), facial_hair_mask(warped, dst, core))
+            kept.append(hair[..., None])
         for alpha in kept:
             out = out * (1.0 - alpha) + backdrop.astype(np.float32) * alpha
         return TeacherOutput(image=np.clip(out + 0.5, 0, 255).astype(np.uint8), mask=mask)

@@ -10,6 +10,7 @@ import pytest
 from pocketswap.core.errors import ConfigError, ModelSignatureError
 from pocketswap.faces.raster import EDGE_REACH, mesh_maps
 from pocketswap.faces.shape import transfer_shape
+from pocketswap.faces.types import OUTER_LIP
 from pocketswap.faces.warp import (
     MeshWarp,
     border_anchors,
@@ -251,8 +252,9 @@ def test_geometric_colour_transfer_moves_the_skin_to_the_attributes(records, mod
     identity, attribute = records["lfw_01"], records["astronaut"]  # a grey face onto a colour photo
     skin = (GeometricTeacher(SIZE).mask(attribute) > 0.99) & ~_polygon(attribute.landmarks, [*EYE_RINGS, INNER_LIP])
     lab = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[skin].astype(float).mean(0)  # noqa: E731
-    moved = GeometricTeacher(SIZE, GeometricConfig(color_transfer=mode)).swap(identity, attribute).image
-    raw = GeometricTeacher(SIZE, GeometricConfig(color_transfer="none")).swap(identity, attribute).image
+    only_colour = {"lips": "identity", "keep_facial_hair": False}  # the colour transfer alone
+    moved = GeometricTeacher(SIZE, GeometricConfig(color_transfer=mode, **only_colour)).swap(identity, attribute).image
+    raw = GeometricTeacher(SIZE, GeometricConfig(color_transfer="none", **only_colour)).swap(identity, attribute).image
     target = lab(attribute.image)
     assert np.linalg.norm(lab(moved) - target) < 0.4 * np.linalg.norm(lab(raw) - target)
 
@@ -537,3 +539,60 @@ def test_teacher_bench_reports_swaps_and_pairs_per_second(tmp_path):
     assert result.teacher == "geometric" and result.pairs == 8
     assert result.swaps_per_second > 0 and result.pairs_per_second > 0
     assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").iterdir())  # the analysis cache is kept
+
+
+def _chin_patch(attribute) -> np.ndarray:
+    """bool mask of the skin between the lower lip and the chin (where a painted beard goes)."""
+    from pocketswap.teacher.mesh import CHIN
+
+    core, _ = GeometricTeacher(SIZE)._region(attribute.landmarks[:, :2])
+    rows = np.arange(SIZE)[:, None]
+    lip = attribute.landmarks[list(OUTER_LIP), 1].max()
+    return (core > 0) & (rows > lip + 4) & (rows < attribute.landmarks[CHIN, 1] - 4) & np.ones((1, SIZE), bool)
+
+
+def test_facial_hair_is_found_on_a_painted_beard_and_stays_the_frames(records):
+    """A dark, textured beard painted on the attribute's chin is found as facial hair (clean skin is not), and the
+    swap keeps it (the frame's, like head hair) unless keep_facial_hair is off."""
+    from pocketswap.teacher.base import AlignedRecord
+    from pocketswap.teacher.skin import facial_hair_mask
+
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    core, _ = GeometricTeacher(SIZE)._region(attribute.landmarks[:, :2])
+    chin = _chin_patch(attribute)
+    assert chin.sum() > 200
+    clean = facial_hair_mask(attribute.image, attribute.landmarks, core)
+    assert clean[chin].mean() < 0.1
+    beard = attribute.image.copy()
+    noise = np.random.default_rng(0).integers(0, 50, size=(int(chin.sum()), 1))
+    beard[chin] = (35 + noise).astype(np.uint8)  # dark grey stubble, textured
+    bearded = AlignedRecord(beard, attribute.landmarks)
+    found = facial_hair_mask(beard, attribute.landmarks, core)
+    assert found[chin].mean() > 0.8
+    cheeks = (core > 0) & (np.arange(SIZE)[:, None] < attribute.landmarks[1, 1])  # above the nose tip: skin
+    assert found[cheeks].mean() < 0.05
+
+    def beard_change(**config) -> float:
+        out = GeometricTeacher(SIZE, GeometricConfig(shape_transfer=0.0, **config)).swap(identity, bearded).image
+        inner = cv2.erode(chin.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        return float(np.abs(out[inner].astype(int) - beard[inner].astype(int)).mean())
+
+    assert beard_change() < 3.0
+    assert beard_change(keep_facial_hair=False) > 15.0
+
+
+def test_lips_are_the_frames_by_default(records):
+    """lips="frame" keeps the attribute's lips whole (no lipstick or identity teeth carried across); "identity"
+    takes them from the identity photo."""
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    lips = _polygon(attribute.landmarks, [OUTER_LIP])
+    assert lips.sum() > 50
+
+    def lip_change(**config) -> float:
+        out = GeometricTeacher(SIZE, GeometricConfig(shape_transfer=0.0, **config)).swap(identity, attribute).image
+        return float(np.abs(out[lips].astype(int) - attribute.image[lips].astype(int)).mean())
+
+    assert lip_change() < 2.0
+    assert lip_change(lips="identity") > 6.0
+    with pytest.raises(ConfigError, match="'lips'"):
+        GeometricConfig(lips="lipstick")
