@@ -74,21 +74,18 @@ def reason_groups(reason: str) -> list[str]:
 
 
 def face_crop(image: np.ndarray, box: list[float], size: int = CROP_SIZE) -> np.ndarray:
-    """The square around ``box`` (x0, y0, x1, y1) padded by ``CROP_PAD``, edge pixels repeated where it leaves
-    the image, resized to ``size``: the one crop a photo and each of its swaps are shown through."""
+    """The square around ``box`` (x0, y0, x1, y1) padded by ``CROP_PAD``, moved (or shrunk) to lie inside the
+    photo, resized to ``size``: the one crop a photo and each of its swaps are shown through."""
     import cv2
 
     x0, y0, x1, y1 = (float(v) for v in box)
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * CROP_PAD)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    scale = size / max(side, 1.0)
-    matrix = np.array([[scale, 0, size / 2 - scale * cx], [0, scale, size / 2 - scale * cy]], np.float32)
-    flags = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    if scale < 1:  # INTER_AREA is not a warp filter: shrink first, then place
-        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        matrix = np.array([[1, 0, size / 2 - scale * cx], [0, 1, size / 2 - scale * cy]], np.float32)
-        return cv2.warpAffine(small, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return cv2.warpAffine(image, matrix, (size, size), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    height, width = image.shape[:2]
+    side = min(max(x1 - x0, y1 - y0) * (1 + 2 * CROP_PAD), width, height)  # inside the photo: no made-up border
+    left = float(np.clip((x0 + x1 - side) / 2, 0, width - side))
+    top = float(np.clip((y0 + y1 - side) / 2, 0, height - side))
+    square = image[int(round(top)) : int(round(top + side)), int(round(left)) : int(round(left + side))]
+    interpolation = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
 def _stem_parts(stem: str) -> tuple[str, str]:

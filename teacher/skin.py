@@ -20,6 +20,7 @@ from pocketswap.teacher.mesh import CHIN, EYE_RINGS, LEFT_EYEBROW, RIGHT_EYEBROW
 # the skin's spread (MADs), or as textured as this many times the skin's typical local contrast.
 HAIR_DARKER = 3.0
 HAIR_TEXTURE = 2.5
+FOLD_SCALE = 0.025  # of the crop: luminance detail finer than this Gaussian is a fold or a wrinkle
 HAIR_MIN_SHARE = 0.06  # less hair than this share of the lower face is speckle or shadow, not a beard
 
 
@@ -130,4 +131,20 @@ def lip_colour_from(source: np.ndarray, target: np.ndarray, landmarks: np.ndarra
                             (0, 0), max(1.0, size / 128.0))[..., None]  # fmt: skip
     src, dst = to_lab(source), to_lab(target)
     src[..., 1:] = src[..., 1:] * (1.0 - lips) + dst[..., 1:] * lips
+    return from_lab(src)
+
+
+def frame_folds(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """``source`` with the luminance detail of its lower face (below the nose tip: smile folds, the mouth's
+    surroundings, the chin) swapped for ``frame``'s (both uint8 RGB on the same geometry): the folds follow the
+    frame's expression, never the identity photo's smile on a face that does not make it."""
+    size = source.shape[0]
+    points = landmarks[:, :2]
+    rows = np.arange(size, dtype=np.float32)[:, None]
+    region = ((rows > points[NOSE_TIP, 1]) & (core > 0)).astype(np.float32)
+    weight = cv2.GaussianBlur(region, (0, 0), size / 32.0)[..., None]
+    sigma = size * FOLD_SCALE
+    src, dst = to_lab(source), to_lab(frame)
+    detail = lambda lab: lab[..., :1] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)[..., None]  # noqa: E731
+    src[..., :1] += weight * (detail(dst) - detail(src))
     return from_lab(src)

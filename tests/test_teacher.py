@@ -252,7 +252,7 @@ def test_geometric_colour_transfer_moves_the_skin_to_the_attributes(records, mod
     identity, attribute = records["lfw_01"], records["astronaut"]  # a grey face onto a colour photo
     skin = (GeometricTeacher(SIZE).mask(attribute) > 0.99) & ~_polygon(attribute.landmarks, [*EYE_RINGS, INNER_LIP])
     lab = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[skin].astype(float).mean(0)  # noqa: E731
-    only_colour = {"lips": "identity", "keep_facial_hair": False}  # the colour transfer alone
+    only_colour = {"lips": "identity", "facial_hair": "none"}  # the colour transfer alone
     moved = GeometricTeacher(SIZE, GeometricConfig(color_transfer=mode, **only_colour)).swap(identity, attribute).image
     raw = GeometricTeacher(SIZE, GeometricConfig(color_transfer="none", **only_colour)).swap(identity, attribute).image
     target = lab(attribute.image)
@@ -553,7 +553,7 @@ def _chin_patch(attribute) -> np.ndarray:
 
 def test_facial_hair_is_found_on_a_painted_beard_and_stays_the_frames(records):
     """A dark, textured beard painted on the attribute's chin is found as facial hair (clean skin is not), and the
-    swap keeps it (the frame's, like head hair) unless keep_facial_hair is off."""
+    swap keeps it (the frame's, like head hair) unless facial_hair is none."""
     from pocketswap.teacher.base import AlignedRecord
     from pocketswap.teacher.skin import facial_hair_mask
 
@@ -578,21 +578,47 @@ def test_facial_hair_is_found_on_a_painted_beard_and_stays_the_frames(records):
         return float(np.abs(out[inner].astype(int) - beard[inner].astype(int)).mean())
 
     assert beard_change() < 3.0
-    assert beard_change(keep_facial_hair=False) > 15.0
+    assert beard_change(facial_hair="none") > 15.0
 
 
-def test_lips_are_the_frames_by_default(records):
-    """lips="frame" keeps the attribute's lips whole (no lipstick or identity teeth carried across); "identity"
-    takes them from the identity photo."""
+def test_lips_keep_the_frames_colour_or_whole(records):
+    """lips="frame" keeps the attribute's lips whole (no lipstick or identity teeth carried across); "colour" (the
+    default) their a*/b* only; "identity" takes them from the identity photo."""
     identity, attribute = records["grace_hopper"], records["astronaut"]
     lips = _polygon(attribute.landmarks, [OUTER_LIP])
     assert lips.sum() > 50
 
     def lip_change(**config) -> float:
-        out = GeometricTeacher(SIZE, GeometricConfig(shape_transfer=0.0, **config)).swap(identity, attribute).image
+        config = {"shape_transfer": 0.0, "frame_folds": False, **config}
+        out = GeometricTeacher(SIZE, GeometricConfig(**config)).swap(identity, attribute).image
         return float(np.abs(out[lips].astype(int) - attribute.image[lips].astype(int)).mean())
 
-    assert lip_change() < 2.0
+    assert lip_change(lips="frame") < 2.0
     assert lip_change(lips="identity") > 6.0
+
+    def lip_chroma_change(**config) -> float:
+        out = GeometricTeacher(SIZE, GeometricConfig(shape_transfer=0.0, frame_folds=False, **config))
+        chroma = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[lips][:, 1:].astype(int)  # noqa: E731
+        return float(np.abs(chroma(out.swap(identity, attribute).image) - chroma(attribute.image)).mean())
+
+    assert lip_chroma_change() < 0.5 * lip_chroma_change(lips="identity")
     with pytest.raises(ConfigError, match="'lips'"):
         GeometricConfig(lips="lipstick")
+
+
+def test_folds_below_the_nose_are_the_frames(records):
+    """The fine luminance detail of the lower face (smile folds, chin) follows the attribute photo, not the
+    identity photo, with frame_folds on (off by default)."""
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    chin = cv2.erode(_chin_patch(attribute).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    detail = lambda image: (lambda g: g - cv2.GaussianBlur(g, (0, 0), SIZE * 0.025))(  # noqa: E731
+        cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    )[chin]
+    frame = detail(attribute.image)
+
+    def likeness(**config) -> float:
+        config = {"shape_transfer": 0.0, "facial_hair": "none", "lips": "frame", **config}
+        out = GeometricTeacher(SIZE, GeometricConfig(**config)).swap(identity, attribute).image
+        return float(np.corrcoef(detail(out), frame)[0, 1])
+
+    assert likeness(frame_folds=True) > 0.5 > 0.2 > likeness(frame_folds=False)  # 0.64 and 0.02 measured
