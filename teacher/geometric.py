@@ -3,18 +3,21 @@
 The identity's texture is warped onto the attribute's 468-point geometry with the inner features moved
 half-way to the identity's shape (``shape_transfer``: nose, brows and the place, size and tilt of eyes
 and mouth; the outline and the attribute's mouth and eye openings stay), piecewise-affine over a
-Delaunay triangulation of that mesh, its finest chroma damped (``chroma_detail``:
-speckle, not features), its colour matched to the attribute's skin in CIELAB (``"global"``: mean and
-std once; ``"local"``: **relit**, its local mean over the skin replaced by the attribute's, so the
-lighting and skin tone are the attribute's and the detail the identity's). The attribute's mouth
-interior (teeth, tongue, open mouths) and eyeballs (iris position = gaze, blinks) are kept, and the
-result is blended into the attribute crop with a membrane (Poisson-style) blend inside a feathered hull.
+Delaunay triangulation of that mesh, its finest chroma damped (``chroma_detail``: speckle, not features),
+and **relit** (``color_transfer="local"``: its local CIELAB mean over the skin replaced by the attribute's,
+so the light and skin tone are the frame's and the detail the identity's; ``"global"``: mean and std once).
+What belongs to the frame rather than the person stays the frame's (:mod:`pocketswap.teacher.skin`): the
+mouth interior (teeth, tongue) and eyeballs (gaze, blinks), its **facial hair** (``facial_hair``), the
+**colour of its lips** (``lips``) and, optionally, the folds below its nose (``frame_folds``). The result
+is blended into the attribute crop with a membrane (Poisson-style) blend inside a feathered hull.
 
-Measured on real colour photos (``bench quality --people``, 55 swaps of 5 people): keeping the
-eyeballs cuts the gaze error by a third (0.075 -> 0.048 eye widths); "local" lowers the colour mismatch
-and chroma noise further but is judged the same person on 78% of the swaps against 87% for "global",
-so "global" is the default; the shape transfer raises same person 85.5% -> 92.7% (retrieved first
-90.9% -> 100%) for an expression error (mouth and eye opening, smile) of 0.029 against 0.021.
+The defaults were chosen by blind panels (``bench panel``, fresh raters each round, real photos as the
+control) and the dlib judge together, on people-dev (55 swaps of 10 people, results/realism-panel.md):
+the previous default (global colour, the identity's beard and lips) was rated real on 0 of 22 crops; relit
+alone it is judged the person on 98.2% of swaps but still rated real on 0 of 22 (lipstick, smeared beards);
+with the frame's facial hair and lip colour on 3 of 22, all of them judged the person, at 80.0% same person.
+Earlier, on faces-dev: keeping the eyeballs cut the gaze error by a third (0.075 -> 0.048 eye widths); the
+shape transfer raised same person 85.5% -> 92.7%.
 """
 
 from __future__ import annotations
