@@ -14,7 +14,9 @@ identity, and whether the identity judge called the swap that person) goes to ``
 
 **Score.** ``--score ANSWERS...`` merges any number of raters' answer files and gives per source: the share
 rated real (4-5) with a 95% Wilson interval, the share both rated real **and** judged the identity (a swap
-that does not swap is not realism), the mean score, and the raters' reasons grouped by what they name.
+that does not swap is not realism), the mean score, the raters' reasons grouped by what they name, and how many
+of the source's open mouths the harness found smeared (``mouth_smeared``: the open mouth's mean CIELAB change
+over ``distill.artefacts.MOUTH_SMEAR``).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def _quality_items(quality: Path) -> dict[str, dict[str, dict[str, Any]]]:
             "image": image, "box": row["box"], "identity": None if source == PHOTO else row["identity"],
             "owner": row["owner"], "photo": row["photo"], "judged_identity": judged,
             "identity_distance": None if source == PHOTO else row.get("dlib_distance"),
+            "mouth_smeared": None if source == PHOTO else row.get("mouth_smeared"),
         }  # fmt: skip
     if not scenes:
         raise ConfigError(f"{quality}: the quality run holds no swaps (its swaps/ folder is empty)")
@@ -288,6 +291,8 @@ def score_panel(key_path: str | Path, answer_paths: list[str | Path]) -> dict[st
         for answer in read_answers(path, key):
             item = items[answer["image"]]
             ratings.setdefault(item["source"], []).append(answer | {"judged_identity": item["judged_identity"]})
+    smeared = Counter(i["source"] for i in items.values() if i.get("mouth_smeared"))
+    opened = Counter(i["source"] for i in items.values() if i.get("mouth_smeared") is not None)
     sources = {}
     for source in sorted(ratings, key=lambda s: (s != PHOTO, s)):
         rows = ratings[source]
@@ -300,7 +305,8 @@ def score_panel(key_path: str | Path, answer_paths: list[str | Path]) -> dict[st
             both = sum(r["score"] >= REAL and bool(r["judged_identity"]) for r in rows)
             judged = sum(bool(r["judged_identity"]) for r in rows)
             entry |= {"passing": both, "passing_share": both / n, "passing_ci95": wilson_interval(both, n),
-                      "judged_identity_share": judged / n}  # fmt: skip
+                      "judged_identity_share": judged / n,
+                      "mouths_smeared": f"{smeared[source]}/{opened[source]}"}  # fmt: skip
         groups = Counter(g for r in rows if r["reason"] for g in reason_groups(r["reason"]))
         entry["reasons"] = dict(groups.most_common())
         entry["reason_examples"] = [r["reason"] for r in rows if r["reason"]][:8]
@@ -311,7 +317,8 @@ def score_panel(key_path: str | Path, answer_paths: list[str | Path]) -> dict[st
 def format_scores(scores: dict[str, Any]) -> str:
     """The scores as a plain-text table, one source a line, then the reasons per source."""
     lines = [f"panel {scores['panel']}: {scores['raters']} rater(s)",
-             f"{'source':<22} {'n':>4} {'rated real (4-5)':>24} {'real + identity':>24} {'mean':>5}"]  # fmt: skip
+             f"{'source':<22} {'n':>4} {'rated real (4-5)':>24} {'real + identity':>24} {'mean':>5} "
+             f"{'mouths smeared':>15}"]  # fmt: skip
     for source, e in scores["sources"].items():
         low, high = e["rated_real_ci95"]
         real = f"{e['rated_real']}/{e['n']} {e['rated_real_share']:.0%} [{low:.0%}-{high:.0%}]"
@@ -320,7 +327,8 @@ def format_scores(scores: dict[str, Any]) -> str:
             both = f"{e['passing']}/{e['n']} {e['passing_share']:.0%} [{low:.0%}-{high:.0%}]"
         else:
             both = "-"
-        lines.append(f"{source:<22} {e['n']:>4} {real:>24} {both:>24} {e['mean_score']:>5.2f}")
+        smeared = e.get("mouths_smeared", "-")
+        lines.append(f"{source:<22} {e['n']:>4} {real:>24} {both:>24} {e['mean_score']:>5.2f} {smeared:>15}")
     for source, e in scores["sources"].items():
         if e["reasons"]:
             lines.append(f"{source} reasons: " + "; ".join(f"{g} {c}" for g, c in e["reasons"].items()))
@@ -339,6 +347,7 @@ def score_rows(scores: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             row["real and the identity"] = "-"
         row["mean score"] = round(e["mean_score"], 2)
+        row["open mouths smeared"] = e.get("mouths_smeared", "-")
         row["reasons"] = "; ".join(f"{g} {c}" for g, c in e["reasons"].items()) or "-"
         rows.append(row)
     return rows

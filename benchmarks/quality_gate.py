@@ -34,7 +34,8 @@ RELATIVE_FLOOR = 0.01  # ... or 1% of the value (another process's thread counts
 # Which way is better, per figure of the harness's summary (a figure not listed is reported, not gated).
 BETTER = {"_same": "higher", "_closer": "higher", "_retrieved": "higher", "_distance": "lower",
           "pose_error": "lower", "expression_error": "lower", "expression_state_error": "lower", "gaze_error": "lower", "sharpness": "higher",
-          "seam": "lower", "chroma_noise": "lower", "colour_mismatch": "lower", "frechet_face": "lower"}  # fmt: skip
+          "seam": "lower", "chroma_noise": "lower", "colour_mismatch": "lower", "frechet_face": "lower",
+          "mouth_change": "lower", "mouth_smeared": "lower"}  # fmt: skip
 GATED = ("student", "teacher")
 
 

@@ -31,6 +31,8 @@ BAND_INSIDE, BAND_OUTSIDE = 0.12, 0.03  # the seam band: from this far inside th
 RING = (0.03, 0.12)  # the skin ring outside the outline (colour reference)
 SKIN_CHROMA = 12.0  # a ring pixel is skin when its a*/b* is this close to the face's median (CIELAB units)
 MIN_PIXELS = 50
+MOUTH_OPEN_MIN = 30  # px: a smaller mouth opening is closed (the mouth measure is NaN)
+MOUTH_SMEAR = 12.0  # CIELAB units: a swap whose open mouth changed more than this has its teeth/lips smeared
 
 
 @dataclass
@@ -143,6 +145,26 @@ def frechet_distance(features: np.ndarray, reference: np.ndarray, dims: int = 16
     return float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2) + np.trace(cov_a + cov_b - 2.0 * root))
 
 
+def mouth_change(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> float:
+    """Mean CIELAB distance inside the photo's open mouth (its inner-lip polygon, eroded by a pixel), swap vs photo:
+    about 0 when teeth and tongue are the frame's own, over ``MOUTH_SMEAR`` when lips or skin are smeared over them;
+    NaN for a closed mouth."""
+    from pocketswap.teacher.mesh import INNER_LIP
+
+    points = np.asarray(landmarks, np.float64)[list(INNER_LIP), :2]
+    x0, y0 = np.floor(points.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(points.max(0)).astype(int) + 3
+    x0, y0 = max(x0, 0), max(y0, 0)
+    mask = np.zeros((max(y1 - y0, 1), max(x1 - x0, 1)), np.uint8)
+    cv2.fillPoly(mask, [np.round((points - (x0, y0)) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    inside = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
+    a, b = swap[y0:y1, x0:x1], photo[y0:y1, x0:x1]
+    inside = inside[: a.shape[0], : a.shape[1]]
+    if inside.sum() < MOUTH_OPEN_MIN:
+        return float("nan")
+    return float(np.linalg.norm(_lab(a)[inside] - _lab(b)[inside], axis=-1).mean())
+
+
 def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
     """Every artefact measure of ``swap`` against ``photo``, in the face of ``landmarks``."""
     regions = face_regions(landmarks, photo)
@@ -151,6 +173,7 @@ def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) 
         "seam": seam_ratio(swap, photo, regions),
         "chroma_noise": chroma_noise_ratio(swap, photo, regions),
         "colour_mismatch": colour_mismatch(swap, photo, regions),
+        "mouth_change": mouth_change(swap, photo, landmarks),
     }
 
 
@@ -160,6 +183,7 @@ __all__ = [
     "chroma_noise_ratio",
     "colour_mismatch",
     "face_regions",
+    "mouth_change",
     "frechet_distance",
     "seam_ratio",
     "sharpness_ratio",

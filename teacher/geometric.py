@@ -37,10 +37,13 @@ from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
 from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, RIGHT_EYEBROW
 from pocketswap.teacher.skin import (
+    colour_from,
     damp_fine_chroma,
     facial_hair_mask,
     frame_folds,
-    lip_colour_from,
+    frame_grain,
+    lid_region,
+    lip_region,
     polygon_mask,
     relight,
 )
@@ -76,6 +79,8 @@ class GeometricConfig(Config):
     # its expression, not the identity photo's (off by default: it cost identity, 80.0% -> 65.4% same person on
     # people-dev, for no gain a blind panel could show).
     frame_folds: bool = False
+    frame_grain: bool = True  # the skin's finest texture (pores, grain, noise) is the attribute's
+    lid_colour: bool = True  # the colour around the eyes (lids, brows: eye shadow) is the attribute's
     # "membrane": Poisson-style seamless blend with outliers on the boundary clamped (no colour bleed
     # from hats or hair); "poisson": cv2.seamlessClone; "laplacian": pyramid blend; "alpha": feathered.
     blend: str = "membrane"
@@ -210,6 +215,8 @@ class GeometricTeacher(Teacher):
         core, mask = self._region(dst)
         if cfg.frame_folds:
             warped = frame_folds(warped, backdrop, dst, core)
+        if cfg.frame_grain:
+            warped = frame_grain(warped, backdrop, dst, core)
         if cfg.color_transfer != "none":
             features = [attribute.landmarks[list(ring), :2] for ring in EYE_RINGS]
             features += [attribute.landmarks[list(OUTER_LIP), :2]]
@@ -221,8 +228,11 @@ class GeometricTeacher(Teacher):
                 warped = color_transfer(
                     warped, attribute.image, skin, eps=1.0, min_pixels=32, gain_range=cfg.color_std_range
                 )
-        if cfg.lips == "colour":  # after the colour match, which would move the lips with the skin
-            warped = lip_colour_from(warped, backdrop, dst)
+        # after the colour match, which would move the lips and lids with the skin
+        if cfg.lips == "colour":
+            warped = colour_from(warped, backdrop, lip_region(size, dst))
+        if cfg.lid_colour:
+            warped = colour_from(warped, backdrop, lid_region(size, dst))
 
         if cfg.blend == "membrane":
             blended = membrane_blend(warped, backdrop, core, cfg.membrane_clamp, cfg.color_transfer != "none")

@@ -20,6 +20,7 @@ from pocketswap.teacher.mesh import CHIN, EYE_RINGS, LEFT_EYEBROW, RIGHT_EYEBROW
 # the skin's spread (MADs), or as textured as this many times the skin's typical local contrast.
 HAIR_DARKER = 3.0
 HAIR_TEXTURE = 2.5
+GRAIN_SCALE = 0.006  # of the crop: luminance detail finer than this Gaussian is grain (pores, noise)
 FOLD_SCALE = 0.025  # of the crop: luminance detail finer than this Gaussian is a fold or a wrinkle
 HAIR_MIN_SHARE = 0.06  # less hair than this share of the lower face is speckle or shadow, not a beard
 
@@ -123,14 +124,33 @@ def facial_hair_mask(image: np.ndarray, landmarks: np.ndarray, core: np.ndarray)
     return np.clip(hair, 0.0, 1.0)
 
 
-def lip_colour_from(source: np.ndarray, target: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """``source`` with the a*/b* of its lips (the outer-lip polygon, feathered) taken from ``target``
-    (both uint8 RGB on the same geometry): the lips keep the identity's shape and shading, the frame's colour."""
-    size = source.shape[0]
-    lips = cv2.GaussianBlur(polygon_mask(size, [landmarks[list(OUTER_LIP), :2]]).astype(np.float32) / 255.0,
-                            (0, 0), max(1.0, size / 128.0))[..., None]  # fmt: skip
+def lip_region(size: int, landmarks: np.ndarray) -> np.ndarray:
+    """float32 HxW weights of the lips (the outer-lip polygon, feathered)."""
+    lips = polygon_mask(size, [landmarks[list(OUTER_LIP), :2]]).astype(np.float32) / 255.0
+    return cv2.GaussianBlur(lips, (0, 0), max(1.0, size / 128.0))
+
+
+def lid_region(size: int, landmarks: np.ndarray) -> np.ndarray:
+    """float32 HxW weights of each eye's surround: lids, lashes and brow (the hull of the eye ring and the brow,
+    grown a little below the eye), feathered: where eye make-up sits."""
+    points = landmarks[:, :2]
+    hulls = []
+    for ring, brow in zip(EYE_RINGS, (RIGHT_EYEBROW, LEFT_EYEBROW), strict=True):
+        eye = points[list(ring)]
+        below = eye + np.array([0.0, 0.35 * (eye[:, 1].max() - eye[:, 1].min() + 1.0)], np.float32)
+        hulls.append(cv2.convexHull(np.concatenate([eye, below, points[list(brow)]]).astype(np.float32))[:, 0])
+    grow = max(1, size // 48)
+    mask = cv2.dilate(polygon_mask(size, hulls), np.ones((2 * grow + 1,) * 2, np.uint8))
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), grow)
+
+
+def colour_from(source: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``source`` with its a*/b* taken from ``target`` (both uint8 RGB on the same geometry) by the weights
+    ``region`` (HxW in [0, 1]): shape and shading stay the identity's, the colour is the frame's (no lipstick or
+    eye shadow carried across)."""
+    weight = region[..., None]
     src, dst = to_lab(source), to_lab(target)
-    src[..., 1:] = src[..., 1:] * (1.0 - lips) + dst[..., 1:] * lips
+    src[..., 1:] = src[..., 1:] * (1.0 - weight) + dst[..., 1:] * weight
     return from_lab(src)
 
 
@@ -144,6 +164,21 @@ def frame_folds(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, co
     region = ((rows > points[NOSE_TIP, 1]) & (core > 0)).astype(np.float32)
     weight = cv2.GaussianBlur(region, (0, 0), size / 32.0)[..., None]
     sigma = size * FOLD_SCALE
+    src, dst = to_lab(source), to_lab(frame)
+    detail = lambda lab: lab[..., :1] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)[..., None]  # noqa: E731
+    src[..., :1] += weight * (detail(dst) - detail(src))
+    return from_lab(src)
+
+
+def frame_grain(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """``source`` with the finest luminance detail of its skin (pores, grain, the camera's noise: finer than
+    ``GRAIN_SCALE`` of the crop) swapped for ``frame``'s (both uint8 RGB on the same geometry; eyes, brows and
+    lips keep their own): the face has the frame's texture, so it neither looks airbrushed in a sharp photo nor
+    shows a seam where its texture meets the frame's."""
+    size = source.shape[0]
+    skin = ((core > 0) & (feature_mask(size, landmarks) == 0)).astype(np.float32)
+    weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, size / 128.0))[..., None]
+    sigma = max(0.7, size * GRAIN_SCALE)
     src, dst = to_lab(source), to_lab(frame)
     detail = lambda lab: lab[..., :1] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)[..., None]  # noqa: E731
     src[..., :1] += weight * (detail(dst) - detail(src))

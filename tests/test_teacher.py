@@ -622,3 +622,29 @@ def test_folds_below_the_nose_are_the_frames(records):
         return float(np.corrcoef(detail(out), frame)[0, 1])
 
     assert likeness(frame_folds=True) > 0.5 > 0.2 > likeness(frame_folds=False)  # 0.64 and 0.02 measured
+
+
+def test_skin_grain_and_eye_shadow_colour_are_the_frames(records):
+    """The skin's finest luminance detail (pores, grain, noise) follows the attribute photo with frame_grain on
+    (the default), and the colour around the eyes (lids, brows) is the attribute's with lid_colour on."""
+    from pocketswap.teacher.skin import feature_mask, lid_region
+
+    identity, attribute = records["grace_hopper"], records["astronaut"]
+    core, _ = GeometricTeacher(SIZE)._region(attribute.landmarks[:, :2])
+    skin = cv2.erode(((core > 0) & (feature_mask(SIZE, attribute.landmarks) == 0)).astype(np.uint8), np.ones((9, 9)))
+    skin = skin > 0
+    fine = lambda image: (lambda g: g - cv2.GaussianBlur(g, (0, 0), SIZE * 0.006))(  # noqa: E731
+        cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[..., 0].astype(np.float32)
+    )[skin]
+
+    def swap(**config) -> np.ndarray:
+        config = {"shape_transfer": 0.0, "facial_hair": "none", **config}
+        return GeometricTeacher(SIZE, GeometricConfig(**config)).swap(identity, attribute).image
+
+    grain = lambda image: float(np.corrcoef(fine(image), fine(attribute.image))[0, 1])  # noqa: E731
+    assert grain(swap()) > 0.45 > 0.2 > grain(swap(frame_grain=False))  # 0.55 and 0.12 measured
+    lids = lid_region(SIZE, attribute.landmarks) > 0.9
+    assert lids.sum() > 200
+    chroma = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[lids][:, 1:].astype(float)  # noqa: E731
+    change = lambda image: float(np.abs(chroma(image) - chroma(attribute.image)).mean())  # noqa: E731
+    assert change(swap()) < 0.5 * change(swap(lid_colour=False))
