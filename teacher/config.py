@@ -33,6 +33,11 @@ class GenerateConfig(Config):
     seed: int = config_field(0, "random seed")
     workers: int = config_field(0, "worker processes on this machine (0 or 1: in-process)")
     same_identity_share: float = config_field(0.1, "share of same-identity reconstruction pairs")
+    cycle_share: float = config_field(
+        0.0,
+        "share of cycle pairs: the frame is the teacher's swap of another face into a photo, the identity that "
+        "photo's person, the target the real photo (the teacher's artefacts in the input, never in the target)",
+    )
     shard_size: int = config_field(256, "pairs per shard")
     encoder: str = config_field("dlib", "identity embedding stored with each pair: dlib or ARCFACE.onnx")
     identity_encoder: str | None = config_field(None, "ArcFace .onnx used by ONNX teachers (defaults to encoder)")
@@ -52,6 +57,7 @@ class GenerateConfig(Config):
             raise ConfigError(f"config field 'seed' must be >= 0, got {self.seed}")
         check_range("workers", self.workers, 0, 256)
         check_range("same_identity_share", self.same_identity_share, 0.0, 1.0)
+        check_range("cycle_share", self.cycle_share, 0.0, 1.0)
         check_range("shard_size", self.shard_size, 1, 1_000_000)
         check_range("min_face_score", self.min_face_score, 0.0, 1.0)
         check_range("max_yaw", self.max_yaw, 0.0, 10.0)

@@ -81,12 +81,25 @@ class PairMaker:
             self._pseudo.popitem(last=False)
         return record, (i, j)
 
+    def _own_identity(self, index: int, rng: np.random.Generator) -> AlignedRecord:
+        """Record ``index`` as the identity of a cycle pair, colour-jittered as identities are (so that the
+        identity photo's light is never the target's)."""
+        record = self.records[index]
+        aug = self.cfg.augment
+        if aug.enabled and rng.random() < aug.color.identity_prob:
+            image = color_jitter(record.image, rng, aug.color, strength=0.5)
+            record = AlignedRecord(image, record.landmarks, record.embedding, record.name)
+        return record
+
     def make(self, index: int) -> tuple[Sample, dict[str, Any]]:
         cfg, aug = self.cfg, self.cfg.augment
         on = aug.enabled
         rng = np.random.default_rng([cfg.seed, 0, index])
         n = len(self.records)
         same = n < 2 or rng.random() < cfg.same_identity_share
+        # a cycle pair (ReliableSwap's idea): the attribute's own person is the identity and its real photo the
+        # target; the frame the student sees is the teacher's swap of another face into that photo
+        cycle = not same and self.fixed is None and rng.random() < cfg.cycle_share
         pseudo = False
         if self.fixed is not None:  # one identity: its own photo for reconstruction, else a pool face
             identity, parents = self.fixed, ()
@@ -130,6 +143,12 @@ class PairMaker:
                     applied["color_identity"] = True
         if same:  # reconstruction: the truth is the attribute itself
             output, mask = attribute.image, self.teacher.mask(attribute)
+        elif cycle:  # the donor's face in the attribute's photo is the frame; the photo itself is the truth
+            swapped = self.teacher.swap(identity, attribute)
+            output, mask = attribute.image, swapped.mask
+            attribute = AlignedRecord(swapped.image, attribute.landmarks, None, attribute.name)
+            identity, embedding = self._own_identity(attribute_index, rng), self.records[attribute_index].embedding
+            parents = (attribute_index, *parents)  # both people's faces are in the pair (the split keeps them apart)
         else:
             swapped = self.teacher.swap(identity, attribute)
             output, mask = swapped.image, swapped.mask
@@ -145,7 +164,7 @@ class PairMaker:
             applied["occluders"] = kinds
         meta = {
             "index": index,
-            "pair": "same" if same else "cross",
+            "pair": "same" if same else "cycle" if cycle else "cross",
             "pseudo_identity": pseudo,
             "identity": identity.name,
             "identity_sources": [self.records[p].name for p in parents] or [identity.name],

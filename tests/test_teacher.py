@@ -648,3 +648,26 @@ def test_skin_grain_and_eye_shadow_colour_are_the_frames(records):
     chroma = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[lids][:, 1:].astype(float)  # noqa: E731
     change = lambda image: float(np.abs(chroma(image) - chroma(attribute.image)).mean())  # noqa: E731
     assert change(swap()) < 0.5 * change(swap(lid_colour=False))
+
+
+def test_cycle_pairs_put_the_teachers_swap_in_the_frame_and_the_real_photo_in_the_target(records):
+    """cycle_share=1: every pair's target is a real photo, its identity that photo's person, and its frame the
+    teacher's swap of another face into the photo (ReliableSwap's cycle triplets)."""
+    from pocketswap.teacher.config import GenerateConfig
+    from pocketswap.teacher.pairs import PairMaker
+
+    cfg = GenerateConfig(size=SIZE, cycle_share=1.0, same_identity_share=0.0, seed=3)
+    cfg = cfg.replace(augment=cfg.augment.replace(enabled=False))
+    pool = [records[name] for name in NAMES]
+    maker = PairMaker(cfg, pool, GeometricTeacher(SIZE))
+    for index in range(4):
+        sample, stats = maker.make(index)
+        photo = records[sample.meta["attribute"]]
+        assert sample.meta["pair"] == stats["pair"] == "cycle" and sample.meta["identity"] == photo.name
+        assert np.array_equal(sample.output, photo.image) and np.array_equal(sample.identity, photo.image)
+        assert np.array_equal(sample.id_embedding, photo.embedding)
+        inside = sample.mask > 0.9
+        assert np.abs(sample.attribute.astype(int) - photo.image.astype(int))[inside].mean() > 5  # a swapped frame
+        assert photo.name in sample.meta["identity_sources"] and len(sample.meta["identity_sources"]) == 2
+    with pytest.raises(ConfigError, match="cycle_share"):
+        GenerateConfig(cycle_share=1.5)
