@@ -15,8 +15,8 @@ identity, and whether the identity judge called the swap that person) goes to ``
 **Score.** ``--score ANSWERS...`` merges any number of raters' answer files and gives per source: the share
 rated real (4-5) with a 95% Wilson interval, the share both rated real **and** judged the identity (a swap
 that does not swap is not realism), the mean score, the raters' reasons grouped by what they name, and how many
-of the source's open mouths the harness found smeared (``mouth_smeared``: the open mouth's mean CIELAB change
-over ``distill.artefacts.MOUTH_SMEAR``).
+of the source's open mouths the harness found smeared (``mouth_smeared``: under half the photo's teeth kept,
+``distill.artefacts.teeth_kept``).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def bench_photos(
     from pocketswap.core.files import atomic_write_json, check_output_dir
     from pocketswap.core.imageio import read_image, write_image
     from pocketswap.demo.swap_model import load_swap_model
-    from pocketswap.distill.artefacts import MOUTH_SMEAR, artefact_scores, frechet_distance
+    from pocketswap.distill.artefacts import TEETH_KEPT_MIN, artefact_scores, frechet_distance, teeth_kept
     from pocketswap.faces.analyzer import FaceAnalyzer
     from pocketswap.faces.dlib_resnet import DlibEncoder
     from pocketswap.faces.iris import IrisModel
@@ -139,8 +139,9 @@ def bench_photos(
                 row |= attribute_errors(found[0], face, swapped, image, iris, second)
                 chips[method].append(face_chip(swapped, found[0]))
             row |= artefact_scores(swapped, image, face.landmarks)
-            opened = np.isfinite(row["mouth_change"])  # an open mouth: were its teeth and lips smeared?
-            row["mouth_smeared"] = bool(row["mouth_change"] > MOUTH_SMEAR) if opened else None
+            kept = teeth_kept(swapped, found[0].landmarks if found else None, image, face.landmarks)
+            row["teeth_kept"] = kept  # the photo shows teeth: were they kept, or smeared over?
+            row["mouth_smeared"] = bool(kept < TEETH_KEPT_MIN) if np.isfinite(kept) else None
             rows.append(row)
             if method in ("student", "teacher"):
                 write_image(out / "swaps" / method / f"{stem}.jpg", swapped)

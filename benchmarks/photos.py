@@ -290,8 +290,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows += [("artefacts", "sharpness (x photo)", "sharpness"), ("artefacts", "seam (x photo)", "seam"),
              ("artefacts", "chroma noise (x photo)", "chroma_noise"),
              ("artefacts", "colour mismatch (CIELAB)", "colour_mismatch"),
-             ("artefacts", "open mouth changed (CIELAB)", "mouth_change"),
-             ("artefacts", "open mouths smeared (share)", "mouth_smeared"),
+             ("artefacts", "teeth kept (x photo)", "teeth_kept"),
+             ("artefacts", "teeth smeared over (share)", "mouth_smeared"),
              ("artefacts", "Fréchet face distance", "frechet_face")]  # fmt: skip
     return rows
 

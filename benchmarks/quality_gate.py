@@ -35,7 +35,7 @@ RELATIVE_FLOOR = 0.01  # ... or 1% of the value (another process's thread counts
 BETTER = {"_same": "higher", "_closer": "higher", "_retrieved": "higher", "_distance": "lower",
           "pose_error": "lower", "expression_error": "lower", "expression_state_error": "lower", "gaze_error": "lower", "sharpness": "higher",
           "seam": "lower", "chroma_noise": "lower", "colour_mismatch": "lower", "frechet_face": "lower",
-          "mouth_change": "lower", "mouth_smeared": "lower"}  # fmt: skip
+          "teeth_kept": "higher", "mouth_smeared": "lower"}  # fmt: skip
 GATED = ("student", "teacher")
 
 

@@ -31,8 +31,10 @@ BAND_INSIDE, BAND_OUTSIDE = 0.12, 0.03  # the seam band: from this far inside th
 RING = (0.03, 0.12)  # the skin ring outside the outline (colour reference)
 SKIN_CHROMA = 12.0  # a ring pixel is skin when its a*/b* is this close to the face's median (CIELAB units)
 MIN_PIXELS = 50
-MOUTH_OPEN_MIN = 30  # px: a smaller mouth opening is closed (the mouth measure is NaN)
-MOUTH_SMEAR = 12.0  # CIELAB units: a swap whose open mouth changed more than this has its teeth/lips smeared
+MOUTH_OPEN_MIN = 30  # px: a smaller mouth opening is closed
+TEETH_L, TEETH_A = 50.0, 15.0  # CIELAB: a mouth pixel lighter than L* and less red than a* is a tooth
+TEETH_MIN = 0.15  # a photo whose open mouth is less teeth than this is not measured
+TEETH_KEPT_MIN = 0.5  # a swap that keeps less than this share of the photo's teeth has them smeared over
 
 
 @dataclass
@@ -145,24 +147,37 @@ def frechet_distance(features: np.ndarray, reference: np.ndarray, dims: int = 16
     return float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2) + np.trace(cov_a + cov_b - 2.0 * root))
 
 
-def mouth_change(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> float:
-    """Mean CIELAB distance inside the photo's open mouth (its inner-lip polygon, eroded by a pixel), swap vs photo:
-    about 0 when teeth and tongue are the frame's own, over ``MOUTH_SMEAR`` when lips or skin are smeared over them;
-    NaN for a closed mouth."""
+def _open_mouth(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """CIELAB pixels (N x 3) inside the open mouth of ``landmarks`` (the inner-lip polygon eroded by a pixel), or
+    None when it is closed (fewer than ``MOUTH_OPEN_MIN`` pixels)."""
     from pocketswap.teacher.mesh import INNER_LIP
 
     points = np.asarray(landmarks, np.float64)[list(INNER_LIP), :2]
-    x0, y0 = np.floor(points.min(0)).astype(int) - 2
+    x0, y0 = np.maximum(np.floor(points.min(0)).astype(int) - 2, 0)
     x1, y1 = np.ceil(points.max(0)).astype(int) + 3
-    x0, y0 = max(x0, 0), max(y0, 0)
-    mask = np.zeros((max(y1 - y0, 1), max(x1 - x0, 1)), np.uint8)
+    window = image[y0:y1, x0:x1]
+    if window.size == 0:
+        return None
+    mask = np.zeros(window.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round((points - (x0, y0)) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
     inside = cv2.erode(mask, np.ones((3, 3), np.uint8)).astype(bool)
-    a, b = swap[y0:y1, x0:x1], photo[y0:y1, x0:x1]
-    inside = inside[: a.shape[0], : a.shape[1]]
-    if inside.sum() < MOUTH_OPEN_MIN:
+    return _lab(window)[inside] if inside.sum() >= MOUTH_OPEN_MIN else None
+
+
+def teeth_share(lab: np.ndarray) -> float:
+    """The share of teeth-like pixels (light and not red: L* over ``TEETH_L``, a* under ``TEETH_A``) of a mouth."""
+    return float(((lab[:, 0] > TEETH_L) & (lab[:, 1] < TEETH_A)).mean())
+
+
+def teeth_kept(swap: np.ndarray, swap_landmarks: np.ndarray | None, photo: np.ndarray, photo_landmarks: np.ndarray):
+    """The swap's share of teeth in its open mouth over the photo's (each by its own landmarks, so a mouth the swap
+    moved is still compared with itself): about 1 when the teeth stayed, near 0 when lips or skin were smeared over
+    them (``mouth_smeared``: under ``TEETH_KEPT_MIN``). NaN when the photo shows no teeth (under ``TEETH_MIN``)."""
+    photo_mouth = _open_mouth(photo, photo_landmarks)
+    if photo_mouth is None or teeth_share(photo_mouth) < TEETH_MIN:
         return float("nan")
-    return float(np.linalg.norm(_lab(a)[inside] - _lab(b)[inside], axis=-1).mean())
+    swap_mouth = _open_mouth(swap, swap_landmarks) if swap_landmarks is not None else None
+    return 0.0 if swap_mouth is None else min(teeth_share(swap_mouth) / teeth_share(photo_mouth), 2.0)
 
 
 def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
@@ -173,7 +188,6 @@ def artefact_scores(swap: np.ndarray, photo: np.ndarray, landmarks: np.ndarray) 
         "seam": seam_ratio(swap, photo, regions),
         "chroma_noise": chroma_noise_ratio(swap, photo, regions),
         "colour_mismatch": colour_mismatch(swap, photo, regions),
-        "mouth_change": mouth_change(swap, photo, landmarks),
     }
 
 
@@ -183,7 +197,7 @@ __all__ = [
     "chroma_noise_ratio",
     "colour_mismatch",
     "face_regions",
-    "mouth_change",
+    "teeth_kept",
     "frechet_distance",
     "seam_ratio",
     "sharpness_ratio",

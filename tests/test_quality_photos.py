@@ -38,25 +38,26 @@ def test_each_artefact_measure_ranks_its_own_defect_worse_on_real_photos(analyze
         assert (own > max(others)) if larger else (own < min(others)), (defect, measure, own, others)
 
 
-def test_mouth_change_reads_an_open_mouth_smeared_over_and_not_a_closed_one(analyzer):
-    """The open-mouth measure is 0 for the photo itself (she smiles with her teeth), over MOUTH_SMEAR when the
-    opening is painted over with the lips' colour (a student's smear), and NaN for a closed mouth."""
+def test_teeth_kept_reads_teeth_smeared_over_and_skips_a_mouth_without_teeth(analyzer):
+    """She smiles with her teeth: the photo keeps all of them (1.0), a swap whose mouth is painted over with the
+    lips' colour keeps none (smeared), and a mouth drawn closed is not measured (NaN)."""
     import cv2
 
-    from pocketswap.distill.artefacts import MOUTH_SMEAR, mouth_change
+    from pocketswap.distill.artefacts import TEETH_KEPT_MIN, teeth_kept
     from pocketswap.teacher.mesh import INNER_LIP
 
     photo = samples.load("astronaut")
     landmarks = analyzer.detect_one(photo).landmarks[:, :2].copy()
     lips = list(INNER_LIP)
-    assert mouth_change(photo, photo, landmarks) == 0.0
+    assert teeth_kept(photo, landmarks, photo, landmarks) == 1.0
     smeared = photo.copy()
     cv2.fillPoly(smeared, [np.round(landmarks[lips]).astype(np.int32)], (150, 80, 80))
-    assert mouth_change(smeared, photo, landmarks) > MOUTH_SMEAR
+    assert teeth_kept(smeared, landmarks, photo, landmarks) < TEETH_KEPT_MIN
+    assert teeth_kept(smeared, None, photo, landmarks) == 0.0  # no face found in the swap: nothing kept
     closed = landmarks.copy()  # the inner lips drawn together
     centre = closed[lips].mean(axis=0)
     closed[lips] = centre + (closed[lips] - centre) * [1.0, 0.05]
-    assert np.isnan(mouth_change(smeared, photo, closed))
+    assert np.isnan(teeth_kept(photo, closed, photo, closed))
 
 
 def test_gaze_follows_the_pupils_and_mirrors_with_the_face(analyzer):
