@@ -65,6 +65,9 @@ def same_person_threshold(encoder: str | Path | None = "dlib") -> float:
     return 0.6
 
 
+MAX_EMBEDDING_VALUE = 1e4  # |value| of a face embedding (unit-norm ones are under 1; raw ones a few tens)
+
+
 def read_identity(
     spec: str | Path,
     embed_dim: int | None = None,
@@ -90,11 +93,15 @@ def read_identity(
             raise ConfigError(f"identity {text}: this student needs the identity's photo, not an embedding file")
         try:
             data = np.load(path, allow_pickle=False)
+            if hasattr(data, "files") and len(data.files) != 1:
+                raise ValueError(f"holds {len(data.files)} arrays ({', '.join(data.files[:4])}), not one")
             emb = data[data.files[0]] if hasattr(data, "files") else data
-            if not np.issubdtype(emb.dtype, np.number):
-                raise ValueError(f"holds {emb.dtype} values, not numbers")
-        except (OSError, ValueError, IndexError) as exc:
-            raise ImageReadError(f"identity embedding {path}: unreadable ({exc})") from exc
+            if not (np.issubdtype(emb.dtype, np.integer) or np.issubdtype(emb.dtype, np.floating)):
+                raise ValueError(f"holds {emb.dtype} values, not real numbers")
+            if emb.size and np.abs(emb.astype(np.float64)).max() > MAX_EMBEDDING_VALUE:
+                raise ValueError(f"holds values up to {np.abs(emb).max():.3g}, not an embedding's")
+        except (OSError, ValueError, IndexError, EOFError) as exc:  # EOFError: an empty .npy
+            raise ImageReadError(f"identity embedding {path}: unreadable ({exc or 'empty file'})") from exc
         emb, name, encoder = np.asarray(emb, np.float32).reshape(-1), path.name, None
     else:
         if encoder is None:

@@ -431,3 +431,25 @@ def test_ctrl_c_during_an_export_keeps_the_artifacts_already_checked(tmp_path, n
     assert "finished work is kept" in text and "Traceback" not in text, text[-2000:]
     kept = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert kept == ["nano_baked_fp32.onnx", "nano_baked_fp32.onnx.json"], kept
+
+
+@pytest.mark.parametrize("kind", ["empty.npy", "complex.npy", "huge.npy", "two.npz", "text.npy"])
+def test_bad_identity_embeddings_are_refused_in_one_line(tmp_path, kind):
+    """An empty .npy, complex or absurdly large values, an .npz with two arrays, text named .npy: one line each."""
+    from pocketswap.core.errors import ImageReadError
+    from pocketswap.faces.identity import read_identity
+
+    path = tmp_path / kind
+    if kind == "empty.npy":
+        path.write_bytes(b"")
+    elif kind == "complex.npy":
+        np.save(path, np.ones(128, np.complex64))
+    elif kind == "huge.npy":
+        np.save(path, np.full(128, 1e38, np.float32))
+    elif kind == "two.npz":
+        np.savez(path, a=np.ones(128, np.float32), b=np.ones(128, np.float32))
+    else:
+        path.write_text("0.1 0.2 0.3")
+    with pytest.raises(ImageReadError, match=f"identity embedding {re.escape(str(path))}: unreadable") as info:
+        read_identity(path, embed_dim=128)
+    assert "\n" not in str(info.value)

@@ -79,3 +79,26 @@ def test_samples_load_and_unknown_name():
     assert len(samples.names()) == 103
     with pytest.raises(ImageReadError, match="unknown sample"):
         samples.load("lfw_100")
+
+
+def test_a_huge_file_is_refused_from_its_header_or_size_unread(tmp_path, monkeypatch):
+    """A 100 MB file of zeros named .png is refused from its header, never read whole; a file over the size
+    limit is refused before anything is read (sparse files: no disk is used)."""
+    from pathlib import Path
+
+    from pocketswap.core.imageio import MAX_IMAGE_BYTES
+
+    def no_whole_reads(path):
+        raise AssertionError(f"{path} was read whole")
+
+    monkeypatch.setattr(Path, "read_bytes", no_whole_reads)
+    zeros = tmp_path / "zeros.png"
+    with open(zeros, "wb") as handle:
+        handle.truncate(100 << 20)
+    with pytest.raises(ImageReadError, match="not an image or corrupt"):
+        read_image(zeros)
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:
+        handle.truncate(MAX_IMAGE_BYTES + 1)
+    with pytest.raises(ImageReadError, match="over the 512 MiB limit"):
+        read_image(huge)

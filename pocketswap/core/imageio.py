@@ -48,13 +48,17 @@ def to_rgb_uint8(image: np.ndarray, source: str = "image") -> np.ndarray:
 
 # Decoded pixels an image may have (an 8K frame is 33 MP): larger ones are refused from their header,
 # before decoding, so a small file that decodes to gigabytes (a decompression bomb) costs nothing.
+MAX_IMAGE_BYTES = 512 << 20  # a larger file is refused before it is read
 MAX_IMAGE_PIXELS = 50_000_000
 _FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}  # what IMAGE_SUFFIXES name (MPO: a camera's JPEG)
 _EXIF_ORIENTATION = 0x0112
 
 
-def inspect_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation 1-8) from an encoded image's header, without decoding it; raises
+def inspect_image(
+    data: bytes | Path, source: str = "image", max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation 1-8) from an encoded image's header (bytes, or a file of which only the
+    header is read), without decoding it; raises
     `ImageReadError` for a format the project does not read (GIF, AVIF, ...), an animation or
     multi-page file, or more than ``max_pixels`` pixels."""
     import io
@@ -65,7 +69,7 @@ def inspect_image(data: bytes, source: str = "image", max_pixels: int = MAX_IMAG
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as image:
                 width, height, kind = image.width, image.height, image.format
                 frames = getattr(image, "n_frames", 1) if kind in _FORMATS else 1
                 orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1) if kind in _FORMATS else 1
@@ -124,6 +128,14 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: not a regular file (a pipe or device); give an image file")
     try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageReadError(f"{path}: file is empty")
+        if size > MAX_IMAGE_BYTES:
+            raise ImageReadError(
+                f"{path}: {size / 2**20:.0f} MiB, over the {MAX_IMAGE_BYTES >> 20} MiB limit of an image"
+            )
+        inspect_image(path, str(path))  # the header alone: a huge file that is no image is refused unread
         data = path.read_bytes()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
