@@ -156,7 +156,7 @@ class Guard:
             await _send_error(send, 400, "Content-Length is not a number")
             return
         if declared > limit:
-            await _send_error(send, 413, f"request body larger than {limit // (1024 * 1024) or 1} MB")
+            await _send_error(send, 413, f"request body larger than {_size(limit)}")
             return
         received = 0
         started = cut_off = False
@@ -173,7 +173,7 @@ class Guard:
                     cut_off = True
                     if not started:
                         started = True
-                        await _send_error(send, 413, f"request body larger than {limit // (1024 * 1024) or 1} MB")
+                        await _send_error(send, 413, f"request body larger than {_size(limit)}")
                     return {"type": "http.disconnect"}
             return message
 
@@ -185,6 +185,11 @@ class Guard:
             await send(message)
 
         await self.app(scope, counted_receive, tracked_send)
+
+
+def _size(limit: int) -> str:
+    """A body limit as people write it: 256 kB, 8 MB."""
+    return f"{limit >> 20} MB" if limit >= 1 << 20 and limit % (1 << 20) == 0 else f"{limit >> 10} kB"
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
