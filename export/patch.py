@@ -48,7 +48,6 @@ from pocketswap.faces.identity import read_identity, same_person_threshold
 log = logging.getLogger(__name__)
 
 COREML_WEIGHTS = Path("Data/com.apple.CoreML/weights/weight.bin")
-COREML_SPEC = Path("Data/com.apple.CoreML/model.mlmodel")
 _BLOB_SENTINEL = 0xDEADBEEF
 
 

@@ -105,10 +105,6 @@ class FaceAnalyzer:
             self._detectors[name] = BlazeFace(name, min_score=self.min_score, num_threads=self.num_threads)
         self._mesh = FaceMesh(num_threads=self.num_threads, min_presence=min_presence)
 
-    @property
-    def backend(self) -> str:
-        return "mediapipe-tasks" if self._tasks is not None else "litert"
-
     def detections(self, image_rgb: np.ndarray) -> list[Detection]:
         """Raw BlazeFace detections (LiteRT backend), main face first (:func:`main_face_order`); "auto"
         falls back to full range."""

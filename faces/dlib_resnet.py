@@ -49,8 +49,7 @@ DLIB_CHIP_TEMPLATE_150: list[list[float]] = [
 
 EMBEDDING_DIM = 128
 CHIP_SIZE = 150
-# dlib's input layer: per-channel mean (R, G, B) subtracted, then divided by 256.
-INPUT_MEAN_RGB = (122.782, 117.001, 104.298)
+# dlib's input layer: the per-channel mean the .dat file stores (R, G, B) subtracted, then divided by 256.
 INPUT_SCALE = 256.0
 # dlib's documented decision threshold on raw descriptors (Euclidean distance).
 DLIB_EUCLIDEAN_THRESHOLD = 0.6

@@ -34,9 +34,6 @@ class OneEuroFilter:
         self._dx: np.ndarray | None = None
         self._t: float | None = None
 
-    def reset(self) -> None:
-        self._x = self._dx = self._t = None
-
     def __call__(self, x: np.ndarray, t: float) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if self._x is None or self._t is None or t <= self._t or self._x.shape != x.shape:

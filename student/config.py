@@ -122,11 +122,6 @@ class StudentConfig(Config):
         """The shape amount of the warped-identity input (``identity_shape``), or None for students without one."""
         return float(self.identity_shape) if self.identity_warp else None
 
-    @property
-    def bottleneck(self) -> int:
-        """Spatial side of the deepest encoder feature map."""
-        return self.core_size // 2 ** len(self.enc_channels)
-
     def map_levels(self) -> list[tuple[int, int, int]]:
         """(decoder block, channels, side) of the skips that identity maps are added to: every skip
         but the full-resolution one (side <= core size/4), which keeps the baked constants small."""

@@ -213,12 +213,6 @@ class DatasetReader:
     def __iter__(self) -> Iterator[Sample]:
         return self.iter_samples()
 
-    def shard_subset(self, rank: int = 0, world_size: int = 1) -> list[Path]:
-        """Shards of part `rank` of `world_size` (round-robin), e.g. one DDP rank x DataLoader worker."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
-        return self.shards[rank::world_size]
-
     def iter_samples(
         self,
         shuffle: bool = False,
