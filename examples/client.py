@@ -204,6 +204,9 @@ def transfer_shape(texture_points: np.ndarray, frame_points: np.ndarray, amount:
         reach = piece["grow"] * np.linalg.norm(frame_points[a] - frame_points[b])
         distance = [cv2.pointPolygonTest(polygon, (float(x), float(y)), True) for x, y in frame_points]
         members = np.flatnonzero(np.asarray(distance) >= -reach)
+        if not piece.get("moves", True):  # the piece keeps the frame's place
+            target[members] = frame_points[members]
+            continue
         move = similarity(frame_points[[a, b]], target[[a, b]])
         target[members] = frame_points[members] @ move[:, :2].T + move[:, 2]
     weights = np.full(len(frame_points), amount)

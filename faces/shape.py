@@ -13,11 +13,14 @@ from pocketswap.faces.types import LEFT_EYE_RING, MOUTH_CORNERS, OUTER_LIP, RIGH
 # Features that carry the expression (mouth opening, blinks): under shape transfer each moves as one rigid
 # piece, by the similarity that takes its two corners to the identity's, so the identity gives their place,
 # size and tilt and the attribute their shape. A piece is every landmark within its contour grown by a share
-# of its width (the lips' inner rings, the lids and creases around an eye). (contour, its two corners, growth)
+# of its width (the lips' inner rings, the lids and creases around an eye). (contour, its two corners, growth,
+# moves): the mouth does not move, so the frame's teeth and tongue stay where the frame has them and a student
+# can keep them by taking the frame's own pixels (a moved mouth left students a target that no input held, and
+# they smeared lips over the teeth on half of people-dev's open mouths).
 RIGID_FEATURES = (
-    (OUTER_LIP, MOUTH_CORNERS, 0.1),
-    (RIGHT_EYE_RING, (33, 133), 0.35),
-    (LEFT_EYE_RING, (362, 263), 0.35),
+    (OUTER_LIP, MOUTH_CORNERS, 0.1, False),
+    (RIGHT_EYE_RING, (33, 133), 0.35, True),
+    (LEFT_EYE_RING, (362, 263), 0.35, True),
 )
 
 
@@ -48,8 +51,11 @@ def transfer_shape(identity: np.ndarray, attribute: np.ndarray, amount: float) -
         return attribute.astype(np.float32)
     identity = np.asarray(identity, np.float64)[:, :2]
     target = transform_points(identity, similarity_transform(identity, attribute)).astype(np.float64)
-    for contour, corners, grow in RIGID_FEATURES:
+    for contour, corners, grow, moves in RIGID_FEATURES:
         group = rigid_piece(attribute, contour, corners, grow)
+        if not moves:  # the piece keeps the attribute's place
+            target[group] = attribute[group]
+            continue
         piece = two_point_similarity(attribute[list(corners)], target[list(corners)])
         target[group] = attribute[group] @ piece[:, :2].T + piece[:, 2]
     weights = np.full(len(attribute), amount)

@@ -110,11 +110,12 @@ def identity_warp_spec() -> dict[str, Any]:
         "shape_transfer": {
             "amount": "identity_texture.shape (0: skip)",
             "fit": "least-squares similarity (no reflection) of the texture's landmarks onto the frame's: target",
-            "rigid_pieces": [{"contour": list(contour), "corners": list(corners), "grow": grow}
-                             for contour, corners, grow in RIGID_FEATURES],
+            "rigid_pieces": [{"contour": list(contour), "corners": list(corners), "grow": grow, "moves": moves}
+                             for contour, corners, grow, moves in RIGID_FEATURES],
             "piece": "the frame's landmarks inside the contour polygon or at most grow * |corner 0 - corner 1| "
                      "outside it; their target is the frame's moved by the similarity that takes the frame's two "
-                     "corners onto the target's (later pieces overwrite earlier ones)",
+                     "corners onto the target's, or the frame's own place where moves is false (later pieces "
+                     "overwrite earlier ones)",
             "fixed": "landmarks on the convex hull of the frame's landmarks keep their place",
             "result": "frame + amount * (target - frame)",
         },

@@ -260,11 +260,11 @@ def test_geometric_colour_transfer_moves_the_skin_to_the_attributes(records, mod
 
 
 def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
-    """Half-way shape transfer: the nose moves half-way to the identity's (aligned) nose, the mouth to
-    the identity's place and width, but keeps the attribute's opening; the outline does not move."""
+    """Half-way shape transfer: the nose moves half-way to the identity's (aligned) nose and the eyes to the
+    identity's place and width, keeping the attribute's opening; the mouth and the outline do not move."""
     from pocketswap.faces.align import similarity_transform, transform_points
     from pocketswap.faces.types import MOUTH_CORNERS
-    from pocketswap.teacher.mesh import LOWER_INNER_LIP_CENTRE, UPPER_INNER_LIP_CENTRE
+    from pocketswap.teacher.mesh import INNER_LIP
 
     identity, attribute = records["grace_hopper"].landmarks[:, :2], records["astronaut"].landmarks[:, :2]
     aligned = transform_points(identity, similarity_transform(identity, attribute))
@@ -275,14 +275,17 @@ def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
     assert np.allclose(moved[nose], (attribute[nose] + aligned[nose]) / 2, atol=1e-3)
     assert np.linalg.norm(aligned[nose] - attribute[nose]) > 1.0  # the two noses differ: the test can fail
 
-    def mouth(points):
-        width = np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]])
-        return width, np.linalg.norm(points[UPPER_INNER_LIP_CENTRE] - points[LOWER_INNER_LIP_CENTRE]) / width
+    lips = list({*OUTER_LIP, *INNER_LIP, MOUTH_CORNERS[0], MOUTH_CORNERS[1]})
+    assert np.array_equal(moved[lips], attribute[lips])  # the mouth stays: the frame's teeth where the frame has them
+    assert np.linalg.norm(aligned[lips] - attribute[lips], axis=1).mean() > 1.0  # the two mouths differ
 
-    (width, opening), (attribute_width, attribute_opening) = mouth(moved), mouth(attribute)
-    assert width == pytest.approx((attribute_width + mouth(aligned)[0]) / 2, rel=0.02)
-    assert opening == pytest.approx(attribute_opening, rel=1e-4)
-    assert abs(mouth(aligned)[1] - attribute_opening) > 0.02  # a pointwise transfer would change it
+    def eye(points):  # width, and opening (upper lid to lower lid) over width: a similarity keeps the ratio
+        width = np.linalg.norm(points[33] - points[133])
+        return width, np.linalg.norm(points[159] - points[145]) / width
+
+    (width, opening), (attribute_width, attribute_opening) = eye(moved), eye(attribute)
+    assert width == pytest.approx((attribute_width + eye(aligned)[0]) / 2, rel=0.02)
+    assert opening == pytest.approx(attribute_opening, rel=1e-3)
 
 
 def test_rigid_pieces_match_opencv_point_polygon_test(records):
@@ -293,7 +296,7 @@ def test_rigid_pieces_match_opencv_point_polygon_test(records):
     rng = np.random.default_rng(0)
     for record in records.values():
         points = record.landmarks[:, :2].astype(np.float64) + rng.normal(0.0, 0.5, (468, 2))
-        for contour, _, _ in RIGID_FEATURES:
+        for contour, *_ in RIGID_FEATURES:
             polygon = points[list(contour)]
             expected = [cv2.pointPolygonTest(polygon.astype(np.float32), (float(x), float(y)), True) for x, y in points]
             assert np.allclose(polygon_distances(points, polygon), expected, atol=1e-3)

@@ -56,8 +56,9 @@ export function transferShape(texturePoints, framePoints, amount, spec) {
     const polygon = piece.contour.map((i) => framePoints[i]);
     const [a, b] = piece.corners;
     const reach = piece.grow * Math.hypot(framePoints[a][0] - framePoints[b][0], framePoints[a][1] - framePoints[b][1]);
+    const moves = piece.moves !== false; // a piece that does not move keeps the frame's place
     const move = similarity([framePoints[a], framePoints[b]], [target[a], target[b]]);
-    framePoints.forEach((p, i) => { if (polygonDistance(p, polygon) >= -reach) target[i] = apply(move, p); });
+    framePoints.forEach((p, i) => { if (polygonDistance(p, polygon) >= -reach) target[i] = moves ? apply(move, p) : p; });
   }
   const fixed = new Set(convexHullIndices(framePoints));
   return framePoints.map((p, i) => (fixed.has(i) ? p : [p[0] + amount * (target[i][0] - p[0]), p[1] + amount * (target[i][1] - p[1])]));
