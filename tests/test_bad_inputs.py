@@ -327,6 +327,9 @@ LIES = {
     "NaN landmark": (lambda m: m["identity_texture"]["landmarks"][5].__setitem__(0, float("nan")), "468 finite"),
     "texture bomb": (lambda m: m["identity_texture"].update(png_base64=_texture_bomb()), "MP limit"),
     "texture size": (lambda m: m["identity_texture"].update(size=32), "identity_texture"),
+    "huge scale": (lambda m: m["swap_spec"]["normalization"].update(scale=1e308), "'normalization.scale' must be in"),
+    "huge offset": (lambda m: m["swap_spec"]["normalization"].update(offset=-1e30), "'normalization.offset' must be"),
+    "BGR channels": (lambda m: m["swap_spec"]["normalization"].update(channels="BGRA"), "must be RGB"),
 }
 
 

@@ -65,9 +65,15 @@ class Normalization:
             scale, offset = float(data["scale"]), float(data["offset"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SpecError(f"{where}: field 'normalization' needs numbers 'scale' and 'offset' ({exc})") from exc
-        if not (math.isfinite(scale) and math.isfinite(offset)) or scale <= 0:
-            raise SpecError(f"{where}: field 'normalization.scale' must be a positive number, got {scale!r}")
-        return cls(scale, offset, str(data.get("channels", "RGB")))
+        # a model's pixels map to values within a few units: 255 * scale and offset far outside that are garbage
+        if not (math.isfinite(scale) and 1e-6 <= scale <= 1e3):
+            raise SpecError(f"{where}: field 'normalization.scale' must be in [1e-06, 1000], got {scale!r}")
+        if not (math.isfinite(offset) and abs(offset) <= 1e4):
+            raise SpecError(f"{where}: field 'normalization.offset' must be in [-10000, 10000], got {offset!r}")
+        channels = data.get("channels", "RGB")
+        if channels != "RGB":  # the only order any pocketswap model is fed
+            raise SpecError(f"{where}: field 'normalization.channels' must be RGB, got {str(channels)[:20]!r}")
+        return cls(scale, offset, channels)
 
 
 PIXELS = Normalization()  # every student image tensor (input, output, warped identity)
