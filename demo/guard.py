@@ -181,10 +181,16 @@ class Guard:
             nonlocal started
             if cut_off:
                 return  # the 413 has been sent; the handler's own reply is dropped
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), *FRAME_HEADERS]}
             await send(message)
 
         await self.app(scope, counted_receive, tracked_send)
+
+
+# No page of the app may be framed by another site (a framed app takes the clicks meant for that site's page).
+FRAME_HEADERS = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
 
 
 def _size(limit: int) -> str:
@@ -194,7 +200,7 @@ def _size(limit: int) -> str:
 
 async def _send_error(send: Send, status: int, message: str) -> None:
     body = (json.dumps({"error": message}) + "\n").encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *FRAME_HEADERS]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -476,6 +476,18 @@ def test_one_job_at_a_time_never_touches_another_clients_files_and_cancels(app_s
     assert not trap.tracebacks()
 
 
+@pytest.mark.parametrize("path", ("/", "/device", "/api/model", "/no-such-page"))
+def test_every_response_forbids_framing(app_server, path):
+    """Every page and answer, refusals included, says no other site may frame it."""
+    url, _, app, _ = app_server
+    conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=60)
+    conn.request("GET", path, headers={"X-Pocketswap-Token": app.state.token})
+    response = conn.getresponse()
+    response.read()
+    assert response.getheader("X-Frame-Options") == "DENY", (path, response.status)
+    assert "frame-ancestors 'none'" in response.getheader("Content-Security-Policy", ""), path
+
+
 def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_path):
     """The attack as a browser runs it: a page served from another port posts no-cors forms, opens a
     WebSocket and fetches the API. Nothing starts, nothing is written, the socket never opens."""
@@ -502,6 +514,9 @@ def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_pat
         fetch("{url}/api/model").then((r) => r.text()),
         fetch("{url}/").then((r) => r.text()),
       ]).then((r) => {{ window.results.fetches = r.map((x) => x.status + ":" + (x.value && x.value.length)); }});
+      const frame = document.createElement("iframe");  // clickjacking: the app framed under this page
+      frame.src = "{url}/";
+      document.documentElement.appendChild(frame);
       const ws = new WebSocket("{ws_url}/ws/live");
       ws.onopen = () => {{ window.results.ws = "open"; }};
       ws.onclose = () => {{ window.results.ws = window.results.ws || "closed"; }};
@@ -520,10 +535,13 @@ def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_pat
             page.goto(f"http://127.0.0.1:{evil.server_address[1]}/evil.html")
             page.wait_for_function("window.results.fetches && window.results.ws", timeout=60_000)
             results = page.evaluate("window.results")
+            page.wait_for_timeout(500)
+            framed = [frame.url for frame in page.frames if frame != page.main_frame]
             browser.close()
     finally:
         evil.shutdown()
     assert results["ws"] == "closed", results
+    assert framed and all(not f.startswith(url) for f in framed), framed  # the browser refused to frame the app
     assert results["fetches"][3].startswith("rejected") and results["fetches"][4].startswith("rejected"), results
     assert app.state.job.state in ("idle", "cancelled"), "a cross-origin form started a job"
     after = _tree(root)
