@@ -127,9 +127,13 @@ def comparison(run: Path | None) -> dict[str, Any]:
     if run is None:
         return {"available": False, "hint": "personalise first: pocketswap distill personalize RUN_DIR --identity "
                 "PHOTO --out DIR, then export DIR (the Compare tab reads DIR/eval.json)"}  # fmt: skip
-    report = json.loads((run / "eval.json").read_text())
-    metrics = report.get("metrics", {})
-    rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
+    try:
+        report = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+        metrics = report.get("metrics", {})
+        rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:  # cut, garbled or foreign
+        return {"available": False, "hint": f"{run / 'eval.json'} is unreadable ({type(exc).__name__}); run "
+                f"pocketswap distill eval again to rewrite it"}  # fmt: skip
     return {"available": True, "run": str(run), "num_samples": report.get("num_samples"), "rows": rows}
 
 

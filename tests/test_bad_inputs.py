@@ -456,3 +456,13 @@ def test_bad_identity_embeddings_are_refused_in_one_line(tmp_path, kind):
     with pytest.raises(ImageReadError, match=f"identity embedding {re.escape(str(path))}: unreadable") as info:
         read_identity(path, embed_dim=128)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"metrics": ', b"\xff\xfe", b"[1, 2]", b'{"metrics": {"universal": 5}}'])
+def test_an_unreadable_eval_json_is_a_hint_not_a_server_error(tmp_path, content):
+    """The app's Compare tab on a cut, garbled or foreign eval.json says so (and how to rewrite it) (#37 item 11)."""
+    from pocketswap.demo.model_info import comparison
+
+    (tmp_path / "eval.json").write_bytes(content)
+    answer = comparison(tmp_path)
+    assert answer["available"] is False and "eval.json is unreadable" in answer["hint"], answer
