@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -154,9 +155,12 @@ class RunPersistence:
         improved = bool(val) and val["loss"] < self.best_val
         if improved:
             self.best_val, self.best_step = val["loss"], self.step
-        save_checkpoint(tmp, self.ema, self.scfg, extra=extra)
-        run_state.save_state(tmp, self._train_state(ranks))
-        replace_dir(tmp, final)
+        try:
+            save_checkpoint(tmp, self.ema, self.scfg, extra=extra)
+            run_state.save_state(tmp, self._train_state(ranks))
+            replace_dir(tmp, final)
+        finally:  # a checkpoint that could not be written (full disk) leaves nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
         run_state.point_last(self.out, final)
         self.last_checkpoint = final
         if improved:

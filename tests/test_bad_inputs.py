@@ -466,3 +466,27 @@ def test_an_unreadable_eval_json_is_a_hint_not_a_server_error(tmp_path, content)
     (tmp_path / "eval.json").write_bytes(content)
     answer = comparison(tmp_path)
     assert answer["available"] is False and "eval.json is unreadable" in answer["hint"], answer
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """safetensors on a full disk (RLIMIT_FSIZE: writes past 64 kB fail with EFBIG) is one OutputError line naming the
+    file, not a SafetensorError traceback, and no temporary file is left (#37 item 4)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal, torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+from pocketswap.core.checkpoint import write_checkpoint
+from pocketswap.core.errors import OutputError
+try:
+    write_checkpoint({str(tmp_path / "ckpt")!r}, {{"w": torch.zeros(1 << 20)}}, {{"kind": "test"}})
+except OutputError as exc:
+    print("ERROR", exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip()
+    assert line.startswith("ERROR cannot write") and "model.safetensors" in line and "\n" not in line, line
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [], "a temporary file was left"

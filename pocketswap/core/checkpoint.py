@@ -117,6 +117,7 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: d
     """Write a checkpoint directory: ``tensors`` (safetensors, ``meta`` in its header) and ``meta`` as
     ``config.json`` (with ``format``, ``format_version``, ``pocketswap_version`` and a fresh ``save_id`` added),
     each atomically. Returns the directory."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "pocketswap_version": __version__,
@@ -130,7 +131,10 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: d
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={_META_KEY: meta_text})
+        try:
+            save_file(tensors, str(tmp), metadata={_META_KEY: meta_text})
+        except SafetensorError as exc:  # a full disk reaches us as this, not as an OSError
+            raise OSError(str(exc).splitlines()[0] if str(exc) else "safetensors could not write") from exc
     atomic_write_bytes(directory / CONFIG_NAME, (meta_text + "\n").encode())
     return directory
 
