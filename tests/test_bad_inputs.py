@@ -490,3 +490,30 @@ except OutputError as exc:
     line = result.stdout.strip()
     assert line.startswith("ERROR cannot write") and "model.safetensors" in line and "\n" not in line, line
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [], "a temporary file was left"
+
+
+def test_a_shard_on_a_full_disk_is_one_line_naming_it_and_leaves_no_temporary_tar(tmp_path):
+    """Writing a dataset shard past RLIMIT_FSIZE (a full disk) ends in one OutputError naming the shard, and the
+    writer's abort removes its temporary tar even though closing it fails again (#37 item 7)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+from pocketswap.core.errors import OutputError
+from pocketswap.core.shards import ShardWriter
+try:
+    with ShardWriter({str(tmp_path / "shard-000000.tar")!r}) as writer:
+        for i in range(64):
+            writer.write_encoded([(f"{{i:09d}}.bin", bytes(4096))])
+        writer.close()
+except OutputError as exc:
+    print("ERROR", exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip()
+    assert line.startswith("ERROR cannot write shard") and "shard-000000.tar" in line and "\n" not in line, line
+    assert list(tmp_path.iterdir()) == [], "a temporary tar was left"

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pocketswap.core.errors import PocketswapError
+from pocketswap.core.errors import OutputError, PocketswapError
 from pocketswap.core.files import PendingFile, file_sha256
 
 log = logging.getLogger(__name__)
@@ -175,22 +175,33 @@ class ShardWriter:
         self.write_encoded(encode_sample(sample))
 
     def write_encoded(self, members: Iterable[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            self.add_bytes(name, data)
+        try:
+            for name, data in members:
+                self.add_bytes(name, data)
+        except OSError as exc:  # a full disk: name the shard being written
+            raise OutputError(f"cannot write shard {self.path}: {exc.strerror or exc}") from exc
         self.count += 1
 
     def close(self) -> ShardInfo:
-        self._tar.close()
-        with open(self.tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        try:
+            self._tar.close()
+            with open(self.tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise OutputError(f"cannot write shard {self.path}: {exc.strerror or exc}") from exc
         size = self.tmp.stat().st_size
         digest = file_sha256(self.tmp)
         self._file.commit()
         return ShardInfo(self.path.name, self.count, size, digest)
 
     def abort(self) -> None:
-        self._tar.close()
-        self._file.discard()
+        """Drop the shard: its temporary file is removed even when closing the tar fails again (a full disk)."""
+        try:
+            self._tar.close()
+        except OSError:
+            pass  # tarfile closes its file before this reaches us
+        finally:
+            self._file.discard()
 
     def __enter__(self) -> ShardWriter:
         return self
