@@ -172,11 +172,12 @@ def frame_folds(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, co
 
 def frame_grain(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, core: np.ndarray) -> np.ndarray:
     """``source`` with the finest luminance detail of its skin (pores, grain, the camera's noise: finer than
-    ``GRAIN_SCALE`` of the crop) swapped for ``frame``'s (both uint8 RGB on the same geometry; eyes, brows and
-    lips keep their own): the face has the frame's texture, so it neither looks airbrushed in a sharp photo nor
+    ``GRAIN_SCALE`` of the crop) swapped for ``frame``'s (both uint8 RGB on the same geometry; eyes with their lids
+    and lashes, brows and lips keep their own): the face has the frame's texture, so it neither looks airbrushed in a sharp photo nor
     shows a seam where its texture meets the frame's."""
     size = source.shape[0]
     skin = ((core > 0) & (feature_mask(size, landmarks) == 0)).astype(np.float32)
+    skin *= 1.0 - lid_region(size, landmarks)  # the frame's lashes and brows would show through as ghosts
     weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, size / 128.0))[..., None]
     sigma = max(0.7, size * GRAIN_SCALE)
     src, dst = to_lab(source), to_lab(frame)
