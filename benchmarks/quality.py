@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
+from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def bench_quality(
     _, config, extra = load_checkpoint(checkpoint)
     # A personalised student swaps in its own person only: every pair gets that identity.
     identity = (extra.get("identity") or {}).get("source", "")
-    if identity and not identity.startswith("sample:") and not Path(identity).is_file():
+    if identity and not identity.startswith(SAMPLE_PREFIX) and not Path(identity).is_file():
         raise PocketswapError(f"{target}: personalised for {identity}, which is not available here to make pairs")
     data = out / "pairs"
     cfg = GenerateConfig(

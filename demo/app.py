@@ -21,6 +21,7 @@ from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.source import ImageSource, VideoSource, is_still, open_source
 from pocketswap.demo.swap_model import SwapModel, load_swap_model
 from pocketswap.faces.align import align_face
+from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def identity_files(spec: Path | None) -> list[Path]:
     """One identity image/.npy or ``sample:NAME``, or every image/.npy in a folder (cycled with the n key)."""
     if spec is None:
         return []
-    if str(spec).startswith("sample:"):
+    if str(spec).startswith(SAMPLE_PREFIX):
         return [spec]
     if spec.is_dir():
         files = sorted(p for p in spec.iterdir() if p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketswap.faces.samples import SAMPLE_PREFIX
+
 
 @dataclass
 class ArtifactChoice:
@@ -138,4 +140,4 @@ def comparison(run: Path | None) -> dict[str, Any]:
 
 
 def _identity_name(path: Path) -> str:
-    return str(path) if str(path).startswith("sample:") else path.name
+    return str(path) if str(path).startswith(SAMPLE_PREFIX) else path.name

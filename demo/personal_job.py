@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
+from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class PersonalizeJob:
         if request is None:
             return info
         info |= {"job": request.job_id, "identity": Path(request.identity).name if not request.identity.startswith(
-            "sample:") else request.identity, "out": str(request.out), "steps": request.steps}  # fmt: skip
+            SAMPLE_PREFIX) else request.identity, "out": str(request.out), "steps": request.steps}  # fmt: skip
         info["elapsed_s"] = round(time.time() - self.started)
         rows = _train_rows(request.out / "metrics.jsonl")
         if self.state == "running":

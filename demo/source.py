@@ -14,13 +14,14 @@ import numpy as np
 
 from pocketswap.core.errors import ImageReadError, PocketswapError
 from pocketswap.core.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
 
 
 def is_still(spec: str) -> bool:
     """True when a ``--source`` names one image (a file with an image suffix, or ``sample:NAME``)."""
-    return spec.startswith("sample:") or Path(spec).suffix.lower() in IMAGE_SUFFIXES
+    return spec.startswith(SAMPLE_PREFIX) or Path(spec).suffix.lower() in IMAGE_SUFFIXES
 
 
 class CameraError(PocketswapError):

@@ -54,6 +54,7 @@ from pocketswap.export.job import (
     student_tensors,
 )
 from pocketswap.faces.identity import read_identity, same_person_threshold
+from pocketswap.faces.samples import SAMPLE_PREFIX
 from pocketswap.faces.spec import swap_spec
 from pocketswap.faces.warp import triangulate, warp_identity
 
@@ -166,7 +167,7 @@ def baked_identity(
         if not needs_face or own.face(config.size, config.template) is not None:
             log.info("baking the run's own identity: %s (%s)", own.name, own.source)
             return own
-        if not own.source.startswith("sample:") and not Path(own.source).is_file():
+        if not own.source.startswith(SAMPLE_PREFIX) and not Path(own.source).is_file():
             raise ConfigError(
                 f"this run was personalised for {own.name} from {own.source}, which is gone and its checkpoint keeps "
                 f"no face: pass --identity with a photo of {own.name}"

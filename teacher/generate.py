@@ -27,6 +27,7 @@ from pocketswap.core.errors import ConfigError, NoFaceError
 from pocketswap.core.files import atomic_write_json, temp_glob
 from pocketswap.core.identity import Identity
 from pocketswap.core.shards import ShardWriter, shard_name
+from pocketswap.faces.samples import SAMPLE_PREFIX
 from pocketswap.teacher.analysis import analyze_faces, analyze_identity
 from pocketswap.teacher.config import CHUNK, GenerateConfig
 from pocketswap.teacher.pairs import build_teacher, make_pairs
@@ -164,7 +165,7 @@ def generate(
     if all(r is not None for r in records):
         manifest = build_manifest(cfg, pool, teacher, records)  # type: ignore[arg-type]
         if fixed is not None:
-            source = cfg.identity if cfg.identity.startswith("sample:") else str(Path(cfg.identity).resolve())
+            source = cfg.identity if cfg.identity.startswith(SAMPLE_PREFIX) else str(Path(cfg.identity).resolve())
             manifest.identity = Identity(fixed.name, source, fixed.embedding, cfg.encoder, fixed.image,
                                          fixed.landmarks, manifest.template).to_record()  # fmt: skip
         write_dataset_manifest(out, manifest)
