@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -107,6 +108,8 @@ def swap_frame(session: Session, data: bytes) -> list[str | bytes]:
     if len(data) <= HEADER.size:
         raise PocketswapError("empty frame")
     (sent_ms,) = HEADER.unpack_from(data)
+    if not math.isfinite(sent_ms):  # NaN or Infinity would go back as JSON no page can parse
+        raise PocketswapError("the frame's capture time (its 8-byte header) is not a finite number")
     start = time.perf_counter()
     frame = decode_jpeg(data[HEADER.size :])
     decoded = time.perf_counter()

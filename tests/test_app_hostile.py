@@ -410,6 +410,9 @@ def test_live_settings_and_frames_that_are_hostile_leave_the_session_going(app_s
             ws.send(HEADER.pack(0.0) + _png_bomb())
             assert "MP limit" in json.loads(ws.recv(timeout=60))["error"]
         assert process.memory_info().rss - before < 300 * 1024 * 1024, "a frame bomb was decoded"
+        for odd in (float("nan"), float("inf")):  # a capture time that JSON cannot carry back
+            ws.send(HEADER.pack(odd) + jpeg)
+            assert "not a finite number" in json.loads(ws.recv(timeout=60))["error"]
         ws.send(HEADER.pack(1.0) + jpeg)
         assert json.loads(ws.recv(timeout=60))["stats"]["faces"] == 1  # the session goes on
         ws.recv(timeout=60)
