@@ -12,10 +12,11 @@ mouth interior (teeth, tongue) and eyeballs (gaze, blinks), its **facial hair** 
 is blended into the attribute crop with a membrane (Poisson-style) blend inside a feathered hull.
 
 The defaults were chosen by blind panels (``bench panel``, fresh raters each round, real photos as the
-control) and the dlib judge together, on people-dev (55 swaps of 10 people, results/realism-panel.md):
-the previous default (global colour, the identity's beard and lips) was rated real on 0 of 22 crops; relit
-alone it is judged the person on 98.2% of swaps but still rated real on 0 of 22 (lipstick, smeared beards);
-with the frame's facial hair and lip colour on 3 of 22, all of them judged the person, at 80.0% same person.
+control) and the dlib judge together, on people-dev (55 swaps of 10 people, results/realism-panel.md). The
+previous default (global colour, the identity's beard and lips) passed (rated real and judged the person) 1 of
+48 crops. Relit alone, it is judged the person on 98.2% of swaps but still rated real on none (lipstick, smeared
+beards). With the frame's facial hair, lip and eye-shadow colour and skin grain, and the mouth left in place,
+it passed 14 of 66, at 78.2% same person.
 Earlier, on faces-dev: keeping the eyeballs cut the gaze error by a third (0.075 -> 0.048 eye widths); the
 shape transfer raised same person 85.5% -> 92.7%.
 """
