@@ -468,52 +468,49 @@ def test_an_unreadable_eval_json_is_a_hint_not_a_server_error(tmp_path, content)
     assert answer["available"] is False and "eval.json is unreadable" in answer["hint"], answer
 
 
-def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
-    """safetensors on a full disk (RLIMIT_FSIZE: writes past 64 kB fail with EFBIG) is one OutputError line naming the
-    file, not a SafetensorError traceback, and no temporary file is left (#37 item 4)."""
+def _on_a_full_disk(body: str) -> str:
+    """Run ``body`` (Python lines) in a child whose files may not grow past 64 kB (RLIMIT_FSIZE, SIGXFSZ ignored:
+    writes fail with EFBIG as on a full disk); the child prints "ERROR <message>" for an OutputError. Its stdout."""
     import subprocess
     import sys
+    import textwrap
 
-    script = f"""
-import resource, signal, torch
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-from pocketswap.core.checkpoint import write_checkpoint
-from pocketswap.core.errors import OutputError
-try:
-    write_checkpoint({str(tmp_path / "ckpt")!r}, {{"w": torch.zeros(1 << 20)}}, {{"kind": "test"}})
-except OutputError as exc:
-    print("ERROR", exc)
-"""
+    script = "\n".join([
+        "import resource, signal",
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)",
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))",
+        "from pocketswap.core.errors import OutputError",
+        "try:",
+        textwrap.indent(textwrap.dedent(body).strip(), "    "),
+        "except OutputError as exc:",
+        "    print('ERROR', exc)",
+    ])  # fmt: skip
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    line = result.stdout.strip()
+    return result.stdout.strip()
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """safetensors on a full disk is one OutputError line naming the file, not a SafetensorError traceback, and no
+    temporary file is left (#37 item 4)."""
+    line = _on_a_full_disk(f"""
+        import torch
+        from pocketswap.core.checkpoint import write_checkpoint
+        write_checkpoint({str(tmp_path / "ckpt")!r}, {{"w": torch.zeros(1 << 20)}}, {{"kind": "test"}})
+    """)
     assert line.startswith("ERROR cannot write") and "model.safetensors" in line and "\n" not in line, line
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [], "a temporary file was left"
 
 
 def test_a_shard_on_a_full_disk_is_one_line_naming_it_and_leaves_no_temporary_tar(tmp_path):
-    """Writing a dataset shard past RLIMIT_FSIZE (a full disk) ends in one OutputError naming the shard, and the
-    writer's abort removes its temporary tar even though closing it fails again (#37 item 7)."""
-    import subprocess
-    import sys
-
-    script = f"""
-import resource, signal
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-from pocketswap.core.errors import OutputError
-from pocketswap.core.shards import ShardWriter
-try:
-    with ShardWriter({str(tmp_path / "shard-000000.tar")!r}) as writer:
-        for i in range(64):
-            writer.write_encoded([(f"{{i:09d}}.bin", bytes(4096))])
-        writer.close()
-except OutputError as exc:
-    print("ERROR", exc)
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    line = result.stdout.strip()
+    """Writing a dataset shard on a full disk ends in one OutputError naming the shard, and the writer's abort
+    removes its temporary tar even though closing it fails again (#37 item 7)."""
+    line = _on_a_full_disk(f"""
+        from pocketswap.core.shards import ShardWriter
+        with ShardWriter({str(tmp_path / "shard-000000.tar")!r}) as writer:
+            for i in range(64):
+                writer.write_encoded([(f"{{i:09d}}.bin", bytes(4096))])
+            writer.close()
+    """)
     assert line.startswith("ERROR cannot write shard") and "shard-000000.tar" in line and "\n" not in line, line
     assert list(tmp_path.iterdir()) == [], "a temporary tar was left"
