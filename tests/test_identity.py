@@ -263,7 +263,7 @@ def test_arcface_missing_or_corrupt_file(tmp_path: Path) -> None:
     [
         (np.full(128, np.nan, np.float32), "NaN"),
         (np.zeros(128, np.float32), "all zeros"),
-        (np.array(["a"] * 128), "not numbers"),
+        (np.array(["a"] * 128), "not real numbers"),
         (np.ones(64, np.float32), r"shape \(64,\) but the model expects \(128,\)"),
     ],
 )
