@@ -98,36 +98,39 @@ def _stem_parts(stem: str) -> tuple[str, str]:
     return scene, who
 
 
-def _quality_items(quality: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """scene -> source -> item (full-frame image path, face box, identity, judged the identity) of a quality run."""
+def _quality_items(quality: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], str | None]:
+    """(scene -> source -> item: full-frame image path, face box, identity, judged the identity; the people folder
+    it was run on) of a quality run."""
+    from pocketswap.benchmarks.photos import swap_stem
+
     report_path = quality / "quality_photos.json"
     if not report_path.is_file():
         raise ConfigError(f"{quality}: no quality_photos.json (give a `bench quality --people` output folder)")
-    try:
-        report = json.loads(report_path.read_text())
-        rows = [r for r in report["rows"] if r["method"] in ("student", "teacher", "input")]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{report_path}: not a readable quality report ({exc})") from exc
     scenes: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        stem = f"{row['owner']}_{Path(row['photo']).stem}_as_{row['identity']}"
-        scene, _ = _stem_parts(stem)
-        method = row["method"]
-        folder = "input" if method == "input" else method
-        source = PHOTO if method == "input" else method
-        image = quality / "swaps" / folder / f"{stem}.jpg"
-        if not image.is_file():
-            continue
-        judged = None if source == PHOTO else bool(row.get("dlib_same"))
-        scenes.setdefault(scene, {})[source] = {
-            "image": image, "box": row["box"], "identity": None if source == PHOTO else row["identity"],
-            "owner": row["owner"], "photo": row["photo"], "judged_identity": judged,
-            "identity_distance": None if source == PHOTO else row.get("dlib_distance"),
-            "mouth_smeared": None if source == PHOTO else row.get("mouth_smeared"),
-        }  # fmt: skip
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        for row in report["rows"]:
+            if row["method"] not in ("student", "teacher", "input"):
+                continue
+            stem = swap_stem(row["owner"], row["photo"], row["identity"])
+            scene, _ = _stem_parts(stem)
+            source = PHOTO if row["method"] == "input" else row["method"]
+            image = quality / "swaps" / row["method"] / f"{stem}.jpg"
+            if not image.is_file():
+                continue
+            swap = source != PHOTO
+            scenes.setdefault(scene, {})[source] = {
+                "image": image, "box": [float(v) for v in row["box"]][:4], "identity": row["identity"] if swap else None,
+                "owner": row["owner"], "photo": row["photo"], "judged_identity": bool(row.get("dlib_same")) if swap else None,
+                "identity_distance": row.get("dlib_distance") if swap else None,
+                "mouth_smeared": row.get("mouth_smeared") if swap else None,
+            }  # fmt: skip
+        folder = report.get("folder")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ConfigError(f"{report_path}: not a readable quality report ({type(exc).__name__}: {exc})") from exc
     if not scenes:
         raise ConfigError(f"{quality}: the quality run holds no swaps (its swaps/ folder is empty)")
-    return scenes
+    return scenes, folder if isinstance(folder, str) else None
 
 
 def _add_extra(scenes: dict, name: str, folder: Path, judge: Any) -> int:
@@ -190,9 +193,9 @@ def build_panel(
     from pocketswap.core.imageio import read_image, write_image
 
     quality, out = Path(quality), Path(out)
-    scenes = _quality_items(quality)
+    scenes, run_people = _quality_items(quality)
     if extras:
-        folder = people or _quality_folder(quality)
+        folder = people or run_people
         judge = identity_judge(Path(folder)) if folder else None
         for name, path in extras.items():
             if name in (PHOTO, "teacher", "student"):
@@ -238,13 +241,6 @@ def build_panel(
     return key
 
 
-def _quality_folder(quality: Path) -> str | None:
-    try:
-        return json.loads((quality / "quality_photos.json").read_text()).get("folder")
-    except (OSError, ValueError):
-        return None
-
-
 def read_answers(path: str | Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     """One rater's answers (``{"panel", "rater", "answers": [{"image", "score", "reason"}]}``), checked against
     the key: the same panel, known images, scores 1-5."""
@@ -252,7 +248,7 @@ def read_answers(path: str | Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         panel, answers = data["panel"], data["answers"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not a panel answer file ({exc})") from exc
     if panel != key["panel"]:
         raise ConfigError(f"{path}: answers for panel {panel!r}, but the key is for {key['panel']!r}")
@@ -280,9 +276,9 @@ def score_panel(key_path: str | Path, answer_paths: list[str | Path]) -> dict[st
     judged the identity, mean score and the reasons grouped."""
     key_path = Path(key_path)
     try:
-        key = json.loads(key_path.read_text())
+        key = json.loads(key_path.read_text(encoding="utf-8"))
         items = {item["image"]: item for item in key["items"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{key_path}: not a panel key ({exc})") from exc
     if not answer_paths:
         raise ConfigError("--score needs one or more answer files")

@@ -24,6 +24,7 @@ from pocketswap.benchmarks.photos import (
     people_folders,
     recapture,
     summarise,
+    swap_stem,
 )
 from pocketswap.core.errors import ConfigError, NoFaceError
 
@@ -129,7 +130,7 @@ def bench_photos(
         before = {j: judge.distance(start[j], j, who) for j in judge.names}
         outputs = {"student": swap_with(students[who], image, analyzer), "teacher": swap_with(teachers[who], image, analyzer),
                    "recaptured": recapture(image), "input": image}  # fmt: skip
-        stem = f"{owner}_{path.stem}_as_{who}"
+        stem = swap_stem(owner, path, who)
         for method, swapped in outputs.items():
             row: dict[str, Any] = {"photo": f"{owner}/{path.name}", "owner": owner, "identity": who, "method": method,
                                    "box": [round(float(v)) for v in face.box]}  # fmt: skip
@@ -210,7 +211,7 @@ def worst_swaps(rows: list[dict[str, Any]], out: Path) -> dict[str, list[str]]:
         scored.sort(key=lambda r: r[field], reverse=largest)
         shown[field] = []
         for rank, row in enumerate(scored[:WORST]):
-            stem = f"{row['owner']}_{Path(row['photo']).stem}_as_{row['identity']}"
+            stem = swap_stem(row["owner"], row["photo"], row["identity"])
             x0, y0, x1, y1 = row["box"]  # the face and some context around it, not the whole frame
             pad = round(0.35 * max(x1 - x0, y1 - y0))
             strip = [read_image(out / "swaps" / m / f"{stem}.jpg") for m in ("input", "teacher", "student")]

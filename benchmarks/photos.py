@@ -51,6 +51,11 @@ class Person:
         return self.photos[0]
 
 
+def swap_stem(owner: str, photo: str | Path, identity: str) -> str:
+    """The file stem of ``photo`` (of person ``owner``) swapped to ``identity``: ``OWNER_PHOTO_as_IDENTITY``."""
+    return f"{owner}_{Path(photo).stem}_as_{identity}"
+
+
 def people_folders(root: str | Path) -> list[Person]:
     """One :class:`Person` per sub-folder of ``root`` holding photos (at least two people, each with at
     least two photos: one gives the identity, the others judge it)."""

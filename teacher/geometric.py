@@ -248,7 +248,7 @@ class GeometricTeacher(Teacher):
 
         kept = []  # the attribute's own: mouth interior, eyeballs
         if cfg.lips == "frame":
-            kept.append(feathered(polygon_mask(size, [dst[list(OUTER_LIP)]]), max(1, size // 128)))
+            kept.append(lip_region(size, dst)[..., None])
         elif cfg.keep_mouth:
             mouth = polygon_mask(size, [dst[list(INNER_LIP)]])
             kept.append(feathered(mouth, int(round(cfg.mouth_dilate * size))))

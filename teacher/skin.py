@@ -5,7 +5,8 @@ Blind raters called the geometric teacher's swaps manipulated for three reasons 
 local skin mean, in CIELAB, replaced by the frame's), a beard or stubble painted over as flat skin or a shadow
 of one (**facial hair** is the frame's, like head hair: :func:`facial_hair_mask` finds it in the frame and in
 the identity, and the swap keeps the frame's pixels there), and lipstick-red lips on faces that wear none
-(**lip colour** is the frame's: :func:`lip_colour_from`).
+(**lip and eye-shadow colour** are the frame's: :func:`colour_from`), and its skin's finest grain
+(:func:`frame_grain`).
 """
 
 from __future__ import annotations
@@ -162,25 +163,25 @@ def frame_folds(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, co
     points = landmarks[:, :2]
     rows = np.arange(size, dtype=np.float32)[:, None]
     region = ((rows > points[NOSE_TIP, 1]) & (core > 0)).astype(np.float32)
-    weight = cv2.GaussianBlur(region, (0, 0), size / 32.0)[..., None]
-    sigma = size * FOLD_SCALE
-    src, dst = to_lab(source), to_lab(frame)
-    detail = lambda lab: lab[..., :1] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)[..., None]  # noqa: E731
-    src[..., :1] += weight * (detail(dst) - detail(src))
-    return from_lab(src)
+    return _frame_detail(source, frame, cv2.GaussianBlur(region, (0, 0), size / 32.0), size * FOLD_SCALE)
 
 
 def frame_grain(source: np.ndarray, frame: np.ndarray, landmarks: np.ndarray, core: np.ndarray) -> np.ndarray:
     """``source`` with the finest luminance detail of its skin (pores, grain, the camera's noise: finer than
     ``GRAIN_SCALE`` of the crop) swapped for ``frame``'s (both uint8 RGB on the same geometry; eyes with their lids
-    and lashes, brows and lips keep their own): the face has the frame's texture, so it neither looks airbrushed in a sharp photo nor
-    shows a seam where its texture meets the frame's."""
+    and lashes, brows and lips keep their own): the face has the frame's texture, so it neither looks airbrushed
+    in a sharp photo nor shows a seam where its texture meets the frame's."""
     size = source.shape[0]
     skin = ((core > 0) & (feature_mask(size, landmarks) == 0)).astype(np.float32)
     skin *= 1.0 - lid_region(size, landmarks)  # the frame's lashes and brows would show through as ghosts
-    weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, size / 128.0))[..., None]
-    sigma = max(0.7, size * GRAIN_SCALE)
+    weight = cv2.GaussianBlur(skin, (0, 0), max(1.0, size / 128.0))
+    return _frame_detail(source, frame, weight, max(0.7, size * GRAIN_SCALE))
+
+
+def _frame_detail(source: np.ndarray, frame: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    """``source`` with its CIELAB lightness finer than a ``sigma`` px Gaussian swapped for ``frame``'s, by the HxW
+    ``weight`` (both uint8 RGB on the same geometry)."""
     src, dst = to_lab(source), to_lab(frame)
-    detail = lambda lab: lab[..., :1] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)[..., None]  # noqa: E731
-    src[..., :1] += weight * (detail(dst) - detail(src))
+    detail = lambda lab: lab[..., 0] - cv2.GaussianBlur(lab[..., 0], (0, 0), sigma)  # noqa: E731
+    src[..., 0] += weight * (detail(dst) - detail(src))
     return from_lab(src)

@@ -288,3 +288,17 @@ def test_panel_scores_merge_raters_with_intervals_joint_share_and_grouped_reason
         with pytest.raises(ConfigError):
             score_panel(tmp_path / "key.json", [tmp_path / bad])
         assert main(["bench", "panel", "--score", str(tmp_path / bad), "--key", str(tmp_path / "key.json")]) == 2
+
+
+@pytest.mark.parametrize(
+    "report", [b"", b"\xff\xfe", b"[" * 100_000, b'{"rows": 5}', b'{"rows": [{"method": "teacher"}]}', b'{"rows": []}']
+)
+def test_panel_on_a_broken_quality_report_is_one_line(tmp_path, capsys, report):
+    """A cut, garbled, deep or foreign quality_photos.json (or one with no swaps) is one error line, exit 2."""
+    from pocketswap.cli import main
+
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "quality_photos.json").write_bytes(report)
+    assert main(["bench", "panel", str(tmp_path / "q"), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pocketswap: error:") and "\n" not in err and "Traceback" not in err, err
