@@ -14,7 +14,7 @@ import numpy as np
 
 from pocketswap.demo.settings import PipelineConfig
 from pocketswap.demo.swap_model import SwapModel
-from pocketswap.faces.align import align_face, paste_back
+from pocketswap.faces.align import align_face, frame_kept, paste_back
 from pocketswap.faces.analyzer import FaceAnalyzer
 from pocketswap.faces.smoothing import OneEuroFilter
 from pocketswap.faces.types import Face
@@ -83,13 +83,14 @@ class LiveSwapper:
         for face in smoothed if self.config.swap else []:
             start = time.perf_counter()
             aligned = align_face(frame, face.keypoints, self.model.size, self.model.template)
-            landmarks = aligned.landmarks_in_crop(face.landmarks) if self.model.needs_landmarks else None
+            in_crop = aligned.landmarks_in_crop(face.landmarks)
             t1 = time.perf_counter()
-            swapped, mask = self.model(aligned.crop, landmarks)
+            swapped, mask = self.model(aligned.crop, in_crop if self.model.needs_landmarks else None)
             t2 = time.perf_counter()
+            kept = frame_kept(in_crop, self.model.size) if self.config.keep_mouth else None
             out = paste_back(
                 out, swapped, aligned.matrix, mask=mask, match_color=self.config.color_transfer and self._match,
-                keep_detail=self.config.keep_detail,
+                keep_detail=self.config.keep_detail, kept=kept,
             )  # fmt: skip
             t3 = time.perf_counter()
             for stage, ms in (("align", t1 - start), ("swap", t2 - t1), ("paste", t3 - t2)):

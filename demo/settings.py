@@ -27,6 +27,7 @@ class PipelineConfig(Config):
     beta: float = config_field(BETA, "One-Euro landmark smoothing: speed coefficient")
     color_transfer: bool = config_field(True, "colour transfer (CIELAB) at paste-back")
     keep_detail: bool = config_field(True, "add back the frame's detail finer than the crop on large faces")
+    keep_mouth: bool = config_field(True, "the frame's mouth opening (teeth, tongue) stays the frame's at paste-back")
     all_faces: bool = config_field(False, "swap every face, not only the largest")
     swap: bool = config_field(True, "swap faces (off: frames pass through, timed)")
 

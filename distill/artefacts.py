@@ -150,7 +150,7 @@ def frechet_distance(features: np.ndarray, reference: np.ndarray, dims: int = 16
 def _open_mouth(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
     """CIELAB pixels (N x 3) inside the open mouth of ``landmarks`` (the inner-lip polygon eroded by a pixel), or
     None when it is closed (fewer than ``MOUTH_OPEN_MIN`` pixels)."""
-    from pocketswap.teacher.mesh import INNER_LIP
+    from pocketswap.faces.types import INNER_LIP
 
     points = np.asarray(landmarks, np.float64)[list(INNER_LIP), :2]
     x0, y0 = np.maximum(np.floor(points.min(0)).astype(int) - 2, 0)

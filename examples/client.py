@@ -257,6 +257,23 @@ class SwapModel:
         return np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mask.astype(np.float32)
 
 
+def frame_kept(crop_landmarks: np.ndarray, size: int, kept: dict) -> np.ndarray:
+    """SxS weights of the crop pixels that stay the frame's (``paste.frame_kept``): the contour's signed distance
+    (positive inside), grown and ramped by fractions of the distance between its corners."""
+    polygon = crop_landmarks[kept["contour"], :2].astype(np.float32)
+    a, b = kept["corners"]
+    width = max(float(np.linalg.norm(crop_landmarks[a, :2] - crop_landmarks[b, :2])), 1.0)
+    grow, feather = kept["grow"] * width, max(kept["feather"] * width, 1.0)
+    out = np.zeros((size, size), np.float32)
+    x0, y0 = np.floor(polygon.min(0) - grow - feather).astype(int).clip(0, size)
+    x1, y1 = np.ceil(polygon.max(0) + grow + feather).astype(int).clip(0, size)
+    for y in range(y0, y1):  # the mouth's bounding box only: a few thousand pixels
+        for x in range(x0, x1):
+            distance = cv2.pointPolygonTest(polygon, (float(x), float(y)), True)
+            out[y, x] = min(max(0.5 + (distance + grow) / feather, 0.0), 1.0)
+    return out
+
+
 def swap(frame: np.ndarray, landmarks: np.ndarray, model: SwapModel) -> np.ndarray:
     """``frame`` (HxWx3 uint8 RGB) with the face at ``landmarks`` swapped and pasted back."""
     spec = model.spec
@@ -275,6 +292,8 @@ def swap(frame: np.ndarray, landmarks: np.ndarray, model: SwapModel) -> np.ndarr
     ramp = np.clip((np.arange(size, dtype=np.float32) + 0.5) / width, 0.0, 1.0)
     ramp = np.minimum(ramp, ramp[::-1])
     alpha = mask * np.minimum.outer(ramp, ramp)
+    if "frame_kept" in paste:  # the frame's mouth opening (teeth, tongue) stays the frame's
+        alpha *= 1.0 - frame_kept(crop_landmarks, size, paste["frame_kept"])
 
     colour = paste["colour_transfer"]  # CIELAB mean/std of the swap matched to the frame's, over the alpha's core
     region = (alpha > colour["region_above"]).astype(np.uint8)

@@ -15,6 +15,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from pocketswap.faces.raster import polygon_distances
+from pocketswap.faces.types import INNER_LIP, MOUTH_CORNERS
+
 ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float32,
@@ -132,6 +135,7 @@ EDGE_RAMP = 0.06  # the mask falls linearly to 0 over this share of the crop at 
 COLOUR_REGION = 0.5  # the colour match's statistics come from the pixels whose weight is above this
 COLOUR_EPS = 1e-3  # added to both standard deviations of the colour match's gain
 COLOUR_MIN_PIXELS = 16  # a smaller region leaves the colour as it is
+MOUTH_KEPT = {"grow": 0.03, "feather": 0.08}  # the frame's mouth opening: of the mouth's width (frame_kept)
 
 
 @lru_cache(maxsize=8)
@@ -185,6 +189,21 @@ def fine_detail(region: np.ndarray, inverse: np.ndarray, size: int) -> np.ndarra
     return cv2.merge([cv2.subtract(grey, back, dtype=cv2.CV_16S)] * 3)
 
 
+def frame_kept(landmarks: np.ndarray, size: int) -> np.ndarray:
+    """float32 SxS weights in [0, 1] of the crop pixels that stay the frame's whatever the swap drew there: the
+    mouth's opening (teeth, tongue), the inner-lip contour of ``landmarks`` ((468, 2+) crop pixels) grown by
+    ``MOUTH_KEPT["grow"]`` and ramped over ``MOUTH_KEPT["feather"]``, both of the mouth's corner-to-corner width.
+    Every swap keeps the attribute's mouth in place (``faces.shape.RIGID_FEATURES``), so no model can smear
+    lips or skin over the frame's teeth."""
+    points = np.asarray(landmarks, np.float64)[:, :2]
+    width = max(float(np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]])), 1.0)
+    grow, feather = MOUTH_KEPT["grow"] * width, max(MOUTH_KEPT["feather"] * width, 1.0)
+    ys, xs = np.mgrid[0:size, 0:size]
+    pixels = np.stack([xs.ravel(), ys.ravel()], 1)
+    distance = polygon_distances(pixels, points[list(INNER_LIP)], beyond=grow + feather)
+    return np.clip(0.5 + (distance + grow) / feather, 0.0, 1.0).reshape(size, size).astype(np.float32)
+
+
 def paste_back(
     frame: np.ndarray,
     crop: np.ndarray,
@@ -194,19 +213,23 @@ def paste_back(
     feather: float = 0.06,
     match_color: bool = False,
     keep_detail: bool = False,
+    kept: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend an aligned crop back into `frame` (returns a new frame; the input is not modified).
 
     The blending mask is `mask` (crop-space HxW float in [0,1], e.g. a student's mask head) or
     else the feathered hull of `landmarks` given in image pixels. Only the face's bounding
     rectangle in the frame is warped and blended. `keep_detail`: on a face larger than the crop, the
-    frame's own detail finer than the crop can hold is added back (:func:`fine_detail`)."""
+    frame's own detail finer than the crop can hold is added back (:func:`fine_detail`). ``kept``: crop-space HxW
+    weights of pixels that stay the frame's (:func:`frame_kept`)."""
     size = crop.shape[0]
     if mask is None:
         if landmarks is None:
             raise ValueError("paste_back needs a mask or landmarks")
         mask = hull_mask(transform_points(landmarks, matrix), size, feather)
     mask = mask * border_ramp(size)
+    if kept is not None:
+        mask = mask * (1.0 - kept)
     inverse = invert_affine(matrix)
     corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float32), inverse)
     height, width = frame.shape[:2]

@@ -13,7 +13,7 @@ from pocketswap.core.spec import PIXELS, SwapSpec
 from pocketswap.faces import align, analyzer, blazeface, facemesh, smoothing
 from pocketswap.faces.raster import EDGE_REACH
 from pocketswap.faces.shape import RIGID_FEATURES
-from pocketswap.faces.types import KEYPOINT_GROUPS
+from pocketswap.faces.types import INNER_LIP, KEYPOINT_GROUPS, MOUTH_CORNERS
 
 
 def _detector_spec(name: str) -> dict[str, Any]:
@@ -83,6 +83,14 @@ def paste_spec() -> dict[str, Any]:
         "alpha": "the 'mask' output times an edge ramp: min(ramp(x), ramp(y)), ramp(i) = min(1, (i + 0.5) / "
         "(edge_ramp * size), (size - 0.5 - i) / (edge_ramp * size))",
         "edge_ramp": align.EDGE_RAMP,
+        "frame_kept": {
+            "contour": list(INNER_LIP), "corners": list(MOUTH_CORNERS),
+            "grow": align.MOUTH_KEPT["grow"], "feather": align.MOUTH_KEPT["feather"],
+            "formula": "alpha *= 1 - clip(0.5 + (d + grow * w) / max(feather * w, 1), 0, 1): d the signed distance "
+            "(pixels, positive inside) of crop pixel (x, y) to the contour of the frame's landmarks in the crop, w the "
+            "distance between the corners; applied before the colour transfer. The frame's mouth opening (teeth, "
+            "tongue) stays the frame's: every swap keeps the mouth in place (rigid_pieces' moves false)",
+        },
         "colour_transfer": {
             "space": "CIELAB, 8-bit OpenCV scaling (L * 255 / 100, a + 128, b + 128)",
             "formula": "per channel x' = (x - mean_s) * g + mean_t, g = (std_t + eps) / (std_s + eps)",

@@ -16,6 +16,8 @@ MOUTH_LEFT_CORNER = 291
 MOUTH_CORNERS = (MOUTH_RIGHT_CORNER, MOUTH_LEFT_CORNER)
 # Outer lip contour, in order.
 OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185)
+# Inner lip contour, in order: the mouth's opening (teeth, tongue).
+INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 NUM_LANDMARKS = 468
 # The 5 ArcFace-order keypoints, each the mean of these landmarks: image-left eye centre, image-right eye
 # centre, nose tip, image-left mouth corner, image-right mouth corner.

@@ -33,10 +33,10 @@ from pocketswap.core.config import Config, check_range, to_dict
 from pocketswap.core.errors import ConfigError
 from pocketswap.faces.align import color_transfer
 from pocketswap.faces.shape import transfer_shape
-from pocketswap.faces.types import OUTER_LIP
+from pocketswap.faces.types import INNER_LIP, OUTER_LIP
 from pocketswap.faces.warp import MeshWarp
 from pocketswap.teacher.base import AlignedRecord, Teacher, TeacherOutput
-from pocketswap.teacher.mesh import EYE_RINGS, INNER_LIP, LEFT_EYEBROW, RIGHT_EYEBROW
+from pocketswap.teacher.mesh import EYE_RINGS, LEFT_EYEBROW, RIGHT_EYEBROW
 from pocketswap.teacher.skin import (
     colour_from,
     damp_fine_chroma,

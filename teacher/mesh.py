@@ -10,7 +10,6 @@ import numpy as np
 from pocketswap.faces.types import LEFT_EYE_RING, NUM_LANDMARKS, RIGHT_EYE_RING
 
 # Inner lip contour, in order around the mouth opening (upper and lower inner lips).
-INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
 UPPER_INNER_LIP_CENTRE = 13
 LOWER_INNER_LIP_CENTRE = 14
 CHIN = 152

@@ -216,3 +216,39 @@ def test_swapped_video_keeps_the_audio_track(tmp_path, checkpoint, identity):
         audio_packets = sum(1 for p in container.demux(container.streams.audio[0]) if p.size)
     assert audio_packets > 5
     assert len(_frames(out)) == len(frames)
+
+
+class _PaintsOverEverything:
+    """A swap model that draws flat grey over the whole crop, mouth included (the worst a student can do)."""
+
+    size, template, needs_landmarks, matches_colour = 128, "arcface", False, True
+
+    def __call__(self, crop, landmarks=None):
+        return np.full_like(crop, 128), np.ones(crop.shape[:2], np.float32)
+
+
+def test_the_frames_teeth_survive_a_model_that_paints_over_them():
+    """Whatever a model draws over the mouth, the frame's mouth opening (the astronaut's teeth) comes back at
+    paste-back; with keep_mouth off the model's grey covers it. The cheeks are the model's either way."""
+    from pocketswap.demo.pipeline import LiveSwapper
+    from pocketswap.demo.settings import PipelineConfig
+    from pocketswap.faces.raster import polygon_distances
+    from pocketswap.faces.types import INNER_LIP, MOUTH_CORNERS, NOSE_TIP
+
+    frame, analyzer = load("astronaut"), FaceAnalyzer(num_threads=1)
+    points = analyzer.detect_one(frame).landmarks[:, :2]
+    width = float(np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]]))
+    ys, xs = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]]
+    depth = polygon_distances(np.stack([xs.ravel(), ys.ravel()], 1), points[list(INNER_LIP)], beyond=width)
+    teeth = (depth > 0.04 * width).reshape(frame.shape[:2])
+    assert teeth.sum() > 50  # the astronaut smiles with her teeth showing
+
+    def swapped(keep_mouth):
+        config = PipelineConfig(detect_every=1, keep_mouth=keep_mouth, color_transfer=False, keep_detail=False)
+        return LiveSwapper(_PaintsOverEverything(), analyzer, config).process(frame).frame.astype(int)
+
+    kept, painted = swapped(True), swapped(False)
+    assert np.abs(kept[teeth] - frame[teeth]).max() <= 2
+    assert np.abs(painted[teeth] - frame[teeth]).mean() > 30
+    cheek = tuple(np.round((points[NOSE_TIP] + points[MOUTH_CORNERS[0]]) / 2 - [0.15 * width, 0]).astype(int)[::-1])
+    assert np.abs(kept[cheek] - 128).max() <= 2 and np.abs(painted[cheek] - 128).max() <= 2

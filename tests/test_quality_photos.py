@@ -44,7 +44,7 @@ def test_teeth_kept_reads_teeth_smeared_over_and_skips_a_mouth_without_teeth(ana
     import cv2
 
     from pocketswap.distill.artefacts import TEETH_KEPT_MIN, teeth_kept
-    from pocketswap.teacher.mesh import INNER_LIP
+    from pocketswap.faces.types import INNER_LIP
 
     photo = samples.load("astronaut")
     landmarks = analyzer.detect_one(photo).landmarks[:, :2].copy()

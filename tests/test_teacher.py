@@ -10,7 +10,7 @@ import pytest
 from pocketswap.core.errors import ConfigError, ModelSignatureError
 from pocketswap.faces.raster import EDGE_REACH, mesh_maps
 from pocketswap.faces.shape import transfer_shape
-from pocketswap.faces.types import OUTER_LIP
+from pocketswap.faces.types import INNER_LIP, OUTER_LIP
 from pocketswap.faces.warp import (
     MeshWarp,
     border_anchors,
@@ -22,7 +22,7 @@ from pocketswap.teacher import augment as aug
 from pocketswap.teacher import occluders
 from pocketswap.teacher.base import AlignedRecord, load_teacher
 from pocketswap.teacher.geometric import GeometricConfig, GeometricTeacher
-from pocketswap.teacher.mesh import EYE_RINGS, FLIP_MAP, INNER_LIP, MIDLINE, derive_flip_map, flip_landmarks
+from pocketswap.teacher.mesh import EYE_RINGS, FLIP_MAP, MIDLINE, derive_flip_map, flip_landmarks
 
 SIZE = 224
 NAMES = ("astronaut", "grace_hopper", "lfw_01", "lfw_12")
@@ -263,8 +263,7 @@ def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
     """Half-way shape transfer: the nose moves half-way to the identity's (aligned) nose and the eyes to the
     identity's place and width, keeping the attribute's opening; the mouth and the outline do not move."""
     from pocketswap.faces.align import similarity_transform, transform_points
-    from pocketswap.faces.types import MOUTH_CORNERS
-    from pocketswap.teacher.mesh import INNER_LIP
+    from pocketswap.faces.types import INNER_LIP, MOUTH_CORNERS
 
     identity, attribute = records["grace_hopper"].landmarks[:, :2], records["astronaut"].landmarks[:, :2]
     aligned = transform_points(identity, similarity_transform(identity, attribute))

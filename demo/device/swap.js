@@ -115,8 +115,8 @@ export class Swapper {
     const matrix = similarity(keypoints, spec.crop.template_points), inverse = invertAffine(matrix);
     const crop = warpAffine(frame, inverse, image(size, size, 3), "cubic", "reflect");
     const feeds = { image: this.tensor("image", crop.data) };
+    const inCrop = points.map((p) => apply(matrix, p));
     if (this.mesh) {
-      const inCrop = points.map((p) => apply(matrix, p));
       const moved = transferShape(this.texture.landmarks, inCrop, this.texture.shape || 0, spec.identity_warp.shape_transfer);
       feeds.identity_warped = this.tensor("identity_warped", this.mesh.draw(moved.flat()));
     }
@@ -124,7 +124,7 @@ export class Swapper {
     const results = await this.session.run(feeds);
     const t2 = performance.now();
     const swapped = this.pixels(results.swapped), mask = results.mask.data;
-    this.paste(frame, swapped, mask, matrix, inverse);
+    this.paste(frame, swapped, mask, matrix, inverse, inCrop);
     Object.assign(timings, { align: t1 - t0, swap: t2 - t1, paste: performance.now() - t2 });
   }
 
@@ -136,12 +136,13 @@ export class Swapper {
     return out;
   }
 
-  paste(frame, swapped, mask, matrix, inverse) {
+  paste(frame, swapped, mask, matrix, inverse, inCrop) {
     const paste = this.spec.paste, size = this.size;
     const width = Math.max(paste.edge_ramp * size, 1);
     const ramp = Float32Array.from({ length: size }, (_, i) => Math.min(1, (i + 0.5) / width, (size - 0.5 - i) / width));
     const alpha = image(size, size, 1, Float32Array);
     for (let y = 0; y < size; y++) for (let x = 0; x < size; x++) alpha.data[y * size + x] = mask[y * size + x] * Math.min(ramp[x], ramp[y]);
+    if (paste.frame_kept) keepFrame(alpha, inCrop, paste.frame_kept); // the frame's mouth opening stays the frame's
     const colour = paste.colour_transfer;
     const inRegion = new Uint8Array(size * size), near = new Uint8Array(size * size);
     let region = 0;
@@ -193,6 +194,22 @@ export class Swapper {
     }
     blendBack(frame, source.data, alpha.data, seen, size, matrix, [x0, y0, x1, y1]);
   }
+}
+
+// alpha *= 1 - kept over the contour's bounding box: kept ramps with the signed distance to the contour (spec.paste.frame_kept).
+function keepFrame(alpha, inCrop, kept) {
+  const size = alpha.width, polygon = kept.contour.map((i) => inCrop[i]);
+  const [a, b] = kept.corners.map((i) => inCrop[i]);
+  const width = Math.max(Math.hypot(a[0] - b[0], a[1] - b[1]), 1);
+  const grow = kept.grow * width, feather = Math.max(kept.feather * width, 1), reach = grow + feather;
+  const xs = polygon.map((p) => p[0]), ys = polygon.map((p) => p[1]);
+  const x0 = Math.max(0, Math.floor(Math.min(...xs) - reach)), x1 = Math.min(size, Math.ceil(Math.max(...xs) + reach));
+  const y0 = Math.max(0, Math.floor(Math.min(...ys) - reach)), y1 = Math.min(size, Math.ceil(Math.max(...ys) + reach));
+  for (let y = y0; y < y1; y++)
+    for (let x = x0; x < x1; x++) {
+      const weight = Math.min(Math.max(0.5 + (polygonDistance([x, y], polygon) + grow) / feather, 0), 1);
+      alpha.data[y * size + x] *= 1 - weight;
+    }
 }
 
 const KEYS = -0.75; // bicubic (Keys) weights of the 4 taps around fraction t, into w[0..3]
