@@ -12,7 +12,6 @@ busy neighbour only ever adds time).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from pocketswap.benchmarks.latency import bench_interleaved, device_name, target_kind
 from pocketswap.core.errors import ConfigError
 from pocketswap.core.files import atomic_write_json, file_sha256
+from pocketswap.core.jsonio import Obj, read_json
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,9 @@ def _read_baseline(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no baseline; create one with `pocketswap bench gate --update --baseline {path}`")
-    try:
-        baseline = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    for field in ("targets", "threads"):
-        if field not in baseline:
-            raise ConfigError(f"{path}: baseline is missing the field '{field}'")
-    return baseline
+    entry = Obj({"frozen": str, "sha256": str, "p10_ms": float}, required=("frozen", "sha256"))
+    schema = Obj({"targets": Obj(values=entry), "threads": int, "estimator": str}, required=("targets", "threads"))
+    return read_json(path, "latency baseline", error=ConfigError, schema=schema)
 
 
 def update_baseline(path: str | Path, targets: list[str], threads: int = 1, runs: int = 20, rounds: int = 15) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from pocketswap.core.checkpoint import is_checkpoint_path
 from pocketswap.core.errors import PocketswapError
+from pocketswap.core.jsonio import read_json
 from pocketswap.core.metrics import percentile
 
 
@@ -64,13 +65,13 @@ def device_name() -> str:
 
 
 def _artifact_metadata(path: Path) -> dict:
-    """Precision and preset from the artifact's manifest (``<artifact>.json``), when it has a valid one."""
-    from pocketswap.core.manifest import ManifestError, read_manifest
+    """Precision and preset from the artifact's manifest (``<artifact>.json``), when it has one; a manifest that
+    is there but unreadable or lying is one ManifestError (the record would carry its figures)."""
+    from pocketswap.core.manifest import manifest_path, read_manifest
 
-    try:
-        manifest = read_manifest(path)
-    except ManifestError:
+    if not manifest_path(path).exists():
         return {}
+    manifest = read_manifest(path)
     return {"precision": manifest.precision, "preset": manifest.preset}
 
 
@@ -85,7 +86,7 @@ def bench_tflite(path: Path, threads: int, runs: int) -> LatencyRecord:
         if stdout.returncode != 0 or not result_json.exists():
             tail = (stdout.stderr or stdout.stdout).strip().splitlines()[-3:]
             raise PocketswapError(f"LiteRT benchmark of {path} failed: {' | '.join(tail)}")
-        result = json.loads(result_json.read_text())
+        result = read_json(result_json, "LiteRT benchmark result", error=PocketswapError)
     latency = result["latency"]
     return LatencyRecord(
         artifact=str(path),
@@ -160,6 +161,7 @@ def bench_artifact(path: str | Path, threads: int, runs: int = 100) -> LatencyRe
     kind, name = target_kind(path)
     if kind in ("tflite", "onnx"):
         check_model_file(Path(name))
+        _artifact_metadata(Path(name))  # a lying manifest is one line before any timing
     if kind == "tflite":
         return bench_tflite(Path(name), threads, runs)
     runtime = "onnxruntime" if kind == "onnx" or name.endswith(":onnx") else "torch-eager"

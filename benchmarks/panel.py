@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pocketswap.core.errors import ConfigError
+from pocketswap.core.jsonio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def _quality_items(quality: Path) -> tuple[dict[str, dict[str, dict[str, Any]]],
         raise ConfigError(f"{quality}: no quality_photos.json (give a `bench quality --people` output folder)")
     scenes: dict[str, dict[str, dict[str, Any]]] = {}
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report = read_json(report_path, "quality report", error=ConfigError)
         for row in report["rows"]:
             if row["method"] not in ("student", "teacher", "input"):
                 continue
@@ -246,7 +247,7 @@ def read_answers(path: str | Path, key: dict[str, Any]) -> list[dict[str, Any]]:
     the key: the same panel, known images, scores 1-5."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "panel answers", error=ConfigError)
         panel, answers = data["panel"], data["answers"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{path}: not a panel answer file ({exc})") from exc
@@ -276,7 +277,7 @@ def score_panel(key_path: str | Path, answer_paths: list[str | Path]) -> dict[st
     judged the identity, mean score and the reasons grouped."""
     key_path = Path(key_path)
     try:
-        key = json.loads(key_path.read_text(encoding="utf-8"))
+        key = read_json(key_path, "panel key", error=ConfigError)
         items = {item["image"]: item for item in key["items"]}
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ConfigError(f"{key_path}: not a panel key ({exc})") from exc

@@ -13,7 +13,6 @@ that every swap goes through; ``--update`` after an intended change.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pocketswap.core.errors import PocketswapError
+from pocketswap.core.jsonio import Obj, read_json
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,10 @@ def run_quality_gate(baseline: Path = QUALITY_BASELINE, threads: int = 1) -> tup
         raise PocketswapError(
             f"{baseline}: no quality baseline; make one with `pocketswap bench gate --quality --update`"
         )
-    frozen = json.loads(baseline.read_text())
+    schema = Obj({"student": str, "eval_set_sha256": str, "figures": Obj(values=Obj({"value": float, "noise": float},
+                 required=("value", "noise"))), "floor": float, "relative_floor": float},
+                 required=("student", "eval_set_sha256", "figures"))  # fmt: skip
+    frozen = read_json(baseline, "quality baseline", error=PocketswapError, schema=schema)
     now, digest = measure(HERE / frozen["student"], threads)
     if digest != frozen["eval_set_sha256"]:
         raise PocketswapError(

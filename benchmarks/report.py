@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from pocketswap import __version__
+from pocketswap.benchmarks.results import PIPELINE_STAGES, check_result
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.files import atomic_write_bytes
+from pocketswap.core.jsonio import read_json
+from pocketswap.distill.logs import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +148,7 @@ def pipeline_section(records: list[dict]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = ["detect_ms", "landmarks_ms", "align_ms", "swap_ms", "paste_ms"]
+    stages = list(PIPELINE_STAGES)
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.5 * len(records)))
     left = [0.0] * len(records)
     for stage in stages:
@@ -220,14 +223,14 @@ def curves_section(path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(path)  # a last line cut by a kill is skipped (and said)
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
     if not train:
         return "<p class=muted>(no training rows)</p>"
     fig, (ax, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
     for key in ("total", "l1", "ssim", "id", "mask", "rec"):
-        points = [(r["step"], r[key]) for r in train if key in r]
+        points = [(r["step"], r[key]) for r in train if _number(r.get(key))]
         if points:
             ax.plot(*zip(*points, strict=True), label=key, lw=1.0)
     (
@@ -238,14 +241,19 @@ def curves_section(path: Path) -> str:
         ax.set_title("Training losses"),
     )
     if val:
-        ax_val.plot([r["step"] for r in val], [r["psnr_face"] for r in val], "o-", label="val face PSNR (dB)")
+        points = [(r["step"], r["psnr_face"]) for r in val if _number(r.get("psnr_face"))]
+        ax_val.plot([p[0] for p in points], [p[1] for p in points], "o-", label="val face PSNR (dB)")
         ax_val.set_xlabel("step"), ax_val.set_ylabel("dB"), ax_val.grid(alpha=0.3), ax_val.legend(fontsize=7)
         ax_val.set_title("Held-out identities")
     else:
         ax_val.axis("off")
-    speed = [r["samples_per_s"] for r in train if "samples_per_s" in r]
+    speed = [r["samples_per_s"] for r in train if _number(r.get("samples_per_s"))]
     facts = f"{train[-1]['step']} steps" + (f", {np.median(speed):.1f} samples/s (median)" if speed else "")
     return _img(_figure_png(fig), f"Training curves from {path.name}: {facts}.")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def manifest_rows(manifests: list[dict]) -> str:
@@ -274,21 +282,18 @@ def _classify(path: Path) -> tuple[str, object]:
         return "image", path.read_bytes()
     if path.name.endswith(".jsonl"):
         return "curves", path
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PocketswapError(f"{path}: not a JSON result file ({exc})") from exc
+    data = read_json(path, "result file", error=PocketswapError)
     if not isinstance(data, dict):
         return "json", data
-    if data.get("format") == "pocketswap-artifact":
-        return "manifest", data
-    if data.get("format") == "pocketswap-paired-faces":
-        return "dataset", data
+    if data.get("format") in ("pocketswap-artifact", "pocketswap-paired-faces"):
+        return check_result(data, "manifest" if data["format"] == "pocketswap-artifact" else "dataset", path), data
     if "mean_fps" in data and "stage_ms" in data:
-        return "demo", data
-    if isinstance(data.get("metrics"), dict) and ("student" in data["metrics"] or data.get("kind") == "eval"):
-        return data.get("kind", "eval"), data
-    return data.get("kind", "json"), data
+        kind = "demo"
+    elif isinstance(data.get("metrics"), dict) and ("student" in data["metrics"] or data.get("kind") == "eval"):
+        kind = data.get("kind", "eval")
+    else:
+        kind = data.get("kind", "json")
+    return check_result(data, kind, path), data
 
 
 # Captions for the images the pipeline writes, by file-name pattern.

@@ -50,7 +50,9 @@ def _tflite_tool(target: str, threads: int, runs: int, result_json: str) -> None
             raise
     finally:
         sys.argv = argv
-    result = json.loads(Path(result_json).read_text())
+    from pocketswap.core.jsonio import read_json
+
+    result = read_json(result_json, "LiteRT benchmark result")
     result["peak_memory_mb"] = _peak_rss_mb()
     Path(result_json).write_text(json.dumps(result))
 

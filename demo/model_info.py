@@ -3,11 +3,12 @@ it (the Live tab's picker), and the personalisation run behind it."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pocketswap.core.errors import PocketswapError
+from pocketswap.core.jsonio import Obj, read_json
 from pocketswap.faces.samples import SAMPLE_PREFIX
 
 
@@ -103,7 +104,9 @@ def describe_model(model: Path, identities: list[Path], manifest) -> dict[str, A
         info["baked_identity"] = baked.name if baked is not None else "an unnamed photo"
     config = model / "config.json"
     if manifest is None and config.is_file():
-        info["checkpoint_config"] = json.loads(config.read_text())
+        from pocketswap.core.checkpoint import read_metadata
+
+        info["checkpoint_config"] = read_metadata(model)
     return info
 
 
@@ -130,10 +133,10 @@ def comparison(run: Path | None) -> dict[str, Any]:
         return {"available": False, "hint": "personalise first: pocketswap distill personalize RUN_DIR --identity "
                 "PHOTO --out DIR, then export DIR (the Compare tab reads DIR/eval.json)"}  # fmt: skip
     try:
-        report = json.loads((run / "eval.json").read_text(encoding="utf-8"))
+        report = read_json(run / "eval.json", "eval report", schema={"metrics": Obj(values=dict)})
         metrics = report.get("metrics", {})
         rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
-    except (OSError, ValueError, AttributeError, TypeError, RecursionError) as exc:  # cut, garbled or foreign
+    except PocketswapError as exc:  # cut, garbled, deep or foreign
         return {"available": False, "hint": f"{run / 'eval.json'} is unreadable ({type(exc).__name__}); run "
                 f"pocketswap distill eval again to rewrite it"}  # fmt: skip
     return {"available": True, "run": str(run), "num_samples": report.get("num_samples"), "rows": rows}

@@ -10,7 +10,6 @@ public code and public model files only; the model and its manifest need the tok
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 
@@ -52,6 +51,7 @@ def device_routes(model: Path, manifest, token: str, page_token: str) -> list:
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
+    from pocketswap.core.jsonio import read_json
     from pocketswap.core.manifest import manifest_path, read_manifest
     from pocketswap.faces.blazeface import model_path
 
@@ -104,7 +104,7 @@ def device_routes(model: Path, manifest, token: str, page_token: str) -> list:
             return missing(why_not)
         if not NODE_MODULES.is_dir():
             return missing(INSTALL_HINT)
-        return JSONResponse(json.loads(manifest_path(artifact).read_text()))
+        return JSONResponse(read_json(manifest_path(artifact), "manifest"))  # checked by read_manifest above
 
     async def device_model(_: Request) -> Response:
         if artifact is None:

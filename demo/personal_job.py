@@ -10,7 +10,6 @@ resume the folder), the app's own shutdown cancels it too, and a crash in it nev
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
+from pocketswap.core.jsonio import Obj, read_json, read_jsonl
 from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class PersonalizeJob:
         info["artifact"] = str(self.artifact) if self.artifact else None
         report = request.out / "eval.json"
         if self.state == "done" and report.is_file():
-            metrics = json.loads(report.read_text()).get("metrics", {})
+            metrics = _eval_metrics(report)
             info["same_person"] = {name: m.get("same_person") for name, m in metrics.items()}
         return info
 
@@ -254,15 +254,21 @@ def _batch_size(run: Path) -> int:
 def _train_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line being written
-            continue
-        if row.get("kind") == "train":
-            rows.append(row)
-    return rows
+    try:
+        rows = read_jsonl(path, "training log", warn_cut=False)  # a line being written is skipped
+    except PocketswapError as exc:  # the page shows no progress rather than an error page
+        log.warning("%s", exc)
+        return []
+    return [row for row in rows if isinstance(row, dict) and row.get("kind") == "train"]
+
+
+def _eval_metrics(path: Path) -> dict[str, Any]:
+    """The ``metrics`` of a run's ``eval.json`` (system -> figures); {} when it is unreadable (said in the log)."""
+    try:
+        return read_json(path, "eval report", schema={"metrics": Obj(values=dict)}).get("metrics", {})
+    except PocketswapError as exc:
+        log.warning("%s", exc)
+        return {}
 
 
 def _wait(process: subprocess.Popen, cancelled) -> int:

@@ -17,9 +17,10 @@ import torch
 import torch.distributed as dist
 
 from pocketswap.core.checkpoint import WEIGHTS_NAME
-from pocketswap.core.errors import CheckpointError, ConfigError
+from pocketswap.core.errors import CheckpointError, ConfigError, PocketswapError
 from pocketswap.core.files import atomic_write_bytes, atomic_write_json, replace_dir
 from pocketswap.core.identity import Identity
+from pocketswap.core.jsonio import read_json
 from pocketswap.distill import state as run_state
 from pocketswap.distill.config import TrainConfig
 from pocketswap.distill.data import dataset_fingerprint
@@ -179,8 +180,8 @@ class RunPersistence:
         if self.resume_from is None or self.step < self.cfg.steps or not path.is_file():
             return None
         try:
-            summary = RunSummary(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError):
+            summary = RunSummary(**read_json(path, "run summary", schema=dict))
+        except (PocketswapError, TypeError):
             return None  # an unreadable summary is rewritten from the checkpoint
         if self.tb is not None:
             self.tb.close()

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pocketswap.core.cli_args import add_config_flags, config_flags, output_dir, output_file
 from pocketswap.core.config import distributed_rank, yaml_safe_load
+from pocketswap.core.jsonio import Obj, read_json
 from pocketswap.distill.config import TrainConfig  # light: no torch
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS  # light too
 
@@ -100,6 +100,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pocketswap.core.config import parse_overrides
     from pocketswap.core.errors import ConfigError
+    from pocketswap.distill.state import read_run_file
     from pocketswap.distill.train import train
 
     base = None
@@ -107,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and (args.out / "config.yaml").is_file():
         base = yaml_safe_load((args.out / "config.yaml").read_text())
         if data is None and (args.out / "run.json").is_file():
-            data = Path(json.loads((args.out / "run.json").read_text())["data"])
+            data = Path(read_run_file(args.out)["data"])
     if data is None:
         raise ConfigError("--data DATASET is required")
     flags = config_flags(args, TrainConfig)
@@ -140,7 +141,9 @@ def _personalize(args: argparse.Namespace) -> int:
         resume=args.resume, workers=args.workers, seed=args.seed, overrides=parse_overrides(args.overrides),
         progress=not args.no_progress,
     )  # fmt: skip
-    report = json.loads((args.out / "eval.json").read_text())
+    report = read_json(
+        args.out / "eval.json", "eval report", schema=Obj({"metrics": Obj(values=dict)}, required=("metrics",))
+    )
     print(format_table(report))
     print(
         f"personalised for {args.identity} in {result.train_seconds / 60:.1f} min of training "

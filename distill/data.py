@@ -13,7 +13,6 @@ skipping ahead on resume is cheap.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from pocketswap.core.dataset import DatasetReader, shuffle_stream
 from pocketswap.core.errors import ConfigError
+from pocketswap.core.jsonio import parse_json
 from pocketswap.core.shards import DatasetError, Sample, decode_sample, iter_shard_members
 from pocketswap.core.spec import PIXELS
 from pocketswap.faces.warp import warp_identity
@@ -145,10 +145,9 @@ def iter_members(shards: list[Path], split: Split | None, which: str) -> Iterato
     ("train", "val" or "all") of ``split``."""
     for path in shards:
         for key, members in iter_shard_members(path):
-            try:
-                meta = json.loads(members.get("json", b"{}"))
-            except ValueError as exc:
-                raise DatasetError(f"{path.name}:{key}: corrupt metadata JSON ({exc})") from exc
+            meta = parse_json(
+                members.get("json", b"{}"), f"{path.name}:{key}.json (sample metadata)", error=DatasetError
+            )
             if which != "all" and split is not None and split.role(key, meta) != which:
                 continue
             yield key, members, meta

@@ -20,7 +20,6 @@ pitch, roll differences, solvePnP) plus per-angle mean absolute errors; ``landma
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from pocketswap.distill.data import (
     iter_batches,
     iter_split,
 )
+from pocketswap.distill.state import read_run_file
 from pocketswap.faces.dlib_resnet import SAME_PERSON_THRESHOLD
 from pocketswap.student.checkpoint import load_checkpoint
 from pocketswap.student.network import composite
@@ -83,7 +83,7 @@ def _run_dir(run: Path, checkpoint: Path, extra: dict[str, Any]) -> Path | None:
 def _choose_split(split: str, run_dir: Path | None, reader: DatasetReader) -> tuple[Split | None, str]:
     if split == "all":
         return None, "all"
-    info = json.loads((run_dir / "run.json").read_text()) if run_dir is not None else None
+    info = read_run_file(run_dir) if run_dir is not None else None
     if info is None:
         if split in ("val", "train"):
             raise ConfigError(f"--split {split} needs a run directory (with run.json) to know the held-out identities")

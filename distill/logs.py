@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from pocketswap.core.files import atomic_write_bytes
+from pocketswap.core.jsonio import Obj, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
+METRICS_ROW = Obj({"step": int, "kind": str}, required=("step", "kind"))  # every line of metrics.jsonl
+
+
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl``: ``{"step", "kind", ...values}``."""
 
@@ -34,14 +38,8 @@ class MetricsLog:
 
     def _truncate_after(self, step: int) -> None:
         """Drop records logged after ``step`` (they belong to the run being resumed past)."""
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:
-                continue
-        atomic_write_bytes(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+        kept = [r for r in read_metrics(self.path) if r["step"] <= step]  # a last line cut by the kill is skipped
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         record = {"step": step, "kind": kind, **{k: _clean(v) for k, v in values.items()}}
@@ -50,8 +48,9 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (optionally of one kind: train, val, event)."""
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """Records of a ``metrics.jsonl`` (optionally of one kind: train, val, event); a last line cut off by a kill is
+    skipped with a warning, a bad line elsewhere is one error naming it."""
+    records = read_jsonl(path, "training log", schema=METRICS_ROW)
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 

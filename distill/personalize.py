@@ -19,7 +19,6 @@ Every step resumes: dataset shards and training checkpoints that exist are kept.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -133,6 +132,7 @@ def personalize(
     input (not a run, no or several faces in the photo, an ``out`` that holds another identity)."""
     from pocketswap.core.checkpoint import checkpoint_encoder, resolve_checkpoint
     from pocketswap.core.files import atomic_write_json
+    from pocketswap.distill.state import read_run_file
     from pocketswap.distill.train import train
     from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.teacher.generate import GenerateConfig, generate
@@ -163,7 +163,7 @@ def personalize(
 
     log.info("[3/3] identity metrics on attribute faces held out of the fine-tuning")
     report = compare(out, source, evaluate_pairs, progress=progress)
-    held = json.loads((out / "run.json").read_text())["split"]["val_names"]
+    held = read_run_file(out)["split"]["val_names"]
     result = PersonalizeResult(
         out=str(out), identity=identity, steps=summary.step, train_seconds=round(summary.train_seconds, 1),
         wall_seconds=round(time.perf_counter() - started, 1), pairs=pairs, held_out_faces=len(held),
@@ -187,6 +187,7 @@ def compare(out: Path, universal: str | Path, max_samples: int = 64, grid_rows: 
     from pocketswap.distill.data import Split, identity_input, iter_batches, iter_split
     from pocketswap.distill.evaluate import evaluate
     from pocketswap.distill.logs import image_grid, write_png
+    from pocketswap.distill.state import read_run_file
     from pocketswap.student.checkpoint import load_checkpoint
     from pocketswap.student.network import composite
 
@@ -211,7 +212,7 @@ def compare(out: Path, universal: str | Path, max_samples: int = 64, grid_rows: 
                        "from | teacher | unchanged input, on attribute faces held out of the fine-tuning"}  # fmt: skip
     atomic_write_json(out / "eval.json", report)
 
-    split = Split.from_dict(json.loads((out / "run.json").read_text())["split"])
+    split = Split.from_dict(read_run_file(out)["split"])
     personal, personal_config, _ = load_checkpoint(resolve_checkpoint(out))
     rows = iter_split(data, split, "val", limit=grid_rows)
     batch = next(iter_batches(rows, grid_rows, personal_config.warp_shape), None)

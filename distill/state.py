@@ -40,6 +40,7 @@ from torch import nn
 from pocketswap.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from pocketswap.core.errors import CheckpointError
 from pocketswap.core.files import atomic_path, atomic_write_bytes, replace_dir
+from pocketswap.core.jsonio import Obj, read_json
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,27 @@ def save_state(directory: Path, tree: Any) -> None:
     atomic_write_bytes(directory / STATE_JSON, (json.dumps(structure) + "\n").encode())
 
 
+RUN_JSON = "run.json"
+# The types of the run.json fields readers use (pocketswap.core.jsonio's schema).
+RUN_SCHEMA = Obj(
+    {"data": str, "dataset_fingerprint": str, "dataset_samples": int, "student": dict, "world_size": int,
+     "num_workers": int, "split": Obj({"val_names": [str], "fraction": float, "salt": int, "strict": bool, "by": str},
+                                      required=("val_names", "fraction", "salt", "strict"))},
+    required=("data", "split"),
+)  # fmt: skip
+
+
+def read_run_file(run: Path) -> dict[str, Any]:
+    """A run's ``run.json`` (dataset, split, student); CheckpointError naming the field when it is unreadable."""
+    return read_json(Path(run) / RUN_JSON, "run file", error=CheckpointError, schema=RUN_SCHEMA)
+
+
 def load_state(directory: Path) -> Any:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        structure = json.loads((directory / STATE_JSON).read_text())
+        structure = read_json(directory / STATE_JSON, "training state", error=CheckpointError)
         tensors = load_file(str(directory / STATE_TENSORS))
         return unflatten(structure, tensors)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:

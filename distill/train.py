@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import logging
 import math
 import time
@@ -56,7 +55,7 @@ from pocketswap.distill.setup import (
     stop_requested,
     use_deterministic_algorithms,
 )
-from pocketswap.distill.state import RunSummary
+from pocketswap.distill.state import RunSummary, read_run_file
 from pocketswap.distill.validation import ValidationGrid, validate
 
 log = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ class _Trainer(RunPersistence):
     def _make_split(self) -> Split:
         run_json = self.out / "run.json"
         if self.resume_from is not None and run_json.is_file():
-            return Split.from_dict(json.loads(run_json.read_text())["split"])
+            return Split.from_dict(read_run_file(self.out)["split"])
         return make_split(
             self.reader.manifest.identities, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.val_strict, self.cfg.split_by,
             self.cfg.holdout,

@@ -15,7 +15,6 @@ Facts this relies on (export-findings.md):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketswap.core.jsonio import read_json
 from pocketswap.export.common import ExportError, UnsupportedError, captured_output, interrupt_after
 
 log = logging.getLogger(__name__)
@@ -345,4 +345,4 @@ def benchmark(path: str | Path, num_threads: int = 1, num_runs: int = 50, timeou
             raise ExportError(
                 f"LiteRT benchmark failed on {path}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
             )
-        return json.loads(result.read_text())
+        return read_json(result, "LiteRT benchmark result", error=ExportError)

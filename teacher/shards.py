@@ -3,7 +3,6 @@ dataset manifest."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -11,8 +10,9 @@ from typing import Any
 
 from pocketswap import __version__
 from pocketswap.core.dataset import DatasetManifest
-from pocketswap.core.errors import ConfigError
+from pocketswap.core.errors import ConfigError, PocketswapError
 from pocketswap.core.files import atomic_write_json, file_sha256
+from pocketswap.core.jsonio import Obj, parse_json, read_json
 from pocketswap.core.shards import MEMBERS, ShardInfo, iter_shard_members, shard_name
 from pocketswap.teacher.analysis import FacePool
 from pocketswap.teacher.base import Teacher
@@ -26,11 +26,18 @@ def record_path(out: Path, shard: int) -> Path:
     return out / ".shards" / f"{shard_name(shard)}.json"
 
 
+# A shard's record (pocketswap.core.jsonio's schema): ShardInfo's fields and the sample counts by kind.
+RECORD_SCHEMA = Obj(
+    {"name": str, "samples": int, "bytes": int, "sha256": str, "counts": Obj(values=int)},
+    required=("name", "samples", "bytes", "sha256"),
+)
+
+
 def read_record(out: Path, shard: int) -> dict[str, Any] | None:
     path = record_path(out, shard)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path, "shard record", schema=RECORD_SCHEMA)
+    except PocketswapError:  # missing, cut or foreign: the shard is checked again or regenerated
         return None
 
 
@@ -45,7 +52,7 @@ def _recover_record(cfg: GenerateConfig, out: Path, shard: int) -> dict[str, Any
             if not all(s in members for s in MEMBERS):
                 return None
             keys.append(key)
-            meta = json.loads(members["json"])
+            meta = parse_json(members["json"], f"{path.name}:{key}.json")
             counts.update(
                 count_keys(
                     {
@@ -99,8 +106,8 @@ def check_fingerprint(out: Path, fingerprint: dict[str, Any]) -> None:
     path = out / ".generation.json"
     if path.is_file():
         try:
-            previous = json.loads(path.read_text())
-        except ValueError:
+            previous = read_json(path, "generation settings", schema=dict)
+        except PocketswapError:
             previous = None
         if previous is not None and previous != fingerprint:
             changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))

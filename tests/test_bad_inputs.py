@@ -284,15 +284,25 @@ def test_embed_creates_its_folder(tmp_path, capsys):
 
 
 def _lying(artifact, tmp_path, change) -> str:
+    """A copy of ``artifact`` whose manifest ``change`` edits (in place) or replaces (returning the file's bytes)."""
     import json
     import shutil
 
     target = tmp_path / f"lie_{len(list(tmp_path.glob('lie_*')))}.onnx"
     shutil.copy(artifact, target)
     manifest = json.loads(artifact.with_name(artifact.name + ".json").read_text())
-    change(manifest)
-    target.with_name(target.name + ".json").write_text(json.dumps(manifest))
+    raw = change(manifest)
+    target.with_name(target.name + ".json").write_bytes(
+        raw if isinstance(raw, bytes) else json.dumps(manifest).encode()
+    )
     return str(target)
+
+
+def _with(key: str, raw: bytes):
+    """A change that writes the manifest with ``"key": raw`` (bytes no JSON writer would produce) added at its end."""
+    import json
+
+    return lambda m: json.dumps(m).encode()[:-1] + b', "' + key.encode() + b'": ' + raw + b"}"
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +329,7 @@ def _texture_bomb() -> str:
 
 LIES = {
     "crop size": (lambda m: m.update(crop_size=96), "'crop_size' is 96"),
-    "crop size text": (lambda m: m.update(crop_size="64"), "'crop_size' is '64'"),
+    "crop size text": (lambda m: m.update(crop_size="64"), "'crop_size' must be a whole number or null, got '64'"),
     "10 landmarks": (
         lambda m: m["identity_texture"].update(landmarks=m["identity_texture"]["landmarks"][:10]),
         "468 finite",
@@ -331,6 +341,34 @@ LIES = {
     "huge offset": (lambda m: m["swap_spec"]["normalization"].update(offset=-1e30), "'normalization.offset' must be"),
     "BGR channels": (lambda m: m["swap_spec"]["normalization"].update(channels="BGRA"), "must be RGB"),
 }
+# Manifests that no reader may take (#37 item 5): broken JSON and fields of the wrong type. Every reader (demo, the
+# app's startup, bench latency/pipeline/report) runs the one check, so each is one line naming the field.
+BROKEN = {
+    "not UTF-8": (_with("note", b'"caf\xe9"'), "not UTF-8 text (byte 0xe9"),
+    "deep brackets": (_with("extra2", b"[" * 100_000 + b"]" * 100_000), "nested deeper than 64 levels"),
+    "deep objects": (_with("extra2", b'{"a": ' * 100 + b"1" + b"}" * 100), "nested deeper than 64 levels"),
+    "5000-digit integer": (_with("file_size_bytes", b"9" * 5000), "a number of 5000 digits"),
+    "cut short": (lambda m: __import__("json").dumps(m).encode()[:-40], "not valid JSON"),
+    "inputs text": (lambda m: m.update(inputs="abc"), "field 'inputs' must be a list, got 'abc'"),
+    "inputs number": (lambda m: m.update(inputs=5), "field 'inputs' must be a list, got 5"),
+    "inputs [null]": (lambda m: m.update(inputs=[None]), "field 'inputs[0]' must be an object, got null"),
+    "input extra key": (lambda m: m["inputs"][0].update(zoom=2), "field 'inputs[0].zoom' is not a field here"),
+    "input shape text": (lambda m: m["inputs"][0].update(shape="1x3"), "field 'inputs[0].shape' must be a list"),
+    "outputs missing": (lambda m: m.pop("outputs"), "field 'outputs' is missing"),
+    "extra list": (lambda m: m.update(extra=[1, 2]), "field 'extra' must be an object, got a list"),
+    "swap_spec text": (lambda m: m.update(swap_spec="abc"), "field 'swap_spec' must be an object or null, got 'abc'"),
+    "template number": (lambda m: m.update(template=5), "field 'template' must be a string or null, got 5"),
+    "crop size true": (lambda m: m.update(crop_size=True), "field 'crop_size' must be a whole number or null, got true"),
+    "parity list": (lambda m: m.update(parity=[1]), "field 'parity' must be an object, got a list"),
+    "parity max_abs text": (lambda m: m["parity"].update(max_abs="x"), "field 'parity.max_abs' must be a number, got 'x'"),
+    "parity cases": (lambda m: m["parity"].update(cases=[5]), "field 'parity.cases[0]' must be an object, got 5"),
+    "delegation text": (lambda m: m.update(delegation="x"), "field 'delegation' must be an object or null, got 'x'"),
+    "source text": (lambda m: m.update(source="abc"), "field 'source' must be an object, got 'abc'"),
+    "ops counts": (lambda m: m.update(ops={"Conv": "33"}), "field 'ops.Conv' must be a whole number, got '33'"),
+    "patch text": (lambda m: m.update(patch="abc"), "field 'patch' must be an object or null, got 'abc'"),
+    "kind number": (lambda m: m.update(kind=5), "field 'kind' must be a string, got 5"),
+}  # fmt: skip
+LIES |= BROKEN
 
 
 @pytest.mark.parametrize("command", ("demo --model {m} --source sample:astronaut --headless", "bench pipeline {m}"))
@@ -344,6 +382,185 @@ def test_manifests_that_lie_are_one_line_naming_the_field(tmp_path, capsys, warp
     assert_clean_failure(code, err, tmp_path)
     assert message in err, err
     assert psutil.Process().memory_info().rss - before < 500 * 1024 * 1024, "the texture bomb was decoded"
+
+
+@pytest.mark.parametrize("command", ("bench latency {m} --runs 1", "bench report {m}.json --out {tmp}/r.html"))
+@pytest.mark.parametrize("lie", sorted(BROKEN))
+def test_broken_manifests_are_one_line_in_bench_latency_and_report(tmp_path, capsys, warped_artifact, command, lie):
+    change, message = BROKEN[lie]
+    code, err = run_cli(command.format(m=_lying(warped_artifact, tmp_path, change), tmp=tmp_path).split(), capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("lie", sorted(BROKEN))
+def test_the_app_refuses_at_startup_what_demo_refuses(tmp_path, warped_artifact, lie):
+    """The app's startup runs the same manifest check as `demo` (it used to crash on parity, delegation and source
+    lies that `demo` took): one PocketswapError naming the field."""
+    from pathlib import Path
+
+    from pocketswap.core.errors import PocketswapError
+    from pocketswap.demo.web import AppOptions, create_app
+
+    change, message = BROKEN[lie]
+    model = Path(_lying(warped_artifact, tmp_path, change))
+    with pytest.raises(PocketswapError) as info:
+        create_app(AppOptions(model=model, work_dir=tmp_path / "work"))
+    assert message in str(info.value) and "\n" not in str(info.value), info.value
+
+
+def _checkpoint_with(tmp_path, source, change) -> str:
+    """A copy of the checkpoint ``source`` whose config.json ``change`` edits or replaces (returning bytes)."""
+    import json
+    import shutil
+
+    target = tmp_path / "ckpt"
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    raw = change(config)
+    (target / "config.json").write_bytes(raw if isinstance(raw, bytes) else json.dumps(config).encode())
+    return str(target)
+
+
+CONFIG_LIES = {
+    "not UTF-8": (_with("note", b'"caf\xe9"'), "not UTF-8 text"),
+    "deep brackets": (_with("more", b"[" * 100_000 + b"]" * 100_000), "nested deeper than 64 levels"),
+    "deep objects": (_with("more", b'{"a": ' * 100 + b"1" + b"}" * 100), "nested deeper than 64 levels"),
+    "5000-digit integer": (_with("crop_size", b"9" * 5000), "a number of 5000 digits"),
+    "student text": (lambda c: c.update(student="abc"), "field 'student' must be an object, got 'abc'"),
+    "extra list": (lambda c: c.update(extra=[1, 2]), "field 'extra' must be an object, got a list"),
+    "model number": (lambda c: c.update(model=5), "field 'model' must be a string, got 5"),
+    "save_id missing": (lambda c: c.pop("save_id"), "field 'save_id' is missing"),
+    "template number": (lambda c: c.update(template=5), "field 'template' must be a string, got 5"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    (
+        "demo --model {c} --identity sample:grace_hopper --source sample:astronaut --headless",
+        "export {c} --identity sample:grace_hopper --format onnx --out {tmp}/e",
+        "distill eval {c} --data {tmp}/nowhere",
+    ),
+)
+@pytest.mark.parametrize("lie", sorted(CONFIG_LIES))
+def test_a_broken_checkpoint_config_is_one_line(tmp_path, capsys, nano_checkpoint, command, lie):
+    change, message = CONFIG_LIES[lie]
+    argv = command.format(c=_checkpoint_with(tmp_path, nano_checkpoint, change), tmp=tmp_path).split()
+    code, err = run_cli(argv, capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert message in err and "config.json" in err, err
+
+
+def test_the_app_refuses_a_broken_checkpoint_config_at_startup(tmp_path, nano_checkpoint):
+    from pathlib import Path
+
+    from pocketswap.core.errors import PocketswapError
+    from pocketswap.demo.web import AppOptions, create_app
+
+    model = Path(_checkpoint_with(tmp_path, nano_checkpoint, CONFIG_LIES["deep objects"][0]))
+    with pytest.raises(PocketswapError, match="checkpoint config .*config.json: nested deeper than 64 levels"):
+        create_app(AppOptions(model=model, identity=Path("sample:grace_hopper"), work_dir=tmp_path / "work"))
+
+
+TRAIN_LOG = (
+    b"".join(
+        b'{"step": %d, "kind": "train", "total": 0.%d, "l1": 0.1, "samples_per_s": 50.0}\n' % (s, 9 - s)
+        for s in range(1, 6)
+    )
+    + b'{"step": 5, "kind": "val", "loss": 0.2, "psnr_face": 21.5}\n'
+)
+
+
+def test_bench_report_skips_a_training_log_line_cut_by_a_kill_and_says_so(tmp_path, capsys, caplog):
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(TRAIN_LOG + b'{"step": 6, "kind": "tra')
+    with caplog.at_level("WARNING"):
+        code, err = run_cli(["bench", "report", str(log), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 0, err
+    assert "skipped its last line 7, cut off" in caplog.text, caplog.text
+    assert "Training curves from metrics.jsonl: 5 steps" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (TRAIN_LOG.replace(b'{"step": 3, "kind": "train"', b'{"step": 3, "ki'), "line 3: not valid JSON"),
+        (TRAIN_LOG.replace(b'"step": 2,', b'"step": "two",'), "line 2: field 'step' must be a whole number"),
+        (TRAIN_LOG + b"[" * 100_000 + b"\n", "line 7: nested deeper than 64 levels"),
+        (b"\xff\xfe" + TRAIN_LOG, "line 1: not UTF-8 text"),
+    ],
+)
+def test_bench_report_refuses_a_training_log_corrupt_in_the_middle(tmp_path, capsys, content, message):
+    log = tmp_path / "metrics.jsonl"
+    log.write_bytes(content)
+    code, err = run_cli(["bench", "report", str(log), "--out", str(tmp_path / "r.html")], capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert f"training log {log} {message}" in err, err
+
+
+BROKEN_JSON = {
+    "not UTF-8": (b'{"threads": 1, "note": "caf\xe9"}', "not UTF-8 text"),
+    "deep brackets": (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64 levels"),
+    "deep objects": (b'{"a": ' * 100 + b"1" + b"}" * 100, "nested deeper than 64 levels"),
+    "5000-digit integer": (b'{"threads": ' + b"9" * 5000 + b"}", "a number of 5000 digits"),
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        *BROKEN_JSON.values(),
+        (b'{"targets": [1], "threads": 1}', "field 'targets' must be an object, got a list"),
+        (b'{"targets": {"t": {"frozen": 5, "sha256": "x"}}, "threads": 1}', "field 'targets.t.frozen' must be a string"),
+        (b'{"targets": {}, "threads": "1"}', "field 'threads' must be a whole number, got '1'"),
+        (b'{"targets": {}}', "field 'threads' is missing"),
+    ],
+)  # fmt: skip
+def test_a_broken_latency_baseline_is_one_line(tmp_path, capsys, content, message):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_bytes(content)
+    code, err = run_cli(["bench", "gate", "--baseline", str(baseline)], capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert f"latency baseline {baseline}: " in err and message in err, err
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dataset") / "d"
+    assert main(["teacher", "generate", "--faces", "samples", "--out", str(root), "--pairs", "4", "--size", "64",
+                 "--workers", "1"]) == 0  # fmt: skip
+    return root
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        *BROKEN_JSON.values(),
+        (lambda m: m.update(shards=[None]), "field 'shards[0]' must be an object, got null"),
+        (lambda m: m["shards"][0].update(samples="4"), "field 'shards[0].samples' must be a whole number, got '4'"),
+        (lambda m: m.update(embedding={"dim": "128"}), "field 'embedding.dim' must be a whole number, got '128'"),
+        (lambda m: m.update(identities=[1]), "field 'identities[0]' must be a string, got 1"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "command", ("teacher preview {d} --out {tmp}/p.png", "distill train --data {d} --out {tmp}/run --steps 1")
+)
+def test_a_broken_dataset_manifest_is_one_line(tmp_path, capsys, tiny_dataset, command, content, message):
+    import json
+    import shutil
+
+    dataset = tmp_path / "d"
+    shutil.copytree(tiny_dataset, dataset)
+    if callable(content):
+        manifest = json.loads((dataset / "manifest.json").read_text())
+        content(manifest)
+        content = json.dumps(manifest).encode()
+    (dataset / "manifest.json").write_bytes(content)
+    code, err = run_cli(command.format(d=dataset, tmp=tmp_path).split(), capsys)
+    assert_clean_failure(code, err, tmp_path)
+    assert "manifest.json" in err and message in err, err
 
 
 def _limited(argv: list[str], max_bytes: int, cwd) -> tuple[int, str]:
@@ -458,7 +675,11 @@ def test_bad_identity_embeddings_are_refused_in_one_line(tmp_path, kind):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"", b'{"metrics": ', b"\xff\xfe", b"[1, 2]", b'{"metrics": {"universal": 5}}'])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{"metrics": ', b"\xff\xfe", b"[1, 2]", b'{"metrics": {"universal": 5}}', b"[" * 100_000,
+     b'{"metrics": {}, "num_samples": ' + b"9" * 5000 + b"}", b'{"metrics": ' * 100 + b"1" + b"}" * 100],
+)  # fmt: skip
 def test_an_unreadable_eval_json_is_a_hint_not_a_server_error(tmp_path, content):
     """The app's Compare tab on a cut, garbled or foreign eval.json says so (and how to rewrite it) (#37 item 11)."""
     from pocketswap.demo.model_info import comparison

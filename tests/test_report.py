@@ -51,7 +51,7 @@ def test_report_cli_and_bad_input(results, capsys, tmp_path):
     assert main(["bench", "report", str(results / "latency.json"), "--out", str(out)]) == 0
     assert out.read_text().startswith("<!doctype html>")
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(PocketswapError, match="not a JSON result file"):
+    with pytest.raises(PocketswapError, match="result file .*broken.json: not valid JSON"):
         build_report([tmp_path / "broken.json"])
     assert main(["bench", "report", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
 

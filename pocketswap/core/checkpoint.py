@@ -31,6 +31,7 @@ from pocketswap import __version__
 from pocketswap.core.errors import CheckpointError, ConfigError
 from pocketswap.core.files import atomic_path, atomic_write_bytes
 from pocketswap.core.identity import Identity
+from pocketswap.core.jsonio import Obj, check_schema, parse_json, read_json
 from pocketswap.core.metrics import cosine_distance, same_person
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ CONFIG_NAME = "config.json"
 FORMAT = "pocketswap-checkpoint"
 FORMAT_VERSION = 1
 _META_KEY = "pocketswap"
+# The types of the fields readers use (pocketswap.core.jsonio's schema); the student config's own fields are
+# checked by StudentConfig when the network is rebuilt.
+SCHEMA = Obj(
+    {"format": str, "format_version": int, "model": str, "preset": (str, None), "student": dict, "embed_dim": int,
+     "crop_size": int, "template": str, "normalization": dict, "pocketswap_version": str, "save_id": str,
+     "extra": dict},
+    required=("model", "student", "extra", "save_id"),
+)  # fmt: skip
 
 
 def is_checkpoint_path(path: str | Path) -> bool:
@@ -96,10 +105,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {CONFIG_NAME} (expected {WEIGHTS_NAME} + {CONFIG_NAME})")
-    try:
-        meta = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint config {config_path} is unreadable: {exc}") from exc
+    meta = read_json(config_path, "checkpoint config", error=CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} is not a pocketswap checkpoint config (field 'format' != {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -107,10 +113,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"checkpoint field 'format_version' is {meta.get('format_version')!r}; "
             f"this pocketswap reads version {FORMAT_VERSION}"
         )
-    for key in ("model", "student", "extra", "save_id"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint config {config_path} lacks field '{key}'")
-    return meta
+    return check_schema(meta, SCHEMA, f"checkpoint config {config_path}", error=CheckpointError)
 
 
 def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -215,4 +218,5 @@ def _safetensors_metadata(path: Path) -> dict[str, Any]:
 
     with safe_open(str(path), framework="pt") as f:
         text = (f.metadata() or {}).get(_META_KEY)
-    return json.loads(text) if text else {}
+    meta = parse_json(text, f"{path}: its '{_META_KEY}' metadata", error=CheckpointError) if text else {}
+    return meta if isinstance(meta, dict) else {}

@@ -21,7 +21,6 @@ the manifest and `DatasetReader`, which streams samples shard by shard without l
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 from pocketswap.core.errors import ConfigError
 from pocketswap.core.files import atomic_write_json, file_sha256
 from pocketswap.core.identity import Identity
+from pocketswap.core.jsonio import check_schema, read_json
 from pocketswap.core.shards import DatasetError, Sample, ShardInfo, iter_shard
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,14 @@ FORMAT = "pocketswap-paired-faces"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # -- manifest ------------------------------------------------------------------------------------
+# The types inside the fields above that readers use (pocketswap.core.jsonio's schema).
+_NESTED_SCHEMA = {
+    "shards": [{"name": str, "samples": int, "bytes": int, "sha256": str}],
+    "embedding": {"dim": int, "encoder": (str, None)},
+    "template": str,
+    "identities": [str],
+    "identity": (dict, None),
+}
 _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "format_version": int,
@@ -93,6 +101,7 @@ class DatasetManifest:
                 raise DatasetError(f"{where}: missing field '{name}'")
             if not isinstance(data[name], kind) or isinstance(data[name], bool):
                 raise DatasetError(f"{where}: field '{name}' has the wrong type ({type(data[name]).__name__})")
+        check_schema(data, _NESTED_SCHEMA, where, error=DatasetError)
         if data["format"] != FORMAT:
             raise DatasetError(f"{where}: field 'format' is {data['format']!r}, expected {FORMAT!r}")
         if data["format_version"] > FORMAT_VERSION:
@@ -140,11 +149,7 @@ def read_dataset_manifest(root: str | Path) -> DatasetManifest:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{root}: not a dataset (no {MANIFEST}; is generation finished?)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
-    return DatasetManifest.from_dict(data, str(path))
+    return DatasetManifest.from_dict(read_json(path, "dataset manifest", error=DatasetError), str(path))
 
 
 def write_dataset_manifest(root: str | Path, manifest: DatasetManifest) -> Path:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,6 +47,7 @@ from pocketswap import __version__
 from pocketswap.core.errors import ConfigError, PocketswapError
 from pocketswap.core.files import atomic_write_json
 from pocketswap.core.identity import LANDMARK_COUNT, Identity
+from pocketswap.core.jsonio import Obj, check_schema, read_json
 from pocketswap.core.spec import SpecError, SwapSpec
 
 FORMAT = "pocketswap-artifact"
@@ -72,6 +72,41 @@ SYNTHETIC_MEDIA_NOTICE = (
 
 class ManifestError(PocketswapError):
     """A manifest is missing, unreadable or not a pocketswap artifact manifest."""
+
+
+# The types of every field a reader uses (pocketswap.core.jsonio's schema): one check, named by field, for
+# every reader (demo, app, bench, export patch), so a manifest that one accepts no other refuses.
+_TENSOR = Obj(
+    {"name": str, "shape": [(int, None)], "dtype": str, "layout": str, "range": ([float], None), "description": str},
+    required=("name", "shape", "dtype", "layout"),
+    closed=True,  # TensorInfo has no room for other keys
+)
+_PARITY = {
+    "reference": str, "precision": str, "tolerance": dict, "passed": bool, "max_abs": float, "mean_abs": float,
+    "min_psnr_db": (float, None), "min_psnr_db_real_faces": (float, None),
+    "cases": [{"case": str, "output": str, "max_abs": float, "mean_abs": float, "psnr_db": (float, None)}],
+}  # fmt: skip
+_PATCH_TENSOR = Obj(
+    {"name": str, "offset": int, "nbytes": int, "dtype": str, "shape": [int], "torch_shape": [int],
+     "permutation": [int], "stored_as": (str, None)},
+    required=("name", "offset", "nbytes", "dtype", "torch_shape", "permutation"),
+)  # fmt: skip
+SCHEMA = Obj(
+    {
+        "format": str, "format_version": int, "artifact": str, "kind": str, "runtime": str, "precision": str,
+        "inputs": [_TENSOR], "outputs": [_TENSOR], "identity_mode": (str, None), "preset": (str, None),
+        "crop_size": (int, None), "template": (str, None), "template_points": ([[float]], None), "parity": _PARITY,
+        "file_size_bytes": int, "sha256": str,
+        "source": {"checkpoint": (str, None), "checkpoint_sha256": (str, None), "identity": (dict, str, None),
+                   "encoder": (str, None)},
+        "ops": Obj(values=int), "delegation": ({"delegate": str, "fully_accelerated": bool, "suspect_ops": list},
+                                               None),
+        "patch": ({"kind": str, "file": (str, None), "unpatched_sha256": str, "tensors": [_PATCH_TENSOR]}, None),
+        "identity_texture": (dict, None), "swap_spec": (dict, None), "converters": Obj(values=(str, None)),
+        "pocketswap_version": str, "created_utc": str, "notice": str, "extra": dict,
+    },
+    required=("artifact", "kind", "runtime", "precision", "inputs", "outputs"),
+)  # fmt: skip
 
 
 @dataclass
@@ -173,13 +208,11 @@ class Manifest:
             raise ManifestError(
                 f"{where}: field 'format_version' is {data.get('format_version')!r}; expected {FORMAT_VERSION}"
             )
+        check_schema(data, SCHEMA, where, error=ManifestError)
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = dict(kwargs.pop("extra", {}) or {})
         extra.update({k: v for k, v in data.items() if k not in known and k not in ("format", "format_version")})
-        missing = [k for k in ("artifact", "kind", "runtime", "precision", "inputs", "outputs") if k not in kwargs]
-        if missing:
-            raise ManifestError(f"{where} lacks field '{missing[0]}'")
         return cls(**kwargs, extra=extra)
 
 
@@ -206,11 +239,7 @@ def read_manifest(path: str | Path) -> Manifest:
     path = manifest_path(path)
     if not path.is_file():
         raise ManifestError(f"no manifest at {path} (every exported artifact has one next to it)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"manifest {path} is unreadable: {exc}") from exc
-    return Manifest.from_dict(data, where=str(path))
+    return Manifest.from_dict(read_json(path, "manifest", error=ManifestError), where=str(path))
 
 
 class Texture(NamedTuple):
@@ -288,6 +317,7 @@ def artifact_size(path: str | Path) -> int:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "SCHEMA",
     "SYNTHETIC_MEDIA_NOTICE",
     "Manifest",
     "ManifestError",

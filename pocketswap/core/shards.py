@@ -24,6 +24,7 @@ import numpy as np
 
 from pocketswap.core.errors import OutputError, PocketswapError
 from pocketswap.core.files import PendingFile, file_sha256
+from pocketswap.core.jsonio import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ def decode_sample(key: str, members: dict[str, bytes], where: str = "") -> Sampl
     missing = [s for s in MEMBERS if s not in members]
     if missing:
         raise DatasetError(f"{where}: sample is missing {', '.join(missing)}")
-    try:
-        meta = json.loads(members["json"])
-    except ValueError as exc:
-        raise DatasetError(f"{where}: corrupt metadata JSON ({exc})") from exc
+    meta = parse_json(members["json"], f"{where}.json (sample metadata)", error=DatasetError)
     return Sample(
         key=key,
         identity=_unpng(members["id.png"], True, f"{where}.id.png"),
