@@ -45,8 +45,8 @@ _META_KEY = "pocketswap"
 # checked by StudentConfig when the network is rebuilt.
 SCHEMA = Obj(
     {"format": str, "format_version": int, "model": str, "preset": (str, None), "student": dict, "embed_dim": int,
-     "crop_size": int, "template": str, "normalization": dict, "pocketswap_version": str, "save_id": str,
-     "extra": dict},
+     "crop_size": int, "template": str, "normalization": (dict, str), "pocketswap_version": str, "save_id": str,
+     "extra": dict},  # normalization: a text such as "[-1,1] RGB NCHW" in checkpoints of earlier versions
     required=("model", "student", "extra", "save_id"),
 )  # fmt: skip
 
