@@ -4,9 +4,11 @@ A page on another website (or another localhost port) can make the browser send 
 ``http://127.0.0.1:7860`` — form POSTs and WebSocket handshakes need no CORS permission — and a
 DNS-rebinding name can even read the replies. So every request passes :class:`Guard` first:
 
-- **Host**: a loopback name, the bound address, or (bound to every interface) an IP literal or this
-  machine's name; a rebinding attacker's own domain name is refused.
-- **Origin**: when the browser sends one, it must be this app's own (``null`` is refused).
+- **Host**: exactly one, ``host[:port]`` and nothing else, naming a loopback name, the bound address, or
+  (bound to every interface) an IP literal or this machine's name; a rebinding attacker's own domain
+  name is refused.
+- **Origin**: at most one; when the browser sends it, it must be this app's own ``scheme://host:port``
+  (``null`` is refused).
 - **Token**: a secret made at launch, which only a page served by this app knows (it is written into
   the page; a cross-origin page cannot read it). Every ``/api`` and ``/ws`` request carries it in the
   ``X-Pocketswap-Token`` header or a ``token`` query parameter. Bound beyond loopback, the page itself
@@ -23,12 +25,13 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from pocketswap.core.errors import PocketswapError
 
@@ -41,6 +44,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 OPEN_PATHS = ("/favicon.ico",)  # served without a token
 PAGES = ("/", "/device")  # the pages that carry the token: open on loopback
 OPEN_PREFIXES = ("/js/", "/device/js/", "/device/lib/", "/device/models/")  # public code and face models
+SINGLE_HEADERS = ("host", "origin", TOKEN_HEADER)  # headers a request may carry once at most
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -52,12 +56,34 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS
 
 
+# host [":" port] of a Host header or an origin, nothing else: a bracketed IPv6 literal, or a name or IPv4
+# address (dot-separated labels of letters, digits, "-" and "_"); a port of 1 to 5 digits.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_AUTHORITY = re.compile(
+    rf"^(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>{_LABEL}(?:\.{_LABEL})*))(?::(?P<port>[0-9]{{1,5}}))?$"
+)
+_ORIGIN = re.compile(r"^(?P<scheme>https?)://(?P<authority>[^/?#@\s]+)$")
+
+
+def parse_authority(value: str) -> tuple[str, int | None] | None:
+    """(host, port) of a Host header or an origin's ``host[:port]`` ("[::1]:7860" -> ("::1", 7860)), host
+    lowercased; None for anything else (spaces, a user part, a second colon, a port past 65535, ...)."""
+    found = _AUTHORITY.match(value.strip().lower()) if len(value) <= 300 else None
+    if found is None:
+        return None
+    host = found["ip6"] or found["name"]
+    if found["ip6"] is not None and not (_is_ip(host) and ":" in host):
+        return None
+    port = int(found["port"]) if found["port"] is not None else None
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    return host, port
+
+
 def _host_name(value: str) -> str:
-    """The host part of a Host header or an origin's netloc ("[::1]:7860" -> "::1")."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1 : value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    """The host part of a well-formed Host header or an origin's netloc ("[::1]:7860" -> "::1"); "" else."""
+    parsed = parse_authority(value)
+    return parsed[0] if parsed is not None else ""
 
 
 def _is_ip(host: str) -> bool:
@@ -94,9 +120,12 @@ class AccessPolicy:
         return False
 
     def origin_allowed(self, origin: str, host_header: str) -> bool:
-        """The browser's Origin must be this app's own scheme://host:port."""
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower()
+        """The browser's Origin must be this app's own scheme://host:port, written as browsers write it."""
+        found = _ORIGIN.match(origin.strip().lower())
+        if found is None:
+            return False
+        own = parse_authority(host_header)
+        return own is not None and parse_authority(found["authority"]) == own
 
     def token_ok(self, given: str | None) -> bool:
         return given is not None and secrets.compare_digest(given.encode(), self.token.encode())
@@ -106,13 +135,21 @@ class AccessPolicy:
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """(status, reason) when the request must be refused, else None."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        for name in SINGLE_HEADERS:  # two of them: which one a check reads and which one a proxy trusts may differ
+            if (count := sum(key == name for key, _ in raw)) > 1:
+                return 400, f"the request has {count} {name} headers; send one"
+        headers = dict(raw)
         host = headers.get("host", "")
+        if not host:
+            return 400, "the request has no Host header"
+        if parse_authority(host) is None:
+            return 400, f"malformed Host header {host[:80]!r}: expected host or host:port"
         if not self.host_allowed(host):
-            return 403, f"host {host!r} is not this app's (a DNS-rebinding guard); open the URL the app printed"
+            return 403, f"host {host[:80]!r} is not this app's (a DNS-rebinding guard); open the URL the app printed"
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, host):
-            return 403, f"requests from {origin!r} are refused: only this app's own page may use it"
+            return 403, f"requests from {origin[:80]!r} are refused: only this app's own page may use it"
         path = scope.get("path", "")
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or (path in PAGES and not self.public):
             return None

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
@@ -156,16 +156,19 @@ def _attachment(name: str | None, suffix: str) -> dict[str, str]:
 
 
 @contextmanager
-def serving_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
-    """Run ``app`` on a free port of ``host`` in a background thread; yields its URL (tests, ``bench app``)."""
+def serving_in_thread(app, host: str = "127.0.0.1", **timeouts) -> Iterator[str]:
+    """Run ``app`` on a free port of ``host`` in a background thread; yields its URL (tests, ``bench app``).
+    ``timeouts``: the half-sent request deadlines of :func:`~pocketswap.demo.web_server.server_config`."""
     import socket
 
     import uvicorn
 
+    from pocketswap.demo.web_server import server_config
+
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, host, port, **timeouts))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -183,6 +186,8 @@ def serving_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
 def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860, allow_hosts: tuple[str, ...] = ()) -> None:
     """Serve the app until interrupted (binds to localhost unless ``host`` says otherwise)."""
     import uvicorn
+
+    from pocketswap.demo.web_server import server_config
 
     policy = AccessPolicy(bind_host=host, extra_hosts=tuple(h.lower() for h in allow_hosts))
     app = create_app(options, policy)
@@ -205,4 +210,5 @@ def serve(options: AppOptions, host: str = "127.0.0.1", port: int = 7860, allow_
             host, port, options.work_dir,
         )  # fmt: skip
         log.warning("pocketswap app on http://%s:%d/?token=%s  (Ctrl+C stops)", shown, port, policy.token)
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=16 * 1024 * 1024)
+    with suppress(KeyboardInterrupt):  # Ctrl+C: uvicorn has already stopped the app (and its job)
+        uvicorn.Server(server_config(app, host, port)).run()

@@ -7,12 +7,15 @@ server still healthy afterwards (checked after each case)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
+import select
 import socket
+import struct
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -551,3 +554,187 @@ def test_a_page_on_another_localhost_port_cannot_use_the_app(app_server, tmp_pat
     assert {k: v for k, v in after.items() if k in before} == before  # nothing of what was there changed
     assert not [k for k in after if k not in before and not k.startswith("work/app/jobs/")]
     assert not trap.tracebacks()
+
+
+# -- the protocol underneath: WebSocket frames and HTTP bytes as a careless or hostile client writes them --
+def _ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One masked client frame (RFC 6455), written by hand: client libraries refuse to send bad UTF-8."""
+    mask = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    size = len(payload)
+    head += bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _ws_frames(sock: socket.socket, count: int | None = None) -> list[tuple[int, bytes]]:
+    """The server's frames (opcode, payload) until its close frame, the connection's end or ``count`` frames."""
+    buffer, frames = b"", []
+    while count is None or len(frames) < count:
+        while len(buffer) >= 2:
+            size, start = buffer[1] & 0x7F, 2
+            if size == 126:
+                size, start = (struct.unpack(">H", buffer[2:4])[0], 4) if len(buffer) >= 4 else (None, 4)
+            if size is None or len(buffer) < start + size:
+                break
+            frames.append((buffer[0] & 0x0F, buffer[start : start + size]))
+            buffer = buffer[start + size :]
+            if frames[-1][0] == 8 or (count is not None and len(frames) >= count):
+                return frames
+        data = sock.recv(65536)
+        if not data:
+            return frames
+        buffer += data
+    return frames
+
+
+@contextlib.contextmanager
+def _live_socket(url: str, token: str):
+    """A raw, accepted WebSocket to /ws/live from the app's own page (its Origin), its session made."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        lines = [f"GET /ws/live?token={token} HTTP/1.1", f"Host: {parts.netloc}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+                 "Sec-WebSocket-Version: 13", f"Origin: {url}"]  # fmt: skip
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        sock.sendall(_ws_frame(1, b"{}"))  # once its settings come back, the tab's session is made
+        ((opcode, payload),) = _ws_frames(sock, count=1)
+        assert opcode == 1 and "settings" in json.loads(payload), payload
+        yield sock
+
+
+def test_websocket_text_that_is_not_utf8_is_answered_and_closed_without_a_traceback(app_server):
+    """RFC 6455 fails such a connection (close code 1007); the page first gets one JSON line saying why, the
+    server logs one line (uvicorn alone logged a traceback), and every other tab goes on."""
+    url, _, app, trap = app_server
+    for frames in (
+        [_ws_frame(1, b'{"view": "\xff\xfe"}')],
+        [_ws_frame(1, b'{"view": "\xc3', fin=False), _ws_frame(0, b'("}')],  # cut inside a character
+    ):
+        with _live_socket(url, app.state.token) as sock:
+            sock.sendall(b"".join(frames))
+            answer = _ws_frames(sock)
+        assert answer[0][0] == 1 and "must be UTF-8" in json.loads(answer[0][1])["error"], answer
+        assert answer[-1][0] == 8 and struct.unpack(">H", answer[-1][1][:2])[0] == 1007, answer
+    with _live_socket(url, app.state.token) as sock:  # a character split across two frames is valid UTF-8
+        text = '{"view": "sé"}'.encode()
+        sock.sendall(_ws_frame(1, text[:-3], fin=False) + _ws_frame(0, text[-3:]))
+        ((opcode, payload),) = _ws_frames(sock, count=1)
+        assert opcode == 1 and "'view' must be one of" in json.loads(payload)["error"], payload
+    assert not trap.tracebacks(), trap.tracebacks()
+    assert Client(url, app.state.token).request("GET", "/api/model")[0] == 200
+
+
+def _raw_http(url: str, data: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    """Send ``data`` as it is (e.g. a header twice); the answer's status and body."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("localhost:7860, evil.example", "malformed Host"),
+        ("[::1]evil.example", "malformed Host"),
+        ("127.0.0.1:99999", "malformed Host"),
+        ("localhost:", "malformed Host"),
+        ("127.0.0.1:80@evil.example", "malformed Host"),
+        ("localhost:7860:80", "malformed Host"),
+        ("127.0.0.1 evil.example", "malformed Host"),
+        ("[::1]evil.com:7861", "malformed Host"),  # the issue's three
+        ("127.0.0.1:7861@evil.com", "malformed Host"),
+        ("localhost:7861.", "malformed Host"),
+    ],
+)
+def test_a_host_header_must_be_host_and_port_and_nothing_else(app_server, host, message):
+    url, _, app, _ = app_server
+    status, data = Client(url, app.state.token).request("GET", "/api/model", host=host)
+    _assert_clean(status, data, app_server, (400,))
+    assert message in json.loads(data)["error"], data
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("Host: evil.example\r\n", "malformed HTTP"),  # h11 refuses a second Host itself: still one JSON line
+        ("Origin: {url}\r\nOrigin: http://evil.example\r\n", "2 origin headers"),
+        ("Origin: http://evil.example\r\nOrigin: {url}\r\n", "2 origin headers"),
+        ("X-Pocketswap-Token: guess\r\n", "2 x-pocketswap-token headers"),
+    ],
+)
+def test_a_header_that_decides_access_may_come_once_only(app_server, extra, message):
+    """Which copy a check reads and which one a proxy or the route trusts may differ: two are refused."""
+    url, _, app, _ = app_server
+    netloc = urlsplit(url).netloc
+    head = (f"GET /api/model HTTP/1.1\r\nHost: {netloc}\r\nX-Pocketswap-Token: {app.state.token}\r\n"
+            f"{extra.format(url=url)}Connection: close\r\n\r\n")  # fmt: skip
+    status, data = _raw_http(url, head.encode())
+    _assert_clean(status, data, app_server, (400,))
+    assert message in json.loads(data)["error"], data
+    twice = {"Origin": url, "origin": "http://evil.example"}  # a WebSocket handshake too (websockets says 400)
+    assert Client(url, app.state.token).handshake(f"/ws/live?token={app.state.token}", twice) in (400, 403)
+
+
+def test_malformed_http_is_one_json_line(app_server):
+    url, _, _, _ = app_server
+    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+        status, data = _raw_http(url, garbage)
+        _assert_clean(status, data, app_server, (400,))
+
+
+def test_half_sent_requests_are_timed_out(app_server):
+    """A head that trickles in and never ends (slowloris) and a body that stops both get a 408 and lose their
+    connection within the deadline; a connection that sends nothing is closed quietly; whole requests,
+    kept-alive ones included, are answered."""
+    url, root, _, trap = app_server
+    app = create_app(AppOptions(model=root / "nano", identity=root / "people"))
+    with serving_in_thread(app, header_timeout_s=1.0, body_idle_s=1.0) as quick:
+        parts, token = urlsplit(quick), app.state.token
+
+        def trickle(pieces: list[bytes], every: float = 0.25) -> tuple[float, bytes]:
+            with socket.create_connection((parts.hostname, parts.port), timeout=15) as sock:
+                start, answer = time.monotonic(), b""
+                for piece in pieces:
+                    try:
+                        sock.sendall(piece)
+                    except OSError:  # closed by the server
+                        break
+                    if select.select([sock], [], [], every)[0]:
+                        break
+                try:
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                except OSError:
+                    pass
+                return time.monotonic() - start, answer
+
+        head = f"POST /api/files HTTP/1.1\r\nHost: {parts.netloc}\r\nX-Pocketswap-Token: {token}\r\n"
+        cases = {
+            "head": [b"GET /api/model HTTP/1.1\r\n"] + [b"X-Slow: 1\r\n"] * 40,  # 10 s if nobody stops it
+            "body": [
+                (head + "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 9000\r\n\r\n--x\r\n").encode()
+            ]
+            + [b""] * 40,  # fmt: skip
+        }
+        for what, pieces in cases.items():
+            took, answer = trickle(pieces)
+            assert answer.startswith(b"HTTP/1.1 408 "), (what, answer[:200])
+            assert f"request's {what}" in json.loads(answer.partition(b"\r\n\r\n")[2])["error"], answer
+            assert took < 4, (what, took)
+        took, answer = trickle([b""] * 40)
+        assert answer == b"" and took < 4, (took, answer)  # nothing sent: closed without an answer
+        with contextlib.closing(http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)) as conn:
+            for _ in range(2):
+                conn.request("GET", "/api/model", headers={"X-Pocketswap-Token": token})
+                response = conn.getresponse()
+                assert response.status == 200 and json.loads(response.read())["model"]
+    assert not trap.tracebacks(), trap.tracebacks()
