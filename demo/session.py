@@ -160,28 +160,35 @@ def swap_image_bytes(session: Session, data: bytes) -> bytes:
 
 
 def swap_video_file(
-    session: Session, source: Path, output: Path, on_frame: Callable[[int, int], None] | None = None
+    session: Session,
+    source: Path,
+    output: Path,
+    on_frame: Callable[[int, int], None] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Swap every frame of a video into ``output`` (.mp4) at the source's frame rate; ``on_frame(done,
-    total)`` after each frame (``total``: the container's frame count, 0 if unknown)."""
+    total)`` after each frame (``total``: the video stream's frame count, 0 if unknown). ``name``: how
+    errors call the video (an upload's name; the server's temporary files are never named)."""
     from pocketswap.demo.source import VideoSource
     from pocketswap.demo.video import VideoWriter
 
-    video = VideoSource(source)
+    name = name or str(source)
+    video = VideoSource(source, name=name)
     frames = with_face = 0
     try:
-        with VideoWriter(output, video.fps, audio_from=source) as writer:
+        with VideoWriter(output, video.fps, audio_from=source, name=name) as writer:
             for frame in video:
                 if frames >= MAX_VIDEO_FRAMES:
-                    raise PocketswapError(f"the video is longer than {MAX_VIDEO_FRAMES} frames")
+                    raise PocketswapError(f"{name} is longer than {MAX_VIDEO_FRAMES} frames")
                 out, _, faces = session.process(frame, frames / video.fps)  # the file's clock: reproducible
                 writer.write(out)
                 frames += 1
                 with_face += bool(faces)
                 if on_frame is not None:
                     on_frame(frames, video.frame_count)
+            audio = writer.audio_note
     finally:
         video.close()
     if frames == 0:
-        raise PocketswapError("the video has no frames")
-    return {"frames": frames, "frames_with_face": with_face, "fps": video.fps}
+        raise PocketswapError(f"{name} has no frames")
+    return {"frames": frames, "frames_with_face": with_face, "fps": video.fps} | ({"audio": audio} if audio else {})

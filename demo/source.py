@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from pocketswap.core.errors import ImageReadError, PocketswapError
-from pocketswap.core.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from pocketswap.core.imageio import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 def is_still(spec: str) -> bool:
     """True when a ``--source`` names one image (a file with an image suffix, or ``sample:NAME``)."""
     return spec.startswith(SAMPLE_PREFIX) or Path(spec).suffix.lower() in IMAGE_SUFFIXES
+
+
+def upload_label(name: str | None, kind: str = "video") -> str:
+    """How a message names an uploaded file: its own (sanitised, bounded) name, never the server's copy."""
+    safe = "".join(c if c.isalnum() or c in "-_. " else "_" for c in Path(name or "").name)[:80].strip()
+    return f"the uploaded {kind} {safe}" if safe else f"the uploaded {kind}"
 
 
 class CameraError(PocketswapError):
@@ -81,25 +87,36 @@ class CameraSource:
 
 class VideoSource:
     """Every frame of a video file, in order. ``realtime`` (windows): frames come at the file's own
-    frame rate and the last one is held until the window closes, instead of decode speed and exit."""
+    frame rate and the last one is held until the window closes, instead of decode speed and exit.
+    ``name``: how messages call the file (an upload's own name, not the server's temporary copy)."""
 
-    def __init__(self, path: Path, realtime: bool = False) -> None:
+    def __init__(self, path: Path, realtime: bool = False, name: str | None = None) -> None:
+        self.name = name or str(path)
         if not path.exists():
-            raise ImageReadError(f"{path}: no such file")
+            raise ImageReadError(f"{self.name}: no such file")
         if not path.is_file():
-            raise ImageReadError(f"{path}: not a regular file (a folder, pipe or device); give a video file")
+            raise ImageReadError(f"{self.name}: not a regular file (a folder, pipe or device); give a video file")
         self.path = path
         self.capture = cv2.VideoCapture(str(path))
         width, height = (int(self.capture.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
         if width * height > MAX_IMAGE_PIXELS:
             self.capture.release()
-            raise ImageReadError(f"{path}: video frames of {width}x{height} px are over the size limit")
+            raise ImageReadError(f"{self.name}: video frames of {width}x{height} px are over the size limit")
         ok, first = self.capture.read()
         if not self.capture.isOpened() or not ok:
-            raise ImageReadError(f"{path}: not a video OpenCV can decode")
+            self.capture.release()
+            raise ImageReadError(f"{self.name}: not a video OpenCV can decode")
+        if min(first.shape[:2]) < MIN_IMAGE_SIDE:
+            self.capture.release()
+            raise ImageReadError(f"{self.name}: video frames of {first.shape[1]}x{first.shape[0]} px are too small "
+                                 f"(need at least {MIN_IMAGE_SIDE} px a side)")  # fmt: skip
         self._first: np.ndarray | None = first
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
-        self.frame_count = max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)  # 0: the container does not say
+        # The video stream's own length. OpenCV's count falls back on the container's duration, which an
+        # audio track longer than the picture stretches: it would promise frames that were never there.
+        counted = video_frame_count(path, self.fps)
+        self.frame_count_exact = counted is not None
+        self.frame_count = counted if counted is not None else max(int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         self.realtime = realtime
         self.dropped = 0
 
@@ -111,8 +128,9 @@ class VideoSource:
         while True:
             ok, frame = self.capture.read()
             if not ok:
-                if self.frame_count and read < self.frame_count - 1:  # a corrupt or cut stretch ends the video early
-                    log.warning("%s: decoding stopped at frame %d of %d (the rest is unreadable)", self.path, read,
+                # A corrupt or cut stretch ends the video early; said only where the stream's own length is known.
+                if self.frame_count_exact and read < self.frame_count - 1:
+                    log.warning("%s: decoding stopped at frame %d of %d (the rest is unreadable)", self.name, read,
                                 self.frame_count)  # fmt: skip
                 return
             read += 1
@@ -130,6 +148,29 @@ class VideoSource:
 
     def close(self) -> None:
         self.capture.release()
+
+
+def video_frame_count(path: Path, fps: float) -> int | None:
+    """Frames of ``path``'s first video stream from the stream itself (its frame count, else its own
+    duration: a Matroska/WebM ``DURATION`` tag included) times ``fps``; None when only the container's
+    duration, which includes every other track, would say."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            if stream.frames > 0:
+                return int(stream.frames)
+            seconds = None
+            if stream.duration and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            elif tag := stream.metadata.get("DURATION") or stream.metadata.get("duration"):  # HH:MM:SS.fraction
+                seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(tag.split(":")[-3:])))
+    except (OSError, ValueError, av.error.FFmpegError):
+        return None
+    return round(seconds * fps) if seconds and seconds > 0 else None
 
 
 def paced(frames: Iterable[np.ndarray], fps: float) -> Iterator[np.ndarray]:

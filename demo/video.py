@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 from pathlib import Path
 
 import numpy as np
 
+from pocketswap.core.errors import PocketswapError
 from pocketswap.core.files import PendingFile
 from pocketswap.core.manifest import SYNTHETIC_MEDIA_NOTICE
+
+log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 
@@ -22,12 +28,16 @@ class VideoWriter:
         fps: float,
         notice: str | None = SYNTHETIC_MEDIA_NOTICE,
         audio_from: str | Path | None = None,
+        name: str | None = None,
     ) -> None:
-        """``audio_from``: a video whose first audio track is copied (not re-encoded) into this one."""
+        """``audio_from``: a video whose first audio track is copied (not re-encoded) into this one, when
+        this container can hold it (else the result is silent and ``audio_note`` says why). ``name``: how
+        errors call the video (an upload's name: a temporary file is never named)."""
         import av
 
         self._file = PendingFile(path, VIDEO_SUFFIXES, "video")
         self.path, self._tmp = self._file.path, self._file.tmp
+        self.name = name or str(self.path)
         self._container = av.open(str(self._tmp), "w")
         if notice:
             self._container.metadata["comment"] = notice
@@ -36,18 +46,25 @@ class VideoWriter:
         self._stream = None
         self.frames = 0
         self._audio_source, self._audio = None, None
+        self.audio_note: str | None = None
         if audio_from is not None:
             source = av.open(str(audio_from))
-            if source.streams.audio:
+            track = source.streams.audio[0] if source.streams.audio else None
+            if track is not None and (problem := _uncopyable(audio_from, self._container.format.name)) is None:
                 self._audio_source = source
-                self._audio = (
-                    source.streams.audio[0],
-                    self._container.add_stream_from_template(source.streams.audio[0]),
-                )
+                self._audio = (track, self._container.add_stream_from_template(track))
             else:
+                if track is not None:
+                    self.audio_note = (f"its {track.codec_context.name} audio cannot go into {self.path.suffix}: "
+                                       f"the swapped video is silent ({problem})")  # fmt: skip
+                    log.info("%s: %s", self.name, self.audio_note)
                 source.close()
 
     def write(self, frame: np.ndarray) -> None:
+        with self._errors():
+            self._write(frame)
+
+    def _write(self, frame: np.ndarray) -> None:
         import av
 
         if self._stream is None:
@@ -61,6 +78,28 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> Path:
+        try:
+            with self._errors():
+                self._close()
+        except BaseException:
+            self.abort()  # a video that cannot be finished leaves no temporary file behind
+            raise
+        return self._file.commit()
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """PyAV's errors as one line naming the video, not its temporary file (a full disk stays an OSError)."""
+        import av
+
+        try:
+            yield
+        except av.error.FFmpegError as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+                raise
+            detail = (getattr(exc, "strerror", None) or type(exc).__name__).strip()
+            raise PocketswapError(f"{self.name}: the swapped video could not be written ({detail})") from None
+
+    def _close(self) -> None:
         if self._stream is not None:
             for packet in self._stream.encode():
                 self._container.mux(packet)
@@ -73,13 +112,16 @@ class VideoWriter:
                 self._container.mux(packet)
             self._audio_source.close()
         self._container.close()
-        return self._file.commit()
 
     def abort(self) -> None:
-        if self._audio_source is not None:
-            self._audio_source.close()
-        self._container.close()
-        self._file.discard()
+        try:
+            if self._audio_source is not None:
+                self._audio_source.close()
+            self._container.close()
+        except Exception:  # closing a broken or full container fails again: the temporary file still goes
+            log.debug("closing the aborted video %s failed", self.name, exc_info=True)
+        finally:
+            self._file.discard()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -89,6 +131,33 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def _uncopyable(source: str | Path, format_name: str) -> str | None:
+    """Why ``source``'s first audio track cannot be copied into a ``format_name`` container (some codecs or
+    channel layouts only fail as the file is finished: one packet is written and finished in memory to
+    see), else None."""
+    import io
+
+    import av
+
+    try:
+        with av.open(str(source)) as container:
+            track = container.streams.audio[0]
+            probe = av.open(io.BytesIO(), "w", format=format_name)
+            try:
+                stream = probe.add_stream_from_template(track)
+                for packet in container.demux(track):
+                    if packet.dts is None:
+                        continue
+                    packet.stream = stream
+                    probe.mux(packet)
+                    break
+            finally:
+                probe.close()
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        return (getattr(exc, "strerror", None) or type(exc).__name__).strip()
+    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

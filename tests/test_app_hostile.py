@@ -157,6 +157,40 @@ def _encoded(kind: str, frames: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def _video(width: int, height: int, frames: int = 3, audio: str | None = None, codec: str = "libx264",
+           container: str = "mp4", noisy: bool = False) -> bytes:  # fmt: skip
+    """A small video file (grey frames, or noise that compresses badly; ``audio``: a second of silence)."""
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        video = out.add_stream(codec, rate=10)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        sound = out.add_stream(audio, rate=16000) if audio else None
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            pixels = (
+                rng.integers(0, 255, (height, width, 3), np.uint8)
+                if noisy
+                else np.full((height, width, 3), 90, np.uint8)
+            )
+            for packet in video.encode(av.VideoFrame.from_ndarray(pixels, "rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if sound is not None:
+            for start in range(0, 16000 - 1024, 1024):
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.int16), format="s16", layout="mono")
+                chunk.sample_rate, chunk.pts = 16000, start
+                for packet in sound.encode(chunk):
+                    out.mux(packet)
+            for packet in sound.encode():
+                out.mux(packet)
+    return buffer.getvalue()
+
+
 def _tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
@@ -296,6 +330,7 @@ def test_personalize_names_and_numbers_are_validated_and_nothing_is_deleted(app_
         ("/api/files", {"job": "client-chosen"}, {"file": ("a.png", b"x")}, "unknown or used job id"),
         ("/api/files", {"identity": "1e400"}, {"file": ("a.png", b"x")}, "identity must be a whole number"),
         ("/api/files", {}, {"file": ("a.mp4", b"\0" * 5000)}, "not a video"),
+        ("/api/files", {}, {"file": ("tiny.mp4", _video(16, 16))}, "video frames of 16x16 px are too small"),
     ],
 )
 def test_uploads_are_checked_before_decoding(app_server, path, fields, files, message):
@@ -305,8 +340,26 @@ def test_uploads_are_checked_before_decoding(app_server, path, fields, files, me
     body, kind = multipart(fields, files)
     status, data = Client(url, app.state.token).request("POST", path, body, {"Content-Type": kind})
     _assert_clean(status, data, app_server)
-    assert message in json.loads(data)["error"], data
+    error = json.loads(data)["error"]
+    assert message in error, data
     assert process.memory_info().rss - before < 300 * 1024 * 1024, "a bomb was decoded"
+    if next(iter(files.values()))[0].endswith((".mp4", ".webm")):
+        assert "image" not in error, "a video was called an image"
+
+
+def test_a_video_whose_sound_cannot_go_into_mp4_is_swapped_silent_and_says_so(app_server):
+    """An .avi with PCM sound: the .mp4 cannot carry PCM, so the swap comes back without sound and its summary
+    says why (before: an error naming the server's temporary file)."""
+    url, _, app, trap = app_server
+    body, kind = multipart({}, {"file": ("talk.avi", _video(128, 96, frames=4, audio="pcm_s16le", codec="mpeg4",
+                                                          container="avi"))})  # fmt: skip
+    conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=120)
+    conn.request("POST", "/api/files", body, {"Content-Type": kind, "X-Pocketswap-Token": app.state.token})
+    response = conn.getresponse()
+    video, summary = response.read(), json.loads(response.getheader("X-Pocketswap-Summary") or "{}")
+    assert response.status == 200 and video[4:8] == b"ftyp", (response.status, video[:200])
+    assert summary["frames"] == 4 and "pcm_s16le audio cannot go into .mp4" in summary["audio"], summary
+    assert "pocketswap-" not in summary["audio"] and not trap.tracebacks()
 
 
 def _chunks(total: int, size: int = 256 * 1024):

@@ -252,3 +252,63 @@ def test_the_frames_teeth_survive_a_model_that_paints_over_them():
     assert np.abs(painted[teeth] - frame[teeth]).mean() > 30
     cheek = tuple(np.round((points[NOSE_TIP] + points[MOUTH_CORNERS[0]]) / 2 - [0.15 * width, 0]).astype(int)[::-1])
     assert np.abs(kept[cheek] - 128).max() <= 2 and np.abs(painted[cheek] - 128).max() <= 2
+
+
+@pytest.mark.parametrize("suffix", (".mkv", ".webm"))
+def test_a_clip_whose_sound_outlasts_its_picture_is_read_whole_without_a_false_alarm(tmp_path, caplog, suffix):
+    """Matroska/WebM give no frame count, and their container's duration is the sound's (3 s here, for 1 s of
+    picture): OpenCV's count said 36 and the reader warned 'decoding stopped at frame 12 of 36 (the rest is
+    unreadable)' though every frame was read. The count now comes from the video stream itself."""
+    from pocketswap.demo.source import VideoSource
+
+    path = tmp_path / f"talk{suffix}"
+    opus = suffix == ".webm"
+    rate, size = (48000, 960) if opus else (16000, 1024)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx" if opus else "libx264", rate=12)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("libopus" if opus else "aac", rate=rate)
+        for i in range(12):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for start in range(0, 3 * rate - size, size):
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, size), np.float32), format="flt" if opus else "fltp",
+                                               layout="mono")  # fmt: skip
+            chunk.sample_rate, chunk.pts = rate, start
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode():
+                container.mux(packet)
+    source = VideoSource(path)
+    with caplog.at_level("WARNING"):
+        frames = list(source)
+    source.close()
+    assert len(frames) == 12 and source.frame_count == 12 and source.frame_count_exact
+    assert not [r for r in caplog.records if "unreadable" in r.getMessage()], caplog.text
+
+
+def test_a_cut_video_still_says_where_its_picture_stops(tmp_path, caplog):
+    """The warning stays where it is true: an .mp4 cut in half (its index up front says 24 frames)."""
+    from pocketswap.demo.source import VideoSource
+
+    path = tmp_path / "whole.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        video = container.add_stream("libx264", rate=12)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(24):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    source = VideoSource(cut, name="the uploaded video cut.mp4")
+    with caplog.at_level("WARNING"):
+        frames = list(source)
+    source.close()
+    assert 0 < len(frames) < 24 and source.frame_count == 24
+    assert f"the uploaded video cut.mp4: decoding stopped at frame {len(frames)} of 24" in caplog.text
