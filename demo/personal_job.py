@@ -5,26 +5,33 @@ uploaded faces and the run live there, so two clients never write over each othe
 same commands a user would (``pocketswap distill personalize`` then ``pocketswap export``) in a child
 process: ``cancel()`` interrupts it the way Ctrl+C does (the trainer keeps a checkpoint; the CLI can
 resume the folder), the app's own shutdown cancels it too, and a crash in it never takes the app down.
-``status()`` reads progress from the run's files (``metrics.jsonl``, ``samples/``). One job at a time.
+The child also dies with the app: on Linux the kernel sends it SIGTERM when the app ends in any way, a
+SIGKILL included (``PR_SET_PDEATHSIG``), and the child takes SIGTERM as it takes Ctrl+C.
+
+Each job folder records its state (:mod:`pocketswap.demo.job_folders`); an app that starts
+(:meth:`PersonalizeJob.recover`) marks the jobs whose app is gone ``interrupted``, says so in its log,
+and lists the earlier jobs in ``status()["jobs"]``. ``status()`` reads progress from the run's files
+(``metrics.jsonl``, ``samples/``). One job at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-import shutil
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.jsonio import Obj, read_json, read_jsonl
+from pocketswap.demo.disk import DiskError, disk_cause, disk_error, unwritable
+from pocketswap.demo.job_folders import job_record, last_error, scan_jobs, write_state
 from pocketswap.faces.samples import SAMPLE_PREFIX
 
 log = logging.getLogger(__name__)
@@ -34,22 +41,13 @@ MAX_VIDEO_FRAMES = 64  # frames taken from an uploaded video to personalise agai
 MAX_STEPS = 20_000  # bounds of one request: a page cannot start a run that never ends
 MAX_PAIRS = 8_192
 MAX_FACE_UPLOADS = 64  # files in one request's faces to train against
-JOB_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[a-z0-9_-]{1,40}-[0-9a-f]{6}$")
 CANCEL_WAIT_S = 60.0  # how long a cancelled child may take to write its checkpoint before it is killed
-
-
-def safe_label(text: str) -> str:
-    """A file-name-safe label (letters, digits, - and _; at most 40 characters) for a user's text."""
-    label = re.sub(r"[^a-z0-9_-]+", "_", text.lower()).strip("_")[:40]
-    return label or "face"
-
-
-def new_job_folder(work_dir: Path, label: str) -> tuple[str, Path]:
-    """(server-made id, a new empty folder ``work_dir/jobs/id``) for one request."""
-    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_label(label)}-{secrets.token_hex(3)}"
-    folder = work_dir / "jobs" / job_id
-    folder.mkdir(parents=True)
-    return job_id, folder
+MAX_LISTED_JOBS = 20  # earlier jobs listed by status(), newest first
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The job's child (``python -c CHILD_ENTRY distill ...``): the pocketswap CLI, taking SIGTERM (the app died) as it
+# takes Ctrl+C: the trainer stops at a step boundary and keeps a checkpoint, other stages stop.
+CHILD_ENTRY = ("import signal, sys; signal.signal(signal.SIGTERM, signal.default_int_handler); "
+               "from pocketswap.cli import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
 
 
 def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
@@ -59,7 +57,7 @@ def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
     import tempfile
 
     from pocketswap.core.imageio import IMAGE_SUFFIXES, inspect_image, write_image
-    from pocketswap.demo.source import VideoSource
+    from pocketswap.demo.source import VideoSource, upload_label
 
     if len(uploads) > MAX_FACE_UPLOADS:
         raise PocketswapError(f"at most {MAX_FACE_UPLOADS} files of faces to train against, got {len(uploads)}")
@@ -74,8 +72,11 @@ def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
             continue
         with tempfile.TemporaryDirectory(prefix="pocketswap-faces-") as tmp:
             video_path = Path(tmp) / f"video{suffix}"
-            video_path.write_bytes(data)
-            video = VideoSource(video_path)
+            try:
+                video_path.write_bytes(data)
+            except OSError as exc:  # the temporary folder's disk: named, not the file
+                raise disk_error(exc) from exc
+            video = VideoSource(video_path, name=upload_label(name))
             try:
                 every = max(1, video.frame_count // MAX_VIDEO_FRAMES)
                 for number, frame in enumerate(video):
@@ -87,6 +88,27 @@ def faces_from_uploads(uploads: list[tuple[str, bytes]], folder: Path) -> int:
     if written == 0:
         raise PocketswapError("no photo or video frame in the faces to personalise against")
     return written
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when the thread that starts it ends (the app
+    exits, crashes or is SIGKILLed): ``prctl(PR_SET_PDEATHSIG, SIGTERM)``. None on other systems (a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, sigterm = os.getpid(), int(signal.SIGTERM)
+
+    def preexec() -> None:  # in the child, between fork and exec: nothing but two system calls
+        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # the app died before the request took effect: do not start at all
+            os._exit(143)
+
+    return preexec
 
 
 @dataclass
@@ -128,6 +150,7 @@ class PersonalizeJob:
         self.process: subprocess.Popen | None = None
         self.cancelled = False
         self.thread: threading.Thread | None = None
+        self.history: dict[str, dict[str, Any]] = {}  # job id -> its state, error and artifact (status()["jobs"])
 
     def check_can_start(self) -> None:
         """Raise the reason a new job cannot start now (before anything of the request is written)."""
@@ -138,12 +161,21 @@ class PersonalizeJob:
         resolve_checkpoint(self.universal)
         if self.state == "running":
             raise PocketswapError("a personalisation is already running; wait for it or cancel it")
+        if problem := unwritable(self.work_dir / "jobs"):
+            raise DiskError(f"personalisations cannot be written under {self.work_dir / 'jobs'}: {problem}")
+
+    def recover(self) -> None:
+        """Read the earlier jobs of ``work_dir/jobs`` (an app that starts): one left ``running`` by an app that
+        is gone is marked ``interrupted`` and the log says what was found (:func:`scan_jobs`); status() lists them."""
+        self.history = {r["job"]: r for r in scan_jobs(self.work_dir / "jobs")[-MAX_LISTED_JOBS:]}
 
     def start(self, request: JobRequest) -> None:
-        """Check the request (one clear error) and run it in the background."""
+        """Check the request (one clear error) and run it in the background (an OSError: its folder could
+        not record the job's state, nothing started)."""
         request.check()
         with self.lock:
             self.check_can_start()
+            write_state(request.folder, "running", str(os.getpid()))
             self.request, self.state, self.error, self.artifact = request, "running", None, None
             self.started, self.cancelled = time.time(), False
             self.thread = threading.Thread(target=self._run, args=(request,), name="personalize", daemon=True)
@@ -165,7 +197,7 @@ class PersonalizeJob:
             self.thread.join(timeout=CANCEL_WAIT_S + 5)
 
     def _commands(self, request: JobRequest) -> list[list[str]]:
-        cli = [sys.executable, "-m", "pocketswap.cli"]
+        cli = [sys.executable, "-c", CHILD_ENTRY]
         out = str(request.out)
         train = [*cli, "distill", "personalize", str(self.universal), "--identity", request.identity, "--out", out,
                  "--faces", request.faces, "--pairs", str(request.pairs), "--steps", str(request.steps),
@@ -177,12 +209,15 @@ class PersonalizeJob:
         return [train, export]
 
     def _run(self, request: JobRequest) -> None:
+        # This thread starts the children and waits for them: PR_SET_PDEATHSIG fires when the thread that
+        # forked a child ends, so it must be this one, alive for as long as its child runs.
         log_path = request.folder / "job.log"
         try:
             for command in self._commands(request):
                 with log_path.open("a") as log_file:
                     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                                               stdin=subprocess.DEVNULL, start_new_session=True,
+                                               preexec_fn=dies_with_parent())  # fmt: skip
                     with self.lock:
                         self.process = process
                         if self.cancelled:
@@ -192,21 +227,30 @@ class PersonalizeJob:
                     self.state = "cancelled"
                     return
                 if code != 0:
-                    raise PocketswapError(_last_error(log_path) or f"{command[3]} ended with status {code}")
+                    raise PocketswapError(last_error(log_path) or _unlogged_reason(request.folder, command[3], code))
             artifacts = sorted((request.out / "artifacts").glob("*.onnx"))
             if not artifacts:
                 raise PocketswapError(f"the export wrote no .onnx into {request.out / 'artifacts'}")
             self.artifact, self.state = artifacts[0], "done"
         except Exception as exc:  # shown in the page; the app keeps serving
-            log.warning("personalisation %s failed: %s", request.job_id, exc)
-            self.state, self.error = "failed", str(exc)
+            cause = disk_cause(exc)  # e.g. job.log cannot be opened: the page still gets the reason
+            message = str(disk_error(cause, request.folder, refused=False)) if cause is not None else str(exc)
+            log.warning("personalisation %s failed: %s", request.job_id, message)
+            self.state, self.error = "failed", message
         finally:
             self.process = None
+            detail = str(self.artifact or "") if self.state == "done" else self.error or ""
+            self.history[request.job_id] = job_record(request.folder, self.state, detail)
+            try:
+                write_state(request.folder, self.state, detail)
+            except OSError as exc:
+                log.warning("%s: cannot record its state %s (%s)", request.folder, self.state, exc.strerror or exc)
 
     def status(self) -> dict[str, Any]:
         """State, phase, step of steps, last training loss, ETA, newest preview grid and the artifact."""
         info: dict[str, Any] = {"state": self.state, "error": self.error, "universal": str(self.universal),
                                 "max_steps": MAX_STEPS, "max_pairs": MAX_PAIRS}  # fmt: skip
+        info["jobs"] = self.jobs()
         request = self.request
         if request is None:
             return info
@@ -233,6 +277,15 @@ class PersonalizeJob:
             metrics = _eval_metrics(report)
             info["same_person"] = {name: m.get("same_person") for name, m in metrics.items()}
         return info
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """This app's job and the earlier ones found in ``work_dir/jobs``, newest first (at most
+        ``MAX_LISTED_JOBS``): id, state, and the error or artifact."""
+        listed = dict(self.history)
+        request = self.request
+        if request is not None and self.state == "running":
+            listed[request.job_id] = job_record(request.folder, "running", "")
+        return [listed[key] for key in sorted(listed, reverse=True)[:MAX_LISTED_JOBS]]
 
     def preview(self) -> Path | None:
         """The newest sample grid (identity | attribute | teacher | student | mask rows) of the running job."""
@@ -271,6 +324,20 @@ def _eval_metrics(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _unlogged_reason(folder: Path, stage: str, code: int) -> str:
+    """Why a child failed without its error line in ``job.log``: most often the disk took neither its work
+    nor its log, which a probe write into the job's folder tells (named, with the problem)."""
+    probe = folder / ".probe"
+    try:
+        probe.write_bytes(b"\0" * 4096)
+    except OSError as exc:
+        if disk_cause(exc) is not None:
+            return f"{stage} ended with status {code}; {disk_error(exc, folder, refused=False)}"
+    finally:
+        probe.unlink(missing_ok=True)
+    return f"{stage} ended with status {code}"
+
+
 def _wait(process: subprocess.Popen, cancelled) -> int:
     """The child's exit status; once cancelled, it has ``CANCEL_WAIT_S`` to save its work before a kill."""
     deadline = None
@@ -282,19 +349,3 @@ def _wait(process: subprocess.Popen, cancelled) -> int:
                 deadline = deadline or time.monotonic() + CANCEL_WAIT_S
                 if time.monotonic() > deadline:
                     process.kill()
-
-
-def _last_error(log_path: Path) -> str | None:
-    """The CLI's own one-line error from a job's log (``pocketswap: error: ...``), if it wrote one."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    errors = [line.split("error:", 1)[1].strip() for line in lines if line.startswith("pocketswap: error:")]
-    return errors[-1] if errors else None
-
-
-def remove_job_folder(folder: Path) -> None:
-    """Remove a folder this module made for a request that was then refused (nothing else is ever deleted)."""
-    if JOB_ID.match(folder.name) and folder.parent.name == "jobs":
-        shutil.rmtree(folder, ignore_errors=True)

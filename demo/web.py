@@ -91,6 +91,7 @@ def create_app(options: AppOptions, policy: AccessPolicy | None = None):
 
     served_comparison = comparison_run(options.model, manifest)
     job = PersonalizeJob(options.universal, options.work_dir)
+    job.recover()  # jobs an earlier app left: interrupted ones are marked so, and listed in the page
     try:
         job.check_can_start()
     except PocketswapError as exc:  # the page says so before anyone clicks

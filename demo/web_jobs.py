@@ -2,34 +2,37 @@
 
 Every name that reaches the file system is made here, never taken from the client: a sample must be
 one of the bundled ones, an uploaded photo keeps only its (checked) suffix, and each personalisation
-writes only inside the folder made for it (:func:`pocketswap.demo.personal_job.new_job_folder`).
+writes only inside the folder made for it (:func:`pocketswap.demo.job_folders.new_job_folder`).
 Video swaps get a server-made progress id and stop when their client leaves.
+
+A request the disk cannot take (full, read-only, a file-size limit) is one JSON line with status 507
+naming the problem and the folder (:mod:`pocketswap.demo.disk`), and what it wrote is removed first;
+an error about an upload names the upload, never the server's temporary copy of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import tempfile
 import threading
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.imageio import IMAGE_SUFFIXES, inspect_image
+from pocketswap.demo.disk import DISK_STATUS, DiskError, disk_cause, disk_error
 from pocketswap.demo.guard import whole_number
-from pocketswap.demo.personal_job import (
-    MAX_PAIRS,
-    MAX_STEPS,
-    JobRequest,
-    PersonalizeJob,
-    faces_from_uploads,
-    new_job_folder,
-    remove_job_folder,
-)
+from pocketswap.demo.job_folders import new_job_folder, remove_job_folder
+from pocketswap.demo.personal_job import MAX_PAIRS, MAX_STEPS, JobRequest, PersonalizeJob, faces_from_uploads
 from pocketswap.demo.session import swap_image_bytes, swap_video_file
+from pocketswap.demo.source import upload_label
+
+log = logging.getLogger(__name__)
 
 VIDEO_UPLOAD_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progress?job=ID`
@@ -37,6 +40,29 @@ MAX_FILE_JOBS = 16  # video-swap progress records kept for `GET /api/files/progr
 
 def _uploaded(form, key: str) -> list[Any]:
     return [f for f in form.getlist(key) if hasattr(f, "read") and f.filename]
+
+
+async def _read_form(request):
+    """The request's form; a disk that cannot take the upload's spooled parts is a :class:`DiskError`."""
+    try:
+        return await request.form()
+    except OSError as exc:
+        if disk_cause(exc) is None:
+            raise
+        raise disk_error(exc) from exc
+
+
+def _refused(exc: Exception, where: Path | None = None):
+    """The JSON answer to a refused request: 507 for a disk problem (naming ``where``: a folder of the
+    server's own, else its temporary folder), else 422."""
+    from starlette.responses import JSONResponse
+
+    if not isinstance(exc, DiskError) and (cause := disk_cause(exc)) is not None:
+        exc = disk_error(cause, where)
+    if isinstance(exc, DiskError):  # the person running the server has something to fix
+        log.warning("refused a request: %s", exc)
+        return JSONResponse({"error": str(exc)}, status_code=DISK_STATUS)
+    return JSONResponse({"error": str(exc)}, status_code=422)
 
 
 def _sample_spec(text: str) -> str:
@@ -56,9 +82,9 @@ def personalize_routes(job: PersonalizeJob, default_faces: str) -> list:
     from starlette.routing import Route
 
     async def start(request: Request) -> JSONResponse:
-        form = await request.form()
         folder = None
         try:
+            form = await _read_form(request)
             steps = whole_number(form.get("steps") or 500, "steps", 1, MAX_STEPS)
             pairs = whole_number(form.get("pairs") or 1024, "pairs", 8, MAX_PAIRS)
             photos, faces = _uploaded(form, "photo"), _uploaded(form, "faces")
@@ -86,10 +112,12 @@ def personalize_routes(job: PersonalizeJob, default_faces: str) -> list:
                 await asyncio.to_thread(faces_from_uploads, files, folder / "faces")
                 faces_spec = str((folder / "faces").resolve())
             await asyncio.to_thread(job.start, JobRequest(spec, folder, steps, pairs, faces_spec))
-        except (PocketswapError, ValueError) as exc:
-            if folder is not None:
+        except (PocketswapError, ValueError, OSError) as exc:
+            if folder is not None:  # nothing of a refused request stays: no half-written photo, no empty faces/
                 remove_job_folder(folder)
-            return JSONResponse({"error": str(exc)}, status_code=422)
+            if isinstance(exc, OSError) and disk_cause(exc) is None:
+                raise
+            return _refused(exc, folder or job.work_dir / "jobs")
         return JSONResponse(job.status())
 
     async def status(_: Request) -> JSONResponse:
@@ -156,7 +184,10 @@ def files_routes(make_session, attachment) -> list:
         return JSONResponse({k: v for k, v in found.items() if k != "started"})
 
     async def swap(request: Request) -> Response:
-        form = await request.form()
+        try:
+            form = await _read_form(request)
+        except DiskError as exc:
+            return _refused(exc)
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
             return JSONResponse({"error": "no file in the upload"}, status_code=400)
@@ -176,8 +207,10 @@ def files_routes(make_session, attachment) -> list:
                 png = await asyncio.to_thread(swap_image_bytes, session, data)
                 return Response(png, media_type="image/png", headers=attachment(upload.filename, ".png"))
             return await _video(request, session, data, suffix, upload.filename, record)
-        except (PocketswapError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
+        except (PocketswapError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and disk_cause(exc) is None:
+                raise
+            return _refused(exc)  # a disk problem here is the temporary folder's: it is named, not the file
 
     async def _video(request: Request, session, data: bytes, suffix: str, name: str | None, record) -> Response:
         left = threading.Event()
@@ -190,7 +223,8 @@ def files_routes(make_session, attachment) -> list:
         with tempfile.TemporaryDirectory(prefix="pocketswap-app-") as tmp:
             source, output = Path(tmp) / f"in{suffix}", Path(tmp) / "swapped.mp4"
             source.write_bytes(data)
-            task = asyncio.ensure_future(asyncio.to_thread(swap_video_file, session, source, output, on_frame))
+            swap = partial(swap_video_file, session, source, output, on_frame, name=upload_label(name))
+            task = asyncio.ensure_future(asyncio.to_thread(swap))
             try:
                 while not task.done():  # a client that leaves stops its swap
                     await asyncio.wait({task}, timeout=0.5)

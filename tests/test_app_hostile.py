@@ -13,9 +13,14 @@ import http.client
 import json
 import logging
 import os
+import re
 import select
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +35,8 @@ import torch
 
 from pocketswap.core.imageio import write_image
 from pocketswap.demo.clip import synthetic_frames
-from pocketswap.demo.personal_job import JOB_ID
+from pocketswap.demo.job_folders import JOB_ID, read_state
+from pocketswap.demo.personal_job import CHILD_ENTRY
 from pocketswap.demo.video import VideoWriter
 from pocketswap.demo.web import AppOptions, create_app, serving_in_thread
 from pocketswap.demo.web_live import HEADER
@@ -329,8 +335,20 @@ def test_personalize_names_and_numbers_are_validated_and_nothing_is_deleted(app_
         ("/api/files", {}, {"file": ("a.tiff", _encoded("TIFF", 2))}, "animated or multi-page"),
         ("/api/files", {"job": "client-chosen"}, {"file": ("a.png", b"x")}, "unknown or used job id"),
         ("/api/files", {"identity": "1e400"}, {"file": ("a.png", b"x")}, "identity must be a whole number"),
-        ("/api/files", {}, {"file": ("a.mp4", b"\0" * 5000)}, "not a video"),
+        ("/api/files", {}, {"file": ("a.mp4", b"\0" * 5000)}, "the uploaded video a.mp4: not a video"),
         ("/api/files", {}, {"file": ("tiny.mp4", _video(16, 16))}, "video frames of 16x16 px are too small"),
+        (
+            "/api/personalize",
+            {"sample": "sample:grace_hopper"},
+            {"faces": ("me.webm", b"\0" * 5000)},
+            "the uploaded video me.webm: not a video",
+        ),
+        (
+            "/api/personalize",
+            {"sample": "sample:grace_hopper"},
+            {"faces": ("tiny.mp4", _video(16, 16))},
+            "the uploaded video tiny.mp4: video frames of 16x16 px are too small",
+        ),
     ],
 )
 def test_uploads_are_checked_before_decoding(app_server, path, fields, files, message):
@@ -343,6 +361,7 @@ def test_uploads_are_checked_before_decoding(app_server, path, fields, files, me
     error = json.loads(data)["error"]
     assert message in error, data
     assert process.memory_info().rss - before < 300 * 1024 * 1024, "a bomb was decoded"
+    assert "pocketswap-" not in error and tempfile.gettempdir() not in error, "an error named the server's temp file"
     if next(iter(files.values()))[0].endswith((".mp4", ".webm")):
         assert "image" not in error, "a video was called an image"
 
@@ -791,3 +810,247 @@ def test_half_sent_requests_are_timed_out(app_server):
                 response = conn.getresponse()
                 assert response.status == 200 and json.loads(response.read())["model"]
     assert not trap.tracebacks(), trap.tracebacks()
+
+
+# -- the app as its own process: killed, or on a disk that is full or read-only ---------------------------
+class AppProcess:
+    """``pocketswap app`` run as users run it (its own process, a port of its own), serving the hostile
+    fixture's model; its output is collected through a pipe (a file-size limit must not hit the log)."""
+
+    def __init__(self, root: Path, work_dir: Path, env: dict[str, str] | None = None, preexec_fn=None) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "pocketswap.cli", "app", str(root / "nano"), "--identity", str(root / "people"),
+                   "--universal", str(root / "universal"), "--work-dir", str(work_dir), "--port", str(port)]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=os.environ | (env or {}), preexec_fn=preexec_fn)  # fmt: skip
+        self.output: list[bytes] = []
+        threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True).start()
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                status, page = Client(self.url, "").request("GET", "/", token=False)
+                break
+            except OSError:
+                assert self.process.poll() is None and time.monotonic() < deadline, self.log()
+                time.sleep(0.2)
+        assert status == 200, page[:300]
+        token = re.search(rb'name="pocketswap-token" content="([^"]+)"', page)[1].decode()
+        self.client = Client(self.url, token)
+
+    def log(self) -> str:
+        return b"".join(self.output).decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_app_takes_its_personalisation_along_and_the_next_app_reports_it(app_server, tmp_path):
+    """SIGKILL gives the app no chance to stop its child: the kernel does (PR_SET_PDEATHSIG sends it SIGTERM,
+    which it takes as Ctrl+C, keeping what it finished). The app started next marks the job interrupted, says
+    so in its log and lists it in the page's job list."""
+    _, root, _, _ = app_server
+    work = tmp_path / "work"
+    first = AppProcess(root, work)
+    child = None
+    try:
+        body, kind = multipart({"sample": "sample:grace_hopper", "steps": "20000", "pairs": "16"})
+        status, data = first.client.request("POST", "/api/personalize", body, {"Content-Type": kind})
+        assert status == 200, data
+        folder = Path(json.loads(data)["out"]).parent
+        deadline = time.monotonic() + 120
+        while child is None or not (folder / "job.log").stat().st_size:  # it runs, and has said something
+            assert time.monotonic() < deadline, first.log()
+            child = next((p for p in _children(first.process.pid) if CHILD_ENTRY in p.cmdline()), None)
+            time.sleep(0.2)
+        assert read_state(folder) == ("running", str(first.process.pid))
+        first.process.kill()
+        first.process.wait()
+        killed = time.monotonic()
+        _, alive = psutil.wait_procs([child], timeout=60)
+        took = time.monotonic() - killed
+        assert not alive, "the personalisation outlived its app"
+        assert took < 30, f"the child took {took:.1f} s to stop"  # the trainer finishes its step first
+        assert "pocketswap: interrupted; finished work is kept" in (folder / "job.log").read_text(), "not a clean stop"
+    finally:
+        first.stop()
+        if child is not None and child.is_running():
+            child.kill()
+    second = AppProcess(root, work)
+    try:
+        status, data = second.client.request("GET", "/api/personalize")
+        assert status == 200 and json.loads(data)["state"] == "idle", data
+        assert json.loads(data)["jobs"] == [{"job": folder.name, "state": "interrupted", "run": str(folder / "run")}]
+        assert read_state(folder) == ("interrupted", "")
+        assert f"interrupted when their app stopped: {folder.name}" in second.log(), second.log()
+    finally:
+        second.stop()
+    assert "Traceback" not in first.log() + second.log()
+
+
+def _can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@contextlib.contextmanager
+def _broken_disk(tmp_path: Path, kind: str):
+    """A disk under the app's work folder and its TMPDIR that is full or read-only: a tiny tmpfs where this
+    test may mount one (root), else a 64 kB file-size limit on the app's process (full) or a folder made
+    read-only with chmod (not root: chmod does not stop root). Yields (folder, env, preexec_fn, break_it,
+    words): ``break_it()`` makes a read-only disk read-only once the app has started, ``words`` are what
+    its refusals must say."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = _can_mount() and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                              capture_output=True).returncode == 0  # fmt: skip
+    (disk / "tmp").mkdir()
+    (disk / "work").mkdir()
+    env, preexec, break_it = {"TMPDIR": str(disk / "tmp")}, None, lambda: None
+    try:
+        if kind == "full" and mounted:  # filled, but for a few kB (Python's temp folder check writes a little)
+            fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            os.ftruncate(fd, os.fstat(fd).st_size - 8192)
+            os.close(fd)
+            words = ("No space left on device", "the disk is full")
+        elif kind == "full":
+            import resource
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+            preexec, words = preexec, ("File too large", "file-size limit")
+        elif mounted:
+
+            def break_it():
+                subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+            words = ("read-only",)
+        elif os.geteuid() != 0:
+
+            def break_it():
+                for folder in (disk / "tmp", disk / "work"):
+                    folder.chmod(0o555)
+
+            words = ("not writable", "may not write")
+        else:
+            pytest.skip("root without mount: no way to make a folder read-only for root")
+        yield disk, env, preexec, break_it, words
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        else:
+            for folder in (disk / "tmp", disk / "work"):
+                folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ("full", "read-only"))
+def test_every_route_on_a_full_or_read_only_disk_answers_one_line_and_leaves_nothing(app_server, tmp_path, kind):
+    """Each request that must write answers 507 with one JSON line naming the disk problem and the folder,
+    and what it wrote is gone (no half-written identity photo, no empty faces/ folder, no temporary upload);
+    every other route answers as before, and the server's log holds no traceback."""
+    _, root, _, _ = app_server
+    photo = (root / "pool" / "astronaut.png").read_bytes()  # > 64 kB
+    assert len(photo) > 64 * 1024
+    noise = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (700, 700, 3), np.uint8))[1].tobytes()
+    clip = _video(160, 120, frames=12, noisy=True)
+    assert len(clip) > 64 * 1024
+    with _broken_disk(tmp_path, kind) as (disk, env, preexec, break_it, words):
+        app = AppProcess(root, disk / "work", env, preexec)
+        try:
+            warm = app.client.request("POST", "/api/files", *_form({}, {"file": ("warm.mp4", _video(64, 64))}))
+            assert warm[0] == 200, warm  # the temporary folder is known (and was writable) before the disk breaks
+            break_it()
+            writes = {
+                "identity photo": ("/api/personalize", {"steps": "2", "pairs": "16"}, {"photo": ("me.png", photo)}),
+                "faces photo": ("/api/personalize", {"sample": "sample:grace_hopper"}, {"faces": ("f.png", photo)}),
+                "faces video": ("/api/personalize", {"sample": "sample:grace_hopper"}, {"faces": ("f.mp4", clip)}),
+                "spooled upload": ("/api/personalize", {}, {"photo": ("big.png", noise)}),
+                "video swap": ("/api/files", {}, {"file": ("clip.mp4", clip)}),
+                "spooled image": ("/api/files", {}, {"file": ("big.png", noise)}),
+            }
+            for what, (path, fields, files) in writes.items():
+                status, data = app.client.request("POST", path, *_form(fields, files))
+                assert status == 507, (what, status, data[:300])
+                assert b"\n" not in data.strip(), data
+                error = json.loads(data)["error"]
+                assert any(w in error for w in words) and str(disk) in error, (what, error)
+                assert "pocketswap-" not in error and "/in." not in error, (what, error)  # no temporary file named
+            for method, path, expected in (("GET", "/", 200), ("GET", "/device", 200), ("GET", "/js/main.js", 200),
+                                           ("GET", "/api/model", 200), ("GET", "/api/settings", 200),
+                                           ("GET", "/api/personalize", 200), ("GET", "/api/compare", 200),
+                                           ("GET", "/api/compare.png", 404), ("GET", "/api/personalize/preview.png", 404),
+                                           ("GET", "/api/files/progress?job=x", 404), ("POST", "/api/files/job", 200),
+                                           ("POST", "/api/personalize/cancel", 409),
+                                           ("POST", "/api/webrtc/offer", 400)):  # fmt: skip
+                status, data = app.client.request(method, path, b"{" if method == "POST" else None)
+                assert status == expected, (path, status, data[:300])
+            frame = cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+            with _live_socket(app.url, app.client.token) as sock:  # the live tab writes nothing: it goes on
+                sock.sendall(_ws_frame(2, HEADER.pack(1.0) + frame))
+                ((opcode, payload),) = _ws_frames(sock, count=1)
+                assert opcode == 1 and json.loads(payload)["stats"]["faces"] == 0, payload
+            jobs = disk / "work" / "jobs"
+            assert not jobs.exists() or not list(jobs.iterdir()), list(jobs.rglob("*"))
+            assert not list((disk / "tmp").iterdir()), list((disk / "tmp").rglob("*"))
+            if kind == "full":  # room for a request, not for its run: the job fails and the page says why
+                if (filler := disk / "filler").exists():
+                    os.truncate(filler, filler.stat().st_size - 200 * 1024)
+                small = (root / "pool" / "lfw_00.png").read_bytes()
+                body = _form({"steps": "2", "pairs": "16"}, {"photo": ("me.png", small)})
+                status, data = app.client.request("POST", "/api/personalize", *body)
+                assert status == 200, data
+                deadline = time.monotonic() + 180
+                while (job := json.loads(app.client.request("GET", "/api/personalize")[1]))["state"] == "running":
+                    assert time.monotonic() < deadline, app.log()[-3000:]
+                    time.sleep(0.5)
+                assert job["state"] == "failed" and any(w in job["error"] for w in words), job
+                assert job["jobs"][0]["state"] == "failed", job["jobs"]
+        finally:
+            app.stop()
+        assert "Traceback" not in app.log(), app.log()[-3000:]
+        assert "refused a request: the server cannot write" in app.log() or kind == "read-only", app.log()[-3000:]
+
+
+def _form(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    body, kind = multipart(fields, files)
+    return body, {"Content-Type": kind}
+
+
+def test_a_job_whose_log_cannot_be_written_still_says_why(tmp_path):
+    """A child that failed on a full disk could not log its error either: the page still gets the disk
+    problem and the job's folder (a probe write tells; the probe is removed)."""
+    import resource
+
+    code = ("import sys; from pathlib import Path; from pocketswap.demo.personal_job import _unlogged_reason; "
+            "print(_unlogged_reason(Path(sys.argv[1]), 'distill', 2))")  # fmt: skip
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # noqa: E731
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"distill ended with status 2; the server cannot write under {tmp_path}: File too "
+        "large (over the file-size limit this server runs under)"
+    )
+    assert not list(tmp_path.iterdir())

@@ -17,9 +17,24 @@ async function showStatus() {
     $("personal-preview").src = withToken(`api/personalize/preview.png?v=${status.preview}`);
     $("personal-preview").style.display = "";
   }
+  showJobs(status.jobs || []);
   $("personal-use").disabled = status.state !== "done";
   $("personal-cancel").disabled = status.state !== "running";
   if (status.state !== "running" && poll) { clearInterval(poll); poll = null; }
+}
+
+// This app's job and those an earlier app left in the work folder (an interrupted one keeps its checkpoints).
+function showJobs(jobs) {
+  const list = $("personal-jobs");
+  list.replaceChildren(...jobs.map((job) => {
+    const item = document.createElement("li");
+    const detail = job.artifact ? ` -> ${job.artifact}` : job.error ? `: ${job.error}`
+      : job.state === "interrupted" ? ` (the app stopped; checkpoints kept in ${job.run})` : "";
+    item.textContent = `${job.job}: ${job.state}${detail}`;
+    item.dataset.state = job.state;
+    return item;
+  }));
+  $("personal-jobs-box").style.display = jobs.length ? "" : "none";
 }
 
 export function setupPersonalize() {
