@@ -240,8 +240,8 @@ def test_the_frames_teeth_survive_a_model_that_paints_over_them():
     width = float(np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]]))
     ys, xs = np.mgrid[0 : frame.shape[0], 0 : frame.shape[1]]
     depth = polygon_distances(np.stack([xs.ravel(), ys.ravel()], 1), points[list(INNER_LIP)], beyond=width)
-    teeth = (depth > 0.04 * width).reshape(frame.shape[:2])
-    assert teeth.sum() > 50  # the astronaut smiles with her teeth showing
+    teeth = (depth > 0.06 * width).reshape(frame.shape[:2])
+    assert teeth.sum() > 20  # the astronaut smiles with her teeth showing
 
     def swapped(keep_mouth):
         config = PipelineConfig(detect_every=1, keep_mouth=keep_mouth, color_transfer=False, keep_detail=False)
