@@ -58,12 +58,19 @@ def local_mean(lab: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray
 
 def relight(source: np.ndarray, target: np.ndarray, region: np.ndarray, sigma: float) -> np.ndarray:
     """``source`` (uint8 RGB, already warped onto ``target``'s geometry) under ``target``'s lighting and skin
-    tone: its CIELAB local mean over ``region`` (bool HxW skin) swapped for ``target``'s."""
+    tone: its CIELAB local mean over ``region`` (bool HxW skin) swapped for ``target``'s, and its colour detail
+    (a*/b* about that mean: veins, flushed lids, make-up) scaled by how saturated ``target``'s skin is beside its
+    own (never up): on a grey or pale frame the identity's colour detail fades with its colour, instead of
+    turning cyan where it was less red than its mean."""
     if region.sum() < 32:
         return source
     src, dst = to_lab(source), to_lab(target)
     weights = region.astype(np.float32)
-    return from_lab(src - local_mean(src, weights, sigma) + local_mean(dst, weights, sigma))
+    own, wanted = local_mean(src, weights, sigma), local_mean(dst, weights, sigma)
+    detail = src - own
+    saturation = lambda mean: np.hypot(mean[..., 1], mean[..., 2])  # noqa: E731
+    detail[..., 1:] *= np.clip(saturation(wanted) / np.maximum(saturation(own), 1.0), 0.0, 1.0)[..., None]
+    return from_lab(wanted + detail)
 
 
 def damp_fine_chroma(image: np.ndarray, keep: float) -> np.ndarray:

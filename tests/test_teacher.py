@@ -259,6 +259,18 @@ def test_geometric_colour_transfer_moves_the_skin_to_the_attributes(records, mod
     assert np.linalg.norm(lab(moved) - target) < 0.4 * np.linalg.norm(lab(raw) - target)
 
 
+def test_a_colour_face_on_a_grey_frame_comes_out_grey(records):
+    """The relight fades the identity's colour detail with its colour: Grace Hopper onto a grey photo is a grey
+    face, not one with cyan lids and red creases (her colour detail about a skin mean the frame does not have)."""
+    identity, attribute = records["grace_hopper"], records["lfw_12"]
+    skin = (GeometricTeacher(SIZE).mask(attribute) > 0.99) & ~_polygon(attribute.landmarks, [*EYE_RINGS, INNER_LIP])
+    chroma = lambda image: np.hypot(*(cv2.cvtColor(image, cv2.COLOR_RGB2LAB)[skin][:, 1:].astype(float) - 128).T)  # noqa: E731
+    assert np.percentile(chroma(attribute.image), 99) < 2.0  # the frame is grey
+    swapped = GeometricTeacher(SIZE).swap(identity, attribute).image
+    assert np.percentile(chroma(swapped), 99) < 4.0
+    assert np.percentile(chroma(identity.image), 50) > 10.0  # she is not
+
+
 def test_shape_transfer_moves_the_features_and_keeps_the_expression(records):
     """Half-way shape transfer: the nose moves half-way to the identity's (aligned) nose and the eyes to the
     identity's place and width, keeping the attribute's opening; the mouth and the outline do not move."""
