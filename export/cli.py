@@ -129,6 +129,8 @@ def _export(args: argparse.Namespace) -> int:
         p = m.parity
         figures = f"max abs {p.get('max_abs', float('nan')):.2g}, PSNR {p.get('min_psnr_db', float('nan')):.1f} dB"
         figures += f" (faces {p.get('min_psnr_db_real_faces', float('nan')):.1f} dB)"
+        if "bound_used" in p:  # fp16: the share of its bounds (u = 2^-11 x scale x depth) the worst case used
+            figures += f", {p['bound_used']:.0%} of the fp16 bound"
         if str(p.get("reference", "")).startswith("weights round-trip"):
             figures += " [weights round-trip, not a CoreML prediction]"
         notes = []
@@ -163,6 +165,8 @@ def _patch(args: argparse.Namespace) -> int:
     figures = ""
     if "max_abs" in result.parity:
         figures = f", parity vs PyTorch: max abs {result.parity['max_abs']:.2g}"
+        if "bound_used" in result.parity:
+            figures += f" ({result.parity['bound_used']:.0%} of the fp16 bound)"
     n = len(result.manifest.patch["tensors"]) if result.manifest.patch else 0
     print(f"{result.path}: {n} identity tensors rewritten in {result.rewrite_seconds * 1e3:.1f} ms{figures}")
     return 0

@@ -159,11 +159,12 @@ def artifact_parity(
     job: Job, run: Callable, precision: str, artifact: str, reference: str = "pytorch-fp32", tolerance=None
 ) -> dict:
     results = parity.evaluate(job.checks.cases, job.checks.reference, run, job.checks.peaks)
-    record = parity.summarize(results, precision, reference, tolerance)
+    record = parity.summarize(results, precision, reference, tolerance, depth=parity.depth(job.module))
+    used = f", {record['bound_used']:.0%} of the bound" if "bound_used" in record else ""
     log.info(
-        "%s parity [%s]: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s)",
+        "%s parity [%s]: max abs %.3g, mean abs %.3g, min PSNR %.1f dB (%s%s)",
         artifact, reference, record["max_abs"], record["mean_abs"], record["min_psnr_db"],
-        "ok" if record["passed"] else "FAILED",
+        "ok" if record["passed"] else "FAILED", used,
     )  # fmt: skip
     if job.checks.strict:
         parity.check(record, artifact)

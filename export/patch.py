@@ -385,7 +385,7 @@ def _patched_parity(net, emb, config, path: Path, manifest: Manifest, check: boo
         )
     results = parity.evaluate(cases, reference, run, parity.PEAKS)
     tolerance = parity.TOLERANCES[manifest.precision] if manifest.precision != "int8" else None
-    record = parity.summarize(results, manifest.precision, name, tolerance)
+    record = parity.summarize(results, manifest.precision, name, tolerance, depth=parity.depth(module))
     if check:
         parity.check(record, path.name)
     return record

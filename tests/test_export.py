@@ -5,6 +5,7 @@ Conversions run once per module (module-scoped fixtures) on the nano preset to k
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
@@ -127,15 +128,113 @@ def test_parity_rules_name_the_failing_case():
     ref = np.zeros((1, 3, 4, 4), np.float32)
     case = parity.compare("face:astronaut", "swapped", ref, ref + 0.5, peak=2.0)
     assert case.max_abs == pytest.approx(0.5) and case.psnr_db == pytest.approx(10 * np.log10(4 / 0.25))
-    record = parity.summarize([case], "fp16", "pytorch-fp32")
-    assert not record["passed"]
-    with pytest.raises(ParityError, match="face:astronaut output 'swapped': max abs 0.5"):
+    record = parity.summarize([case], "fp16", "pytorch-fp32", depth=21)
+    assert not record["passed"] and record["bound_used"] > 1
+    with pytest.raises(ParityError, match="face:astronaut output 'swapped': max abs 0.5.*tolerance for 'swapped'"):
         parity.check(record, "m.tflite")
+    with pytest.raises(ValueError, match="depth"):  # the fp16 rule scales with the network's depth
+        parity.summarize([case], "fp16", "pytorch-fp32")
     face = parity.compare("face:x", "mask", ref, ref + 1e-3, 1.0)
     noise = parity.compare("random-0", "mask", ref, ref + 0.3, 1.0)  # int8 is gated on real faces only
     int8 = parity.summarize([face, noise], "int8", "pytorch-fp32")
     assert int8["passed"] and int8["min_psnr_db_real_faces"] == pytest.approx(60.0, abs=0.01)
     assert not parity.summarize([parity.compare("face:y", "mask", ref, ref + 0.3, 1.0)], "int8", "p")["passed"]
+
+
+def test_fp16_bounds_scale_with_magnitude_and_depth():
+    """fp16's bounds are multiples of u = 2^-11 times each output's largest magnitude S: mean abs sqrt(n) u S,
+    max abs 4 n u S over n = depth roundings. One mask pixel 0.012 off (over the old fixed 1e-2; a distilled
+    nano's fp16 compute read 0.014 on one mask pixel) passes at the nano's depth; 0.006 on every pixel (a
+    broken conversion, under 1e-2 everywhere) does not, and an output 8 times larger gets 8 times the bounds."""
+    u, depth = 2.0**-11, 21
+    ref = np.random.default_rng(0).uniform(0, 1, (1, 1, 64, 64)).astype(np.float32)
+    ref[0, 0, 0, 0] = 1.0
+    noise = np.random.default_rng(1).normal(0, 1e-4, ref.shape).astype(np.float32)
+    one_pixel = ref + noise
+    one_pixel[0, 0, 5, 7] += 0.012
+    healthy = parity.compare("face:a", "mask", ref, one_pixel, 1.0)
+    image = parity.compare("face:a", "swapped", 2 * ref - 1, 2 * ref - 1 + noise, 2.0)
+    record = parity.summarize([healthy, image], "fp16", "pytorch-fp32", depth=depth)
+    bounds = record["tolerance"]["per_output"]
+    assert record["passed"] and record["tolerance"]["depth"] == record["tolerance"]["roundings"] == depth
+    assert bounds["mask"] == bounds["swapped"] == {"scale": 1.0, "mean_abs": pytest.approx(depth**0.5 * u, rel=1e-3),
+                                                   "max_abs": pytest.approx(4 * depth * u, rel=1e-3)}  # fmt: skip
+    assert record["bound_used"] == pytest.approx(healthy.max_abs / bounds["mask"]["max_abs"], rel=1e-2)
+    assert not parity.summarize([healthy], "fp16", "p", depth=2)["passed"]  # a 2-layer net has no such excuse
+    compute = parity.summarize([healthy], "fp16-compute", "p", depth=depth)["tolerance"]  # weights + activations
+    assert compute["roundings"] == 2 * depth and compute["per_output"]["mask"]["max_abs"] == pytest.approx(
+        2 * bounds["mask"]["max_abs"], rel=1e-3
+    )
+    shifted = parity.compare("face:a", "mask", ref, ref + 0.006, 1.0)  # every pixel 1.5 grey levels off
+    assert shifted.max_abs < bounds["mask"]["max_abs"]
+    broken = parity.summarize([shifted], "fp16", "pytorch-fp32", depth=depth)
+    with pytest.raises(ParityError, match=r"mean abs 0.006.*tolerance for 'mask' \(scale 1, 21 roundings"):
+        parity.check(broken, "m.tflite")
+    wide = parity.compare("random-0", "identity", ref * 8, ref * 8 + 0.01, 2.0)
+    assert wide.scale == 8.0
+    assert parity.summarize([wide], "fp16", "p", depth=depth)["tolerance"]["per_output"]["identity"] == {
+        k: pytest.approx(8 * v, rel=1e-3) for k, v in bounds["mask"].items()
+    }
+
+
+def _fp16_weights(module: nn.Module) -> nn.Module:
+    """``module`` with every weight rounded to fp16 and computing in fp32: what the fp16 TFLite, ONNX and CoreML
+    artifacts of a student compute (their parity figures agree with this to 3 significant digits)."""
+    module = copy.deepcopy(module)
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    return module
+
+
+def test_fp16_bounds_on_the_fitted_student_and_faces(workspace):
+    """The fitted nano's real outputs on the bundled faces (and noise): fp16 weights and fp16 compute pass
+    their rules with room to spare; one conv's weights scaled by 3% (a perturbed weight in the converted
+    model) and a hard sigmoid for the mask's sigmoid (a wrong op) fail."""
+    from pocketswap.export.data import sample_crops, to_model_input
+    from pocketswap.student.checkpoint import load_checkpoint
+
+    root, ckpt = workspace
+    net, config, _ = load_checkpoint(ckpt)
+    module = net.bake(torch.from_numpy(np.load(root / "id_a.npy"))[None]).eval()
+    rng = np.random.default_rng(0)
+    cases = [("random-0", {"image": rng.uniform(-1, 1, (1, 3, 128, 128)).astype(np.float32)})]
+    cases += [(case, {"image": to_model_input(crop)}) for case, crop in sample_crops(config.size, config.template)]
+    assert sum(case.startswith("face:") for case, _ in cases) >= 2
+    reference, depth = parity.torch_runner(module), parity.depth(module)
+    assert depth == 21  # the baked nano's convolutions
+
+    def record(run, precision="fp16"):
+        return parity.summarize(parity.evaluate(cases, reference, run, parity.PEAKS), precision, "p", depth=depth)
+
+    half = _fp16_weights(module)
+    fp16 = record(parity.torch_runner(half))
+    assert fp16["passed"] and fp16["bound_used"] < 0.2 and fp16["max_abs"] > 1e-4, fp16["bound_used"]
+    compute = copy.deepcopy(half).half()
+
+    @torch.no_grad()
+    def run_compute(feeds):
+        out = compute(torch.from_numpy(feeds["image"]).half())
+        return {k: v.float().numpy() for k, v in zip(("swapped", "mask"), out, strict=True)}
+
+    emulated = record(run_compute, "fp16-compute")
+    assert emulated["passed"] and emulated["bound_used"] < 0.2
+
+    def hard_sigmoid(feeds):  # the mask's sigmoid converted as a hard sigmoid
+        out = parity.torch_runner(half)(feeds)
+        logit = np.log(out["mask"]) - np.log1p(-out["mask"])
+        return {**out, "mask": np.clip(logit / 6 + 0.5, 0, 1).astype(np.float32)}
+
+    wrong_op = record(hard_sigmoid)
+    with pytest.raises(ParityError, match="output 'mask'"):
+        parity.check(wrong_op, "m.tflite")
+    first = next(m for m in half.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        first.weight.mul_(1.03)  # one weight tensor 3% off: 60 times fp16's rounding
+    scaled = record(parity.torch_runner(half))
+    with pytest.raises(ParityError, match="fp16 parity against p failed"):
+        parity.check(scaled, "m.tflite")
 
 
 def test_unsupported_layer_is_named(tmp_path):
@@ -284,11 +383,57 @@ def test_baked_artifacts_and_manifests(baked, workspace):
         assert all(t.layout == layout for t in m.inputs + m.outputs)
         if precision == "fp32":
             assert m.parity["max_abs"] <= 1e-4
-        elif precision == "fp16":
-            assert m.parity["max_abs"] <= 1e-2
+        elif precision == "fp16":  # u = 2^-11 times each output's magnitude, over the baked nano's 21 layers
+            bounds = m.parity["tolerance"]["per_output"]
+            assert m.parity["bound_used"] <= 1 and m.parity["tolerance"]["depth"] == 21
+            assert bounds["mask"]["max_abs"] == pytest.approx(4 * 21 * 2**-11 * bounds["mask"]["scale"], rel=1e-3)
         else:
             assert m.parity["min_psnr_db_real_faces"] >= 30
     assert not list(baked["tflite", "fp32"].path.parent.glob(".pocketswap-export-*"))
+
+
+def _first_conv_weight(model) -> str:
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    return conv.input[1]
+
+
+@pytest.mark.slow
+def test_fp16_parity_fails_broken_conversions(workspace, tmp_path, monkeypatch):
+    """What passes as fp16 (test_baked_artifacts_and_manifests) is not a blanket pass: a TFLite converted
+    from a graph with its first conv's weights 3% off, and an fp16 ONNX graph whose mask sigmoid became a
+    hard sigmoid, both fail parity and leave nothing behind."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from pocketswap.export import onnx_export, tflite
+    from pocketswap.export.pipeline import export_model
+
+    root, ckpt = workspace
+    convert_tflite, convert_fp16 = tflite.convert_onnx, onnx_export.convert_onnx_fp16
+
+    def perturbed_weight(onnx_path, *args, **kwargs):
+        model = onnx.load(str(onnx_path))
+        name = _first_conv_weight(model)
+        init = next(i for i in model.graph.initializer if i.name == name)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.03), name))
+        onnx.save(model, str(onnx_path))
+        return convert_tflite(onnx_path, *args, **kwargs)
+
+    def wrong_op(src, dst):
+        convert_fp16(src, dst)
+        model = onnx.load(str(dst))
+        node = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+        node.CopyFrom(helper.make_node("HardSigmoid", list(node.input), list(node.output), node.name, alpha=1 / 6))
+        onnx.save(model, str(dst))
+        return dst
+
+    monkeypatch.setattr(tflite, "convert_onnx", perturbed_weight)
+    monkeypatch.setattr(onnx_export, "convert_onnx_fp16", wrong_op)
+    for fmt, artifact in (("tflite", "nano_baked_fp16.tflite"), ("onnx", "nano_baked_fp16.onnx")):
+        out = tmp_path / fmt
+        with pytest.raises(ParityError, match=f"{artifact}: fp16 parity against pytorch-fp32 failed"):
+            export_model(ckpt, out, identity=root / "id_a.npy", formats=fmt, precisions="fp16")
+        assert not out.exists()
 
 
 @pytest.mark.slow

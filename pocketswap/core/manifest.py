@@ -15,7 +15,10 @@ Fields (``Manifest.to_dict()``; unknown keys are kept in ``extra`` when read bac
   ``precision`` ("fp32" | "fp16" | "int8"), ``identity_mode`` ("baked" | "dynamic" | null).
 - ``preset``, ``crop_size``, ``template`` and ``template_points`` (5x2 crop pixels, ArcFace order).
 - ``inputs`` / ``outputs``: lists of ``{name, shape, dtype, layout, range, description}``.
-- ``parity``: ``{reference, tolerance, passed, cases: [{case, output, max_abs, mean_abs, psnr_db}]}``.
+- ``parity``: ``{reference, tolerance, passed, cases: [{case, output, max_abs, mean_abs, psnr_db, scale}]}``;
+  an fp16 ``tolerance`` holds its rule (u = 2^-11, the network's ``depth`` and ``roundings``) and absolute
+  ``per_output: {name: {scale, mean_abs, max_abs}}`` bounds, and the record ``bound_used`` (the largest share of
+  a bound any case used; see :mod:`pocketswap.export.parity`).
 - ``file_size_bytes``, ``sha256`` (of the file, or of a ``.mlpackage``'s files in sorted order).
 - ``source``: ``{checkpoint, checkpoint_sha256, identity}``; ``identity`` is the baked identity's record
   (:class:`pocketswap.core.identity.Identity`: name, source photo, encoder, embedding and its hash, and the
