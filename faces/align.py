@@ -200,10 +200,17 @@ def frame_kept(landmarks: np.ndarray, size: int) -> np.ndarray:
     points = np.asarray(landmarks, np.float64)[:, :2]
     width = max(float(np.linalg.norm(points[MOUTH_CORNERS[0]] - points[MOUTH_CORNERS[1]])), 1.0)
     grow, feather = MOUTH_KEPT["grow"] * width, max(MOUTH_KEPT["feather"] * width, 1.0)
-    ys, xs = np.mgrid[0:size, 0:size]
-    pixels = np.stack([xs.ravel(), ys.ravel()], 1)
-    distance = polygon_distances(pixels, points[list(INNER_LIP)], beyond=grow + feather)
-    return np.clip(0.5 + (distance + grow) / feather, 0.0, 1.0).reshape(size, size).astype(np.float32)
+    polygon = points[list(INNER_LIP)]
+    out = np.zeros((size, size), np.float32)
+    reach = grow + feather  # only the mouth's bounding box can be kept: a few thousand pixels, not the crop
+    x0, y0 = np.floor(polygon.min(0) - reach).astype(int).clip(0, size)
+    x1, y1 = np.ceil(polygon.max(0) + reach).astype(int).clip(0, size)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    distance = polygon_distances(np.stack([xs.ravel(), ys.ravel()], 1), polygon, beyond=reach)
+    out[y0:y1, x0:x1] = np.clip(0.5 + (distance + grow) / feather, 0.0, 1.0).reshape(ys.shape)
+    return out
 
 
 def paste_back(
