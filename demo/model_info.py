@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
-from pocketswap.core.jsonio import Obj, read_json
+from pocketswap.core.jsonio import read_eval_report
 from pocketswap.faces.samples import SAMPLE_PREFIX
 
 
@@ -133,7 +133,7 @@ def comparison(run: Path | None) -> dict[str, Any]:
         return {"available": False, "hint": "personalise first: pocketswap distill personalize RUN_DIR --identity "
                 "PHOTO --out DIR, then export DIR (the Compare tab reads DIR/eval.json)"}  # fmt: skip
     try:
-        report = read_json(run / "eval.json", "eval report", schema={"metrics": Obj(values=dict)})
+        report = read_eval_report(run / "eval.json")
         metrics = report.get("metrics", {})
         rows = {c: {f: metrics[c].get(f) for f in COMPARE_FIELDS} for c in COMPARE_COLUMNS if c in metrics}
     except PocketswapError as exc:  # cut, garbled, deep or foreign

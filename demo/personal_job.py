@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketswap.core.errors import PocketswapError
-from pocketswap.core.jsonio import Obj, read_json, read_jsonl
+from pocketswap.core.jsonio import read_eval_report, read_jsonl
 from pocketswap.demo.disk import DiskError, disk_cause, disk_error, unwritable
 from pocketswap.demo.job_folders import job_record, last_error, scan_jobs, write_state
 from pocketswap.faces.samples import SAMPLE_PREFIX
@@ -318,7 +318,7 @@ def _train_rows(path: Path) -> list[dict[str, Any]]:
 def _eval_metrics(path: Path) -> dict[str, Any]:
     """The ``metrics`` of a run's ``eval.json`` (system -> figures); {} when it is unreadable (said in the log)."""
     try:
-        return read_json(path, "eval report", schema={"metrics": Obj(values=dict)}).get("metrics", {})
+        return read_eval_report(path)["metrics"]
     except PocketswapError as exc:
         log.warning("%s", exc)
         return {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 from pocketswap.core.errors import PocketswapError
 from pocketswap.core.files import PendingFile
 from pocketswap.core.manifest import SYNTHETIC_MEDIA_NOTICE
+from pocketswap.demo.disk import disk_cause
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class VideoWriter:
         try:
             yield
         except av.error.FFmpegError as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            if disk_cause(exc) is not None:
                 raise
             detail = (getattr(exc, "strerror", None) or type(exc).__name__).strip()
             raise PocketswapError(f"{self.name}: the swapped video could not be written ({detail})") from None

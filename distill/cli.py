@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pocketswap.core.cli_args import add_config_flags, config_flags, output_dir, output_file
 from pocketswap.core.config import distributed_rank, yaml_safe_load
-from pocketswap.core.jsonio import Obj, read_json
+from pocketswap.core.jsonio import read_eval_report
 from pocketswap.distill.config import TrainConfig  # light: no torch
 from pocketswap.distill.personalize import DEFAULTS as PERSONALIZE_DEFAULTS  # light too
 
@@ -141,9 +141,7 @@ def _personalize(args: argparse.Namespace) -> int:
         resume=args.resume, workers=args.workers, seed=args.seed, overrides=parse_overrides(args.overrides),
         progress=not args.no_progress,
     )  # fmt: skip
-    report = read_json(
-        args.out / "eval.json", "eval report", schema=Obj({"metrics": Obj(values=dict)}, required=("metrics",))
-    )
+    report = read_eval_report(args.out / "eval.json")
     print(format_table(report))
     print(
         f"personalised for {args.identity} in {result.train_seconds / 60:.1f} min of training "

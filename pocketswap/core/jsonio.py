@@ -169,6 +169,15 @@ def check_schema(data: Any, schema: Any, where: str, *, error: type[PocketswapEr
 
 
 # -- internals ---------------------------------------------------------------------------------------------
+# The evaluation report ``distill eval`` and ``distill personalize`` write (``RUN/eval.json``): system -> figures.
+EVAL_REPORT = Obj({"metrics": Obj(values=dict)}, required=("metrics",))
+
+
+def read_eval_report(path: str | Path) -> dict[str, Any]:
+    """A run's evaluation report (:data:`EVAL_REPORT`), the one reader the CLI, the app and its jobs use."""
+    return read_json(path, "eval report", schema=EVAL_REPORT)
+
+
 _NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", dict: "an object",
           list: "a list", None: "null", type(None): "null"}  # fmt: skip
 
